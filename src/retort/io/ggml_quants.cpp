@@ -1,0 +1,359 @@
+#include "retort/io/ggml_quants.h"
+
+#include <bit>
+#include <cstring>
+
+#include "retort/util/error.h"
+
+// The reference (gguf.quants, numpy) rounds every product and sum separately: y = (d*q) + m.
+// A fused multiply-add would round once and differ in the last bit, so contraction stays off.
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+static_assert(std::endian::native == std::endian::little, "retort reads GGUF data in place: little-endian hosts only");
+
+namespace retort {
+namespace {
+
+constexpr int64_t QK_K = 256;  // elements per k-quant super-block
+
+struct TypeInfo {
+  uint32_t id;
+  const char* name;
+  int64_t block_elems;
+  int64_t block_bytes;
+  bool supported;  // retort can dequantize it
+};
+
+// Sizes from ggml-common.h (block_q8_1 is 2 fp16 + 32 int8 = 36 bytes there).
+constexpr TypeInfo kTypes[] = {
+    {0, "F32", 1, 4, true},
+    {1, "F16", 1, 2, true},
+    {2, "Q4_0", 32, 18, true},
+    {3, "Q4_1", 32, 20, true},
+    {6, "Q5_0", 32, 22, true},
+    {7, "Q5_1", 32, 24, true},
+    {8, "Q8_0", 32, 34, true},
+    {9, "Q8_1", 32, 36, false},
+    {10, "Q2_K", 256, 84, true},
+    {11, "Q3_K", 256, 110, true},
+    {12, "Q4_K", 256, 144, true},
+    {13, "Q5_K", 256, 176, true},
+    {14, "Q6_K", 256, 210, true},
+    {15, "Q8_K", 256, 292, true},
+    {16, "IQ2_XXS", 256, 66, false},
+    {17, "IQ2_XS", 256, 74, false},
+    {18, "IQ3_XXS", 256, 98, false},
+    {19, "IQ1_S", 256, 50, false},
+    {20, "IQ4_NL", 32, 18, false},
+    {21, "IQ3_S", 256, 110, false},
+    {22, "IQ2_S", 256, 82, false},
+    {23, "IQ4_XS", 256, 136, false},
+    {24, "I8", 1, 1, false},
+    {25, "I16", 1, 2, false},
+    {26, "I32", 1, 4, false},
+    {27, "I64", 1, 8, false},
+    {28, "F64", 1, 8, false},
+    {29, "IQ1_M", 256, 56, false},
+    {30, "BF16", 1, 2, true},
+    {34, "TQ1_0", 256, 54, false},
+    {35, "TQ2_0", 256, 66, false},
+    {39, "MXFP4", 32, 17, false},
+};
+
+const TypeInfo* find_type(uint32_t type) {
+  for (const TypeInfo& t : kTypes)
+    if (t.id == type) return &t;
+  return nullptr;
+}
+
+inline uint16_t load_u16(const uint8_t* p) {
+  uint16_t v;
+  std::memcpy(&v, p, 2);
+  return v;
+}
+inline uint32_t load_u32(const uint8_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+inline float load_f16(const uint8_t* p) { return fp16_to_f32(load_u16(p)); }
+
+// Q4_0, 18 bytes: fp16 d | qs[16]. y[j] = (lo(qs[j]) - 8)*d, y[j+16] = (hi(qs[j]) - 8)*d.
+void block_q4_0(const uint8_t* b, float* y) {
+  const float d = load_f16(b);
+  const uint8_t* qs = b + 2;
+  for (int j = 0; j < 16; ++j) {
+    y[j] = d * static_cast<float>((qs[j] & 0x0F) - 8);
+    y[j + 16] = d * static_cast<float>((qs[j] >> 4) - 8);
+  }
+}
+
+// Q4_1, 20 bytes: fp16 d | fp16 m | qs[16]. y = q*d + m.
+void block_q4_1(const uint8_t* b, float* y) {
+  const float d = load_f16(b);
+  const float m = load_f16(b + 2);
+  const uint8_t* qs = b + 4;
+  for (int j = 0; j < 16; ++j) {
+    y[j] = d * static_cast<float>(qs[j] & 0x0F) + m;
+    y[j + 16] = d * static_cast<float>(qs[j] >> 4) + m;
+  }
+}
+
+// Q5_0, 22 bytes: fp16 d | u32 qh (bit i = 5th bit of element i) | qs[16]. y = (q - 16)*d.
+void block_q5_0(const uint8_t* b, float* y) {
+  const float d = load_f16(b);
+  const uint32_t qh = load_u32(b + 2);
+  const uint8_t* qs = b + 6;
+  for (int j = 0; j < 16; ++j) {
+    const int h0 = static_cast<int>((qh >> j) & 1u) << 4;
+    const int h1 = static_cast<int>((qh >> (j + 16)) & 1u) << 4;
+    y[j] = d * static_cast<float>(((qs[j] & 0x0F) | h0) - 16);
+    y[j + 16] = d * static_cast<float>(((qs[j] >> 4) | h1) - 16);
+  }
+}
+
+// Q5_1, 24 bytes: fp16 d | fp16 m | u32 qh | qs[16]. y = q*d + m.
+void block_q5_1(const uint8_t* b, float* y) {
+  const float d = load_f16(b);
+  const float m = load_f16(b + 2);
+  const uint32_t qh = load_u32(b + 4);
+  const uint8_t* qs = b + 8;
+  for (int j = 0; j < 16; ++j) {
+    const int h0 = static_cast<int>((qh >> j) & 1u) << 4;
+    const int h1 = static_cast<int>((qh >> (j + 16)) & 1u) << 4;
+    y[j] = d * static_cast<float>((qs[j] & 0x0F) | h0) + m;
+    y[j + 16] = d * static_cast<float>((qs[j] >> 4) | h1) + m;
+  }
+}
+
+// Q8_0, 34 bytes: fp16 d | int8 qs[32]. y = q*d.
+void block_q8_0(const uint8_t* b, float* y) {
+  const float d = load_f16(b);
+  const int8_t* qs = reinterpret_cast<const int8_t*>(b + 2);
+  for (int j = 0; j < 32; ++j) y[j] = d * static_cast<float>(qs[j]);
+}
+
+// Q2_K, 84 bytes: scales[16] (lo nibble scale, hi nibble min) | qs[64] | fp16 d | fp16 dmin.
+// Element e = 128*h + 32*s + l (h<2, s<4, l<32) is bits 2s..2s+1 of qs[32h + l];
+// its 16-element group e/16 gives y = (d*scale)*q - (dmin*min).
+void block_q2_k(const uint8_t* b, float* y) {
+  const uint8_t* scales = b;
+  const uint8_t* qs = b + 16;
+  const float d = load_f16(b + 80);
+  const float dmin = load_f16(b + 82);
+  for (int h = 0; h < 2; ++h) {
+    for (int s = 0; s < 4; ++s) {
+      for (int g = 0; g < 2; ++g) {
+        const uint8_t sc = scales[h * 8 + s * 2 + g];
+        const float dl = d * static_cast<float>(sc & 0x0F);
+        const float ml = dmin * static_cast<float>(sc >> 4);
+        float* out = y + h * 128 + s * 32 + g * 16;
+        const uint8_t* q = qs + h * 32 + g * 16;
+        for (int l = 0; l < 16; ++l) out[l] = dl * static_cast<float>((q[l] >> (2 * s)) & 3) - ml;
+      }
+    }
+  }
+}
+
+// Q3_K, 110 bytes: hmask[32] | qs[64] | scales[12] (16 packed 6-bit) | fp16 d.
+// Element e = 128*h + 32*s + l: low 2 bits from qs[32h + l] >> 2s, high bit from
+// hmask[l] >> (4h + s); q = low - (high ? 0 : 4); y = (d*(scale - 32))*q.
+void block_q3_k(const uint8_t* b, float* y) {
+  const uint8_t* hmask = b;
+  const uint8_t* qs = b + 32;
+  const uint8_t* sc = b + 96;
+  const float d = load_f16(b + 108);
+  float dl[16];
+  for (int i = 0; i < 16; ++i) {
+    const int lo = (sc[i % 8] >> (4 * (i / 8))) & 0x0F;
+    const int hi = (sc[8 + i % 4] >> (2 * (i / 4))) & 0x03;
+    dl[i] = d * static_cast<float>((lo | (hi << 4)) - 32);
+  }
+  for (int h = 0; h < 2; ++h) {
+    for (int s = 0; s < 4; ++s) {
+      const int bit = 4 * h + s;
+      for (int l = 0; l < 32; ++l) {
+        const int e = h * 128 + s * 32 + l;
+        const int low = (qs[h * 32 + l] >> (2 * s)) & 3;
+        const int high = (hmask[l] >> bit) & 1;
+        y[e] = dl[e / 16] * static_cast<float>(low - (high ? 0 : 4));
+      }
+    }
+  }
+}
+
+// 8 sub-block scales and mins, 6 bits each, packed in 12 bytes (Q4_K, Q5_K):
+// j < 4: sc = s[j] & 63, min = s[j+4] & 63;
+// j >= 4: sc = (s[j+4] & 15) | ((s[j-4] >> 6) << 4), min = (s[j+4] >> 4) | ((s[j] >> 6) << 4).
+void k_scale_min(const uint8_t* s, int j, int* sc, int* mn) {
+  if (j < 4) {
+    *sc = s[j] & 63;
+    *mn = s[j + 4] & 63;
+  } else {
+    *sc = (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4);
+    *mn = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+  }
+}
+
+// Q4_K, 144 bytes: fp16 d | fp16 dmin | scales[12] | qs[128].
+// Sub-block sb = 2c + k (c<4, k<2) of 32 elements: q = (qs[32c + l] >> 4k) & 15,
+// y = (d*sc)*q - (dmin*min).
+void block_q4_k(const uint8_t* b, float* y) {
+  const float d = load_f16(b);
+  const float dmin = load_f16(b + 2);
+  const uint8_t* scales = b + 4;
+  const uint8_t* qs = b + 16;
+  for (int sb = 0; sb < 8; ++sb) {
+    int sc, mn;
+    k_scale_min(scales, sb, &sc, &mn);
+    const float dl = d * static_cast<float>(sc);
+    const float ml = dmin * static_cast<float>(mn);
+    const uint8_t* q = qs + (sb / 2) * 32;
+    const int shift = 4 * (sb % 2);
+    for (int l = 0; l < 32; ++l) y[sb * 32 + l] = dl * static_cast<float>((q[l] >> shift) & 0x0F) - ml;
+  }
+}
+
+// Q5_K, 176 bytes: fp16 d | fp16 dmin | scales[12] | qh[32] | qs[128].
+// As Q4_K, plus a 5th bit (qh[l] >> sb) & 1 for element l of sub-block sb.
+void block_q5_k(const uint8_t* b, float* y) {
+  const float d = load_f16(b);
+  const float dmin = load_f16(b + 2);
+  const uint8_t* scales = b + 4;
+  const uint8_t* qh = b + 16;
+  const uint8_t* qs = b + 48;
+  for (int sb = 0; sb < 8; ++sb) {
+    int sc, mn;
+    k_scale_min(scales, sb, &sc, &mn);
+    const float dl = d * static_cast<float>(sc);
+    const float ml = dmin * static_cast<float>(mn);
+    const uint8_t* q = qs + (sb / 2) * 32;
+    const int shift = 4 * (sb % 2);
+    for (int l = 0; l < 32; ++l) {
+      const int v = ((q[l] >> shift) & 0x0F) | (((qh[l] >> sb) & 1) << 4);
+      y[sb * 32 + l] = dl * static_cast<float>(v) - ml;
+    }
+  }
+}
+
+// Q6_K, 210 bytes: ql[128] | qh[64] | int8 scales[16] | fp16 d.
+// Element e = 128*h + 32*s + l (h<2, s<4, l<32): low 4 bits (ql[64h + 32*(s%2) + l] >> 4*(s/2)),
+// high 2 bits (qh[32h + l] >> 2s); q = v - 32; y = (d*scale[e/16])*q.
+void block_q6_k(const uint8_t* b, float* y) {
+  const uint8_t* ql = b;
+  const uint8_t* qh = b + 128;
+  const int8_t* scales = reinterpret_cast<const int8_t*>(b + 192);
+  const float d = load_f16(b + 208);
+  float dl[16];
+  for (int i = 0; i < 16; ++i) dl[i] = d * static_cast<float>(scales[i]);
+  for (int h = 0; h < 2; ++h) {
+    for (int s = 0; s < 4; ++s) {
+      const uint8_t* lo = ql + 64 * h + 32 * (s % 2);
+      const int lo_shift = 4 * (s / 2);
+      for (int l = 0; l < 32; ++l) {
+        const int e = h * 128 + s * 32 + l;
+        const int v = ((lo[l] >> lo_shift) & 0x0F) | (((qh[32 * h + l] >> (2 * s)) & 3) << 4);
+        y[e] = dl[e / 16] * static_cast<float>(v - 32);
+      }
+    }
+  }
+}
+
+// Q8_K, 292 bytes: f32 d | int8 qs[256] | int16 bsums[16] (sums of 16-groups, unused here). y = d*q.
+void block_q8_k(const uint8_t* b, float* y) {
+  float d;
+  std::memcpy(&d, b, 4);
+  const int8_t* qs = reinterpret_cast<const int8_t*>(b + 4);
+  for (int j = 0; j < QK_K; ++j) y[j] = d * static_cast<float>(qs[j]);
+}
+
+template <void (*Block)(const uint8_t*, float*)>
+void run_blocks(const uint8_t* src, float* dst, int64_t n_blocks, int64_t block_elems, int64_t block_bytes) {
+  for (int64_t i = 0; i < n_blocks; ++i) Block(src + i * block_bytes, dst + i * block_elems);
+}
+
+}  // namespace
+
+float fp16_to_f32(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t exp = (h >> 10) & 0x1Fu;
+  const uint32_t mant = h & 0x3FFu;
+  uint32_t bits;
+  if (exp == 0x1F) {
+    bits = sign | 0x7F800000u | (mant << 13);  // inf, or NaN with its payload
+  } else if (exp != 0) {
+    bits = sign | ((exp + 112u) << 23) | (mant << 13);  // rebias 15 -> 127
+  } else {
+    // zero or subnormal: mant * 2^-24, exact in float32
+    const float v = static_cast<float>(mant) * 5.9604644775390625e-08f;
+    bits = sign | std::bit_cast<uint32_t>(v);
+  }
+  return std::bit_cast<float>(bits);
+}
+
+float bf16_to_f32(uint16_t h) { return std::bit_cast<float>(static_cast<uint32_t>(h) << 16); }
+
+std::string ggml_type_name(uint32_t type) {
+  if (const TypeInfo* t = find_type(type)) return t->name;
+  return cat("unknown(", type, ")");
+}
+
+bool ggml_type_layout(uint32_t type, int64_t* block_elems, int64_t* block_bytes) {
+  const TypeInfo* t = find_type(type);
+  if (!t) return false;
+  if (block_elems) *block_elems = t->block_elems;
+  if (block_bytes) *block_bytes = t->block_bytes;
+  return true;
+}
+
+bool ggml_type_block(uint32_t type, int64_t* block_elems, int64_t* block_bytes) {
+  const TypeInfo* t = find_type(type);
+  if (!t || !t->supported) return false;
+  if (block_elems) *block_elems = t->block_elems;
+  if (block_bytes) *block_bytes = t->block_bytes;
+  return true;
+}
+
+bool ggml_type_supported(uint32_t type) {
+  const TypeInfo* t = find_type(type);
+  return t && t->supported;
+}
+
+void dequantize(GgmlType type, const uint8_t* src, float* dst, int64_t n_elems) {
+  const uint32_t id = static_cast<uint32_t>(type);
+  int64_t be = 0, bb = 0;
+  check(ggml_type_block(id, &be, &bb), "dequantize: type ", ggml_type_name(id), " is not supported");
+  check(n_elems >= 0 && n_elems % be == 0, "dequantize: ", n_elems, " elements is not a whole number of ",
+        ggml_type_name(id), " blocks of ", be);
+  const int64_t nb = n_elems / be;
+  switch (type) {
+    case GgmlType::F32:
+      if (n_elems > 0) std::memcpy(dst, src, static_cast<size_t>(n_elems) * 4);
+      return;
+    case GgmlType::F16:
+      for (int64_t i = 0; i < n_elems; ++i) dst[i] = load_f16(src + 2 * i);
+      return;
+    case GgmlType::BF16:
+      for (int64_t i = 0; i < n_elems; ++i) dst[i] = bf16_to_f32(load_u16(src + 2 * i));
+      return;
+    case GgmlType::Q4_0: return run_blocks<block_q4_0>(src, dst, nb, be, bb);
+    case GgmlType::Q4_1: return run_blocks<block_q4_1>(src, dst, nb, be, bb);
+    case GgmlType::Q5_0: return run_blocks<block_q5_0>(src, dst, nb, be, bb);
+    case GgmlType::Q5_1: return run_blocks<block_q5_1>(src, dst, nb, be, bb);
+    case GgmlType::Q8_0: return run_blocks<block_q8_0>(src, dst, nb, be, bb);
+    case GgmlType::Q2_K: return run_blocks<block_q2_k>(src, dst, nb, be, bb);
+    case GgmlType::Q3_K: return run_blocks<block_q3_k>(src, dst, nb, be, bb);
+    case GgmlType::Q4_K: return run_blocks<block_q4_k>(src, dst, nb, be, bb);
+    case GgmlType::Q5_K: return run_blocks<block_q5_k>(src, dst, nb, be, bb);
+    case GgmlType::Q6_K: return run_blocks<block_q6_k>(src, dst, nb, be, bb);
+    case GgmlType::Q8_K: return run_blocks<block_q8_k>(src, dst, nb, be, bb);
+    default: break;
+  }
+  fail("dequantize: type ", ggml_type_name(id), " is not supported");
+}
+
+}  // namespace retort
