@@ -36,6 +36,10 @@ up to library versions):
      greedy_ids  int64 [3, 16]       the 16 NEW tokens of greedy generate() for each
                                       row run alone (batch of 1, no padding), EOS
                                       disabled so every row has exactly 16 tokens
+  golden/half_cases.safetensors   float32 -> fp16 / bf16 rounding oracle (torch's casts,
+                 round to nearest even): f32 [N] inputs (edge cases, ties, subnormals,
+                 overflow, inf/NaN, random values and random bit patterns), f16 [N] and
+                 bf16 [N] the torch conversions of f32.
   manifest.json  for the safetensors/checkpoint tests: per model, the files and, per
                  tensor, dtype, shape, file, the first 8 values as float32 and the
                  float64 sum of all values (after conversion to float32).
@@ -122,6 +126,16 @@ def make(name, cls, config, dtype, seed, legacy_rope, max_shard_size=None):
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(out, **kwargs)
     byte_tokenizer().save_pretrained(out)
+    tc_path = os.path.join(out, "tokenizer_config.json")
+    with open(tc_path) as f:
+        tc = json.load(f)
+    # Loadable by transformers 4 too, which has no "TokenizersBackend".
+    tc["tokenizer_class"] = "PreTrainedTokenizerFast"
+    tc["model_max_length"] = 512
+    tc.pop("backend", None)
+    with open(tc_path, "w") as f:
+        json.dump(tc, f, indent=2, sort_keys=True)
+        f.write("\n")
     if legacy_rope:
         to_legacy_rope(out)
     for junk in ("special_tokens_map.json", "chat_template.jinja"):
@@ -173,6 +187,24 @@ def make(name, cls, config, dtype, seed, legacy_rope, max_shard_size=None):
     return {"files": files, "sharded": len(files) > 1, "tensors": tensors}
 
 
+def half_cases():
+    e = [0.0, -0.0, 1.0, -1.0, 65504.0, 65505.0, 65519.99, 65520.0, -65520.0, 65536.0, 1e6,
+         float("inf"), float("-inf"), float("nan"), 2.0 ** -24, 2.0 ** -25, 3 * 2.0 ** -25,
+         2.0 ** -26, 2.0 ** -25 + 2.0 ** -40, 2.0 ** -14, 2.0 ** -14 - 2.0 ** -25,
+         2.0 ** -14 - 2.0 ** -24, 1 + 2.0 ** -11, 1 + 3 * 2.0 ** -11, 1 + 2.0 ** -8,
+         1 + 3 * 2.0 ** -8, 1 + 2.0 ** -8 + 2.0 ** -20, 3.4028234663852886e38, 1e-45, -1e-45,
+         1.1754943508222875e-38, 0.1, -0.3, 1 / 3.0]
+    g = torch.Generator().manual_seed(99)
+    n_rand = 4096 - len(e)
+    mags = torch.randn(n_rand // 2, generator=g, dtype=torch.float64) * \
+        10.0 ** (torch.rand(n_rand // 2, generator=g, dtype=torch.float64) * 15 - 9)
+    bits = torch.randint(-2 ** 31, 2 ** 31, (n_rand - n_rand // 2,), generator=g,
+                         dtype=torch.int64).to(torch.int32).view(torch.float32)
+    f32 = torch.cat([torch.tensor(e, dtype=torch.float32), mags.to(torch.float32), bits])
+    save_file({"f32": f32, "f16": f32.to(torch.float16), "bf16": f32.to(torch.bfloat16)},
+              os.path.join(HERE, "golden", "half_cases.safetensors"))
+
+
 def main():
     llama = LlamaConfig(**COMMON, max_position_embeddings=512, rope_theta=10000.0,
                         rope_scaling={"rope_type": "llama3", "factor": 8.0,
@@ -192,6 +224,7 @@ def main():
                              legacy_rope=True, max_shard_size="100KB"),
     }
     assert manifest["tiny-mistral"]["sharded"]
+    half_cases()
     with open(os.path.join(HERE, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1, sort_keys=True)
         f.write("\n")
