@@ -57,11 +57,12 @@ struct SamplingDistribution {
   std::vector<int32_t> tokens;  // support; by prob desc (ties by id) when truncated, by id otherwise
   std::vector<double> probs;    // probs[i] of tokens[i]; sums to 1
   std::vector<float> dense;     // [V] probabilities, 0 outside the support (what choose() sees)
-  std::vector<double> log_dense_helper_unused;  // reserved
   double log_norm = 0;          // log p(v) = scaled_logit(v) - log_norm for v in the support
   double scale = 1;             // 1 / temperature (1 when greedy)
+  bool by_prob = false;         // tokens are ordered by prob desc, ties by id (true when truncated)
 
-  float logprob(int32_t token, const float* logits) const;  // -inf outside the support
+  // log p(token); logits are the ones given to make_distribution. -inf outside the support.
+  float logprob(int32_t token, const float* logits) const;
 };
 
 // logits [n] after any processor; -inf entries are banned tokens. Throws retort::Error when

@@ -1,0 +1,65 @@
+// retort/decode/generate.h — batched generation with continuous batching.
+//
+// Up to GenerateOptions::max_batch sequences share one KV cache (one slot each). New
+// requests are prefilled together (right-padded rows, long prompts in chunks); then every
+// step runs one forward_cached over all active sequences ([B, 1] tokens -> [B, V] logits)
+// and samples each row on CPU (see sampling.h). A finished sequence frees its slot and the
+// next queued request is prefilled into it.
+//
+// Determinism: request i's token at step s uses rng_uniform(seed_i, s) only, so the same
+// request yields the same tokens alone or in any batch, at any position. (Batched float
+// matmuls can differ from single-row ones in the last bits; that can flip a choice only
+// where two tokens are equally likely to within ~1e-6.)
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "retort/decode/logits_processor.h"
+#include "retort/decode/sampling.h"
+
+namespace retort {
+
+struct LoadedModel;
+
+struct GenerationRequest {
+  std::vector<int32_t> prompt;  // already tokenized (chat formatting is the caller's job); not empty
+  SamplingParams sampling;
+  int64_t max_tokens = 256;     // >= 0; also capped by the model's context (finish_reason "length")
+  // Generation ends when the decoded completion contains one of these; the text is cut at
+  // the first occurrence (the stop string and anything after it are dropped; the token that
+  // completed it stays in `tokens`). Streaming holds back text that could start a stop string.
+  std::vector<std::string> stop;
+  bool ignore_eos = false;      // keep going past EOS/EOG tokens (model.eos_ids)
+  int top_logprobs = 0;         // alternatives to report per token (raw and processed), 0 = none
+  std::shared_ptr<LogitsProcessor> processor;  // may be null
+};
+
+struct GenerationResult {
+  // Generated tokens, including the EOS/EOG token that ended the sequence (its text is not
+  // part of `text`).
+  std::vector<GeneratedToken> tokens;
+  std::string text;            // decoded completion (stop string removed), lossy UTF-8
+  std::string finish_reason;   // "stop" (EOS or stop string) | "length" (max_tokens or context)
+  int64_t prompt_tokens = 0;
+};
+
+struct GenerateOptions {
+  int64_t max_batch = 32;  // sequences decoded together; the rest queue (continuous batching)
+  int64_t prefill_chunk = 512;  // prompt tokens per row per prefill forward (bounds activation memory)
+  // Streaming: called after each token of request i with the newly completed UTF-8 text
+  // (may be empty while a multi-byte character or a possible stop string is incomplete).
+  // The pieces of a request concatenate to its final `text`.
+  std::function<void(size_t request_index, const GeneratedToken&, const std::string& text_piece)> on_token;
+};
+
+// Runs every request to completion; results[i] belongs to requests[i]. Throws retort::Error
+// for bad requests (empty prompt, token id out of range, prompt longer than the model's
+// context, invalid sampling params) before any work starts.
+std::vector<GenerationResult> generate(LoadedModel& model, const std::vector<GenerationRequest>& requests,
+                                       const GenerateOptions& opts = {});
+
+}  // namespace retort
