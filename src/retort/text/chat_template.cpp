@@ -1,0 +1,175 @@
+#include "retort/text/chat_template.h"
+
+#include <regex>
+
+#include "retort/text/tokenizer.h"
+#include "retort/text/utf8.h"
+#include "retort/util/error.h"
+
+namespace retort {
+
+namespace {
+
+bool has(const std::string& s, const char* needle) { return s.find(needle) != std::string::npos; }
+
+// The source with whitespace outside string literals removed, real newlines inside literals
+// written as \n, and " quotes turned into ', so `message['role'] + '\n'`, `message["role"]+"<newline>"`
+// and `message.role+'\n'` compare alike with `has`.
+std::string squash(const std::string& s) {
+  std::string out;
+  char quote = 0;
+  for (size_t i = 0; i < s.size(); ++i) {
+    const char c = s[i];
+    if (quote) {
+      if (c == '\\' && i + 1 < s.size()) {
+        out += c;
+        out += s[++i];
+      } else if (c == quote) {
+        out += '\'';
+        quote = 0;
+      } else if (c == '\n') {
+        out += "\\n";
+      } else {
+        out += c == '\'' ? '"' : c;
+      }
+      continue;
+    }
+    if (c == ' ' || c == '\t' || c == '\n' || c == '\r') continue;
+    if (c == '\'' || c == '"') {
+      quote = c;
+      out += '\'';
+      continue;
+    }
+    out += c;
+  }
+  return out;
+}
+
+// Python str.isspace(), which Jinja's trim (str.strip) uses.
+bool py_space(uint32_t cp) {
+  return (cp >= 0x09 && cp <= 0x0D) || (cp >= 0x1C && cp <= 0x20) || cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||
+         (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F ||
+         cp == 0x3000;
+}
+
+std::string py_strip(const std::string& s) {
+  size_t begin = 0, end = s.size();
+  // Walk code points; remember the first non-space start and the last non-space end.
+  bool any = false;
+  size_t i = 0;
+  while (i < s.size()) {
+    size_t len = 0;
+    uint32_t cp = 0;
+    const bool ok = utf8_next(std::string_view(s).substr(i), &len, &cp) == Utf8Status::valid;
+    if (!ok || !py_space(cp)) {
+      if (!any) begin = i;
+      any = true;
+      end = i + len;
+    }
+    i += len;
+  }
+  return any ? s.substr(begin, end - begin) : std::string();
+}
+
+// Undo Jinja string-literal escapes (\n, \t, \\, \', \").
+std::string unescape(const std::string& s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '\\' && i + 1 < s.size()) {
+      const char n = s[++i];
+      out += n == 'n' ? '\n' : n == 't' ? '\t' : n;
+    } else {
+      out += s[i];
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+ChatTemplate ChatTemplate::from_jinja(const std::string& src, const Tokenizer& tok) {
+  const std::string sq = squash(src);
+  check(!sq.empty(), "chat template is empty: this model defines no chat format; use --no-chat and pass a raw prompt");
+  auto unsupported = [&](const char* why) {
+    fail("chat template is not supported (", why, "); retort renders ChatML and Llama-3 templates only. "
+         "Use --no-chat and pass a raw prompt. Template starts: ", src.substr(0, 120));
+  };
+  // Features that change the rendering in ways the two native formats do not model.
+  for (const char* marker : {"<think>", "reasoning_content", "Cutting Knowledge Date", "[INST]", "<start_of_turn>",
+                             "<|user|>", "<|assistant|>", "date_string", "strftime_now", "ipython"}) {
+    if (has(src, marker)) unsupported(marker);
+  }
+  ChatTemplate t;
+  const bool chatml = has(sq, "<|im_start|>") && has(sq, "<|im_end|>");
+  const bool llama3 = has(sq, "<|start_header_id|>") && has(sq, "<|end_header_id|>") && has(sq, "<|eot_id|>");
+  const bool trims = has(sq, "trim");
+  if (chatml && !llama3) {
+    const bool role_line =
+        has(sq, "'<|im_start|>'+message['role']+'\\n'") || has(sq, "'<|im_start|>'+message.role+'\\n'");
+    const bool content_line = has(sq, "message['content']+'<|im_end|>'") || has(sq, "message.content+'<|im_end|>'");
+    if (!role_line || !content_line) unsupported("ChatML markers, but not the <|im_start|>role\\n content<|im_end|> shape");
+    if (trims) {
+      if (!has(sq, "message['content']|trim+'<|im_end|>'") && !has(sq, "message.content|trim+'<|im_end|>'"))
+        unsupported("ChatML with `trim` applied to something other than the message content");
+      t.trim_content_ = true;
+    }
+    t.name_ = "chatml";
+    // Default system prompt: a literal '<|im_start|>system\n...<|im_end|>' with no quotes inside
+    // (a `+ messages[0]['content'] +` variant has quotes and is the user-system branch).
+    static const std::regex re(R"(<\|im_start\|>system(?:\\n|\n)([^'"]*?)<\|im_end\|>)");
+    std::smatch m;
+    if (std::regex_search(src, m, re)) {
+      t.default_system_ = unescape(m[1].str());
+      const size_t loop_at = src.find("for message in messages");
+      t.default_system_in_loop_ = loop_at != std::string::npos && static_cast<size_t>(m.position(0)) > loop_at;
+      if (!has(sq, "messages[0]['role']!='system'") && !has(sq, "messages[0]['role']=='system'") &&
+          !has(sq, "messages[0].role!='system'") && !has(sq, "messages[0].role=='system'"))
+        unsupported("a default system prompt under a condition retort does not recognise");
+    }
+    t.reject_tool_role_ = has(sq, "tool_response");
+    return t;
+  }
+  if (llama3 && !chatml) {
+    const bool header = has(sq, "'<|start_header_id|>'+message['role']+'<|end_header_id|>\\n\\n'") ||
+                        has(sq, "'<|start_header_id|>'+message.role+'<|end_header_id|>\\n\\n'");
+    if (!header) unsupported("Llama-3 markers, but not the <|start_header_id|>role<|end_header_id|>\\n\\n shape");
+    if (trims) {
+      if (!has(sq, "message['content']|trim+'<|eot_id|>'") && !has(sq, "message.content|trim+'<|eot_id|>'"))
+        unsupported("Llama-3 with `trim` applied to something other than the message content");
+      t.trim_content_ = true;
+    }
+    if (has(sq, "bos_token")) {
+      check(tok.bos_id().has_value(), "chat template uses bos_token but the tokenizer has no BOS token");
+      t.bos_ = tok.token_bytes(*tok.bos_id());
+    }
+    t.name_ = "llama3";
+    return t;
+  }
+  unsupported(chatml && llama3 ? "both ChatML and Llama-3 markers" : "no ChatML or Llama-3 markers");
+  return t;  // not reached: unsupported() throws
+}
+
+std::string ChatTemplate::render(const std::vector<ChatMessage>& messages, bool add_generation_prompt) const {
+  std::string out;
+  for (const auto& msg : messages) {
+    check(!(reject_tool_role_ && msg.role == "tool"),
+          "chat template: role \"tool\" is rendered specially by this template; retort does not support it");
+  }
+  auto content = [&](const ChatMessage& m) { return trim_content_ ? py_strip(m.content) : m.content; };
+  if (name_ == "chatml") {
+    const bool need_default = default_system_ && (messages.empty() || messages[0].role != "system") &&
+                              !(default_system_in_loop_ && messages.empty());
+    if (need_default) out += "<|im_start|>system\n" + *default_system_ + "<|im_end|>\n";
+    for (const auto& m : messages) out += "<|im_start|>" + m.role + "\n" + content(m) + "<|im_end|>\n";
+    if (add_generation_prompt) out += "<|im_start|>assistant\n";
+  } else {
+    for (size_t i = 0; i < messages.size(); ++i) {
+      if (i == 0) out += bos_;
+      out += "<|start_header_id|>" + messages[i].role + "<|end_header_id|>\n\n" + content(messages[i]) + "<|eot_id|>";
+    }
+    if (add_generation_prompt) out += "<|start_header_id|>assistant<|end_header_id|>\n\n";
+  }
+  return out;
+}
+
+}  // namespace retort

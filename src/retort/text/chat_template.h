@@ -1,0 +1,44 @@
+// retort/text/chat_template.h — the chat formats retort renders, recognised from their Jinja source.
+//
+// retort does not run Jinja. It recognises the structure of a template and renders that
+// structure natively:
+//   chatml : <|im_start|>{role}\n{content}<|im_end|>\n per message, optionally preceded by a
+//            default system message when the conversation does not start with one (SmolLM2,
+//            Qwen2/2.5); generation prompt <|im_start|>assistant\n.
+//   llama3 : {bos}<|start_header_id|>{role}<|end_header_id|>\n\n{content|trim}<|eot_id|> ...;
+//            generation prompt <|start_header_id|>assistant<|end_header_id|>\n\n.
+// Anything else is rejected with an error rather than rendered wrongly.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace retort {
+
+class Tokenizer;
+
+struct ChatMessage {
+  std::string role;
+  std::string content;
+};
+
+class ChatTemplate {
+ public:
+  static ChatTemplate from_jinja(const std::string& jinja_source, const Tokenizer& tok);
+
+  std::string name() const { return name_; }  // "chatml", "llama3"
+  // The default system prompt a ChatML template inserts, if any.
+  const std::optional<std::string>& default_system() const { return default_system_; }
+  std::string render(const std::vector<ChatMessage>& messages, bool add_generation_prompt = true) const;
+
+ private:
+  std::string name_;
+  std::optional<std::string> default_system_;
+  bool default_system_in_loop_ = false;  // inserted only when there is at least one message (SmolLM2)
+  bool trim_content_ = false;            // Jinja `| trim` on message content (Python str.strip)
+  bool reject_tool_role_ = false;        // template renders role "tool" its own way
+  std::string bos_;                      // prepended by llama3 templates that use bos_token
+};
+
+}  // namespace retort

@@ -1,0 +1,79 @@
+// retort/text/tokenizer.h — byte-level BPE (GPT-2 family: SmolLM2, Llama-3, Qwen2), no torch.
+//
+// encode(text):
+//   1. added tokens (special or not) are cut out first, leftmost-longest; with
+//      parse_special=false the special ones are left in as plain text (HF encode_special_tokens);
+//   2. each stretch between them is split into pre-tokens (see pretokenize.h);
+//   3. each pre-token's bytes are mapped to the GPT-2 byte->unicode alphabet and BPE-merged:
+//      repeatedly merge the adjacent pair with the lowest merge rank (leftmost on ties).
+// Invalid UTF-8 is not rejected: each maximal run of invalid bytes is a pre-token of its own
+// and encodes as its bytes, so decode(encode(b)) == b for any bytes b -- except bytes whose
+// one-byte token is missing from the vocabulary (SmolLM2 lacks 21, e.g. 0xC0, 0xFF, 0x04):
+// those are dropped, exactly as HF tokenizers drops them (no unk token in these vocabularies).
+// The word cache makes encode() fast (~6-10 MB/s on one core); it is guarded by a mutex, so
+// one Tokenizer may be shared across threads.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace retort {
+
+class GgufFile;
+
+class Tokenizer {
+ public:
+  // From GGUF metadata (tokenizer.ggml.*). Only model "gpt2" (byte-level BPE) is supported; pre names:
+  // gpt2/gpt-2, smollm/starcoder/refact/codeshell (digits split first), llama-bpe/llama3, qwen2/deepseek-r1-qwen.
+  static Tokenizer from_gguf(const GgufFile& gguf);
+  // From a Hugging Face tokenizer.json (+ tokenizer_config.json for bos/eos/pad/add_bos_token/chat_template).
+  static Tokenizer from_hf_json(const std::string& tokenizer_json_path, const std::string& tokenizer_config_path = "");
+
+  std::vector<int32_t> encode(std::string_view text, bool parse_special = true, bool add_bos = false) const;
+  // Concatenated token bytes (may be invalid UTF-8 when ids end mid-character). Throws on an id out of range.
+  std::string decode(const std::vector<int32_t>& ids, bool skip_special = false) const;
+  std::string token_bytes(int32_t id) const;  // raw bytes of a token; added tokens: their text
+  std::string token_text(int32_t id) const;   // vocab string as stored ("Ġhello")
+  std::optional<int32_t> token_id(std::string_view vocab_string) const;
+  int32_t n_vocab() const;
+  std::optional<int32_t> bos_id() const;
+  std::optional<int32_t> eos_id() const;
+  std::optional<int32_t> pad_id() const;
+  bool add_bos_token() const;       // whether encode(add_bos=true) prepends BOS
+  std::vector<int32_t> eog_ids() const;  // eos plus <|im_end|>, <|eot_id|>, <|endoftext|>, ... when special
+  bool is_special(int32_t id) const;     // special added token (GGUF: control)
+  bool is_added(int32_t id) const;       // any added token (special or not)
+  std::string pre_tokenizer_name() const;  // "gpt2", "smollm", "llama3", "qwen2", "custom"
+  const std::string& chat_template() const;  // "" when the source had none
+  // FNV-1a 64 (hex, 16 digits) over: pre-tokenizer name, every token text in id order, every merge
+  // "a b" in rank order, and (id, special?) of every added token. Equal for the GGUF and the
+  // tokenizer.json of the same tokenizer.
+  std::string hash() const;
+
+  struct Impl;
+
+ private:
+  explicit Tokenizer(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
+  std::shared_ptr<Impl> impl_;  // immutable after construction except the thread-safe word cache
+};
+
+// Streaming decode: push ids one at a time and get back only complete UTF-8. A partial
+// multi-byte sequence is held until it completes; bytes that can never complete become U+FFFD
+// (one per maximal ill-formed subpart, as Python/Rust lossy decoding does). flush() returns what is held.
+class StreamDecoder {
+ public:
+  explicit StreamDecoder(const Tokenizer& tok, bool skip_special = false);
+  std::string push(int32_t id);
+  std::string flush();
+
+ private:
+  const Tokenizer* tok_;
+  bool skip_special_;
+  std::string pending_;
+};
+
+}  // namespace retort
