@@ -9,6 +9,7 @@
 #include "retort/io/gguf.h"
 #include "retort/text/tokenizer.h"
 #include "retort/util/error.h"
+#include "retort/util/file.h"
 
 namespace retort::cli {
 
