@@ -130,15 +130,19 @@ torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch
   auto out = torch::scaled_dot_product_attention(q.to(k.scalar_type()), kr, vr, mask);
   return out.transpose(1, 2).reshape({B, T, H * D}).to(torch::kFloat32);
 #else
-  // Broadcast the G query heads of a group against their one K/V head: no K/V copy.
-  auto qg = q.reshape({B, Hkv, G, T, D});
-  auto kf = k.to(torch::kFloat32).unsqueeze(2);  // [B, Hkv, 1, L, D]
-  auto vf = v.to(torch::kFloat32).unsqueeze(2);
-  auto scores = torch::matmul(qg, kf.transpose(-1, -2)) * (1.0 / std::sqrt(double(D)));  // [B, Hkv, G, T, L]
-  scores = scores.masked_fill(mask.unsqueeze(2).logical_not(), -std::numeric_limits<float>::infinity());
+  // The G query heads of a group, with their T positions, as G*T rows against their one K/V
+  // head: a plain batched matmul over [B*Hkv] that reads the cache view without copying it.
+  auto qg = q.reshape({B, Hkv, G * T, D});
+  auto kf = k.to(torch::kFloat32);  // [B, Hkv, L, D]
+  auto vf = v.to(torch::kFloat32);
+  const int64_t L = k.size(2);
+  auto scores = torch::matmul(qg, kf.transpose(-1, -2)) * (1.0 / std::sqrt(double(D)));  // [B, Hkv, G*T, L]
+  scores = scores.view({B, Hkv, G, T, L})
+               .masked_fill(mask.unsqueeze(2).logical_not(), -std::numeric_limits<float>::infinity())
+               .view({B, Hkv, G * T, L});
   auto probs = torch::softmax(scores, -1);
-  auto out = torch::matmul(probs, vf);  // [B, Hkv, G, T, D]
-  return out.reshape({B, H, T, D}).transpose(1, 2).reshape({B, T, H * D});
+  auto out = torch::matmul(probs, vf);  // [B, Hkv, G*T, D]
+  return out.view({B, H, T, D}).transpose(1, 2).reshape({B, T, H * D});
 #endif
 }
 
