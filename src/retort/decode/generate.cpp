@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <deque>
+#include <exception>
+#include <mutex>
 #include <optional>
 
 #include "retort/model/kv_cache.h"
@@ -69,8 +71,10 @@ class Generator {
   void validate();
   void prefill(std::vector<Sequence*>& seqs);
   void decode_step();
-  // Samples the next token of `s` from its logits row [V], updates text, streams, finishes.
-  void advance(Sequence& s, const float* logits);
+  // Samples the next token of each sequence from its logits row ([rows, V] float32 CPU),
+  // then updates text, streams and finishes them in row order.
+  void advance_rows(const std::vector<Sequence*>& rows, const torch::Tensor& logits);
+  void advance(Sequence& s, GeneratedToken g);
   void finish(Sequence& s, const char* reason);
   void retire_finished();
 
@@ -191,15 +195,20 @@ void Generator::prefill(std::vector<Sequence*>& seqs) {
     torch::Tensor tokens = torch::from_blob(flat.data(), {int64_t(n_rows), t_len}, torch::kInt64).to(device_);
     torch::Tensor logits = model.forward_cached(tokens, slots, n_new, *cache_, /*last_only=*/true);
     logits = logits.to(torch::kCPU, torch::kFloat32).contiguous();  // [n_rows, V]
-    std::vector<Sequence*> rest;
+    std::vector<Sequence*> rest, ready;
+    std::vector<int64_t> ready_rows;
     for (size_t b = 0; b < n_rows; ++b) {
       Sequence* s = pending[b];
       s->prefilled += n_new[b];
-      if (s->prefilled == int64_t(s->context.size()))
-        advance(*s, logits.data_ptr<float>() + b * n_vocab_);
-      else
+      if (s->prefilled == int64_t(s->context.size())) {
+        ready.push_back(s);
+        ready_rows.push_back(int64_t(b));
+      } else {
         rest.push_back(s);
+      }
     }
+    if (!ready.empty())
+      advance_rows(ready, logits.index_select(0, torch::tensor(ready_rows, torch::kInt64)).contiguous());
     rest.insert(rest.end(), pending.begin() + n_rows, pending.end());
     pending.swap(rest);
   }
@@ -218,14 +227,44 @@ void Generator::decode_step() {
   check(logits.dim() == 2 && logits.size(0) == int64_t(n_rows) && logits.size(1) == n_vocab_,
         "generate: forward_cached returned logits of shape ", logits.sizes(), ", expected [", n_rows, ", ",
         n_vocab_, "]");
-  for (size_t b = 0; b < n_rows; ++b) advance(*active_[b], logits.data_ptr<float>() + b * n_vocab_);
+  std::vector<Sequence*> rows;
+  for (auto& s : active_) rows.push_back(s.get());
+  advance_rows(rows, logits);
 }
 
-void Generator::advance(Sequence& s, const float* logits) {
+void Generator::advance_rows(const std::vector<Sequence*>& rows, const torch::Tensor& logits) {
+  const float* base = logits.data_ptr<float>();
+  std::vector<GeneratedToken> picked(rows.size());
+  auto sample_row = [&](size_t b) {
+    Sequence& s = *rows[b];
+    const GenerationRequest& r = reqs_[s.req];
+    picked[b] = sample_token(s.context, base + b * n_vocab_, n_vocab_, r.sampling, r.processor.get(),
+                             static_cast<uint64_t>(s.n_generated), r.top_logprobs);
+  };
+  // Rows without a processor are independent pure functions: sample them in parallel. Rows
+  // with one run serially afterwards (a processor object may be shared between requests).
+  std::exception_ptr error;
+  std::mutex error_mutex;
+  at::parallel_for(0, int64_t(rows.size()), 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t b = lo; b < hi; ++b) {
+      if (reqs_[rows[b]->req].processor) continue;
+      try {
+        sample_row(size_t(b));
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(error_mutex);
+        error = std::current_exception();
+      }
+    }
+  });
+  if (error) std::rethrow_exception(error);
+  for (size_t b = 0; b < rows.size(); ++b)
+    if (reqs_[rows[b]->req].processor) sample_row(b);
+  for (size_t b = 0; b < rows.size(); ++b) advance(*rows[b], std::move(picked[b]));
+}
+
+void Generator::advance(Sequence& s, GeneratedToken g) {
   const GenerationRequest& r = reqs_[s.req];
   GenerationResult& res = results_[s.req];
-  GeneratedToken g = sample_token(s.context, logits, n_vocab_, r.sampling, r.processor.get(),
-                                  static_cast<uint64_t>(s.n_generated), r.top_logprobs);
   s.context.push_back(g.token);
   ++s.n_generated;
 

@@ -60,7 +60,7 @@ double log_sum_exp(const float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) m = std::max(m, x[i]);
   if (m == kNegInf) return -std::numeric_limits<double>::infinity();
   double s = 0;
-  for (int64_t i = 0; i < n; ++i) s += std::exp(static_cast<double>(x[i]) - m);
+  for (int64_t i = 0; i < n; ++i) s += std::exp(x[i] - m);  // float exp, float64 sum
   return m + std::log(s);
 }
 
@@ -202,6 +202,16 @@ GeneratedToken sample_token(std::span<const int32_t> context, const float* raw_l
                             const SamplingParams& params, LogitsProcessor* processor, uint64_t step,
                             int top_logprobs) {
   GeneratedToken out;
+  if (!processor && params.temperature == 0) {
+    // Greedy without a processor: the processed distribution is the raw one; one pass each.
+    check_sampling_params(params);
+    const double lse = log_sum_exp(raw_logits, n_vocab);
+    check(std::isfinite(lse), "sampling: logits contain NaN or inf (the model produced them)");
+    out.token = argmax(raw_logits, n_vocab);
+    out.logprob_raw = out.logprob = static_cast<float>(raw_logits[out.token] - lse);
+    if (top_logprobs > 0) out.top = out.top_raw = top_entries(raw_logits, n_vocab, top_logprobs, lse);
+    return out;
+  }
   std::vector<float> work(raw_logits, raw_logits + n_vocab);
   if (processor) processor->process(context, work.data(), n_vocab);
   SamplingDistribution dist = make_distribution(work.data(), n_vocab, params);
