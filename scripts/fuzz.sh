@@ -71,8 +71,8 @@ for t in "${TARGETS[@]}"; do
   corpus="$OUT/corpus/$t"
   artifacts="$OUT/artifacts/$t"
   mkdir -p "$corpus" "$artifacts"
-  { find tests/data -type f -name "*.$ext" -size -1024k 2>/dev/null
-    [[ -d "tests/data/$ext" ]] && find "tests/data/$ext" -type f -size -64k ! -name '*.py' 2>/dev/null
+  { find tests/data -type f -name "*.$ext" -size -1024k 2>/dev/null || true
+    if [[ -d "tests/data/$ext" ]]; then find "tests/data/$ext" -type f -size -64k ! -name '*.py' 2>/dev/null || true; fi
   } | sort -u | while read -r seed; do cp -f "$seed" "$corpus/seed_$(echo "$seed" | tr / _)"; done
   echo "== running $t for ${SECONDS_PER_TARGET}s ($(ls "$corpus" | wc -l) corpus files)"
   if ! "$OUT/$t" "$corpus" -max_total_time="$SECONDS_PER_TARGET" -timeout=10 -rss_limit_mb=2048 \

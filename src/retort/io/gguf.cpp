@@ -361,8 +361,10 @@ GgufFile GgufParser::run() {
   const uint64_t n_tensors = take<uint64_t>("tensor count");
   const uint64_t n_kv = take<uint64_t>("metadata count");
   // Smallest encodings: a key-value is 8 (key length) + 4 (type) + 1; a tensor info 8 + 4 + 8 + 4 + 8.
-  if (n_kv > left() / 13) error("metadata count ", n_kv, " cannot fit in the ", left(), " bytes of the file");
-  if (n_tensors > left() / 32) error("tensor count ", n_tensors, " cannot fit in the ", left(), " bytes of the file");
+  if (n_kv > left() / 13)
+    error("metadata count ", n_kv, " cannot fit in the ", left(), " bytes left in the file (truncated or corrupt)");
+  if (n_tensors > left() / 32)
+    error("tensor count ", n_tensors, " cannot fit in the ", left(), " bytes left in the file (truncated or corrupt)");
 
   f.kv_.reserve(static_cast<size_t>(n_kv));
   for (uint64_t k = 0; k < n_kv; ++k) {
