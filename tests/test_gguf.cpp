@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 
 #include "retort/io/gguf.h"
+#include "retort/io/half.h"
 #include "retort/util/error.h"
 #include "retort/util/file.h"
 

@@ -3,6 +3,7 @@
 #include <bit>
 #include <cstring>
 
+#include "retort/io/half.h"
 #include "retort/util/error.h"
 
 // The reference (gguf.quants, numpy) rounds every product and sum separately: y = (d*q) + m.
@@ -277,25 +278,6 @@ void run_blocks(const uint8_t* src, float* dst, int64_t n_blocks, int64_t block_
 }
 
 }  // namespace
-
-float fp16_to_f32(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  const uint32_t exp = (h >> 10) & 0x1Fu;
-  const uint32_t mant = h & 0x3FFu;
-  uint32_t bits;
-  if (exp == 0x1F) {
-    bits = sign | 0x7F800000u | (mant << 13);  // inf, or NaN with its payload
-  } else if (exp != 0) {
-    bits = sign | ((exp + 112u) << 23) | (mant << 13);  // rebias 15 -> 127
-  } else {
-    // zero or subnormal: mant * 2^-24, exact in float32
-    const float v = static_cast<float>(mant) * 5.9604644775390625e-08f;
-    bits = sign | std::bit_cast<uint32_t>(v);
-  }
-  return std::bit_cast<float>(bits);
-}
-
-float bf16_to_f32(uint16_t h) { return std::bit_cast<float>(static_cast<uint32_t>(h) << 16); }
 
 std::string ggml_type_name(uint32_t type) {
   if (const TypeInfo* t = find_type(type)) return t->name;

@@ -64,8 +64,4 @@ bool ggml_type_supported(uint32_t type);
 // src needs no particular alignment.
 void dequantize(GgmlType type, const uint8_t* src, float* dst, int64_t n_elems);
 
-// IEEE half / bfloat16 bits to float32, exact (NaN payloads kept).
-float fp16_to_f32(uint16_t h);
-float bf16_to_f32(uint16_t h);
-
 }  // namespace retort
