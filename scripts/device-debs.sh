@@ -12,7 +12,7 @@ grep -qx '/.device-debs/' "$here/.gitignore" || echo '/.device-debs/' >> "$here/
 cd "$here/.device-debs"
 apt-get download nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev googletest \
   libcpp-httplib-dev libcpp-httplib0.11 libsqlite3-dev libbenchmark-dev libbenchmark1debian \
-  libpcre2-dev libpcre2-8-0 libxxhash-dev
+  libpcre2-dev libpcre2-8-0 libxxhash-dev libutf8proc-dev libutf8proc2
 # The model (98 MB) travels in two halves, one per `run` call (carry .device-model/part1, then part2);
 # gpu_build_test.sh joins them into $RETORT_HOME/models/ when both have arrived.
 model="${RETORT_HOME:-$HOME/.cache/retort}/models/smollm2-135m-instruct.gguf"

@@ -8,6 +8,7 @@
 #include <unordered_map>
 
 #include "retort/io/gguf.h"
+#include "retort/text/normalize.h"
 #include "retort/text/pretokenize.h"
 #include "retort/text/utf8.h"
 #include "retort/util/error.h"
@@ -71,7 +72,11 @@ struct AddedToken {
   std::string content;
   int32_t id = 0;
   bool special = false, lstrip = false, rstrip = false;
+  bool normalized = false;  // HF: matched in the normalized text (after the non-normalized ones are cut out)
+  std::string match;        // what is searched for: content, or NFC(content) for a normalized token under NFC
 };
+
+using AddedTable = std::array<std::vector<int32_t>, 256>;  // first byte of match -> indices into added, longest first
 
 struct Merge {
   int32_t rank;
@@ -95,7 +100,9 @@ struct Tokenizer::Impl {
   std::array<int32_t, 256> byte_id{};                    // byte -> id of its one-character token, -1 if none
   bool ignore_merges = false;                            // a pre-token found whole in the vocab is one token
   std::vector<AddedToken> added;
-  std::array<std::vector<int32_t>, 256> added_by_first;  // first byte -> indices into `added`, longest first
+  AddedTable added_raw;   // tokens with normalized=false: cut out of the raw text first
+  AddedTable added_norm;  // tokens with normalized=true: cut out of each normalized stretch
+  bool nfc = false;       // normalizer NFC (tokenizer.json), applied to the text between raw added tokens
   PreTokenizer pre;
   std::optional<int32_t> bos, eos, pad;
   bool add_bos = false;
@@ -107,6 +114,9 @@ struct Tokenizer::Impl {
   void finish(const std::vector<std::pair<std::string, std::string>>& merge_strings);
   void bpe(std::string_view word, std::vector<int32_t>& out) const;
   void encode_text(std::string_view text, std::vector<int32_t>& out) const;
+  template <class F>
+  void split_added(std::string_view text, const AddedTable& table, bool parse_special, std::vector<int32_t>& out,
+                   F&& stretch) const;
   std::optional<int32_t> id_of(const std::string& s) const {
     auto it = text_to_id.find(s);
     if (it == text_to_id.end()) return std::nullopt;
@@ -147,11 +157,14 @@ void Tokenizer::Impl::finish(const std::vector<std::pair<std::string, std::strin
     merge_list.emplace_back(ia->second, ib->second);
     merges.emplace(pair_key(ia->second, ib->second), Merge{static_cast<int32_t>(r), im->second});  // first rank wins
   }
+  for (auto& a : added) a.match = a.normalized && nfc ? retort::nfc(a.content) : a.content;
   std::sort(added.begin(), added.end(), [](const AddedToken& x, const AddedToken& y) {
-    return x.content.size() != y.content.size() ? x.content.size() > y.content.size() : x.id < y.id;
+    return x.match.size() != y.match.size() ? x.match.size() > y.match.size() : x.id < y.id;
   });
-  for (size_t k = 0; k < added.size(); ++k)
-    added_by_first[static_cast<unsigned char>(added[k].content[0])].push_back(static_cast<int32_t>(k));
+  for (size_t k = 0; k < added.size(); ++k) {
+    AddedTable& t = added[k].normalized ? added_norm : added_raw;
+    t[static_cast<unsigned char>(added[k].match[0])].push_back(static_cast<int32_t>(k));
+  }
 }
 
 // BPE over one pre-token. Symbols form a linked list; a min-heap holds candidate pairs keyed by
@@ -231,20 +244,19 @@ void Tokenizer::Impl::encode_text(std::string_view text, std::vector<int32_t>& o
   }
 }
 
-std::vector<int32_t> Tokenizer::encode(std::string_view text, bool parse_special, bool add_bos) const {
-  const Impl& m = *impl_;
-  std::vector<int32_t> out;
-  out.reserve(text.size() / 3 + 2);
-  if (add_bos && m.add_bos && m.bos) out.push_back(*m.bos);
-  // Added tokens: leftmost-longest scan. A special token skipped because !parse_special still
-  // consumes its span (it is then encoded as text), as HF's encode_special_tokens does.
+// Added tokens of `table`: leftmost-longest scan. A special token skipped because !parse_special
+// still consumes its span (it is then encoded as text), as HF's encode_special_tokens does.
+// The text between hits goes to stretch(string_view); hits are appended to out.
+template <class F>
+void Tokenizer::Impl::split_added(std::string_view text, const AddedTable& table, bool parse_special,
+                                  std::vector<int32_t>& out, F&& stretch) const {
   size_t seg = 0, i = 0;
   while (i < text.size()) {
-    const auto& cands = m.added_by_first[static_cast<unsigned char>(text[i])];
+    const auto& cands = table[static_cast<unsigned char>(text[i])];
     const AddedToken* hit = nullptr;
     for (int32_t k : cands) {
-      const auto& a = m.added[k];
-      if (text.compare(i, a.content.size(), a.content) == 0) {
+      const auto& a = added[k];
+      if (text.compare(i, a.match.size(), a.match) == 0) {
         hit = &a;
         break;
       }
@@ -253,7 +265,7 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool parse_special
       ++i;
       continue;
     }
-    size_t start = i, stop = i + hit->content.size();
+    size_t start = i, stop = i + hit->match.size();
     if (hit->special && !parse_special) {
       i = stop;
       continue;
@@ -278,11 +290,30 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool parse_special
         stop += len;
       }
     }
-    m.encode_text(text.substr(seg, start - seg), out);
+    stretch(text.substr(seg, start - seg));
     out.push_back(hit->id);
     seg = i = stop;
   }
-  m.encode_text(text.substr(seg), out);
+  stretch(text.substr(seg));
+}
+
+// HF order: cut out the non-normalized added tokens from the raw text; normalize each stretch
+// between them; cut out the normalized added tokens; pre-tokenize and BPE what is left.
+std::vector<int32_t> Tokenizer::encode(std::string_view text, bool parse_special, bool add_bos) const {
+  const Impl& m = *impl_;
+  std::vector<int32_t> out;
+  out.reserve(text.size() / 3 + 2);
+  if (add_bos && m.add_bos && m.bos) out.push_back(*m.bos);
+  auto plain = [&](std::string_view s) { m.encode_text(s, out); };
+  m.split_added(text, m.added_raw, parse_special, out, [&](std::string_view s) {
+    if (s.empty()) return;
+    if (m.nfc) {
+      const std::string n = nfc(s);
+      m.split_added(n, m.added_norm, parse_special, out, plain);
+    } else {
+      m.split_added(s, m.added_norm, parse_special, out, plain);
+    }
+  });
   return out;
 }
 
@@ -345,6 +376,7 @@ std::string Tokenizer::hash() const {
   feed("pre:");
   feed(m.pre.name());
   feed("\n");
+  if (m.nfc) feed("normalizer:nfc\n");  // absent otherwise, so hashes of unnormalized tokenizers are unchanged
   for (size_t i = 0; i < m.texts.size(); ++i) {
     feed(m.texts[i]);
     feed(std::string_view("\0", 1));
@@ -387,6 +419,8 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& gguf) {
   else fail(m->what, ": tokenizer.ggml.pre \"", *pre, "\" is not supported (known: smollm, starcoder, gpt2, llama-bpe, qwen2)");
   m->pre = PreTokenizer::named(pre_name);
   m->ignore_merges = pre_name == "llama3";
+  // GGUF has no normalizer field; Qwen2's tokenizer.json (the source of pre "qwen2") has NFC, and HF applies it.
+  m->nfc = *pre == "qwen2";
 
   const GgufValue* tokens = gguf.find("tokenizer.ggml.tokens");
   check(tokens && tokens->is_array() && tokens->array_type() == GgufValueType::STRING, m->what,
@@ -407,7 +441,7 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& gguf) {
     if (t == 3 || t == 4) {  // control / user-defined: matched in the text before pre-tokenization
       m->kind[i] = t == 3 ? kSpecial : kAddedText;
       check(!m->texts[i].empty(), m->what, ": token ", i, " (type ", t, ") is empty");
-      m->added.push_back({m->texts[i], static_cast<int32_t>(i), t == 3, false, false});
+      m->added.push_back({m->texts[i], static_cast<int32_t>(i), t == 3, false, false, /*normalized=*/false, ""});
     }
   }
   std::vector<std::pair<std::string, std::string>> merges;
@@ -488,6 +522,22 @@ std::optional<std::string> config_token(const json& cfg, const char* key) {
   return std::nullopt;
 }
 
+// HF normalizer: null, NFC, or a Sequence of those (NFC twice is NFC once).
+void collect_normalizer(const json& j, const std::string& what, const std::string& field, bool* nfc) {
+  if (j.is_null()) return;
+  const std::string t = jtype(j);
+  if (t == "NFC") {
+    *nfc = true;
+  } else if (t == "Sequence") {
+    check(j.contains("normalizers") && j["normalizers"].is_array(), what, ": ", field, ".normalizers is missing");
+    for (size_t k = 0; k < j["normalizers"].size(); ++k)
+      collect_normalizer(j["normalizers"][k], what, cat(field, ".normalizers[", k, "]"), nfc);
+  } else {
+    fail(what, ": ", field, ".type is \"", t, "\"; retort supports normalizer null, NFC, or a Sequence of NFC "
+         "(byte-level BPE tokenizers such as SmolLM2, Llama-3 and Qwen2 use no other)");
+  }
+}
+
 // Leading SpecialToken of a TemplateProcessing "single" template = BOS added by the post-processor.
 std::optional<std::string> post_processor_bos(const json& pp) {
   const std::string t = jtype(pp);
@@ -532,8 +582,7 @@ Tokenizer Tokenizer::from_hf_json(const std::string& tokenizer_json_path, const 
   check(!model.contains("dropout") || model["dropout"].is_null() || model["dropout"] == 0.0, what,
         ": field model.dropout is set; retort encodes deterministically (remove it)");
   m->ignore_merges = model.value("ignore_merges", false);
-  check(!j.contains("normalizer") || j["normalizer"].is_null(), what, ": field normalizer (type \"",
-        jtype(j.value("normalizer", json::object())), "\") is not supported; retort supports tokenizers without a normalizer");
+  if (j.contains("normalizer")) collect_normalizer(j["normalizer"], what, "normalizer", &m->nfc);
 
   check(j.contains("pre_tokenizer") && j["pre_tokenizer"].is_object(), what,
         ": field pre_tokenizer is missing; a byte-level BPE needs a ByteLevel pre-tokenizer");
@@ -570,8 +619,9 @@ Tokenizer Tokenizer::from_hf_json(const std::string& tokenizer_json_path, const 
       const int64_t id = a["id"].get<int64_t>();
       check(id >= 0 && id < (1 << 30), what, ": field added_tokens[", k, "].id ", id, " is out of range");
       check(!a.value("single_word", false), what, ": field added_tokens[", k, "].single_word is true; not supported");
-      added.push_back({a["content"].get<std::string>(), static_cast<int32_t>(id), a.value("special", false),
-                       a.value("lstrip", false), a.value("rstrip", false)});
+      const bool special = a.value("special", false);
+      added.push_back({a["content"].get<std::string>(), static_cast<int32_t>(id), special, a.value("lstrip", false),
+                       a.value("rstrip", false), a.value("normalized", !special), ""});
       n = std::max<int64_t>(n, id + 1);
     }
   }

@@ -98,6 +98,17 @@ CASES = [
     "Crème brûlée à la française, São Paulo, Zürich, Kraków, Dvořák",
     "ÀÁÂÃÄÅÆÇÈÉÊËÌÍÎÏÐÑÒÓÔÕÖ×ØÙÚÛÜÝÞß",
     "e\u0301 combining acute vs é precomposed",
+    # NFC (Qwen2's normalizer): decomposed accents, Hangul conjoining jamo, singletons, reordering
+    "cafe\u0301 re\u0301sume\u0301 nai\u0308ve Zu\u0308rich Dvor\u030ca\u0301k",
+    "e\u0301",
+    "\u0301 leading combining mark, and A\u030a vs \u212b vs \u00c5",
+    "\u1100\u1161\u11a8 \u1112\u1161\u11ab\u1100\u1173\u11af jamo vs 각 한글",
+    "\u1100\u1161 \uac00\u11a8 \u1100 \u1161 \u11a8 \u1100\u1100\u1161\u1161",
+    "\u2126hm \u212a ﬁ ① ² kept by NFC",
+    "a\u0323\u0307 a\u0307\u0323 q\u0307\u0323 \u1e0b\u0323 d\u0307\u0323",
+    "\u0344 \u0958 \u2adc \u0f73 \U0001d15e composition exclusions",
+    "<|im_start|>\u0301<|im_end|>e<|im_end|>\u0301 [[TAG]]\u0301",
+    "I\u0307stanbul \u0399\u0308\u0301 \u03b9\u0308\u0301",
     "Ǆ ǅ ǆ ﬁ ﬂ ligatures and digraphs",
     "straße STRASSE ẞ",
     # unusual whitespace and control chars

@@ -18,6 +18,9 @@ Writes, next to this script:
                                   transformers' unpatched conversion differs
   llama3/, qwen2/                 synthetic byte-level BPEs trained here with the exact Llama-3 / Qwen2
                                   Split regexes: tokenizer.json, tokenizer.gguf (vocab only), golden.jsonl
+  qwen2_nfc/                      the qwen2 tokenizer.json with the real Qwen2 normalizer {"type": "NFC"}
+                                  and one normalized added token ("résumé", matched after NFC):
+                                  tokenizer.json, golden.jsonl (the qwen2 GGUF is checked against it too)
   chat/*.jinja, chat/golden.jsonl chat templates and apply_chat_template renders
 
 Invalid UTF-8 (HF takes str, so it has no answer): retort cuts the text at each maximal run of
@@ -34,7 +37,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from corpus_cases import CASES  # noqa: E402
 
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers  # noqa: E402
+from tokenizers import (AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers,  # noqa: E402
+                        processors, trainers)
 
 # Real SmolLM2 (HuggingFaceTB/SmolLM2-*) tokenizer.json and llama.cpp's "smollm" pre name both split
 # every digit off first; transformers' GGUF conversion (5.x) emits ByteLevel alone, which differs on
@@ -94,6 +98,19 @@ def case_bytes(c):
     return c if isinstance(c, bytes) else c.encode("utf-8")
 
 
+def added_as_text(tok, ids):
+    added = {a.content: i for i, a in tok.get_added_tokens_decoder().items()}
+    added_ids = set(added.values())
+    out, run = "", []
+    for i in ids:
+        if i in added_ids:
+            out += tok.decode(run, skip_special_tokens=False) + tok.id_to_token(i)
+            run = []
+        else:
+            run.append(i)
+    return out + tok.decode(run, skip_special_tokens=False)
+
+
 def write_golden(tok, path, alt=None):
     with open(path, "w") as f:
         for i, c in enumerate(CASES):
@@ -103,6 +120,12 @@ def write_golden(tok, path, alt=None):
             # For invalid input, decode is HF's lossy (U+FFFD) text; retort's decode() returns the bytes.
             rec["decode"] = tok.decode(ids, skip_special_tokens=False)
             rec["decode_skip"] = tok.decode(ids, skip_special_tokens=True)
+            # HF runs added tokens through the ByteLevel decoder as well, which garbles non-ASCII content
+            # ("résumé" -> "r\ufffdsum\ufffd"); retort (like llama.cpp) gives an added token's content as is.
+            # Reference for that: HF's decode of the runs between added tokens, plus their contents.
+            alt_decode = added_as_text(tok, ids)
+            if alt_decode != rec["decode"]:
+                rec["decode_added_as_text"] = alt_decode
             if isinstance(c, str):
                 if alt is not None:
                     alt_ids = alt.encode(c, add_special_tokens=False).ids
@@ -216,6 +239,22 @@ def synthetic(name, regex, specials, pre_name, bos, eos, add_bos, extra):
     w.write_tensors_to_file()
     w.close()
     return tok
+
+
+def qwen2_nfc():
+    """Qwen2/Qwen2.5's tokenizer.json has "normalizer": {"type": "NFC"}; the same synthetic BPE with it."""
+    tok = Tokenizer.from_file(os.path.join(HERE, "qwen2", "tokenizer.json"))
+    tok.normalizer = normalizers.NFC()
+    # normalized=True: HF matches it in the NFC text, so "re\u0301sume\u0301" finds it too.
+    tok.add_tokens([AddedToken("résumé", special=False, normalized=True)])
+    d = os.path.join(HERE, "qwen2_nfc")
+    os.makedirs(d, exist_ok=True)
+    conf = json.loads(tok.to_str())
+    assert conf["normalizer"] == {"type": "NFC"}, conf["normalizer"]
+    with open(os.path.join(d, "tokenizer.json"), "w") as f:
+        f.write(json.dumps(conf, ensure_ascii=False, separators=(",", ":")))
+    tok = Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
+    write_golden(tok, os.path.join(d, "golden.jsonl"))
 
 
 def llama3_extra(tok):
@@ -347,6 +386,7 @@ def main():
                "<|reserved_special_token_0|>"], "llama-bpe", "<|begin_of_text|>", "<|end_of_text|>", True, llama3_extra)
     synthetic("qwen2", QWEN2_RE, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], "qwen2",
               "<|endoftext|>", "<|endoftext|>", False, qwen2_extra)
+    qwen2_nfc()
     chat(smol)
 
 
