@@ -98,11 +98,34 @@ void run(InspectArgs& a) {
     for (const auto& t : m.tensors) ts.push_back({{"name", t.name}, {"shape", t.shape}, {"type", t.type}, {"bytes", t.bytes}});
     j["tensors"] = ts;
   }
+  json metadata_text = json::object();
   if (m.format == "gguf" && (a.metadata || a.json)) {
     GgufFile g = GgufFile::open(m.path);
     json md = json::object();
-    for (const auto& k : g.keys()) md[k] = g.value_to_string(k);
+    json md_text = json::object();  // human-readable, for the text output
+    for (const auto& k : g.keys()) {
+      // JSON keeps values typed ("llama", not "\"llama\""); long arrays (a vocabulary has 50k entries) stay elided text.
+      const GgufValue& v = g.get(k);
+      const std::string text = g.value_to_string(k);
+      md[k] = text;
+      md_text[k] = text;
+      try {
+        const bool short_array = v.is_array() && v.array_size() <= 64;
+        const GgufValueType et = short_array ? v.array_type() : GgufValueType::ARRAY;
+        if (v.is_string()) md[k] = std::string(v.as_string());
+        else if (v.type == GgufValueType::BOOL) md[k] = v.as_bool();
+        else if (v.is_float()) md[k] = v.as_float();
+        else if (v.type == GgufValueType::UINT64) md[k] = v.as_uint();
+        else if (v.is_integer()) md[k] = v.as_int();
+        else if (et == GgufValueType::STRING) md[k] = v.as_string_array();
+        else if (et == GgufValueType::FLOAT32 || et == GgufValueType::FLOAT64) md[k] = v.as_float_array();
+        else if (et != GgufValueType::ARRAY && et != GgufValueType::BOOL) md[k] = v.as_int_array();
+      } catch (const Error&) {
+        // a value JSON cannot hold as such (uint64 array above INT64_MAX): keep the text form
+      }
+    }
     j["metadata"] = md;
+    metadata_text = md_text;
   }
 
   if (a.json) {
@@ -136,8 +159,8 @@ void run(InspectArgs& a) {
     std::printf("tokenizer    none in this checkpoint\n");
   }
   std::printf("chat         %s\n", chat_format.c_str());
-  if (a.metadata && j.contains("metadata"))
-    for (auto& [k, v] : j["metadata"].items()) std::printf("  %-44s %s\n", k.c_str(), v.get<std::string>().c_str());
+  if (a.metadata)
+    for (auto& [k, v] : metadata_text.items()) std::printf("  %-44s %s\n", k.c_str(), v.get<std::string>().c_str());
   if (a.tensors)
     for (const auto& t : m.tensors) {
       std::string shape;

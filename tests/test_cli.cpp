@@ -1,0 +1,560 @@
+// End-to-end tests of the `retort` command, run as a user runs it: a child process (posix_spawn)
+// with stdin from a file, stdout/stderr captured, exit status and signal checked.
+// References: Hugging Face `tokenizers` golden ids (tests/data/tokenizer/gen_golden.py), the
+// checkpoint's own config.json, the model card facts of SmolLM2-135M-Instruct (30 layers, 134.5M
+// parameters, Q4_1 GGUF, ChatML), and the CLI's own outputs cross-checked against each other
+// (greedy token = first raw alternative; stream = JSON text; chat = generate --chat).
+// Cases that need the default model GTEST_SKIP() when it is absent. Each model run uses
+// --max-tokens <= 8 and -t 2, and every command runs at most once (outputs are cached).
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "retort/util/file.h"
+
+extern char** environ;
+
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+const std::string kData = RETORT_TEST_DATA;
+
+struct CliRun {
+  int code = -1;    // exit status when the child exited
+  int signal = 0;   // the signal that killed it, else 0
+  std::string out;  // stdout
+  std::string err;  // stderr
+};
+
+std::string tmp_dir() {
+  static const std::string d = [] {
+    auto p = fs::temp_directory_path() / ("retort_test_cli_" + std::to_string(::getpid()));
+    fs::create_directories(p);
+    return p.string();
+  }();
+  return d;
+}
+
+std::string tmp_path(const std::string& name) { return tmp_dir() + "/" + name; }
+
+struct RemoveTmpDir : ::testing::Environment {
+  void TearDown() override {
+    std::error_code ec;
+    fs::remove_all(tmp_dir(), ec);
+  }
+};
+const auto* const kRemoveTmpDir = ::testing::AddGlobalTestEnvironment(new RemoveTmpDir);
+
+std::string read_all(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+// Runs `retort args...` with `input` on stdin; env entries "K=V" replace or add variables.
+CliRun run_cli(const std::vector<std::string>& args, const std::string& input = "",
+            const std::vector<std::string>& env = {}) {
+  static int counter = 0;
+  const std::string base = tmp_path("run" + std::to_string(counter++));
+  const std::string in = base + ".in", out = base + ".out", err = base + ".err";
+  retort::write_file_atomic(in, input);
+
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 0, in.c_str(), O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&fa, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_addopen(&fa, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+
+  std::vector<std::string> argv_s = {RETORT_CLI_PATH};
+  argv_s.insert(argv_s.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& s : argv_s) argv.push_back(s.data());
+  argv.push_back(nullptr);
+
+  std::vector<std::string> env_s;
+  for (char** e = environ; *e; ++e) {
+    const std::string kv = *e;
+    const std::string key = kv.substr(0, kv.find('='));
+    bool replaced = false;
+    for (const auto& o : env) replaced |= o.substr(0, o.find('=')) == key;
+    if (!replaced) env_s.push_back(kv);
+  }
+  env_s.insert(env_s.end(), env.begin(), env.end());
+  std::vector<char*> envp;
+  for (auto& s : env_s) envp.push_back(s.data());
+  envp.push_back(nullptr);
+
+  CliRun r;
+  pid_t pid = 0;
+  const int rc = posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), envp.data());
+  posix_spawn_file_actions_destroy(&fa);
+  if (rc != 0) {
+    r.err = std::string("posix_spawn failed for ") + RETORT_CLI_PATH + ": " + std::strerror(rc);
+    return r;
+  }
+  int st = 0;
+  while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+  }
+  if (WIFEXITED(st)) r.code = WEXITSTATUS(st);
+  if (WIFSIGNALED(st)) r.signal = WTERMSIG(st);
+  r.out = read_all(out);
+  r.err = read_all(err);
+  return r;
+}
+
+// Each distinct command line runs once per test binary; later tests reuse its output.
+const CliRun& cached(const std::vector<std::string>& args, const std::string& input = "") {
+  static std::map<std::pair<std::vector<std::string>, std::string>, CliRun> cache;
+  auto key = std::make_pair(args, input);
+  auto it = cache.find(key);
+  if (it == cache.end()) it = cache.emplace(key, run_cli(args, input)).first;
+  return it->second;
+}
+
+std::string show(const CliRun& r) {
+  return "exit " + std::to_string(r.code) + ", signal " + std::to_string(r.signal) + "\n--- stdout:\n" +
+         r.out.substr(0, 2000) + "\n--- stderr:\n" + r.err.substr(0, 2000);
+}
+
+void expect_ok(const CliRun& r) {
+  EXPECT_EQ(r.signal, 0) << show(r);
+  EXPECT_EQ(r.code, 0) << show(r);
+}
+
+// Bad input: non-zero exit, no signal, no uncaught exception, an "error:" line naming every needle.
+void expect_error(const CliRun& r, const std::vector<std::string>& needles) {
+  EXPECT_EQ(r.signal, 0) << show(r);
+  EXPECT_NE(r.code, 0) << show(r);
+  EXPECT_NE(r.code, -1) << show(r);
+  EXPECT_EQ(r.err.find("terminate called"), std::string::npos) << show(r);
+  EXPECT_EQ(r.err.rfind("error: ", 0), 0u) << "stderr should start with \"error: \"\n" << show(r);
+  for (const auto& n : needles) EXPECT_NE(r.err.find(n), std::string::npos) << "missing \"" << n << "\"\n" << show(r);
+}
+
+std::string model_path() {
+  const char* home = std::getenv("RETORT_HOME");
+  std::string base = home && *home ? home : std::string(std::getenv("HOME") ? std::getenv("HOME") : "") + "/.cache/retort";
+  return base + "/models/smollm2-135m-instruct.gguf";
+}
+
+bool have_model() { return fs::exists(model_path()); }
+
+#define NEED_MODEL()                                                                                      \
+  if (!have_model()) GTEST_SKIP() << "default model not found at " << model_path() << " (run scripts/setup.sh)"
+
+json golden_case(const std::string& tokenizer, int i) {
+  std::ifstream f(kData + "/tokenizer/" + tokenizer + "/golden.jsonl");
+  std::string line;
+  while (std::getline(f, line)) {
+    json g = json::parse(line);
+    if (g["i"] == i) return g;
+  }
+  ADD_FAILURE() << "no golden case " << i << " for " << tokenizer;
+  return json::object();
+}
+
+// The corpus index of a text (tests/data/tokenizer/corpus.jsonl).
+int corpus_index(const std::string& text) {
+  std::ifstream f(kData + "/tokenizer/corpus.jsonl");
+  std::string line;
+  for (int i = 0; std::getline(f, line); ++i) {
+    json c = json::parse(line);
+    if (c.contains("text") && c["text"] == text) return i;
+  }
+  ADD_FAILURE() << "text not in the corpus: " << text;
+  return -1;
+}
+
+json parse_one(const CliRun& r) {
+  try {
+    return json::parse(r.out);
+  } catch (const json::exception& e) {
+    ADD_FAILURE() << "stdout is not one JSON value: " << e.what() << "\n" << show(r);
+    return json::object();
+  }
+}
+
+std::vector<json> parse_lines(const CliRun& r) {
+  std::vector<json> out;
+  std::istringstream in(r.out);
+  std::string line;
+  while (std::getline(in, line)) {
+    try {
+      out.push_back(json::parse(line));
+    } catch (const json::exception& e) {
+      ADD_FAILURE() << "stdout line is not JSON: " << line << " (" << e.what() << ")";
+    }
+  }
+  return out;
+}
+
+const std::string kHello = "Hello world";
+const std::string kChatText = "<|im_start|>user\nhi<|im_end|>";
+
+}  // namespace
+
+// ---- tokenize -------------------------------------------------------------------------------
+
+// Against the committed SmolLM2 tokenizer.json directory (no model needed, so these always run) and,
+// when present, the default model's GGUF tokenizer.
+const std::string kSmolDir = kData + "/tokenizer/smollm2";
+
+TEST(CliTokenize, HelloWorldMatchesHfGolden) {
+  const json g = golden_case("smollm2", corpus_index(kHello));
+  const CliRun& r = cached({"tokenize", "-m", kSmolDir, kHello, "--json"});
+  expect_ok(r);
+  const json j = parse_one(r);
+  EXPECT_EQ(j["ids"], g["ids"]);
+  EXPECT_EQ(j["n_tokens"], g["ids"].size());
+  EXPECT_EQ(j["pieces"], json::parse(R"(["Hello", " world"])"));
+  // Plain output: ids on one line, the count on stderr.
+  const CliRun& p = cached({"tokenize", "-m", kSmolDir, kHello});
+  expect_ok(p);
+  std::string want;
+  for (const auto& id : g["ids"]) want += (want.empty() ? "" : " ") + std::to_string(id.get<int>());
+  EXPECT_EQ(p.out, want + "\n");
+  EXPECT_NE(p.err.find(std::to_string(g["ids"].size()) + " tokens"), std::string::npos) << show(p);
+}
+
+TEST(CliTokenize, GgufHelloWorldAndNoSpecial) {
+  NEED_MODEL();
+  const CliRun& r = cached({"tokenize", kHello, "--json"});  // the default model
+  expect_ok(r);
+  EXPECT_EQ(parse_one(r)["ids"], golden_case("smollm2", corpus_index(kHello))["ids"]);
+  const CliRun& n = cached({"tokenize", kChatText, "--json", "--no-special"});
+  expect_ok(n);
+  EXPECT_EQ(parse_one(n)["ids"], golden_case("smollm2", corpus_index(kChatText))["ids_raw"]);
+}
+
+TEST(CliTokenize, NoSpecialEncodesSpecialTextAsText) {
+  const json g = golden_case("smollm2", corpus_index(kChatText));
+  ASSERT_NE(g["ids"], g["ids_raw"]);
+  const CliRun& with = cached({"tokenize", "-m", kSmolDir, kChatText, "--json"});
+  const CliRun& without = cached({"tokenize", "-m", kSmolDir, kChatText, "--json", "--no-special"});
+  expect_ok(with);
+  expect_ok(without);
+  EXPECT_EQ(parse_one(with)["ids"], g["ids"]);
+  EXPECT_EQ(parse_one(without)["ids"], g["ids_raw"]);
+}
+
+TEST(CliTokenize, DecodeRoundTrips) {
+  const json g = golden_case("smollm2", corpus_index(kChatText));
+  std::string ids;
+  for (const auto& id : g["ids"]) ids += (ids.empty() ? "" : ",") + std::to_string(id.get<int>());
+  const CliRun& r = cached({"tokenize", "-m", kSmolDir, "--decode", ids});
+  expect_ok(r);
+  EXPECT_EQ(r.out, kChatText + "\n");
+  // JSON form, ids given as a JSON array.
+  const CliRun& j = cached({"tokenize", "-m", kSmolDir, "--decode", g["ids"].dump(), "--json"});
+  expect_ok(j);
+  const json d = parse_one(j);
+  EXPECT_EQ(d["ids"], g["ids"]);
+  EXPECT_EQ(d["text"], kChatText);
+}
+
+TEST(CliTokenize, BadDecodeIdsAreErrors) {
+  expect_error(cached({"tokenize", "-m", kSmolDir, "--decode", "abc"}), {"--decode", "'abc'", "not a token id"});
+  expect_error(cached({"tokenize", "-m", kSmolDir, "--decode", "1,99999999"}), {"99999999", "outside the vocabulary"});
+}
+
+// Qwen2's NFC normalizer end to end: decomposed "re\u0301sume\u0301" hits the normalized added token "résumé".
+TEST(CliTokenize, NormalizesNfc) {
+  const json g = golden_case("qwen2_nfc", corpus_index("cafe\u0301 re\u0301sume\u0301 nai\u0308ve Zu\u0308rich Dvor\u030ca\u0301k"));
+  const CliRun& r = cached({"tokenize", "-m", kData + "/tokenizer/qwen2_nfc",
+                         "cafe\u0301 re\u0301sume\u0301 nai\u0308ve Zu\u0308rich Dvor\u030ca\u0301k", "--json"});
+  expect_ok(r);
+  EXPECT_EQ(parse_one(r)["ids"], g["ids"]);
+}
+
+// ---- inspect --------------------------------------------------------------------------------
+
+TEST(Cli, InspectDefaultModelJson) {
+  NEED_MODEL();
+  const CliRun& r = cached({"inspect", "smollm2-135m-instruct", "--json", "-t", "2"});
+  expect_ok(r);
+  const json j = parse_one(r);
+  EXPECT_EQ(j["format"], "gguf");
+  EXPECT_EQ(j["hparams"]["arch"], "llama");
+  EXPECT_EQ(j["hparams"]["n_layer"], 30);
+  EXPECT_EQ(j["hparams"]["n_embd"], 576);
+  EXPECT_EQ(j["hparams"]["n_vocab"], 49152);
+  EXPECT_EQ(std::llround(j["parameters"].get<double>() / 1e5), 1345) << j["parameters"];  // 134.5M
+  ASSERT_TRUE(j["tensor_types"].contains("Q4_1")) << j["tensor_types"];
+  EXPECT_GT(j["tensor_types"]["Q4_1"]["tensors"].get<int>(), 200);
+  int64_t n_q41 = 0, n_listed = 0;
+  for (const auto& t : j["tensors"]) {
+    ++n_listed;
+    if (t["type"] == "Q4_1") ++n_q41;
+  }
+  EXPECT_EQ(n_q41, j["tensor_types"]["Q4_1"]["tensors"].get<int64_t>());
+  int64_t n_by_type = 0;
+  for (const auto& [type, e] : j["tensor_types"].items()) n_by_type += e["tensors"].get<int64_t>();
+  EXPECT_EQ(n_listed, n_by_type);
+  EXPECT_EQ(j["tokenizer"]["pre_tokenizer"], "smollm");
+  EXPECT_EQ(j["tokenizer"]["n_vocab"], 49152);
+  EXPECT_EQ(j["tokenizer"]["special"]["eos"]["text"], "<|im_end|>");
+  EXPECT_EQ(j["chat_template"]["format"], "chatml");
+  EXPECT_EQ(j["metadata"]["general.architecture"], "llama");
+  EXPECT_EQ(j["metadata"]["llama.block_count"], 30);  // typed values, not their printed form
+  EXPECT_EQ(j["memory"]["file_bytes"].get<uint64_t>(), fs::file_size(model_path()));
+}
+
+TEST(Cli, InspectHfDirectory) {
+  const std::string dir = kData + "/hf/tiny-qwen2";
+  const json cfg = json::parse(read_all(dir + "/config.json"));
+  const CliRun& j = cached({"inspect", dir, "--json"});
+  expect_ok(j);
+  const json x = parse_one(j);
+  EXPECT_EQ(x["format"], "hf");
+  EXPECT_EQ(x["hparams"]["arch"], "qwen2");
+  EXPECT_EQ(x["hparams"]["n_layer"], cfg["num_hidden_layers"]);
+  EXPECT_EQ(x["hparams"]["n_embd"], cfg["hidden_size"]);
+  EXPECT_EQ(x["hparams"]["n_head_kv"], cfg["num_key_value_heads"]);
+  EXPECT_EQ(x["hparams"]["qkv_bias"], true);
+  EXPECT_TRUE(x["tensor_types"].contains("BF16")) << x["tensor_types"];
+  EXPECT_EQ(x["tokenizer"]["n_vocab"], 256);
+  // The human-readable form.
+  const CliRun& t = cached({"inspect", dir});
+  expect_ok(t);
+  EXPECT_NE(t.out.find("(hf)"), std::string::npos) << t.out;
+  EXPECT_NE(t.out.find("architecture qwen2: " + std::to_string(cfg["num_hidden_layers"].get<int>()) + " layers"),
+            std::string::npos)
+      << t.out;
+  EXPECT_NE(t.out.find("chat         none"), std::string::npos) << t.out;
+}
+
+// ---- generate -------------------------------------------------------------------------------
+
+namespace {
+
+const std::string kPrompt = "The capital of France is";
+
+const CliRun& greedy_json() {
+  return cached({"generate", "--prompt", kPrompt, "--temperature", "0", "--max-tokens", "8", "--json",
+                 "--top-logprobs", "5", "-t", "2"});
+}
+
+void expect_sorted_desc(const json& alts) {
+  for (size_t k = 1; k < alts.size(); ++k)
+    EXPECT_GE(alts[k - 1]["logprob"].get<double>(), alts[k]["logprob"].get<double>()) << alts;
+}
+
+}  // namespace
+
+TEST(Cli, GenerateGreedyJsonWithTopLogprobs) {
+  NEED_MODEL();
+  const CliRun& r = greedy_json();
+  expect_ok(r);
+  const auto lines = parse_lines(r);
+  ASSERT_EQ(lines.size(), 1u) << show(r);
+  const json& x = lines[0];
+  EXPECT_EQ(x["id"], 0);
+  const std::string finish = x["finish_reason"];
+  EXPECT_TRUE(finish == "length" || finish == "stop") << finish;
+  const json& toks = x["tokens"];
+  ASSERT_GE(toks.size(), 1u);
+  EXPECT_LE(toks.size(), 8u);
+  if (finish == "length") EXPECT_EQ(toks.size(), 8u);
+  EXPECT_EQ(x["usage"]["completion_tokens"], toks.size());
+  // Prompt length: the tokenizer's own count (no BOS for SmolLM2: add_bos_token is false).
+  const CliRun& tk = cached({"tokenize", kPrompt, "--json", "--add-bos"});
+  expect_ok(tk);
+  EXPECT_EQ(x["usage"]["prompt_tokens"], parse_one(tk)["n_tokens"]);
+  std::string text;
+  for (const auto& t : toks) {
+    SCOPED_TRACE(t.dump());
+    text += t["token"].get<std::string>();
+    const double lp = t["logprob"], lp_raw = t["logprob_raw"];
+    EXPECT_TRUE(std::isfinite(lp) && lp <= 0) << lp;
+    EXPECT_TRUE(std::isfinite(lp_raw) && lp_raw <= 0) << lp_raw;
+    ASSERT_EQ(t["top_logprobs"].size(), 5u);
+    ASSERT_EQ(t["top_logprobs_raw"].size(), 5u);
+    expect_sorted_desc(t["top_logprobs"]);
+    expect_sorted_desc(t["top_logprobs_raw"]);
+    // Greedy: the chosen token is the most likely raw alternative, with the same logprob.
+    EXPECT_EQ(t["top_logprobs_raw"][0]["id"], t["id"]);
+    EXPECT_NEAR(t["top_logprobs_raw"][0]["logprob"].get<double>(), lp_raw, 1e-6);
+    // Five distinct alternatives, each with its token text.
+    std::vector<int> ids;
+    for (const auto& a : t["top_logprobs_raw"]) ids.push_back(a["id"]);
+    std::sort(ids.begin(), ids.end());
+    EXPECT_EQ(std::adjacent_find(ids.begin(), ids.end()), ids.end());
+  }
+  EXPECT_EQ(x["text"], text);
+  EXPECT_NE(r.err.find("tokens in"), std::string::npos) << show(r);  // the timing line goes to stderr
+}
+
+// --prompts: three lines (one with "messages", ids of two kinds and one missing), formatted with
+// --chat --system, sampled at temperature 1 with a seed. CliRun twice: the same seed repeats exactly.
+namespace {
+
+const std::string kSystem = "You are terse.";
+
+std::string prompts_file() {
+  const std::string p = tmp_path("prompts.jsonl");
+  if (!fs::exists(p))
+    retort::write_file_atomic(p,
+                              "{\"id\": \"first\", \"prompt\": \"Name a color.\"}\n"
+                              "{\"id\": 7, \"messages\": [{\"role\": \"user\", \"content\": \"Say hi.\"}]}\n"
+                              "\n"
+                              "{\"prompt\": \"Count to three.\"}\n");
+  return p;
+}
+
+std::vector<std::string> sampled_args() {
+  return {"generate", "--prompts", prompts_file(), "--chat", "--system", kSystem, "--temperature", "1", "--seed",
+          "1234", "--max-tokens", "4", "--json", "-t", "2"};
+}
+
+// ChatML as SmolLM2's template renders it when a system message is given.
+std::string chatml(const std::string& user) {
+  return "<|im_start|>system\n" + kSystem + "<|im_end|>\n<|im_start|>user\n" + user +
+         "<|im_end|>\n<|im_start|>assistant\n";
+}
+
+}  // namespace
+
+TEST(Cli, GeneratePromptsFileInOrderWithIds) {
+  NEED_MODEL();
+  const CliRun& r = cached(sampled_args());
+  expect_ok(r);
+  const auto lines = parse_lines(r);
+  ASSERT_EQ(lines.size(), 3u) << show(r);
+  EXPECT_EQ(lines[0]["id"], "first");
+  EXPECT_EQ(lines[1]["id"], 7);
+  EXPECT_EQ(lines[2]["id"], 4);  // no "id": the line number (the blank line 3 is skipped)
+  // --chat --system reached every prompt: each prompt is its rendered ChatML conversation. One
+  // tokenize of the three renders back to back (each starts with the special <|im_start|>, so the
+  // ids are the three encodings concatenated); split before each "<|im_start|>" "system".
+  const CliRun& tk = cached({"tokenize", chatml("Name a color.") + chatml("Say hi.") + chatml("Count to three."), "--json"});
+  expect_ok(tk);
+  const json pieces = parse_one(tk)["pieces"];
+  std::vector<int64_t> counts;
+  for (size_t k = 0; k < pieces.size(); ++k) {
+    if (pieces[k] == "<|im_start|>" && k + 1 < pieces.size() && pieces[k + 1] == "system") counts.push_back(0);
+    ASSERT_FALSE(counts.empty());
+    ++counts.back();
+  }
+  ASSERT_EQ(counts.size(), 3u) << pieces;
+  for (int i = 0; i < 3; ++i) {
+    SCOPED_TRACE(i);
+    EXPECT_LE(lines[i]["tokens"].size(), 4u);
+    EXPECT_GE(lines[i]["tokens"].size(), 1u);
+    EXPECT_EQ(lines[i]["usage"]["prompt_tokens"], counts[i]);
+  }
+}
+
+TEST(Cli, GenerateSameSeedRepeats) {
+  NEED_MODEL();
+  const CliRun& a = cached(sampled_args());
+  CliRun b = run_cli(sampled_args());
+  expect_ok(a);
+  expect_ok(b);
+  EXPECT_FALSE(a.out.empty());
+  EXPECT_EQ(a.out, b.out);  // ids, texts, logprobs, all of it
+}
+
+// Stream mode (no --json) with --chat, and `retort chat` on the same first message: both greedy, so
+// both print the same reply.
+TEST(Cli, ChatRepliesAndExits) {
+  NEED_MODEL();
+  const CliRun& c = cached({"chat", "--temperature", "0", "--max-tokens", "4", "-t", "2"}, "hi\n/exit\n");
+  expect_ok(c);
+  ASSERT_GE(c.out.size(), 2u) << show(c);
+  EXPECT_EQ(c.out.back(), '\n');
+  EXPECT_NE(c.out.find_first_not_of(" \n"), std::string::npos) << show(c);
+  EXPECT_EQ(c.err.find("error"), std::string::npos) << show(c);
+  const CliRun& g = cached({"generate", "--prompt", "hi", "--chat", "--temperature", "0", "--max-tokens", "4", "-t", "2"});
+  expect_ok(g);
+  EXPECT_EQ(c.out, g.out);
+}
+
+// ---- bad input ------------------------------------------------------------------------------
+
+TEST(CliErrors, MissingModelPath) {
+  expect_error(cached({"generate", "-m", "/nonexistent/dir/model.gguf", "--prompt", "x"}),
+               {"/nonexistent/dir/model.gguf", "not found"});
+}
+
+TEST(CliErrors, TruncatedGguf) {
+  // The first 1000 bytes of the model (or, without it, of a committed vocab-only GGUF).
+  const std::string src = have_model() ? model_path() : kData + "/tokenizer/qwen2/tokenizer.gguf";
+  const std::string p = tmp_path("truncated.gguf");
+  retort::write_file_atomic(p, read_all(src).substr(0, 1000));
+  expect_error(cached({"inspect", p}), {p, "truncated"});
+}
+
+TEST(CliErrors, WrongMagic) {
+  const std::string p = tmp_path("wrong_magic.gguf");
+  retort::write_file_atomic(p, "NOTG" + std::string(2000, 'x'));
+  expect_error(cached({"inspect", p}), {p, "not a GGUF file"});
+}
+
+TEST(CliErrors, SafetensorsCorruptHeader) {
+  const std::string dir = tmp_path("corrupt-qwen2");
+  fs::create_directories(dir);
+  for (const auto& e : fs::directory_iterator(kData + "/hf/tiny-qwen2"))
+    fs::copy_file(e.path(), dir + "/" + e.path().filename().string(), fs::copy_options::overwrite_existing);
+  std::string st = read_all(dir + "/model.safetensors");
+  ASSERT_GT(st.size(), 16u);
+  st.replace(8, 4, "{{{{");  // the JSON header after the 8-byte length
+  retort::write_file_atomic(dir + "/model.safetensors", st);
+  expect_error(cached({"inspect", dir}), {dir + "/model.safetensors", "header"});
+  // A header length past the end of the file.
+  std::string st2 = st;
+  for (int k = 0; k < 8; ++k) st2[k] = k == 5 ? '\x01' : '\0';
+  retort::write_file_atomic(dir + "/model.safetensors", st2);
+  expect_error(run_cli({"inspect", dir}), {dir + "/model.safetensors"});
+}
+
+TEST(CliErrors, PromptsFileWithNonJsonLine) {
+  const std::string p = tmp_path("bad_prompts.jsonl");
+  retort::write_file_atomic(p, "{\"prompt\": \"fine\"}\n{\"prompt\": not json}\n");
+  expect_error(cached({"generate", "--prompts", p}), {p + ":2:", "not valid JSON"});
+  expect_error(cached({"generate", "--prompts", tmp_path("no_such.jsonl")}), {tmp_path("no_such.jsonl"), "cannot open"});
+}
+
+TEST(CliErrors, DeviceCudaOnCpuBuild) {
+#ifdef RETORT_CUDA
+  GTEST_SKIP() << "this build has CUDA";
+#endif
+  expect_error(cached({"generate", "--prompt", "hi", "--device", "cuda"}), {"--device cuda", "no CUDA"});
+}
+
+TEST(CliErrors, BadGenerateOptions) {
+  expect_error(cached({"generate", "--prompt", "hi", "--max-tokens", "0"}), {"--max-tokens"});
+  expect_error(cached({"generate", "--max-tokens", "4"}), {"--prompt", "--prompts"});
+}
+
+TEST(CliErrors, UnknownShortNameListsCacheAndSetup) {
+  // A cache of our own, so the message is the same with or without the default model installed.
+  const std::string home = tmp_path("home");
+  fs::create_directories(home + "/models");
+  retort::write_file_atomic(home + "/models/some-other-model.gguf", "");
+  const CliRun r = run_cli({"inspect", "no-such-model"}, "", {"RETORT_HOME=" + home});
+  expect_error(r, {"\"no-such-model\"", home + "/models", "some-other-model", "scripts/setup.sh"});
+}
+
+TEST(CliErrors, UnknownSubcommandExitsNonZero) {
+  const CliRun& r = cached({"frobnicate"});
+  EXPECT_EQ(r.signal, 0) << show(r);
+  EXPECT_NE(r.code, 0) << show(r);
+}
