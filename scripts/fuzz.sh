@@ -22,6 +22,7 @@ command -v "$CXX" >/dev/null || { echo "error: $CXX not found (apt-get install c
 FLAGS="-std=c++20 -O1 -g -Isrc -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
 PCRE_CFLAGS=$(pkg-config --cflags libpcre2-8 2>/dev/null || true)
 PCRE_LIBS=$(pkg-config --libs libpcre2-8 2>/dev/null || echo -lpcre2-8)
+UTF8PROC_LIBS=$(pkg-config --libs libutf8proc 2>/dev/null || echo -lutf8proc)
 export OUT CXX FLAGS PCRE_CFLAGS
 mkdir -p "$OUT/obj"
 
@@ -61,7 +62,7 @@ fi
 for t in "${TARGETS[@]}"; do
   echo "== building $t"
   # shellcheck disable=SC2086
-  "$CXX" $FLAGS -fsanitize=fuzzer "fuzz/$t.cpp" $OBJS $PCRE_LIBS -o "$OUT/$t"
+  "$CXX" $FLAGS -fsanitize=fuzzer "fuzz/$t.cpp" $OBJS $PCRE_LIBS $UTF8PROC_LIBS -o "$OUT/$t"
 done
 
 # 3. Seed and run.
