@@ -5,6 +5,7 @@
 
 #include <torch/version.h>
 
+#include "retort/model/cpu_kernels.h"
 #include "retort/util/error.h"
 
 namespace retort {
@@ -255,6 +256,14 @@ torch::Tensor LlamaModelImpl::forward_cached(const torch::Tensor& tokens, const 
   }
   tok = tok.to(dev);
 
+  if (T == 1 && can_decode_cpu(cache)) {
+    auto tc = tok.contiguous();
+    std::vector<int64_t> ids(tc.data_ptr<int64_t>(), tc.data_ptr<int64_t>() + B);
+    auto logits = decode_step_cpu(ids, slots, old_len, cache);  // [B, V]
+    for (int64_t b = 0; b < B; ++b) cache.lengths[size_t(slots[b])] = new_len[b];
+    return last_only ? logits : logits.view({B, 1, hp_.n_vocab});
+  }
+
   // Positions [B, T]: old_len[b] + t (padding positions continue the run; their K/V are not stored).
   // Valid (b, t) pairs, flattened b*T + t, with their cache slot and position.
   std::vector<int64_t> pos(size_t(B * T)), flat, w_slot, w_pos;
@@ -317,6 +326,94 @@ torch::Tensor LlamaModelImpl::forward_cached(const torch::Tensor& tokens, const 
     return lm_logits(model->norm(xl));
   }
   return lm_logits(model->norm(x));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The CPU decode step
+
+namespace {
+
+bool kernel_ok(const torch::Tensor& t) {
+  return t.defined() && t.device().is_cpu() && t.is_contiguous() &&
+         (t.scalar_type() == torch::kFloat32 || t.scalar_type() == torch::kBFloat16);
+}
+
+cpu::WeightRef wref(const torch::Tensor& w) {
+  return {w.data_ptr(), w.size(0), w.scalar_type() == torch::kBFloat16};
+}
+
+torch::Tensor as_f32(const torch::Tensor& t) { return t.to(torch::kFloat32).contiguous(); }
+
+}  // namespace
+
+bool LlamaModelImpl::can_decode_cpu(const KvCache& cache) const {
+  if (!device().is_cpu() || hp_.head_dim % 2 != 0 || c10::GradMode::is_enabled()) return false;
+  for (size_t l = 0; l < cache.k.size(); ++l)
+    if (!kernel_ok(cache.k[l]) || !kernel_ok(cache.v[l]) || cache.k[l].scalar_type() != cache.v[l].scalar_type())
+      return false;
+  if (!kernel_ok(model->embed_tokens) || (lm_head && !kernel_ok(lm_head->weight))) return false;
+  for (const auto& layer : model->layers) {
+    const auto& at = layer->self_attn;
+    for (const auto* w : {&at->q_proj->weight, &at->k_proj->weight, &at->v_proj->weight, &at->o_proj->weight,
+                          &layer->mlp->gate_proj->weight, &layer->mlp->up_proj->weight, &layer->mlp->down_proj->weight})
+      if (!kernel_ok(*w)) return false;
+  }
+  return true;
+}
+
+torch::Tensor LlamaModelImpl::decode_step_cpu(const std::vector<int64_t>& tok, const std::vector<int64_t>& slots,
+                                              const std::vector<int64_t>& old_len, KvCache& cache) {
+  const int64_t B = int64_t(tok.size()), E = hp_.n_embd, H = hp_.n_head, Hkv = hp_.n_head_kv, D = hp_.head_dim;
+  const int64_t F = hp_.n_ff, V = hp_.n_vocab, nq = (H + 2 * Hkv) * D;
+  const auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
+  auto x = torch::embedding(model->embed_tokens, torch::tensor(tok, torch::kInt64)).to(torch::kFloat32).contiguous();
+  // Scratch, float32: hn [B, E] normed stream, qkv [B, nq], att [B, H*D], gu [B, 2F] gate | up, act [B, F].
+  auto hn = torch::empty({B, E}, f32), qkv = torch::empty({B, nq}, f32), att = torch::empty({B, H * D}, f32);
+  auto gu = torch::empty({B, 2 * F}, f32), act = torch::empty({B, F}, f32);
+  int64_t max_pos = 1;
+  for (int64_t p : old_len) max_pos = std::max(max_pos, p + 1);
+  ensure_rope(max_pos, torch::kCPU);
+  auto pos_t = torch::tensor(old_len, torch::kInt64);
+  auto cos = cos_.index_select(0, pos_t).contiguous(), sin = sin_.index_select(0, pos_t).contiguous();  // [B, D/2]
+  float *xp = x.data_ptr<float>(), *hp = hn.data_ptr<float>(), *qp = qkv.data_ptr<float>();
+  float *ap = att.data_ptr<float>(), *gp = gu.data_ptr<float>(), *actp = act.data_ptr<float>();
+
+  for (int64_t l = 0; l < hp_.n_layer; ++l) {
+    auto& layer = model->layers[size_t(l)];
+    auto& at = layer->self_attn;
+    auto& mlp = layer->mlp;
+    // x += o_proj(attn(rms_norm(x)))
+    auto w_in = as_f32(layer->input_layernorm->weight);
+    cpu::rms_norm(xp, w_in.data_ptr<float>(), B, E, hp_.rms_eps, hp);
+    const cpu::WeightRef w_qkv[3] = {wref(at->q_proj->weight), wref(at->k_proj->weight), wref(at->v_proj->weight)};
+    cpu::matmul_wt(hp, B, E, w_qkv, 3, qp, nq, /*accumulate=*/false);
+    if (hp_.qkv_bias) {
+      auto bias = as_f32(torch::cat({at->q_proj->bias, at->k_proj->bias, at->v_proj->bias}));
+      const float* bp = bias.data_ptr<float>();
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t i = 0; i < nq; ++i) qp[b * nq + i] += bp[i];
+    }
+    auto& ck = cache.k[size_t(l)];
+    cpu::attention_decode(qp, B, H, Hkv, D, cos.data_ptr<float>(), sin.data_ptr<float>(), ck.data_ptr(),
+                          cache.v[size_t(l)].data_ptr(), ck.scalar_type() == torch::kBFloat16, cache.max_len(),
+                          slots.data(), old_len.data(), ap);
+    const cpu::WeightRef w_o = wref(at->o_proj->weight);
+    cpu::matmul_wt(ap, B, H * D, &w_o, 1, xp, E, /*accumulate=*/true);
+    // x += down(silu(gate(h)) * up(h)), h = rms_norm(x)
+    auto w_post = as_f32(layer->post_attention_layernorm->weight);
+    cpu::rms_norm(xp, w_post.data_ptr<float>(), B, E, hp_.rms_eps, hp);
+    const cpu::WeightRef w_gu[2] = {wref(mlp->gate_proj->weight), wref(mlp->up_proj->weight)};
+    cpu::matmul_wt(hp, B, E, w_gu, 2, gp, 2 * F, /*accumulate=*/false);
+    cpu::silu_mul(gp, B, F, actp);
+    const cpu::WeightRef w_down = wref(mlp->down_proj->weight);
+    cpu::matmul_wt(actp, B, F, &w_down, 1, xp, E, /*accumulate=*/true);
+  }
+  auto w_norm = as_f32(model->norm->weight);
+  cpu::rms_norm(xp, w_norm.data_ptr<float>(), B, E, hp_.rms_eps, hp);
+  auto logits = torch::empty({B, V}, f32);
+  const cpu::WeightRef w_out = wref(lm_head ? lm_head->weight : model->embed_tokens);
+  cpu::matmul_wt(hp, B, E, &w_out, 1, logits.data_ptr<float>(), V, /*accumulate=*/false);
+  return logits;
 }
 
 void LlamaModelImpl::init_weights(uint64_t seed, double std) {

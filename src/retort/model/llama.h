@@ -107,6 +107,11 @@ class LlamaModelImpl : public torch::nn::Module {
  private:
   // cos/sin tables [n_pos, head_dim/2] float32 on `device`, grown to cover n_pos positions.
   void ensure_rope(int64_t n_pos, torch::Device device);
+  // forward_cached for one new token per row on the CPU (the decode step): fused kernels from
+  // cpu_kernels.h, no per-layer libtorch ops. tok [B] ids; old_len[b] = cached tokens of row b.
+  torch::Tensor decode_step_cpu(const std::vector<int64_t>& tok, const std::vector<int64_t>& slots,
+                                const std::vector<int64_t>& old_len, KvCache& cache);
+  bool can_decode_cpu(const KvCache& cache) const;
 
   ModelHParams hp_;
   torch::Tensor inv_freq_;       // [head_dim/2] float32 (CPU), scaling applied

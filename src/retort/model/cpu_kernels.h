@@ -1,0 +1,55 @@
+// retort/model/cpu_kernels.h — the CPU kernels of the decode step (LlamaModelImpl::forward_cached, T = 1).
+//
+// At decode time a step multiplies a few rows (one per sequence) by every weight matrix. libtorch
+// pays per-call overhead and, for bf16, oneDNN re-packs the weight each call; these plain kernels
+// stream each weight row once and dot it with all M rows. AVX512-BF16 (vdpbf16ps) and AVX512F
+// variants are chosen at run time (cpuid); every kernel has a portable scalar fallback.
+#pragma once
+
+#include <cstdint>
+
+namespace retort::cpu {
+
+// True when the CPU has AVX512F + AVX512BW + AVX512-BF16 and the fast paths are not disabled
+// (set_force_scalar, or environment RETORT_CPU_SCALAR=1).
+bool has_avx512_bf16();
+bool has_avx512f();
+// Tests: route every kernel through the scalar fallback (true) or back to the detected path.
+void set_force_scalar(bool on);
+
+// bfloat16 <-> float32 (round to nearest even; NaN stays NaN).
+uint16_t f32_to_bf16(float f);
+float bf16_to_f32(uint16_t b);
+
+// One weight matrix W [rows, K], row-major contiguous; float32, or bfloat16 as raw 16-bit words.
+struct WeightRef {
+  const void* data = nullptr;
+  int64_t rows = 0;
+  bool bf16 = false;
+};
+
+// y[m, c] (+)= x[m, :] · W_i[r, :] where output column c = (rows of W_0..W_{i-1}) + r: the
+// matrices' outputs side by side (fused q|k|v or gate|up). x float32 [M, K] (row stride K), y float32
+// with row stride ldy; accumulate adds to y instead of overwriting. With bf16 weights on the
+// AVX512-BF16 path x is rounded to bf16 (products and sums are float32), as a bf16 matmul does.
+// Parallel over output columns.
+void matmul_wt(const float* x, int64_t M, int64_t K, const WeightRef* w, int n_w, float* y, int64_t ldy,
+               bool accumulate);
+
+// One decode step of grouped-query attention, one new token per row b < B.
+// qkv float32 [B, (H + 2*Hkv) * D]: q | k | v of the new token, before RoPE (RoPE is applied in place).
+// cos, sin float32 [B, D/2]: rotate-half RoPE tables at each row's position.
+// k_cache, v_cache [n_slots, Hkv, max_len, D], float32 or bf16 (cache_bf16); the new k/v go to
+// [slot[b], :, pos[b], :] and the query attends to keys 0..pos[b] of that slot.
+// out float32 [B, H*D]: softmax(q·kᵀ / sqrt(D)) · v, query head h using kv head h / (H / Hkv).
+void attention_decode(float* qkv, int64_t B, int64_t H, int64_t Hkv, int64_t D, const float* cos, const float* sin,
+                      void* k_cache, void* v_cache, bool cache_bf16, int64_t max_len, const int64_t* slot,
+                      const int64_t* pos, float* out);
+
+// y[m, :] = x[m, :] * rsqrt(mean(x[m, :]²) + eps) * w, x, y float32 [M, n] (may alias), w float32 [n].
+void rms_norm(const float* x, const float* w, int64_t M, int64_t n, double eps, float* y);
+
+// out[m, i] = silu(gu[m, i]) * gu[m, F + i]; gu float32 [M, 2F], out float32 [M, F].
+void silu_mul(const float* gu, int64_t M, int64_t F, float* out);
+
+}  // namespace retort::cpu

@@ -1,0 +1,191 @@
+// Tests of the CPU decode kernels (src/retort/model/cpu_kernels.h) against float64 recomputation,
+// on the detected vector path (AVX512 / AVX512-BF16 where the CPU has them) and the scalar fallback.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "retort/model/cpu_kernels.h"
+
+using namespace retort;
+
+namespace {
+
+std::vector<float> randn(size_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+std::vector<uint16_t> to_bf16(const std::vector<float>& v) {
+  std::vector<uint16_t> o(v.size());
+  for (size_t i = 0; i < v.size(); ++i) o[i] = cpu::f32_to_bf16(v[i]);
+  return o;
+}
+
+struct ScalarMode {
+  explicit ScalarMode(bool on) { cpu::set_force_scalar(on); }
+  ~ScalarMode() { cpu::set_force_scalar(false); }
+};
+
+}  // namespace
+
+TEST(Kernels, Bf16RoundTrip) {
+  EXPECT_EQ(cpu::f32_to_bf16(1.0f), 0x3f80);
+  EXPECT_EQ(cpu::bf16_to_f32(0x3f80), 1.0f);
+  // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties to even (1.0).
+  EXPECT_EQ(cpu::f32_to_bf16(1.00390625f), 0x3f80);
+  EXPECT_EQ(cpu::f32_to_bf16(1.01171875f), 0x3f82);  // 1 + 3*2^-8 -> 1 + 2^-6 (even)
+  EXPECT_TRUE(std::isnan(cpu::bf16_to_f32(cpu::f32_to_bf16(NAN))));
+}
+
+class MatmulWt : public ::testing::TestWithParam<bool> {};  // param: force scalar
+
+TEST_P(MatmulWt, MatchesFloat64) {
+  ScalarMode mode(GetParam());
+  // K values exercise full 32/16-wide steps and masked tails; M covers the 4-row tiles and remainders.
+  for (int64_t K : {576, 70, 5}) {
+    for (int64_t M : {1, 3, 4, 9, 32}) {
+      for (bool bf16 : {false, true}) {
+        const std::vector<int64_t> rows = {37, 8, 64};  // three matrices side by side, odd sizes
+        int64_t N = 0;
+        for (auto r : rows) N += r;
+        auto x = randn(size_t(M * K), 1);
+        std::vector<std::vector<float>> wf;
+        std::vector<std::vector<uint16_t>> wb;
+        std::vector<cpu::WeightRef> refs;
+        for (size_t i = 0; i < rows.size(); ++i) {
+          wf.push_back(randn(size_t(rows[i] * K), 10 + uint32_t(i), 0.1f));
+          wb.push_back(to_bf16(wf.back()));
+        }
+        for (size_t i = 0; i < rows.size(); ++i)
+          refs.push_back(bf16 ? cpu::WeightRef{wb[i].data(), rows[i], true} : cpu::WeightRef{wf[i].data(), rows[i], false});
+        const int64_t ldy = N + 3;
+        std::vector<float> y(size_t(M * ldy), 0.5f);
+        cpu::matmul_wt(x.data(), M, K, refs.data(), int(refs.size()), y.data(), ldy, /*accumulate=*/true);
+        // Reference in float64 with the weights as stored; with bf16 weights on the AVX512-BF16 path
+        // x is rounded to bf16 too: relative error per product <= 2^-8, so bound by 2^-8 * sum |x w|.
+        const bool x_rounded = bf16 && cpu::has_avx512_bf16();
+        double worst = 0;
+        for (int64_t m = 0; m < M; ++m) {
+          int64_t col = 0;
+          for (size_t i = 0; i < rows.size(); ++i) {
+            for (int64_t r = 0; r < rows[i]; ++r) {
+              double ref = 0.5, mag = 0;
+              for (int64_t k = 0; k < K; ++k) {
+                const double w = bf16 ? cpu::bf16_to_f32(wb[i][size_t(r * K + k)]) : wf[i][size_t(r * K + k)];
+                ref += double(x[size_t(m * K + k)]) * w;
+                mag += std::abs(double(x[size_t(m * K + k)]) * w);
+              }
+              const double tol = (x_rounded ? 4e-3 : 1e-5) * mag + 1e-6;
+              const double err = std::abs(double(y[size_t(m * ldy + col + r)]) - ref);
+              worst = std::max(worst, err / tol);
+              ASSERT_LE(err, tol) << "K=" << K << " M=" << M << " bf16=" << bf16 << " m=" << m << " col=" << col + r;
+            }
+            col += rows[i];
+          }
+          EXPECT_EQ(y[size_t(m * ldy + N)], 0.5f) << "wrote past the output columns";
+        }
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Kernels, MatmulWt, ::testing::Values(false, true));
+
+class AttentionDecode : public ::testing::TestWithParam<bool> {};
+
+TEST_P(AttentionDecode, MatchesFloat64) {
+  ScalarMode mode(GetParam());
+  for (int64_t D : {64, 6}) {
+    for (bool bf16 : {false, true}) {
+      const int64_t B = 3, H = 6, Hkv = 2, G = H / Hkv, max_len = 20, n_slots = 4;
+      const std::vector<int64_t> slot = {2, 0, 3}, pos = {0, 7, 19};
+      const int64_t nq = (H + 2 * Hkv) * D;
+      auto qkv = randn(size_t(B * nq), 3);
+      const auto qkv0 = qkv;
+      auto cs = randn(size_t(B * D / 2), 4), sn = randn(size_t(B * D / 2), 5);
+      auto kf = randn(size_t(n_slots * Hkv * max_len * D), 6), vf = randn(size_t(n_slots * Hkv * max_len * D), 7);
+      auto kb = to_bf16(kf), vb = to_bf16(vf);
+      std::vector<float> out(size_t(B * H * D));
+      cpu::attention_decode(qkv.data(), B, H, Hkv, D, cs.data(), sn.data(), bf16 ? (void*)kb.data() : kf.data(),
+                            bf16 ? (void*)vb.data() : vf.data(), bf16, max_len, slot.data(), pos.data(), out.data());
+      auto kget = [&](int64_t s, int64_t h, int64_t j, int64_t d) -> double {
+        size_t i = size_t(((s * Hkv + h) * max_len + j) * D + d);
+        return bf16 ? cpu::bf16_to_f32(kb[i]) : kf[i];
+      };
+      auto vget = [&](int64_t s, int64_t h, int64_t j, int64_t d) -> double {
+        size_t i = size_t(((s * Hkv + h) * max_len + j) * D + d);
+        return bf16 ? cpu::bf16_to_f32(vb[i]) : vf[i];
+      };
+      auto rope = [&](const float* xin, int64_t b, std::vector<double>& xo) {
+        const int64_t half = D / 2;
+        xo.resize(size_t(D));
+        for (int64_t i = 0; i < half; ++i) {
+          const double c = cs[size_t(b * half + i)], s = sn[size_t(b * half + i)];
+          xo[size_t(i)] = xin[i] * c - double(xin[i + half]) * s;
+          xo[size_t(i + half)] = xin[i + half] * c + double(xin[i]) * s;
+        }
+      };
+      const double btol = bf16 ? 1e-2 : 1e-5;
+      for (int64_t b = 0; b < B; ++b) {
+        for (int64_t kh = 0; kh < Hkv; ++kh) {
+          // The new key (rotated) and value were written at pos[b].
+          std::vector<double> kn;
+          rope(&qkv0[size_t(b * nq + (H + kh) * D)], b, kn);
+          for (int64_t d = 0; d < D; ++d) {
+            EXPECT_NEAR(kget(slot[b], kh, pos[b], d), kn[size_t(d)], btol * (1 + std::abs(kn[size_t(d)])));
+            EXPECT_NEAR(vget(slot[b], kh, pos[b], d), qkv0[size_t(b * nq + (H + Hkv + kh) * D + d)],
+                        btol * (1 + std::abs(qkv0[size_t(b * nq + (H + Hkv + kh) * D + d)])));
+          }
+          for (int64_t g = 0; g < G; ++g) {
+            const int64_t h = kh * G + g;
+            std::vector<double> q;
+            rope(&qkv0[size_t(b * nq + h * D)], b, q);
+            std::vector<double> sc(size_t(pos[b] + 1));
+            double mx = -INFINITY;
+            for (int64_t j = 0; j <= pos[b]; ++j) {
+              double s = 0;
+              for (int64_t d = 0; d < D; ++d) s += q[size_t(d)] * kget(slot[b], kh, j, d);
+              sc[size_t(j)] = s / std::sqrt(double(D));
+              mx = std::max(mx, sc[size_t(j)]);
+            }
+            double sum = 0;
+            for (auto& s : sc) sum += (s = std::exp(s - mx));
+            for (int64_t d = 0; d < D; ++d) {
+              double o = 0;
+              for (int64_t j = 0; j <= pos[b]; ++j) o += sc[size_t(j)] / sum * vget(slot[b], kh, j, d);
+              EXPECT_NEAR(out[size_t(b * H * D + h * D + d)], o, 1e-4) << "D=" << D << " b=" << b << " h=" << h;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Kernels, AttentionDecode, ::testing::Values(false, true));
+
+TEST(Kernels, RmsNormAndSiluMul) {
+  const int64_t M = 2, n = 7;
+  auto x = randn(size_t(M * n), 8), w = randn(size_t(n), 9);
+  std::vector<float> y(size_t(M * n));
+  cpu::rms_norm(x.data(), w.data(), M, n, 1e-5, y.data());
+  for (int64_t m = 0; m < M; ++m) {
+    double ss = 0;
+    for (int64_t i = 0; i < n; ++i) ss += double(x[size_t(m * n + i)]) * x[size_t(m * n + i)];
+    const double r = 1 / std::sqrt(ss / n + 1e-5);
+    for (int64_t i = 0; i < n; ++i) EXPECT_NEAR(y[size_t(m * n + i)], x[size_t(m * n + i)] * r * w[size_t(i)], 1e-5);
+  }
+  auto gu = randn(size_t(M * 2 * n), 10);
+  std::vector<float> o(size_t(M * n));
+  cpu::silu_mul(gu.data(), M, n, o.data());
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t i = 0; i < n; ++i) {
+      const double g = gu[size_t(m * 2 * n + i)], u = gu[size_t(m * 2 * n + n + i)];
+      EXPECT_NEAR(o[size_t(m * n + i)], g / (1 + std::exp(-g)) * u, 1e-5);
+    }
+}
