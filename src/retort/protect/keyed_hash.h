@@ -17,7 +17,8 @@
 //
 // Converting 64 bits H:
 //   green (KGW):   H < threshold(γ) = floor(γ · 2^64)   (γ = 1 → every token)
-//   uniform r:     r = ((H >> 11) + 0.5) · 2^-53, strictly inside (0, 1),
+//   uniform r:     r = ((H >> 12) + 0.5) · 2^-52, strictly inside (0, 1): 52 bits plus a
+//                  half step, exact in a double (53 bits would round the top value to 1),
 //                  so ln r and ln(1 − r) are always finite.
 #pragma once
 
@@ -51,7 +52,7 @@ uint64_t keyed_hash_u64(const HashKey& k, uint64_t domain, uint64_t a, uint64_t 
 // Green iff H < threshold (with γ >= 1 every H but UINT64_MAX; treat γ = 1 as "all" upstream).
 uint64_t green_threshold(double gamma);
 
-// ((H >> 11) + 0.5) · 2^-53 in (0, 1).
-inline double hash_to_uniform(uint64_t h) { return (static_cast<double>(h >> 11) + 0.5) * 0x1.0p-53; }
+// ((H >> 12) + 0.5) · 2^-52 in [2^-53, 1 − 2^-53].
+inline double hash_to_uniform(uint64_t h) { return (static_cast<double>(h >> 12) + 0.5) * 0x1.0p-52; }
 
 }  // namespace retort

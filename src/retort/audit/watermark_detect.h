@@ -1,0 +1,105 @@
+// retort/audit/watermark_detect.h — scoring token sequences for a watermark, with exact p-values.
+//
+// One position t of a token sequence x is the pair (window, x_t), window = the w tokens
+// before it (w = KGW previous_tokens() or Gumbel h). Positions without a full window are
+// skipped. Each distinct (window, token) pair is scored once (repeated n-grams would
+// otherwise count many times: a text repeating one phrase is not more watermarked).
+//
+// Statistics over T scored pairs, with exact tails (util/stats.h):
+//   kgw:    score s = green count;          z = (s − γT)/√(Tγ(1−γ));  p = P[Bin(T, γ) >= s]
+//   gumbel: score S = Σ −ln(1 − r);         z = (S − T)/√T;           p = P[Gamma(T, 1) >= S]
+// A result with fewer than `min_tokens` scored pairs is marked too_short and carries no
+// p-value (p_value = 1, log10_p = 0 are placeholders, not a test).
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <unordered_set>
+#include <vector>
+
+#include "retort/protect/gumbel.h"
+#include "retort/protect/keys.h"
+#include "retort/protect/kgw.h"
+
+namespace retort {
+
+struct DetectorConfig {
+  std::string scheme = "kgw";  // "kgw" | "gumbel"
+  KgwConfig kgw;
+  GumbelConfig gumbel;
+  bool dedup = true;
+  int64_t min_tokens = 1;  // fewer scored pairs -> too_short
+};
+
+// Throws retort::Error for an unknown scheme or bad scheme parameters.
+void check_detector_config(const DetectorConfig& c);
+// Tokens of context each scored position needs.
+int detector_window(const DetectorConfig& c);
+
+struct DetectionResult {
+  std::string scheme;
+  int64_t tokens = 0;         // positions offered (including skipped and repeated ones)
+  int64_t tokens_scored = 0;  // distinct (window, token) pairs scored: T
+  double score = 0;           // kgw: green count; gumbel: Σ −ln(1 − r)
+  double z = 0;
+  double p_value = 1;         // exp(log_p); underflows to 0 below ~1e-308, see log10_p
+  double log10_p = 0;         // exact, even far below 1e-308
+  bool too_short = true;
+};
+
+// Per-pair score: kgw 1 (green) or 0; gumbel −ln(1 − r). `context` holds >= detector_window().
+double watermark_pair_score(const HashKey& key, const DetectorConfig& c, std::span<const int32_t> context,
+                            int32_t token);
+
+// Accumulates pairs (deduplicated) and gives the test. Pair-level API for radioactivity:
+// add_pair() with any context (e.g. the real input tokens) and any token (e.g. a suspect
+// model's top-1 prediction there).
+class WatermarkScorer {
+ public:
+  WatermarkScorer(const WatermarkKey& key, DetectorConfig config);  // checks the config
+  // Scores (last w tokens of context, token); returns false when skipped (short or repeated).
+  bool add_pair(std::span<const int32_t> context, int32_t token);
+  // Every position t >= w of one token sequence.
+  void add_tokens(std::span<const int32_t> tokens);
+  DetectionResult result() const;
+  int window() const { return window_; }
+
+ private:
+  // Dedup on a 128-bit fingerprint of (window, token): two SipHash-2-4 values under fixed
+  // public keys (collision odds ~n²/2^129, nil for any real corpus); no per-pair allocation.
+  struct Fingerprint {
+    uint64_t a, b;
+    bool operator==(const Fingerprint&) const = default;
+  };
+  struct FingerprintHash {
+    size_t operator()(const Fingerprint& f) const { return static_cast<size_t>(f.a); }
+  };
+  HashKey key_;
+  DetectorConfig config_;
+  int window_;
+  int64_t offered_ = 0, scored_ = 0;
+  double score_ = 0;
+  std::unordered_set<Fingerprint, FingerprintHash> seen_;
+};
+
+// The test from raw counts (T pairs, score); exposed for callers that count elsewhere.
+DetectionResult detection_from_counts(const DetectorConfig& c, int64_t offered, int64_t scored, double score);
+
+// One token sequence.
+DetectionResult detect_tokens(const WatermarkKey& key, const DetectorConfig& c, std::span<const int32_t> tokens);
+
+// Which account's key watermarked `docs`? One test per account (keys derived from the
+// master with derive_account_key), all docs pooled, then Holm–Bonferroni over accounts.
+struct AccountDetection {
+  std::string account;
+  std::string key_commitment;
+  DetectionResult result;
+  double log10_p_holm = 0;  // Holm-adjusted; 0 when too short
+  double p_holm = 1;
+};
+std::vector<AccountDetection> detect_accounts(const WatermarkKey& master, const std::vector<std::string>& accounts,
+                                              const DetectorConfig& c,
+                                              const std::vector<std::vector<int32_t>>& docs);
+
+}  // namespace retort
