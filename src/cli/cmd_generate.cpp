@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/common.h"
+#include "cli/watermark_options.h"
 #include "retort/decode/generate.h"
 #include "retort/text/chat_template.h"
 #include "retort/text/tokenizer.h"
@@ -50,6 +51,7 @@ struct GenerateArgs {
   int64_t max_tokens = 256;
   int top_logprobs = 0;
   int64_t batch = 32;
+  WatermarkCliOptions watermark;
 };
 
 // One input: a raw prompt or a conversation, plus the id the user gave it (echoed back).
@@ -150,6 +152,7 @@ void run(GenerateArgs& a) {
   }
 
   LoadedModel m = load_for_cli(a.model);
+  std::shared_ptr<LogitsProcessor> watermark = make_watermark_processor(a.watermark, m.hparams.n_vocab);
   std::vector<GenerationRequest> reqs;
   for (const auto& in : inputs) {
     GenerationRequest r;
@@ -159,6 +162,7 @@ void run(GenerateArgs& a) {
     r.stop = a.stop;
     r.ignore_eos = a.ignore_eos;
     r.top_logprobs = a.top_logprobs;
+    r.processor = watermark;
     reqs.push_back(std::move(r));
   }
 
@@ -209,6 +213,7 @@ void register_generate(CLI::App& app) {
       ->capture_default_str();
   sub->add_option("--batch", a->batch, "sequences decoded together")->capture_default_str();
   sub->add_flag("--json", a->json_out, "JSONL output: text, tokens, logprobs, usage");
+  add_watermark_options(*sub, a->watermark);
   sub->callback([a] { run(*a); });
 }
 

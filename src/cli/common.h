@@ -38,5 +38,6 @@ void register_inspect(CLI::App& app);
 void register_tokenize(CLI::App& app);
 void register_generate(CLI::App& app);
 void register_chat(CLI::App& app);
+void register_watermark(CLI::App& app);
 
 }  // namespace retort::cli

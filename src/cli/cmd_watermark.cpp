@@ -1,0 +1,315 @@
+// `retort watermark`: detect (score text for a watermark, exact p-values) and keygen.
+#include <sys/stat.h>
+
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <optional>
+#include <nlohmann/json.hpp>
+
+#include "cli/common.h"
+#include "cli/watermark_options.h"
+#include "retort/audit/watermark_detect.h"
+#include "retort/protect/synthid.h"
+#include "retort/text/tokenizer.h"
+#include "retort/util/error.h"
+#include "retort/util/file.h"
+
+namespace retort::cli {
+
+namespace {
+
+using nlohmann::json;
+
+struct DetectArgs {
+  std::string model = "smollm2-135m-instruct";
+  std::string text, file, jsonl, field = "text", accounts_file;
+  WatermarkCliOptions wm;
+  bool no_dedup = false;
+  int64_t min_tokens = 1;
+  bool json_out = false;
+  bool text_given = false;
+};
+
+struct Doc {
+  json id;
+  std::vector<int32_t> ids;
+};
+
+// "3.1e-42" for any log10 p, also below the double range ("2.4e-512").
+std::string format_p(double log10_p) {
+  if (log10_p > -300) {
+    char b[32];
+    std::snprintf(b, sizeof b, "%.3g", std::pow(10.0, log10_p));
+    return b;
+  }
+  double e = std::floor(log10_p);
+  double m = std::pow(10.0, log10_p - e);
+  if (m >= 9.995) m = 1, e += 1;
+  char b[48];
+  std::snprintf(b, sizeof b, "%.2fe%.0f", m, e);
+  return b;
+}
+
+json result_json(const DetectionResult& r) {
+  json j = {{"tokens", r.tokens}, {"tokens_scored", r.tokens_scored}, {"too_short", r.too_short}};
+  if (r.too_short) {
+    j["score"] = nullptr;
+    j["z"] = nullptr;
+    j["p_value"] = nullptr;
+    j["log10_p"] = nullptr;
+  } else {
+    j["score"] = r.score;
+    j["z"] = r.z;
+    j["p_value"] = r.p_value;  // 0 when below ~1e-308; log10_p is exact
+    j["log10_p"] = r.log10_p;
+  }
+  return j;
+}
+
+std::vector<Doc> read_docs(const DetectArgs& a, const Tokenizer& tok) {
+  // --text "" is a (too short) document, not a missing option.
+  int given = a.text_given + !a.file.empty() + !a.jsonl.empty();
+  check(given == 1, "watermark detect: give exactly one of --text TEXT, --file FILE or --jsonl FILE");
+  auto encode = [&](const std::string& s) { return tok.encode(s, /*parse_special=*/false, /*add_bos=*/false); };
+  std::vector<Doc> docs;
+  if (a.text_given) {
+    docs.push_back({json(0), encode(a.text)});
+  } else if (!a.file.empty()) {
+    docs.push_back({json(a.file), encode(read_file(a.file))});
+  } else {
+    std::ifstream in(a.jsonl);
+    check(in.good(), a.jsonl, ": cannot open");
+    std::string line;
+    int64_t lineno = 0;
+    while (std::getline(in, line)) {
+      ++lineno;
+      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      json j;
+      try {
+        j = json::parse(line);
+      } catch (const json::parse_error&) {
+        fail(a.jsonl, ":", lineno, ": not valid JSON (each line must be one JSON object)");
+      }
+      check(j.is_object(), a.jsonl, ":", lineno, ": not a JSON object");
+      check(j.contains(a.field), a.jsonl, ":", lineno, ": no field \"", a.field, "\" (choose one with --field)");
+      check(j[a.field].is_string(), a.jsonl, ":", lineno, ": field \"", a.field, "\" is not a string");
+      docs.push_back({j.contains("id") ? j["id"] : json(lineno), encode(j[a.field].get<std::string>())});
+    }
+    check(!docs.empty(), a.jsonl, ": no documents in the file");
+  }
+  return docs;
+}
+
+std::vector<std::string> read_accounts(const std::string& path) {
+  std::ifstream in(path);
+  check(in.good(), path, ": cannot open the account list");
+  std::vector<std::string> out;
+  std::string line;
+  while (std::getline(in, line)) {
+    size_t a = line.find_first_not_of(" \t\r"), e = line.find_last_not_of(" \t\r");
+    if (a == std::string::npos) continue;
+    out.push_back(line.substr(a, e - a + 1));
+  }
+  check(!out.empty(), path, ": no account ids (one per line)");
+  return out;
+}
+
+void print_row(const std::string& name, const DetectionResult& r) {
+  if (r.too_short) {
+    std::printf("%-24s %8lld %8lld %10s %8s  too short to test\n", name.c_str(), (long long)r.tokens,
+                (long long)r.tokens_scored, "-", "-");
+    return;
+  }
+  std::printf("%-24s %8lld %8lld %10.2f %8.2f  %s\n", name.c_str(), (long long)r.tokens, (long long)r.tokens_scored,
+              r.score, r.z, format_p(r.log10_p).c_str());
+}
+
+// ---- synthid (protect/synthid.h): per-document mean and weighted-mean scores ----
+void run_detect_synthid(DetectArgs& a) {
+  std::shared_ptr<Tokenizer> tok = load_tokenizer_only(a.model);
+  std::vector<Doc> docs = read_docs(a, *tok);
+  std::optional<int32_t> eos = tok->eos_id();
+  auto score_docs = [&](const SynthIdConfig& c) {
+    SynthIdScheme scheme(c);
+    std::vector<SynthIdScore> out;
+    for (const Doc& d : docs) out.push_back(synthid_score(scheme, d.ids, eos));
+    return out;
+  };
+  auto doc_json = [](const SynthIdScore& r) {
+    json j = {{"tokens", r.tokens}, {"tokens_scored", r.scored}, {"layers", r.depth}, {"too_short", r.too_short}};
+    if (r.too_short || r.scored < 1) return j;
+    j["mean"] = r.mean;
+    j["mean_log10_p"] = r.mean_log10_p;
+    j["mean_p_method"] = "exact_binomial";
+    j["weighted_mean"] = r.weighted_mean;
+    j["weighted_log10_p"] = r.weighted_log10_p;
+    j["weighted_p_method"] = r.weighted_p_method;
+    return j;
+  };
+  std::vector<std::pair<std::string, SynthIdConfig>> runs;  // (account or "", config)
+  if (a.accounts_file.empty()) {
+    runs.push_back({"", synthid_cli_config(a.wm)});
+  } else {
+    check(a.wm.synthid_keys.empty() && a.wm.synthid_config.empty(),
+          "watermark detect --scheme synthid --accounts: keys are derived per account; drop --synthid-keys/--synthid-config");
+    for (const std::string& acc : read_accounts(a.accounts_file)) {
+      WatermarkCliOptions o = a.wm;
+      o.account = acc;
+      runs.push_back({acc, synthid_cli_config(o)});
+    }
+  }
+  json out = {{"scheme", "synthid"}, {"runs", json::array()}};
+  for (const auto& [acc, c] : runs) {
+    std::vector<SynthIdScore> res = score_docs(c);
+    json jr = {{"account", acc}, {"ngram_len", c.ngram_len}, {"layers", c.keys.size()}, {"documents", json::array()}};
+    for (size_t i = 0; i < docs.size(); i++) {
+      json j = doc_json(res[i]);
+      j["id"] = docs[i].id;
+      jr["documents"].push_back(std::move(j));
+    }
+    out["runs"].push_back(std::move(jr));
+    if (a.json_out) continue;
+    std::printf("scheme synthid%s%s, ngram_len %d, %zu layers; mean: exact binomial p; weighted mean: Chernoff bound p\n",
+                acc.empty() ? "" : ", account ", acc.c_str(), c.ngram_len, c.keys.size());
+    std::printf("%-24s %8s %8s %8s %10s %8s %10s\n", "document", "tokens", "scored", "mean", "p", "wmean", "p (bound)");
+    for (size_t i = 0; i < docs.size(); i++) {
+      const SynthIdScore& r = res[i];
+      std::string name = docs[i].id.is_string() ? docs[i].id.get<std::string>() : docs[i].id.dump();
+      if (r.too_short) {
+        std::printf("%-24s %8lld %8lld  too short to test\n", name.c_str(), (long long)r.tokens, (long long)r.scored);
+        continue;
+      }
+      std::printf("%-24s %8lld %8lld %8.4f %10s %8.4f %10s\n", name.c_str(), (long long)r.tokens, (long long)r.scored,
+                  r.mean, format_p(r.mean_log10_p).c_str(), r.weighted_mean, format_p(r.weighted_log10_p).c_str());
+    }
+  }
+  if (a.json_out) std::cout << out.dump(2) << "\n";
+}
+
+void run_detect(DetectArgs& a) {
+  if (a.wm.scheme == "synthid") return run_detect_synthid(a);
+  check(a.wm.account.empty(), "internal: detect has no single account");
+  DetectorConfig cfg = watermark_detector_config(a.wm);
+  cfg.dedup = !a.no_dedup;
+  cfg.min_tokens = a.min_tokens;
+  check_detector_config(cfg);
+  const WatermarkKey master = load_key(a.wm.key_file);
+  std::vector<std::string> accounts;
+  if (!a.accounts_file.empty()) accounts = read_accounts(a.accounts_file);
+
+  std::shared_ptr<Tokenizer> tok = load_tokenizer_only(a.model);
+  std::vector<Doc> docs = read_docs(a, *tok);
+
+  json params = {{"dedup", cfg.dedup}, {"window", detector_window(cfg)}};
+  if (cfg.scheme == "kgw") {
+    params["gamma"] = cfg.kgw.gamma;
+    params["context"] = cfg.kgw.context;
+    params["h"] = cfg.kgw.width();
+  } else {
+    params["h"] = cfg.gumbel.h;
+  }
+  json out = {{"scheme", cfg.scheme}, {"key_commitment", master.commitment()}, {"params", params}};
+
+  if (accounts.empty()) {
+    WatermarkScorer all(master, cfg);  // pooled over documents, deduplicated across them
+    json jdocs = json::array();
+    std::vector<DetectionResult> per_doc;
+    for (const Doc& d : docs) {
+      per_doc.push_back(detect_tokens(master, cfg, d.ids));
+      all.add_tokens(d.ids);
+      json j = result_json(per_doc.back());
+      j["id"] = d.id;
+      jdocs.push_back(std::move(j));
+    }
+    DetectionResult agg = all.result();
+    if (a.json_out) {
+      out["documents"] = jdocs;
+      out["aggregate"] = result_json(agg);
+      std::cout << out.dump(2) << "\n";
+      return;
+    }
+    std::printf("scheme %s, key %s…\n", cfg.scheme.c_str(), master.commitment().substr(0, 16).c_str());
+    std::printf("%-24s %8s %8s %10s %8s  %s\n", "document", "tokens", "scored", cfg.scheme == "kgw" ? "green" : "score",
+                "z", "p-value");
+    for (size_t i = 0; i < docs.size(); ++i)
+      print_row(docs[i].id.is_string() ? docs[i].id.get<std::string>() : docs[i].id.dump(), per_doc[i]);
+    if (docs.size() > 1) print_row("(all, deduplicated)", agg);
+    return;
+  }
+
+  std::vector<std::vector<int32_t>> ids;
+  for (const Doc& d : docs) ids.push_back(d.ids);
+  std::vector<AccountDetection> res = detect_accounts(master, accounts, cfg, ids);
+  if (a.json_out) {
+    json ja = json::array();
+    for (const auto& r : res) {
+      json j = result_json(r.result);
+      j["account"] = r.account;
+      j["key_commitment"] = r.key_commitment;
+      j["p_holm"] = r.result.too_short ? json(nullptr) : json(r.p_holm);
+      j["log10_p_holm"] = r.result.too_short ? json(nullptr) : json(r.log10_p_holm);
+      ja.push_back(std::move(j));
+    }
+    out["accounts"] = ja;
+    out["correction"] = "holm-bonferroni";
+    std::cout << out.dump(2) << "\n";
+    return;
+  }
+  std::printf("scheme %s, master key %s…, %zu accounts, %zu documents pooled; p-values Holm–Bonferroni corrected\n",
+              cfg.scheme.c_str(), master.commitment().substr(0, 16).c_str(), res.size(), docs.size());
+  std::printf("%-24s %8s %8s %10s %8s  %-10s %s\n", "account", "tokens", "scored", cfg.scheme == "kgw" ? "green" : "score",
+              "z", "p", "p (Holm)");
+  for (const auto& r : res) {
+    if (r.result.too_short) {
+      print_row(r.account, r.result);
+      continue;
+    }
+    std::printf("%-24s %8lld %8lld %10.2f %8.2f  %-10s %s\n", r.account.c_str(), (long long)r.result.tokens,
+                (long long)r.result.tokens_scored, r.result.score, r.result.z, format_p(r.result.log10_p).c_str(),
+                format_p(r.log10_p_holm).c_str());
+  }
+}
+
+void run_keygen(const std::string& out_path) {
+  check(!out_path.empty(), "watermark keygen: --out FILE is required (the key is never printed)");
+  struct stat st;
+  check(::stat(out_path.c_str(), &st) != 0, "watermark keygen: ", out_path,
+        " already exists; refusing to overwrite a key (remove it first)");
+  WatermarkKey k = generate_key();
+  write_file_atomic(out_path, key_to_hex(k) + "\n");
+  ::chmod(out_path.c_str(), 0600);
+  std::printf("wrote %s (mode 600); key commitment %s\n", out_path.c_str(), k.commitment().c_str());
+}
+
+}  // namespace
+
+void register_watermark(CLI::App& app) {
+  CLI::App* wm = app.add_subcommand("watermark", "watermark keys and detection");
+  wm->require_subcommand(1);
+
+  auto a = std::make_shared<DetectArgs>();
+  CLI::App* det = wm->add_subcommand("detect", "score text for a watermark: exact p-values per document and pooled");
+  det->add_option("-m,--model", a->model, "model whose tokenizer produced the text (a .gguf, HF dir or short name)")
+      ->capture_default_str();
+  det->add_option("--text", a->text, "text to test")->each([a](const std::string&) { a->text_given = true; });
+  det->add_option("--file", a->file, "a text file to test (one document)");
+  det->add_option("--jsonl", a->jsonl, "a JSONL file, one document per line");
+  det->add_option("--field", a->field, "the JSONL field holding the text")->capture_default_str();
+  add_watermark_detect_options(*det, a->wm);
+  det->add_option("--accounts", a->accounts_file,
+                  "file of account ids (one per line): test each per-account key derived from the master key");
+  det->add_flag("--no-dedup", a->no_dedup, "score repeated (context, token) n-grams every time (not recommended)");
+  det->add_option("--min-tokens", a->min_tokens, "fewer scored tokens than this -> too short to test")
+      ->capture_default_str();
+  det->add_flag("--json", a->json_out, "JSON output");
+  det->callback([a] { run_detect(*a); });
+
+  auto out = std::make_shared<std::string>();
+  CLI::App* kg = wm->add_subcommand("keygen", "write a new random watermark key file (prints only its commitment)");
+  kg->add_option("-o,--out", *out, "key file to create")->required();
+  kg->callback([out] { run_keygen(*out); });
+}
+
+}  // namespace retort::cli
