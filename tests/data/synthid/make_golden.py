@@ -19,7 +19,9 @@ RETORT_SYNTHID_DUMP=<path> ./retort_test_synthid), its token sequences -- text w
 retort -- are scored here by transformers too and stored as "retort_scored_by_hf".
 
 Run: python3 tests/data/synthid/make_golden.py [path/to/smollm2-135m-instruct.gguf]
-(writes synthid_golden.json next to this script)
+(writes synthid_golden.json next to this script; ~30 min on 2 busy cores, mostly generate()).
+     python3 tests/data/synthid/make_golden.py --retort-only
+(adds/refreshes only "retort_scored_by_hf" in the existing golden from retort_generated.json.)
 """
 import json
 import os
@@ -71,6 +73,26 @@ def score_sequences(p, seqs, eos_id):
         out.append(rec)
     return out
 
+
+def score_retort_dump(p, eos_id):
+    with open(os.path.join(here, "retort_generated.json")) as f:
+        seqs = json.load(f)["sequences"]
+    scored = score_sequences(p, seqs, eos_id)
+    for r in scored:
+        del r["g_values"]
+    return dict(config="gen", eos_id=eos_id, sequences=scored)
+
+
+if "--retort-only" in sys.argv:
+    path = os.path.join(here, "synthid_golden.json")
+    with open(path) as f:
+        golden = json.load(f)
+    eos_id = golden["hf_generated"]["eos_id"]
+    golden["retort_scored_by_hf"] = score_retort_dump(processor(golden["configs"]["gen"]["config"]), eos_id)
+    with open(path, "w") as f:
+        json.dump(golden, f, separators=(",", ":"))
+    print("updated", path)
+    sys.exit(0)
 
 rng = np.random.default_rng(20240501)
 cfg_a = dict(ngram_len=5, keys=[654, 400, 836, 123, 340, 443, 597, 160, 57], sampling_table_size=65536,
@@ -154,12 +176,7 @@ if os.path.exists(gguf):
         del r["g_values"]  # the detector recomputes them; keep the file small
     dump = os.path.join(here, "retort_generated.json")
     if os.path.exists(dump):
-        with open(dump) as f:
-            seqs = json.load(f)["sequences"]
-        scored = score_sequences(p, seqs, tok.eos_token_id)
-        for r in scored:
-            del r["g_values"]
-        golden["retort_scored_by_hf"] = dict(config="gen", eos_id=tok.eos_token_id, sequences=scored)
+        golden["retort_scored_by_hf"] = score_retort_dump(p, tok.eos_token_id)
 else:
     print("model not found; skipping generation goldens:", gguf, file=sys.stderr)
 
