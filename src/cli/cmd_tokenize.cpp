@@ -36,6 +36,7 @@ struct TokenizeArgs {
   bool json = false;
   bool no_special = false;
   bool add_bos = false;
+  bool text_given = false;  // `retort tokenize ""` encodes the empty string; no argument reads stdin
 };
 
 std::vector<int32_t> parse_ids(const std::string& s) {
@@ -80,7 +81,7 @@ void run(const TokenizeArgs& a) {
   }
   std::string text = a.text;
   if (!a.file.empty()) text = read_file(a.file);
-  if (a.text.empty() && a.file.empty()) {
+  if (!a.text_given && a.file.empty()) {
     std::ostringstream ss;
     ss << std::cin.rdbuf();
     text = ss.str();
@@ -109,7 +110,10 @@ void register_tokenize(CLI::App& app) {
   sub->add_flag("--json", a->json, "machine-readable output (ids and token pieces)");
   sub->add_flag("--no-special", a->no_special, "encode special-token text (e.g. <|im_start|>) as plain text");
   sub->add_flag("--add-bos", a->add_bos, "prepend BOS when the tokenizer is configured to");
-  sub->callback([a] { run(*a); });
+  sub->callback([a, sub] {
+    a->text_given = sub->count("text") > 0;
+    run(*a);
+  });
 }
 
 }  // namespace retort::cli
