@@ -164,6 +164,14 @@ TEST(HParams, HfConfigs) {
   hp = hparams_from_hf_config(mistral.config(), "tiny-mistral/config.json");
   EXPECT_EQ(hp.arch, "mistral");
   EXPECT_FALSE(hp.tie_embeddings);
+  const int64_t full_context = hp.max_position;
+
+  // Sliding-window attention is not modelled: the usable context is capped at the window.
+  nlohmann::json windowed = mistral.config();
+  windowed["sliding_window"] = 64;
+  EXPECT_EQ(hparams_from_hf_config(windowed, "w/config.json").max_position, std::min<int64_t>(64, full_context));
+  windowed["use_sliding_window"] = false;  // Qwen2-style switch turns the window off
+  EXPECT_EQ(hparams_from_hf_config(windowed, "w/config.json").max_position, full_context);
 }
 
 TEST(HParams, UnknownArchitecture) {

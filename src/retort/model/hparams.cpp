@@ -211,6 +211,14 @@ ModelHParams hparams_from_hf_config(const nlohmann::json& c, const std::string& 
   hp.n_ff = need_int(c, "intermediate_size", path);
   hp.max_position = opt_int(c, "max_position_embeddings", 2048, path);
   hp.rms_eps = opt_float(c, "rms_norm_eps", 1e-6, path);
+  // Sliding-window attention (Mistral 7B v0.1: 4096; Qwen2 only with use_sliding_window) is not
+  // modelled: within the window it equals full attention, so cap the usable context at the window
+  // and let longer requests fail with a clear context-length error instead of silently diverging.
+  if (auto it = c.find("sliding_window"); it != c.end() && it->is_number_integer()) {
+    bool used = hp.arch == "mistral";
+    if (auto u = c.find("use_sliding_window"); u != c.end() && u->is_boolean()) used = u->get<bool>();
+    if (used && it->get<int64_t>() > 0) hp.max_position = std::min(hp.max_position, it->get<int64_t>());
+  }
   read_rope(c, hp, path);
   if (auto it = c.find("tie_word_embeddings"); it != c.end() && it->is_boolean()) hp.tie_embeddings = it->get<bool>();
   if (hp.arch == "qwen2") {
