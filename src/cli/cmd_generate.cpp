@@ -1,13 +1,13 @@
 // `retort generate`: one prompt, or many from a JSONL file generated as one batch.
 #include <chrono>
 #include <cstdio>
-#include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
 #include "cli/common.h"
 #include "cli/watermark_options.h"
 #include "retort/decode/generate.h"
+#include "retort/io/jsonl.h"
 #include "retort/text/chat_template.h"
 #include "retort/text/tokenizer.h"
 #include "retort/util/error.h"
@@ -63,21 +63,8 @@ struct Input {
 };
 
 std::vector<Input> read_prompts_jsonl(const std::string& path, bool chat_flag, const std::string& system) {
-  std::ifstream in(path);
-  check(in.good(), path, ": cannot open");
   std::vector<Input> out;
-  std::string line;
-  int64_t lineno = 0;
-  while (std::getline(in, line)) {
-    ++lineno;
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    json j;
-    try {
-      j = json::parse(line);
-    } catch (const json::parse_error& e) {
-      fail(path, ":", lineno, ": not valid JSON (", e.what(), ")");
-    }
-    check(j.is_object(), path, ":", lineno, ": each line must be a JSON object with \"prompt\" or \"messages\"");
+  for_each_jsonl_object(path, [&](const json& j, int64_t lineno) {
     Input x;
     x.id = j.contains("id") ? j["id"] : json(lineno);
     if (j.contains("messages")) {
@@ -103,7 +90,7 @@ std::vector<Input> read_prompts_jsonl(const std::string& path, bool chat_flag, c
       fail(path, ":", lineno, ": needs a \"prompt\" string or a \"messages\" array");
     }
     out.push_back(std::move(x));
-  }
+  });
   check(!out.empty(), path, ": no prompts in the file");
   return out;
 }

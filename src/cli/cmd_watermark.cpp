@@ -11,6 +11,7 @@
 #include "cli/common.h"
 #include "cli/watermark_options.h"
 #include "retort/audit/watermark_detect.h"
+#include "retort/io/jsonl.h"
 #include "retort/protect/synthid.h"
 #include "retort/text/tokenizer.h"
 #include "retort/util/error.h"
@@ -79,24 +80,11 @@ std::vector<Doc> read_docs(const DetectArgs& a, const Tokenizer& tok) {
   } else if (!a.file.empty()) {
     docs.push_back({json(a.file), encode(read_file(a.file))});
   } else {
-    std::ifstream in(a.jsonl);
-    check(in.good(), a.jsonl, ": cannot open");
-    std::string line;
-    int64_t lineno = 0;
-    while (std::getline(in, line)) {
-      ++lineno;
-      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-      json j;
-      try {
-        j = json::parse(line);
-      } catch (const json::parse_error&) {
-        fail(a.jsonl, ":", lineno, ": not valid JSON (each line must be one JSON object)");
-      }
-      check(j.is_object(), a.jsonl, ":", lineno, ": not a JSON object");
+    for_each_jsonl_object(a.jsonl, [&](const json& j, int64_t lineno) {
       check(j.contains(a.field), a.jsonl, ":", lineno, ": no field \"", a.field, "\" (choose one with --field)");
       check(j[a.field].is_string(), a.jsonl, ":", lineno, ": field \"", a.field, "\" is not a string");
       docs.push_back({j.contains("id") ? j["id"] : json(lineno), encode(j[a.field].get<std::string>())});
-    }
+    });
     check(!docs.empty(), a.jsonl, ": no documents in the file");
   }
   return docs;
