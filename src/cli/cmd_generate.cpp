@@ -139,6 +139,7 @@ void run(GenerateArgs& a) {
   }
 
   LoadedModel m = load_for_cli(a.model);
+  a.watermark.synthid_seed = a.sampling.seed;  // SynthID's tournament draws follow --seed like plain sampling
   std::shared_ptr<LogitsProcessor> watermark = make_watermark_processor(a.watermark, m.hparams.n_vocab);
   std::vector<GenerationRequest> reqs;
   for (const auto& in : inputs) {
