@@ -1,6 +1,7 @@
 // Watermark scoring and exact tests; see watermark_detect.h.
 #include "retort/audit/watermark_detect.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "retort/util/error.h"
@@ -29,33 +30,141 @@ double watermark_pair_score(const HashKey& key, const DetectorConfig& c, std::sp
 }
 
 namespace {
-constexpr HashKey kFingerprintKeyA{0x7265746f72742d64ULL, 0x656475702d612d31ULL};  // public, fixed
-constexpr HashKey kFingerprintKeyB{0x7265746f72742d64ULL, 0x656475702d622d32ULL};
-constexpr uint64_t kFingerprintDomain = 0;
+// Table hash of one (window, token) pair: a multiply-xorshift per token id, then the
+// MurmurHash3 64-bit finalizer. Only places pairs in the table (equality is exact).
+inline uint64_t pair_hash(std::span<const int32_t> win, int32_t token) {
+  uint64_t h = 0x9e3779b97f4a7c15ULL;
+  for (int32_t x : win) {
+    h = (h ^ static_cast<uint32_t>(x)) * 0xbf58476d1ce4e5b9ULL;
+    h ^= h >> 29;
+  }
+  h = (h ^ static_cast<uint32_t>(token)) * 0xbf58476d1ce4e5b9ULL;
+  h ^= h >> 33;
+  h *= 0xff51afd7ed558ccdULL;
+  h ^= h >> 33;
+  h *= 0xc4ceb9fe1a85ec53ULL;
+  h ^= h >> 33;
+  return h;
+}
+
+constexpr int32_t kSelfPairCacheMax = 1 << 20;  // token ids cached for selfhash P(v, v)
 }  // namespace
 
 WatermarkScorer::WatermarkScorer(const WatermarkKey& key, DetectorConfig config)
     : key_(key.hash_key()), config_(std::move(config)) {
   check_detector_config(config_);
   window_ = detector_window(config_);
+  kgw_ = config_.scheme == "kgw";
+  lefthash_ = kgw_ && config_.kgw.context == "lefthash";
+  if (kgw_) threshold_ = green_threshold(config_.kgw.gamma);
+}
+
+void WatermarkScorer::reserve_pairs(size_t n) {
+  const size_t want = n_pairs_ + n;
+  check(want < (size_t(1) << 32) - 1, "watermark detect: more than 2^32 distinct pairs in one scorer; split the input");
+  size_t cap = table_.empty() ? 16 : table_.size();
+  while (cap < 2 * want) cap *= 2;
+  keys_.reserve(want * static_cast<size_t>(window_ + 1));
+  if (cap == table_.size()) return;
+  // Rehash: each stored pair's hash is recomputed from its ints.
+  table_.assign(cap, Slot{0, 0});
+  const size_t mask = cap - 1, w1 = static_cast<size_t>(window_) + 1;
+  for (size_t k = 0; k < n_pairs_; ++k) {
+    const int32_t* key = keys_.data() + k * w1;
+    const uint64_t h = pair_hash({key, w1 - 1}, key[w1 - 1]);
+    size_t i = h & mask;
+    while (table_[i].idx != 0) i = (i + 1) & mask;
+    table_[i] = Slot{static_cast<uint32_t>(h >> 32), static_cast<uint32_t>(k + 1)};
+  }
+}
+
+bool WatermarkScorer::insert_pair(std::span<const int32_t> win, int32_t token, uint64_t h) {
+  if (2 * (n_pairs_ + 1) > table_.size()) reserve_pairs(std::max<size_t>(n_pairs_, 8));
+  const size_t mask = table_.size() - 1, w = win.size();
+  const uint32_t tag = static_cast<uint32_t>(h >> 32);
+  for (size_t i = h & mask;; i = (i + 1) & mask) {
+    Slot& s = table_[i];
+    if (s.idx == 0) {
+      s = Slot{tag, static_cast<uint32_t>(n_pairs_ + 1)};
+      keys_.insert(keys_.end(), win.begin(), win.end());
+      keys_.push_back(token);
+      ++n_pairs_;
+      return true;
+    }
+    if (s.tag != tag) continue;
+    const int32_t* k = keys_.data() + size_t(s.idx - 1) * (w + 1);
+    if (k[w] != token) continue;
+    bool same = true;
+    for (size_t j = 0; j < w; ++j) same &= k[j] == win[j];
+    if (same) return false;
+  }
+}
+
+double WatermarkScorer::score_pair(std::span<const int32_t> win, int32_t token) {
+  if (!kgw_) return gumbel_score(key_, config_.gumbel, win, token);
+  // The definitions of kgw.h, with the per-call config parsing hoisted out.
+  if (lefthash_) return keyed_hash(key_, kDomainKgwLeft, win, token) < threshold_ ? 1.0 : 0.0;
+  const uint32_t v = static_cast<uint32_t>(token);
+  uint64_t seed;
+  if (token >= 0 && token < kSelfPairCacheMax) {
+    if (static_cast<size_t>(token) >= self_pair_.size()) self_pair_.resize(static_cast<size_t>(token) + 1, 0);
+    uint64_t& p = self_pair_[token];
+    if (p == 0) p = keyed_hash_u64(key_, kDomainKgwSelfPair, v, v);  // (a true 0 is just recomputed)
+    seed = p;
+  } else {
+    seed = keyed_hash_u64(key_, kDomainKgwSelfPair, v, v);
+  }
+  for (int32_t u : win) seed = std::min(seed, keyed_hash_u64(key_, kDomainKgwSelfPair, static_cast<uint32_t>(u), v));
+  return keyed_hash_u64(key_, kDomainKgwSelfGreen, seed, v) < threshold_ ? 1.0 : 0.0;
 }
 
 bool WatermarkScorer::add_pair(std::span<const int32_t> context, int32_t token) {
   ++offered_;
   if (context.size() < static_cast<size_t>(window_)) return false;
   std::span<const int32_t> win = context.subspan(context.size() - window_);
-  if (config_.dedup) {
-    Fingerprint f{keyed_hash(kFingerprintKeyA, kFingerprintDomain, win, token),
-                  keyed_hash(kFingerprintKeyB, kFingerprintDomain, win, token)};
-    if (!seen_.insert(f).second) return false;
-  }
-  score_ += watermark_pair_score(key_, config_, win, token);
+  if (config_.dedup && !insert_pair(win, token, pair_hash(win, token))) return false;
+  score_ += score_pair(win, token);
   ++scored_;
   return true;
 }
 
 void WatermarkScorer::add_tokens(std::span<const int32_t> tokens) {
-  for (size_t t = 0; t < tokens.size(); ++t) add_pair(tokens.first(t), tokens[t]);
+  const size_t w = static_cast<size_t>(window_);
+  if (tokens.size() <= w) {
+    offered_ += static_cast<int64_t>(tokens.size());
+    return;
+  }
+  offered_ += static_cast<int64_t>(w);  // positions without a full window
+  const int32_t* p = tokens.data();
+  const size_t n = tokens.size();
+  if (!config_.dedup) {
+    for (size_t t = w; t < n; ++t) score_ += score_pair({p + t - w, w}, p[t]);
+    offered_ += static_cast<int64_t>(n - w);
+    scored_ += static_cast<int64_t>(n - w);
+    return;
+  }
+  // Dedup in blocks: hash a block of positions and prefetch their slots first, so the
+  // table's cache misses (it outgrows the caches past ~10^5 pairs) overlap.
+  reserve_pairs(n - w);
+  constexpr size_t kBlock = 16;
+  uint64_t hs[kBlock];
+  const size_t mask = table_.size() - 1;
+  for (size_t t0 = w; t0 < n; t0 += kBlock) {
+    const size_t nb = std::min(kBlock, n - t0);
+    for (size_t b = 0; b < nb; ++b) {
+      const size_t t = t0 + b;
+      hs[b] = pair_hash({p + t - w, w}, p[t]);
+      __builtin_prefetch(&table_[hs[b] & mask]);
+    }
+    for (size_t b = 0; b < nb; ++b) {
+      const size_t t = t0 + b;
+      ++offered_;
+      std::span<const int32_t> win(p + t - w, w);
+      if (!insert_pair(win, p[t], hs[b])) continue;
+      score_ += score_pair(win, p[t]);
+      ++scored_;
+    }
+  }
 }
 
 DetectionResult WatermarkScorer::result() const { return detection_from_counts(config_, offered_, scored_, score_); }

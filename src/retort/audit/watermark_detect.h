@@ -15,7 +15,6 @@
 #include <cstdint>
 #include <span>
 #include <string>
-#include <unordered_set>
 #include <vector>
 
 #include "retort/protect/gumbel.h"
@@ -66,21 +65,28 @@ class WatermarkScorer {
   int window() const { return window_; }
 
  private:
-  // Dedup on a 128-bit fingerprint of (window, token): two SipHash-2-4 values under fixed
-  // public keys (collision odds ~n²/2^129, nil for any real corpus); no per-pair allocation.
-  struct Fingerprint {
-    uint64_t a, b;
-    bool operator==(const Fingerprint&) const = default;
+  // Dedup: open addressing over the distinct (window, token) pairs seen so far, each kept
+  // exactly ((w + 1) ints in keys_), so two pairs merge only when equal. Power-of-two
+  // capacity, linear probing on a 64-bit mixing hash, load <= 1/2; no per-pair allocation.
+  struct Slot {
+    uint32_t tag;  // high 32 bits of the pair's hash
+    uint32_t idx;  // 1 + the pair's index in keys_ (its ints start at (idx − 1)(w + 1)); 0 = empty
   };
-  struct FingerprintHash {
-    size_t operator()(const Fingerprint& f) const { return static_cast<size_t>(f.a); }
-  };
+  void reserve_pairs(size_t n);                                       // room for n more pairs
+  bool insert_pair(std::span<const int32_t> win, int32_t token, uint64_t hash);  // false: seen before
+  double score_pair(std::span<const int32_t> win, int32_t token);     // watermark_pair_score, fast
+
   HashKey key_;
   DetectorConfig config_;
   int window_;
+  bool kgw_ = false, lefthash_ = false;
+  uint64_t threshold_ = 0;                 // kgw: green iff hash < threshold
   int64_t offered_ = 0, scored_ = 0;
   double score_ = 0;
-  std::unordered_set<Fingerprint, FingerprintHash> seen_;
+  std::vector<Slot> table_;
+  std::vector<int32_t> keys_;
+  size_t n_pairs_ = 0;
+  std::vector<uint64_t> self_pair_;        // kgw selfhash: P(v, v) by token id, 0 = not yet computed
 };
 
 // The test from raw counts (T pairs, score); exposed for callers that count elsewhere.
