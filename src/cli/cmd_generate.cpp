@@ -179,6 +179,7 @@ void run(GenerateArgs& a) {
       std::printf("=== %s [%s, %zu tokens]\n%s\n", inputs[i].id.dump().c_str(), results[i].finish_reason.c_str(),
                   results[i].tokens.size(), results[i].text.c_str());
   }
+  std::fflush(stdout);  // the text (and its final newline) before the stats line on stderr
   std::fprintf(stderr, "[%lld tokens in %.2f s, %.1f tok/s, %zu prompt%s]\n", (long long)n_gen, secs,
                secs > 0 ? n_gen / secs : 0.0, results.size(), results.size() == 1 ? "" : "s");
 }
