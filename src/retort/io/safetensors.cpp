@@ -12,6 +12,7 @@
 
 #include "retort/io/half.h"
 #include "retort/util/error.h"
+#include "retort/util/file.h"
 
 static_assert(std::endian::native == std::endian::little,
               "safetensors data is little-endian; big-endian hosts would need byte swaps");
@@ -296,28 +297,6 @@ void SafetensorsFile::read_i64(const SafetensorsTensorInfo& t, int64_t* dst) con
   }
 }
 
-namespace {
-
-// Writes all of [p, p+n) to fd or throws naming `path`.
-void write_all(int fd, const void* p, size_t n, const std::string& path, const std::string& tmp) {
-  const uint8_t* b = static_cast<const uint8_t*>(p);
-  while (n > 0) {
-    ssize_t w = ::write(fd, b, n);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      int e = errno;
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      fail("safetensors ", path, ": write failed (", std::strerror(e),
-           "); the previous file, if any, is untouched");
-    }
-    b += w;
-    n -= static_cast<size_t>(w);
-  }
-}
-
-}  // namespace
-
 void write_safetensors(const std::string& path, const std::vector<SafetensorsWriteTensor>& tensors,
                        const std::map<std::string, std::string>& metadata) {
   const std::string where = "safetensors " + path;
@@ -361,38 +340,12 @@ void write_safetensors(const std::string& path, const std::vector<SafetensorsWri
   uint8_t len[8];
   for (int i = 0; i < 8; i++) len[i] = static_cast<uint8_t>(static_cast<uint64_t>(hjson.size()) >> (8 * i));
 
-  // Stream into a temp file beside the target (same filesystem, so rename is atomic):
-  // tensors can be large, so the file is never assembled in memory.
-  std::string tmp = cat(path, ".tmp.", ::getpid());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) fail(where, ": cannot create ", tmp, ": ", std::strerror(errno));
-  write_all(fd, len, 8, path, tmp);
-  write_all(fd, hjson.data(), hjson.size(), path, tmp);
-  for (size_t i : order) write_all(fd, tensors[i].data, tensors[i].nbytes, path, tmp);
-  if (::fsync(fd) != 0) {
-    int e = errno;
-    ::close(fd);
-    ::unlink(tmp.c_str());
-    fail(where, ": flush failed (", std::strerror(e), "); the previous file, if any, is untouched");
-  }
-  if (::close(fd) != 0) {
-    int e = errno;
-    ::unlink(tmp.c_str());
-    fail(where, ": close failed (", std::strerror(e), "); the previous file, if any, is untouched");
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    int e = errno;
-    ::unlink(tmp.c_str());
-    fail(where, ": rename from ", tmp, " failed: ", std::strerror(e));
-  }
-  // Make the rename itself durable.
-  std::string dir = path.find('/') == std::string::npos ? "." : path.substr(0, path.rfind('/'));
-  if (dir.empty()) dir = "/";
-  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
+  // Streamed into a temp file and renamed: tensors can be large, so the file is never assembled in memory.
+  AtomicFile out(path, where);
+  out.write(len, 8);
+  out.write(hjson.data(), hjson.size());
+  for (size_t i : order) out.write(tensors[i].data, tensors[i].nbytes);
+  out.commit();
 }
 
 }  // namespace retort

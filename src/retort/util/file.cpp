@@ -31,32 +31,59 @@ std::string read_file(const std::string& path) {
   return out;
 }
 
-void write_file_atomic(const std::string& path, std::string_view data) {
-  std::string tmp = cat(path, ".tmp.", ::getpid());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) fail(tmp, ": cannot create: ", std::strerror(errno));
-  size_t off = 0;
-  while (off < data.size()) {
-    ssize_t n = ::write(fd, data.data() + off, data.size() - off);
-    if (n < 0) {
+AtomicFile::AtomicFile(const std::string& path, std::string what)
+    : path_(path), tmp_(cat(path, ".tmp.", ::getpid())), what_(std::move(what)) {
+  fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd_ < 0) fail(what_, ": cannot create ", tmp_, ": ", std::strerror(errno));
+}
+
+AtomicFile::~AtomicFile() {
+  if (committed_) return;
+  if (fd_ >= 0) ::close(fd_);
+  ::unlink(tmp_.c_str());
+}
+
+void AtomicFile::abort_with(const char* step, int err) {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+  ::unlink(tmp_.c_str());
+  fail(what_, ": ", step, " failed (", std::strerror(err), "); the previous file, if any, is untouched");
+}
+
+void AtomicFile::write(const void* data, size_t n) {
+  const uint8_t* b = static_cast<const uint8_t*>(data);
+  while (n > 0) {
+    ssize_t w = ::write(fd_, b, n);
+    if (w < 0) {
       if (errno == EINTR) continue;
-      int e = errno;
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      fail(path, ": write failed (", std::strerror(e), "); the previous file, if any, is untouched");
+      abort_with("write", errno);
     }
-    off += static_cast<size_t>(n);
+    b += w;
+    n -= static_cast<size_t>(w);
   }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
-    int e = errno;
-    ::unlink(tmp.c_str());
-    fail(path, ": flush failed (", std::strerror(e), "); the previous file, if any, is untouched");
+}
+
+void AtomicFile::commit() {
+  if (::fsync(fd_) != 0) abort_with("flush", errno);
+  int fd = fd_;
+  fd_ = -1;
+  if (::close(fd) != 0) abort_with("close", errno);
+  if (::rename(tmp_.c_str(), path_.c_str()) != 0) abort_with("rename", errno);
+  committed_ = true;
+  // Make the rename itself durable.
+  std::string dir = path_.find('/') == std::string::npos ? "." : path_.substr(0, path_.rfind('/'));
+  if (dir.empty()) dir = "/";
+  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
   }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    int e = errno;
-    ::unlink(tmp.c_str());
-    fail(path, ": rename failed: ", std::strerror(e));
-  }
+}
+
+void write_file_atomic(const std::string& path, std::string_view data) {
+  AtomicFile f(path, path);
+  f.write(data.data(), data.size());
+  f.commit();
 }
 
 MappedFile::MappedFile(const std::string& path) : path_(path) {

@@ -11,9 +11,29 @@ namespace retort {
 // Read a whole file; throws retort::Error naming the path when it cannot.
 std::string read_file(const std::string& path);
 
-// Write `data` to `path` atomically: write path.tmp.<pid>, fsync, rename over path.
-// A crash or a full disk leaves either the old file or the new one, never half of one.
+// Write `data` to `path` atomically (see AtomicFile).
 void write_file_atomic(const std::string& path, std::string_view data);
+
+// A file written in pieces and published atomically: bytes go to path.tmp.<pid> beside the
+// target (same filesystem), commit() fsyncs, renames over path and fsyncs the directory.
+// A crash, a full disk or a destruction without commit() leaves the old file (if any) and no
+// temp file behind, never half of a new one. Errors name `what` (e.g. "safetensors out.st").
+class AtomicFile {
+ public:
+  AtomicFile(const std::string& path, std::string what);
+  ~AtomicFile();  // removes the temp file unless committed
+  AtomicFile(const AtomicFile&) = delete;
+  AtomicFile& operator=(const AtomicFile&) = delete;
+
+  void write(const void* data, size_t n);
+  void commit();
+
+ private:
+  [[noreturn]] void abort_with(const char* step, int err);
+  std::string path_, tmp_, what_;
+  int fd_ = -1;
+  bool committed_ = false;
+};
 
 // A read-only memory map of a whole file. Move-only; unmaps on destruction.
 class MappedFile {
