@@ -1,0 +1,33 @@
+// retort/distill/evaluate.h — how close is a student to its teacher, on held-out teacher text.
+//
+// On the completion positions of a SignalStore (teacher text the student never trained on):
+//   nll          mean −log q_student(token)            (perplexity = exp(nll))
+//   teacher_nll  mean −log p_teacher(token)            (from the store: token_logprob)
+//   top1_agree   fraction of positions where argmax q_student == the teacher's top-1
+//   kl           mean KL(p_teacher ‖ q_student) on the stored top-k + tail bucket (see losses.h)
+// plus, when asked, speed (tokens/s for prefill and batch-1 decode) and size (parameters, bytes).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace retort {
+
+class LlamaModelImpl;
+class SignalStore;
+
+struct EvalMetrics {
+  int64_t samples = 0, positions = 0;
+  double nll = 0, ppl = 0, teacher_nll = 0, top1_agree = 0, kl = 0;
+  nlohmann::json to_json() const;
+};
+
+// Teacher-forced pass of `model` over the store's samples (batched by length, no grad).
+// max_samples = 0: all. The store's tokenizer hash must equal `tokenizer_hash` (retort::Error otherwise).
+EvalMetrics evaluate_on_store(LlamaModelImpl& model, const SignalStore& store, const std::string& tokenizer_hash,
+                              int64_t max_samples = 0, int64_t batch_tokens = 4096);
+
+}  // namespace retort

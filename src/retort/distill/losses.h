@@ -1,0 +1,99 @@
+// retort/distill/losses.h — knowledge-distillation losses (definitions in losses.cpp, next
+// to each formula; see shared/REFERENCES.md "Knowledge distillation losses").
+//
+// Per scored position, with teacher distribution p and student distribution q over the
+// vocabulary, both at temperature τ (p_τ ∝ p^{1/τ}, q_τ = softmax(z/τ)):
+//   ce        −log q(y)                      y = the token in the data (SFT / sequence-level KD; τ unused)
+//   fkl       KL(p_τ ‖ q_τ) = Σ p log(p/q)   forward KL (mode covering; Hinton et al.)
+//   rkl       KL(q_τ ‖ p_τ)                  reverse KL (mode seeking; MiniLLM)
+//   jsd       β KL(p ‖ m) + (1−β) KL(q ‖ m), m = β p + (1−β) q   generalized JSD (GKD; β=0.5 symmetric)
+//   skl       KL(p ‖ α p + (1−α) q)          skew forward KL (DistiLLM)
+//   srkl      KL(q ‖ α q + (1−α) p)          skew reverse KL
+//   tvd       ½ Σ |p − q|                    total variation
+// Every divergence is multiplied by τ² when LossConfig::t2_scale (Hinton), so gradients keep
+// their size as τ changes.
+//
+// Sparse signal (what the store holds): the teacher's top-k ids with log-probs and the tail
+// mass 1 − Σ top-k. Both distributions are collapsed onto k + 1 outcomes — the k ids and one
+// "rest of the vocabulary" bucket (student: 1 − Σ_k q) — and the divergence is taken between
+// those (k+1)-point distributions (exact when the tail is empty; a lower bound otherwise by
+// the data-processing inequality). With τ ≠ 1 the teacher's top-k are re-tempered exactly
+// relative to each other and the tail bucket keeps its log-mass divided by τ (one
+// pseudo-token), the standard approximation.
+//
+// Dense signal: teacher logits over the whole vocabulary, from a teacher model running in
+// the same process.
+//
+// Memory: chunked_loss_backward never materializes [N, V] logits; it runs the output head
+// on chunk_rows hidden rows at a time, backpropagates each chunk into the head weights and
+// into a gradient buffer for the hidden states, and frees the chunk (as Liger's fused
+// linear cross-entropy does), so peak memory is O(chunk_rows · V), not O(N · V).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <torch/torch.h>
+
+namespace retort {
+
+class LlamaModelImpl;
+
+enum class LossKind { CE, ForwardKL, ReverseKL, JSD, SkewKL, SkewReverseKL, TVD };
+
+// "ce" | "fkl" | "rkl" | "jsd" | "skl" | "srkl" | "tvd" (also "sft" for ce, "forward_kl",
+// "reverse_kl", "tv"); unknown -> retort::Error listing the names.
+LossKind loss_kind_from_name(const std::string& name);
+std::string loss_kind_name(LossKind);
+
+struct LossConfig {
+  LossKind kind = LossKind::ForwardKL;
+  double temperature = 1.0;  // τ > 0
+  double beta = 0.5;         // JSD β in [0, 1] (β = 0 or 1 gives 0 — see losses.cpp)
+  double alpha = 0.1;        // skew α in [0, 1)
+  bool t2_scale = true;      // multiply divergences by τ²
+  void validate() const;     // retort::Error naming the bad field
+};
+
+// Per-row losses [N] (float32, differentiable w.r.t. student_logits) for N rows.
+//   student_logits [N, V] float32
+//   targets        [N] int64          the data token (ce)
+//   topk_ids       [N, k] int64       sparse teacher signal; topk_logprobs [N, k] float32 (τ = 1)
+//   tail_mass      [N] float32        1 − Σ exp(topk_logprobs), clamped to ≥ 0
+//   teacher_logits [N, V] float32     dense teacher signal
+torch::Tensor ce_loss_rows(const torch::Tensor& student_logits, const torch::Tensor& targets);
+torch::Tensor sparse_loss_rows(const torch::Tensor& student_logits, const torch::Tensor& topk_ids,
+                               const torch::Tensor& topk_logprobs, const torch::Tensor& tail_mass,
+                               const LossConfig& cfg);
+torch::Tensor dense_loss_rows(const torch::Tensor& student_logits, const torch::Tensor& teacher_logits,
+                              const LossConfig& cfg);
+
+// The teacher's signal for N scored rows: sparse (topk_* + tail_mass), or dense (the
+// teacher's final hidden states; logits are made per chunk with teacher->lm_logits). `targets`
+// is always set (ce needs it; the others report it for agreement metrics).
+struct TeacherSignal {
+  torch::Tensor targets;                 // [N] int64
+  torch::Tensor topk_ids, topk_logprobs, tail_mass;  // [N,k] int64, [N,k] f32, [N] f32
+  torch::Tensor teacher_hidden;          // [N, d_teacher] float32 (no grad)
+  LlamaModelImpl* teacher = nullptr;     // with teacher_hidden
+  bool dense() const { return teacher_hidden.defined(); }
+};
+
+struct ChunkedLossResult {
+  double loss_sum = 0;       // Σ per-row losses (before `scale`)
+  int64_t rows = 0;
+  int64_t agree = 0;         // rows where argmax student == teacher's top-1 (sparse: topk_ids[:,0]; dense: argmax; ce: target)
+};
+
+// hidden: [N, d] float32 final hidden states of the student (after the output norm), part of
+// the student's autograd graph. Computes Σ_rows loss, and accumulates the gradient of
+// scale · Σ_rows loss into the student's parameters (output head directly; everything below
+// via hidden.backward). chunk_rows bounds the live [chunk_rows, V] logits.
+ChunkedLossResult chunked_loss_backward(LlamaModelImpl& student, const torch::Tensor& hidden,
+                                        const TeacherSignal& signal, const LossConfig& cfg, double scale,
+                                        int64_t chunk_rows = 256);
+// Same numbers without gradients (evaluation).
+ChunkedLossResult chunked_loss_eval(LlamaModelImpl& student, const torch::Tensor& hidden,
+                                    const TeacherSignal& signal, const LossConfig& cfg, int64_t chunk_rows = 256);
+
+}  // namespace retort
