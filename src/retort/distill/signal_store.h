@@ -40,6 +40,7 @@ struct StoreManifest {
   struct Shard {
     std::string file;             // relative to the store dir
     int64_t samples = 0, tokens = 0, scored = 0;
+    int64_t bytes = 0;            // file size (a shorter file is reported as truncated)
     std::string sha256;           // of the shard file
   };
   std::vector<Shard> shards;
