@@ -1,0 +1,443 @@
+#include "retort/distill/pipeline.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "retort/distill/capture.h"
+#include "retort/distill/evaluate.h"
+#include "retort/distill/export.h"
+#include "retort/distill/report.h"
+#include "retort/distill/signal_store.h"
+#include "retort/distill/student.h"
+#include "retort/model/loader.h"
+#include "retort/text/tokenizer.h"
+#include "retort/util/error.h"
+#include "retort/util/file.h"
+
+namespace fs = std::filesystem;
+
+namespace retort {
+
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+std::string resolve_input(const std::string& path, const std::string& base_dir) {
+  if (path.empty() || fs::exists(path) || base_dir.empty()) return path;
+  const fs::path alt = fs::path(base_dir) / path;
+  return fs::exists(alt) ? alt.string() : path;
+}
+
+template <class T>
+void get_opt(const nlohmann::json& j, const char* key, T& out, const std::string& where) {
+  if (!j.contains(key)) return;
+  try {
+    out = j.at(key).get<T>();
+  } catch (const nlohmann::json::exception&) {
+    fail(where, ": field \"", key, "\" has the wrong type (", j.at(key).dump(), ")");
+  }
+}
+
+void reject_unknown(const nlohmann::json& j, std::initializer_list<const char*> keys, const std::string& where) {
+  for (const auto& [k, v] : j.items()) {
+    bool ok = false;
+    for (const char* known : keys) ok = ok || k == known;
+    if (!ok) {
+      std::string list;
+      for (const char* known : keys) list += cat(list.empty() ? "" : ", ", known);
+      fail(where, ": unknown field \"", k, "\" (known: ", list, ")");
+    }
+  }
+}
+
+// A store under OUT/data: reused when complete, resumed otherwise.
+std::string ensure_store(LoadedModel& teacher, const PipelineOptions& o, const std::string& prompts,
+                         const std::string& dir, int64_t limit, const char* what) {
+  if (fs::exists(dir + "/manifest.json")) {
+    try {
+      auto s = SignalStore::open(dir);
+      if (s.manifest().complete) {
+        std::fprintf(stderr, "[%s] reusing the complete store %s (%lld samples)\n", what, dir.c_str(),
+                     static_cast<long long>(s.n_samples()));
+        return dir;
+      }
+    } catch (const Error&) {
+      // Incomplete or mismatching: capture() resumes it or explains the mismatch.
+    }
+  }
+  check(fs::exists(prompts), "distill: prompts file ", prompts, " not found (", what,
+        " prompts; set \"", what, "_prompts\" in the config or pass --", what, "-prompts)");
+  CaptureOptions co;
+  co.prompts_path = prompts;
+  co.out_dir = dir;
+  co.samples_per_prompt = o.samples_per_prompt;
+  co.sampling.temperature = o.capture_temperature;
+  co.sampling.seed = o.capture_seed;
+  co.max_tokens = o.max_tokens;
+  co.k = o.k;
+  co.batch = o.capture_batch;
+  co.limit = limit;
+  co.progress = o.progress;
+  std::fprintf(stderr, "[%s] capturing the teacher's signal into %s\n", what, dir.c_str());
+  auto sum = capture(teacher, o.teacher, co);
+  std::fprintf(stderr, "[%s] %lld samples written (%lld skipped), %lld tokens in %.1f s\n", what,
+               static_cast<long long>(sum.samples_written), static_cast<long long>(sum.samples_skipped),
+               static_cast<long long>(sum.tokens_generated), sum.seconds);
+  return dir;
+}
+
+// Calibration rows for pruning: the first samples of the store, cut to a common length.
+torch::Tensor calibration_batch(const SignalStore& s, int64_t rows, int64_t len) {
+  std::vector<int64_t> ids;
+  int64_t taken = 0;
+  for (int64_t i = 0; i < s.n_samples() && taken < rows; ++i) {
+    auto sm = s.sample(i);
+    if (sm.n_tokens < len) continue;
+    ids.insert(ids.end(), sm.tokens, sm.tokens + len);
+    ++taken;
+  }
+  if (taken == 0) {  // all short: use the shortest common length of the first samples
+    int64_t m = INT64_MAX;
+    for (int64_t i = 0; i < std::min<int64_t>(rows, s.n_samples()); ++i) m = std::min(m, s.sample(i).n_tokens);
+    return calibration_batch(s, rows, std::max<int64_t>(1, m));
+  }
+  return torch::tensor(ids, torch::kInt64).view({taken, len});
+}
+
+LlamaModel clone_model(LlamaModelImpl& src) {
+  LlamaModel m(src.hparams());
+  m->to(src.device(), torch::kFloat32);
+  torch::NoGradGuard no_grad;
+  auto from = src.named_parameters();
+  for (auto& p : m->named_parameters()) {
+    const auto* s = from.find(p.key());
+    TORCH_CHECK(s != nullptr, "clone_model: missing ", p.key());
+    p.value().copy_(*s);
+  }
+  return m;
+}
+
+nlohmann::json metrics_row(const std::string& name, int64_t params, const EvalMetrics& m) {
+  return {{"model", name}, {"params", params}, {"nll", m.nll}, {"ppl", m.ppl}, {"top1_agree", m.top1_agree},
+          {"kl", m.kl}, {"positions", m.positions}};
+}
+
+std::string fmt(const char* f, double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, f, v);
+  return buf;
+}
+
+std::string params_str(int64_t n) { return fmt("%.1fM", double(n) / 1e6); }
+
+std::string loss_title(const std::string& loss) {
+  return loss == "ce" ? "SFT-only (ce)" : "KD (" + loss + ")";
+}
+
+std::vector<std::pair<double, double>> metric_points(const std::string& path, const char* key, bool eval) {
+  std::vector<std::pair<double, double>> pts;
+  std::ifstream f(path);
+  std::string line;
+  while (std::getline(f, line)) {
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded() || !j.contains("step")) continue;
+    if (eval != j.contains("eval")) continue;
+    const auto& src = eval ? j["eval"] : j;
+    if (src.contains(key) && src[key].is_number()) pts.emplace_back(j["step"].get<double>(), src[key].get<double>());
+  }
+  return pts;
+}
+
+}  // namespace
+
+PipelineOptions PipelineOptions::from_json(const nlohmann::json& j, const std::string& where,
+                                           const std::string& base_dir) {
+  check(j.is_object(), where, ": the config must be a JSON object");
+  reject_unknown(j, {"teacher", "train_prompts", "heldout_prompts", "out", "capture", "student", "losses", "train",
+                     "export", "threads", "device", "comment"},
+                 where);
+  PipelineOptions o;
+  get_opt(j, "teacher", o.teacher, where);
+  get_opt(j, "train_prompts", o.train_prompts, where);
+  get_opt(j, "heldout_prompts", o.heldout_prompts, where);
+  get_opt(j, "out", o.out, where);
+  get_opt(j, "threads", o.threads, where);
+  get_opt(j, "device", o.device, where);
+  o.train_prompts = resolve_input(o.train_prompts, base_dir);
+  o.heldout_prompts = resolve_input(o.heldout_prompts, base_dir);
+  if (j.contains("capture")) {
+    const auto& c = j["capture"];
+    const std::string w = where + " capture";
+    check(c.is_object(), w, ": must be an object");
+    reject_unknown(c, {"max_tokens", "samples_per_prompt", "batch", "train_limit", "heldout_limit", "k", "temperature",
+                       "seed"},
+                   w);
+    get_opt(c, "max_tokens", o.max_tokens, w);
+    get_opt(c, "samples_per_prompt", o.samples_per_prompt, w);
+    get_opt(c, "batch", o.capture_batch, w);
+    get_opt(c, "train_limit", o.train_limit, w);
+    get_opt(c, "heldout_limit", o.heldout_limit, w);
+    get_opt(c, "k", o.k, w);
+    get_opt(c, "temperature", o.capture_temperature, w);
+    get_opt(c, "seed", o.capture_seed, w);
+  }
+  if (j.contains("student")) {
+    if (j["student"].is_string())
+      o.student = j["student"].get<std::string>();
+    else
+      o.student = StudentConfig::from_json(j["student"], where + " student").to_json().dump();
+  }
+  get_opt(j, "losses", o.losses, where);
+  check(!o.losses.empty(), where, ": \"losses\" is empty");
+  for (const auto& l : o.losses) loss_kind_from_name(l);
+  if (j.contains("train")) {
+    const auto& t = j["train"];
+    const std::string w = where + " train";
+    check(t.is_object(), w, ": must be an object");
+    reject_unknown(t, {"steps", "batch", "accum", "max_seq", "lr", "min_lr_ratio", "warmup", "weight_decay", "beta1",
+                       "beta2", "eps", "clip", "seed", "temperature", "beta", "alpha", "t2_scale", "eval_every",
+                       "eval_samples", "save_every", "chunk_rows"},
+                   w);
+    auto& c = o.train;
+    get_opt(t, "steps", c.steps, w);
+    get_opt(t, "batch", c.batch, w);
+    get_opt(t, "accum", c.accum, w);
+    get_opt(t, "max_seq", c.max_seq, w);
+    get_opt(t, "lr", c.lr, w);
+    get_opt(t, "min_lr_ratio", c.min_lr_ratio, w);
+    get_opt(t, "warmup", c.warmup, w);
+    get_opt(t, "weight_decay", c.weight_decay, w);
+    get_opt(t, "beta1", c.beta1, w);
+    get_opt(t, "beta2", c.beta2, w);
+    get_opt(t, "eps", c.eps, w);
+    get_opt(t, "clip", c.clip, w);
+    get_opt(t, "seed", c.seed, w);
+    get_opt(t, "temperature", c.loss.temperature, w);
+    get_opt(t, "beta", c.loss.beta, w);
+    get_opt(t, "alpha", c.loss.alpha, w);
+    get_opt(t, "t2_scale", c.loss.t2_scale, w);
+    get_opt(t, "eval_every", c.eval_every, w);
+    get_opt(t, "eval_samples", c.eval_samples, w);
+    get_opt(t, "save_every", c.save_every, w);
+    get_opt(t, "chunk_rows", c.chunk_rows, w);
+  }
+  if (j.contains("export")) {
+    const auto& e = j["export"];
+    check(e.is_object(), where, " export: must be an object");
+    reject_unknown(e, {"gguf"}, where + " export");
+    get_opt(e, "gguf", o.gguf_type, where + " export");
+  }
+  return o;
+}
+
+nlohmann::json PipelineOptions::to_json() const {
+  return {{"teacher", teacher},
+          {"train_prompts", train_prompts},
+          {"heldout_prompts", heldout_prompts},
+          {"out", out},
+          {"capture",
+           {{"max_tokens", max_tokens},
+            {"samples_per_prompt", samples_per_prompt},
+            {"batch", capture_batch},
+            {"train_limit", train_limit},
+            {"heldout_limit", heldout_limit},
+            {"k", k},
+            {"temperature", capture_temperature},
+            {"seed", capture_seed}}},
+          {"student", student},
+          {"losses", losses},
+          {"train", train.to_json()},
+          {"export", {{"gguf", gguf_type}}}};
+}
+
+std::string summary_table(const nlohmann::json& summary) {
+  std::ostringstream os;
+  os << "| model | params | held-out NLL | ppl | top-1 agreement | KL(teacher‖student) |\n";
+  os << "|---|---:|---:|---:|---:|---:|\n";
+  for (const auto& r : summary.value("table", nlohmann::json::array())) {
+    os << "| " << r.value("model", "") << " | " << params_str(r.value("params", int64_t(0))) << " | "
+       << fmt("%.3f", r.value("nll", 0.0)) << " | " << fmt("%.2f", r.value("ppl", 0.0)) << " | "
+       << fmt("%.3f", r.value("top1_agree", 0.0)) << " | " << fmt("%.3f", r.value("kl", 0.0)) << " |\n";
+  }
+  return os.str();
+}
+
+nlohmann::json run_pipeline(const PipelineOptions& o) {
+  const auto t_start = std::chrono::steady_clock::now();
+  const std::string out = o.out.empty() ? (fs::path(model_cache_dir()).parent_path() / "runs" / "quickstart").string()
+                                        : o.out;
+  fs::create_directories(out);
+  nlohmann::json timings = nlohmann::json::object();
+
+  // 1. The teacher (float32 weights on CPU: dequantized once, fast to run; bf16 on CUDA).
+  auto t = std::chrono::steady_clock::now();
+  LoadOptions lo;
+  lo.device = torch::Device(o.device);
+  lo.dtype = lo.device.is_cuda() ? torch::kBFloat16 : torch::kFloat32;
+  LoadedModel teacher = load_model(o.teacher, lo);
+  check(teacher.tokenizer != nullptr, "distill: the teacher ", o.teacher, " has no tokenizer");
+  const std::string tok_hash = teacher.tokenizer->hash();
+  std::fprintf(stderr, "[teacher] %s: %s parameters, loaded in %.1f s\n", teacher.path.c_str(),
+               params_str(teacher.hparams.n_params()).c_str(), teacher.load_seconds);
+
+  // 2. The teacher's signal on the train and held-out prompts.
+  t = std::chrono::steady_clock::now();
+  const std::string train_dir =
+      ensure_store(teacher, o, o.train_prompts, out + "/data/train", o.train_limit, "train");
+  const std::string heldout_dir =
+      ensure_store(teacher, o, o.heldout_prompts, out + "/data/heldout", o.heldout_limit, "heldout");
+  timings["capture_s"] = seconds_since(t);
+  auto train_store = SignalStore::open(train_dir);
+  auto heldout_store = SignalStore::open(heldout_dir);
+  check(train_store.manifest().complete && heldout_store.manifest().complete,
+        "distill: a capture did not complete; run again to resume it");
+
+  // 3. The student.
+  t = std::chrono::steady_clock::now();
+  StudentConfig scfg = (!o.student.empty() && o.student.front() == '{')
+                           ? StudentConfig::from_json(nlohmann::json::parse(o.student), "student")
+                           : StudentConfig::parse(o.student);
+  const ModelHParams shp = student_hparams(teacher.hparams, scfg);
+  LlamaModel base{nullptr};
+  if (scfg.init == "prune") {
+    torch::NoGradGuard no_grad;
+    base = prune_from_teacher(teacher, shp, calibration_batch(train_store, 16, 64));
+  } else {
+    base = make_random_student(shp, scfg.seed);
+  }
+  base->to(lo.device, torch::kFloat32);
+  timings["student_s"] = seconds_since(t);
+  const int64_t t_params = teacher.hparams.n_params(), s_params = shp.n_params();
+  std::fprintf(stderr, "[student] %s: %s parameters (%.1f× fewer than the teacher's %s)\n",
+               scfg.to_json().dump().c_str(), params_str(s_params).c_str(), double(t_params) / double(s_params),
+               params_str(t_params).c_str());
+
+  // 4. Evaluate teacher and student before training on the held-out store.
+  t = std::chrono::steady_clock::now();
+  nlohmann::json table = nlohmann::json::array();
+  EvalMetrics teacher_m, before_m;
+  {
+    torch::NoGradGuard no_grad;
+    teacher_m = evaluate_on_store(*teacher.model, heldout_store, tok_hash, o.train.eval_samples);
+    before_m = evaluate_on_store(*base, heldout_store, tok_hash, o.train.eval_samples);
+  }
+  table.push_back(metrics_row("teacher", t_params, teacher_m));
+  table.push_back(metrics_row("student before", s_params, before_m));
+  timings["eval_before_s"] = seconds_since(t);
+
+  // 5. One training run per loss, each from the same initial student.
+  ExportInfo info;
+  info.chat_template = teacher.chat_template;
+  info.eos_ids = teacher.eos_ids;
+  info.generation_defaults = teacher.generation_defaults;
+  nlohmann::json runs = nlohmann::json::object();
+  std::string kd_dir, kd_loss;
+  LlamaModel kd_model{nullptr};
+  for (const auto& loss : o.losses) {
+    t = std::chrono::steady_clock::now();
+    TrainerConfig cfg = o.train;
+    cfg.loss.kind = loss_kind_from_name(loss);
+    cfg.resume = true;  // a re-run continues (or just re-evaluates) instead of starting over
+    cfg.save_every = cfg.save_every > 0 ? cfg.save_every : cfg.steps;
+    cfg.keep_checkpoints = 1;
+    cfg.progress = o.progress;
+    cfg.label = "train " + loss;
+    TrainerInputs in;
+    in.student = clone_model(*base);
+    in.tokenizer = teacher.tokenizer.get();
+    in.export_info = info;
+    in.export_info.provenance = {{"teacher", o.teacher}, {"loss", loss}, {"student", scfg.to_json()},
+                                 {"steps", cfg.steps}};
+    in.data = &train_store;
+    in.eval_data = &heldout_store;
+    in.teacher = &teacher;
+    in.provenance = in.export_info.provenance;
+    const std::string dir = out + "/train-" + loss;
+    std::fprintf(stderr, "[train %s] %lld steps × %lld sequences → %s\n", loss.c_str(),
+                 static_cast<long long>(cfg.steps), static_cast<long long>(cfg.batch * cfg.accum), dir.c_str());
+    auto r = train(in, cfg, dir);
+    check(r.eval.has_value(), "distill: no evaluation after training ", loss);
+    table.push_back(metrics_row(loss_title(loss), s_params, *r.eval));
+    runs[loss] = {{"dir", dir},
+                  {"steps", r.steps},
+                  {"tokens", r.tokens},
+                  {"scored", r.scored},
+                  {"seconds", seconds_since(t)},
+                  {"tokens_per_s", r.tokens_per_s},
+                  {"last_loss", r.last_loss}};
+    if (kd_dir.empty() && loss != "ce") {
+      kd_dir = dir;
+      kd_loss = loss;
+      kd_model = in.student;
+    }
+  }
+
+  // 6. Export the KD student (HF dir is OUT/train-<loss>/final) as GGUF.
+  nlohmann::json exports = nlohmann::json::object();
+  if (kd_model) {
+    exports["hf"] = kd_dir + "/final";
+    if (!o.gguf_type.empty()) {
+      t = std::chrono::steady_clock::now();
+      const std::string gguf = out + "/student-" + kd_loss + "-" + o.gguf_type + ".gguf";
+      ExportInfo gi = info;
+      gi.provenance = {{"teacher", o.teacher}, {"loss", kd_loss}, {"student", scfg.to_json()}};
+      export_gguf(*kd_model, *teacher.tokenizer, gi, gguf, o.gguf_type);
+      exports["gguf"] = gguf;
+      timings["export_s"] = seconds_since(t);
+    }
+  }
+  timings["total_s"] = seconds_since(t_start);
+
+  nlohmann::json summary = {{"out", out},
+                            {"teacher", {{"spec", o.teacher}, {"path", teacher.path}, {"params", t_params}}},
+                            {"student", {{"config", scfg.to_json()}, {"params", s_params},
+                                         {"ratio", double(t_params) / double(s_params)}}},
+                            {"data", {{"train", {{"dir", train_dir}, {"samples", train_store.n_samples()},
+                                                 {"scored", train_store.n_scored()}}},
+                                      {"heldout", {{"dir", heldout_dir}, {"samples", heldout_store.n_samples()},
+                                                   {"scored", heldout_store.n_scored()}}}}},
+                            {"table", table},
+                            {"runs", runs},
+                            {"exports", exports},
+                            {"timings", timings},
+                            {"threads", torch::get_num_threads()},
+                            {"options", o.to_json()}};
+  write_file_atomic(out + "/summary.json", summary.dump(2) + "\n");
+
+  // The report: the table, then per-run curves.
+  Chart loss_c{"training loss (each run's own loss)", "step", "loss", {}, false};
+  Chart nll_c{"held-out student NLL", "step", "nats/token", {}, false};
+  for (const auto& loss : o.losses) {
+    const std::string m = out + "/train-" + loss + "/metrics.jsonl";
+    loss_c.series.push_back({loss_title(loss), metric_points(m, "loss", false)});
+    nll_c.series.push_back({loss_title(loss), metric_points(m, "nll", true)});
+  }
+  nlohmann::json rows = nlohmann::json::array();
+  for (const auto& r : table)
+    rows.push_back({{"model", r["model"]}, {"params", params_str(r["params"].get<int64_t>())},
+                    {"held-out NLL", fmt("%.3f", r["nll"].get<double>())}, {"ppl", fmt("%.2f", r["ppl"].get<double>())},
+                    {"top-1 agreement", fmt("%.3f", r["top1_agree"].get<double>())},
+                    {"KL(teacher||student)", fmt("%.3f", r["kl"].get<double>())}});
+  write_html_report(out + "/report.html", "retort distill — quickstart", rows, {loss_c, nll_c},
+                    {{"Summary", "<pre>" + html_escape(summary.dump(2)) + "</pre>"}});
+
+  std::printf("\n%s\n", summary_table(summary).c_str());
+  std::printf("student: %s params (%.1f× fewer than the teacher); KD student: %s/final (HF)%s\n",
+              params_str(s_params).c_str(), double(t_params) / double(s_params), kd_dir.c_str(),
+              exports.contains("gguf") ? cat(", ", exports["gguf"].get<std::string>(), " (GGUF)").c_str() : "");
+  std::printf("report: %s/report.html   total %.0f s\n", out.c_str(), timings["total_s"].get<double>());
+  std::fflush(stdout);
+  return summary;
+}
+
+}  // namespace retort

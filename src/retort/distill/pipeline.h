@@ -1,0 +1,53 @@
+// retort/distill/pipeline.h — the main job: teacher → captured signal → student → KD and an
+// SFT-only baseline → evaluation → export → one table. `retort distill` with no --data (or
+// with --config configs/quickstart.json) runs this.
+//
+//   OUT/data/train, OUT/data/heldout   signal stores (capture.h; resumed, reused when complete)
+//   OUT/train-<loss>/                  one trainer run per loss (trainer.h; resumed when re-run)
+//   OUT/student-<loss>-<type>.gguf     the KD student (first non-ce loss) as GGUF
+//   OUT/summary.json, OUT/report.html  the table, sizes, timings, curves
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "retort/distill/trainer.h"
+
+namespace retort {
+
+struct PipelineOptions {
+  std::string teacher = "smollm2-135m-instruct";
+  std::string train_prompts = "data/prompts/train.jsonl";
+  std::string heldout_prompts = "data/prompts/heldout.jsonl";
+  std::string out;  // "" = $RETORT_HOME/runs/quickstart
+  // capture
+  int64_t max_tokens = 128, samples_per_prompt = 1, capture_batch = 32;
+  int64_t train_limit = 0, heldout_limit = 0;  // first N prompts (0 = all)
+  int k = 20;
+  double capture_temperature = 1.0;
+  uint64_t capture_seed = 0;
+  // student and training
+  std::string student = "layers=8,hidden=256,heads=4,kv_heads=2,ffn=768,init=prune";
+  std::vector<std::string> losses = {"ce", "fkl"};  // "ce" = the SFT-only baseline
+  TrainerConfig train;
+  std::string gguf_type = "q8_0";  // "" = no GGUF
+  int threads = 0;
+  std::string device = "cpu";
+  bool progress = true;
+
+  // The JSON config file (see configs/quickstart.json). Relative prompt paths are resolved
+  // against `base_dir` when they do not exist relative to the working directory.
+  static PipelineOptions from_json(const nlohmann::json& j, const std::string& where, const std::string& base_dir);
+  nlohmann::json to_json() const;
+};
+
+// Runs everything, prints the final table on stdout, returns OUT/summary.json's content.
+nlohmann::json run_pipeline(const PipelineOptions& opts);
+
+// The markdown table of a summary ("model | params | held-out NLL | ppl | top-1 agreement | KL").
+std::string summary_table(const nlohmann::json& summary);
+
+}  // namespace retort
