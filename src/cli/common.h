@@ -39,5 +39,6 @@ void register_tokenize(CLI::App& app);
 void register_generate(CLI::App& app);
 void register_chat(CLI::App& app);
 void register_watermark(CLI::App& app);
+void register_capture(CLI::App& app);
 
 }  // namespace retort::cli

@@ -156,12 +156,6 @@ std::vector<int32_t> encode_prompt(const LoadedModel& m, const PromptLine& p, co
                              /*add_bos=*/false);
 }
 
-// Sample (p, s) draws with this seed: a pure function of (seed, p, s), so any subset of
-// samples (a resumed run) reproduces a straight run's.
-uint64_t sample_seed(uint64_t seed, int64_t prompt_index, int64_t sample_index) {
-  return rng_u64(rng_u64(seed, static_cast<uint64_t>(prompt_index)), static_cast<uint64_t>(sample_index));
-}
-
 // max(0, 1 - Σ exp(top-k logprobs)), summed in double.
 float tail_mass_of(const float* lp, int64_t k) {
   double s = 0;
@@ -232,7 +226,7 @@ void capture_generate(LoadedModel& m, const CaptureOptions& o, const std::vector
       GenerationRequest r;
       r.prompt = prompts[p];
       r.sampling = o.sampling;
-      r.sampling.seed = sample_seed(o.sampling.seed, p, s);
+      r.sampling.seed = capture_sample_seed(o.sampling.seed, p, s);
       r.max_tokens = o.max_tokens;
       r.top_logprobs = static_cast<int>(k);
       if (o.make_processor) r.processor = o.make_processor();
@@ -387,6 +381,12 @@ void capture_score(LoadedModel& m, const CaptureOptions& o, const std::vector<Pr
 }
 
 }  // namespace
+
+// A pure function of (seed, p, s), so any subset of samples (a resumed run) reproduces a
+// straight run's.
+uint64_t capture_sample_seed(uint64_t seed, int64_t prompt_index, int64_t sample_index) {
+  return rng_u64(rng_u64(seed, static_cast<uint64_t>(prompt_index)), static_cast<uint64_t>(sample_index));
+}
 
 CaptureSummary capture(LoadedModel& teacher, const std::string& teacher_spec, const CaptureOptions& opts) {
   const auto t0 = std::chrono::steady_clock::now();

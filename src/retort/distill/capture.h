@@ -51,6 +51,9 @@ struct CaptureSummary {
   double seconds = 0;
 };
 
+// The seed sample (prompt_index, sample_index) is generated with: rng_u64(rng_u64(seed, p), s).
+uint64_t capture_sample_seed(uint64_t seed, int64_t prompt_index, int64_t sample_index);
+
 // teacher_spec is what the user passed (`--teacher`), recorded in the manifest.
 // Throws retort::Error for a bad prompts file (naming line and field), a store that does not
 // match (another teacher/tokenizer/settings), or bad options.

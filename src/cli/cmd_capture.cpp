@@ -1,0 +1,121 @@
+// `retort capture`: record a teacher's signal (sampled tokens with top-k logprobs, or
+// teacher-forced scores of given completions) into a signal store; resumes an existing one.
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "cli/common.h"
+#include "cli/watermark_options.h"
+#include "retort/distill/capture.h"
+#include "retort/distill/signal_store.h"
+#include "retort/protect/keys.h"
+#include "retort/util/error.h"
+#include "retort/util/file.h"
+
+namespace retort::cli {
+
+namespace {
+
+using nlohmann::json;
+
+struct CaptureArgs {
+  ModelOptions model;  // model.model is --teacher
+  CaptureOptions capture;
+  bool no_chat = false;
+  bool quiet = false;
+  WatermarkCliOptions watermark;
+};
+
+std::string hex_digest(const std::string& bytes) {
+  auto d = sha256(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
+  static const char* digits = "0123456789abcdef";
+  std::string s;
+  for (uint8_t b : d) s += {digits[b >> 4], digits[b & 15]};
+  return s;
+}
+
+// The watermark settings recorded in the manifest: the parameters and a commitment to the key
+// (never the key itself).
+json watermark_manifest(const WatermarkCliOptions& o) {
+  json j = {{"scheme", o.scheme}};
+  if (!o.account.empty()) j["account"] = o.account;
+  if (o.scheme == "kgw") {
+    j["gamma"] = o.gamma;
+    j["delta"] = o.delta;
+    j["context"] = o.context;
+    j["h"] = o.h;
+  } else if (o.scheme == "gumbel") {
+    j["h"] = o.h;
+  } else if (o.scheme == "synthid") {
+    j["ngram_len"] = o.synthid_ngram_len;
+    j["layers"] = o.synthid_layers;
+    j["seed"] = o.synthid_seed;
+    if (!o.synthid_keys.empty()) {
+      j["keys_sha256"] = hex_digest(o.synthid_keys);
+      return j;
+    }
+    if (!o.synthid_config.empty()) {
+      j["config_sha256"] = hex_digest(read_file(o.synthid_config));
+      return j;
+    }
+  }
+  j["key_commitment"] = watermark_key(o).commitment();
+  return j;
+}
+
+void run(CaptureArgs& a) {
+  CaptureOptions& c = a.capture;
+  c.chat = !a.no_chat;
+  c.progress = !a.quiet;
+  LoadedModel m = load_for_cli(a.model);
+  if (!a.watermark.scheme.empty()) {
+    check(c.mode == "generate", "--watermark applies to --mode generate only");
+    a.watermark.synthid_seed = c.sampling.seed;  // as in `retort generate`
+    std::shared_ptr<LogitsProcessor> proc = make_watermark_processor(a.watermark, m.hparams.n_vocab);
+    c.make_processor = [proc] { return proc; };  // the schemes keep no per-sequence state
+    c.watermark = watermark_manifest(a.watermark);
+  }
+  CaptureSummary s = capture(m, a.model.model, c);
+  std::fprintf(stderr, "[captured %lld samples (%lld already stored) of %lld prompt%s, %lld tokens in %.2f s, %.1f tok/s -> %s]\n",
+               (long long)s.samples_written, (long long)s.samples_skipped, (long long)s.prompts,
+               s.prompts == 1 ? "" : "s", (long long)s.tokens_generated, s.seconds,
+               s.seconds > 0 ? s.tokens_generated / s.seconds : 0.0, c.out_dir.c_str());
+}
+
+}  // namespace
+
+void register_capture(CLI::App& app) {
+  auto a = std::make_shared<CaptureArgs>();
+  CLI::App* sub = app.add_subcommand(
+      "capture", "record a teacher's signal (tokens + top-k logprobs) into a signal store for distillation");
+  sub->add_option("--teacher", a->model.model,
+                  "teacher model: a .gguf file, a Hugging Face checkpoint directory, or a short name in the model cache")
+      ->capture_default_str();
+  sub->add_option("-t,--threads", a->model.threads, "CPU threads (0 = all cores)")->capture_default_str();
+  sub->add_option("--device", a->model.device, "cpu, cuda or cuda:N")->capture_default_str();
+  sub->add_option("--dtype", a->model.dtype, "weights dtype: auto (f32 on CPU, bf16 on CUDA), f32, bf16")
+      ->check(CLI::IsMember({"auto", "f32", "bf16"}))
+      ->capture_default_str();
+  CaptureOptions& c = a->capture;
+  sub->add_option("--prompts", c.prompts_path,
+                  "JSONL, one {\"prompt\": ...} or {\"messages\": [...]} per line (optional \"system\"; "
+                  "score mode also \"completion\")")
+      ->required();
+  sub->add_option("--out", c.out_dir, "signal store directory (an existing one is resumed)")->required();
+  sub->add_option("--mode", c.mode, "generate: sample from the teacher; score: teacher-forced over given completions")
+      ->check(CLI::IsMember({"generate", "score"}))
+      ->capture_default_str();
+  sub->add_option("--samples", c.samples_per_prompt, "completions per prompt")->capture_default_str();
+  add_sampling_options(*sub, c.sampling, c.max_tokens);
+  sub->add_option("--k", c.k, "top-k logprobs kept per position (1..256)")->capture_default_str();
+  sub->add_flag("--no-chat", a->no_chat, "use \"prompt\" text raw instead of the chat template");
+  sub->add_option("--system", c.system, "system message for chat-formatted prompts");
+  sub->add_option("--batch", c.batch, "sequences decoded together")->capture_default_str();
+  sub->add_option("--shard-samples", c.shard_samples, "samples per shard file (the unit of resume)")
+      ->capture_default_str();
+  sub->add_option("--limit", c.limit, "use only the first N prompts (0 = all)")->capture_default_str();
+  sub->add_flag("-q,--quiet", a->quiet, "no progress bar");
+  add_watermark_options(*sub, a->watermark);
+  sub->callback([a] { run(*a); });
+}
+
+}  // namespace retort::cli
