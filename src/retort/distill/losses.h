@@ -19,7 +19,8 @@
 // those (k+1)-point distributions (exact when the tail is empty; a lower bound otherwise by
 // the data-processing inequality). With τ ≠ 1 the teacher's top-k are re-tempered exactly
 // relative to each other and the tail bucket keeps its log-mass divided by τ (one
-// pseudo-token), the standard approximation.
+// pseudo-token), the standard approximation. A stored tail below 1e-8 (float32 noise) counts
+// as 1e-8, so reverse-direction terms stay finite; with k ≥ V there is no bucket at all.
 //
 // Dense signal: teacher logits over the whole vocabulary, from a teacher model running in
 // the same process.
@@ -49,7 +50,7 @@ std::string loss_kind_name(LossKind);
 struct LossConfig {
   LossKind kind = LossKind::ForwardKL;
   double temperature = 1.0;  // τ > 0
-  double beta = 0.5;         // JSD β in [0, 1] (β = 0 or 1 gives 0 — see losses.cpp)
+  double beta = 0.5;         // JSD β in [0, 1]; the ends follow TRL: β = 0 is KL(p‖q), β = 1 is KL(q‖p) (losses.cpp)
   double alpha = 0.1;        // skew α in [0, 1)
   bool t2_scale = true;      // multiply divergences by τ²
   void validate() const;     // retort::Error naming the bad field
