@@ -60,13 +60,18 @@ void reject_unknown(const nlohmann::json& j, std::initializer_list<const char*> 
   }
 }
 
+// Complete, or (a --limit capture, never marked complete) holding all the samples asked for.
+bool store_done(const SignalStore& s, const PipelineOptions& o, int64_t limit) {
+  return s.manifest().complete || (limit > 0 && s.n_samples() >= limit * o.samples_per_prompt);
+}
+
 // A store under OUT/data: reused when complete, resumed otherwise.
 std::string ensure_store(LoadedModel& teacher, const PipelineOptions& o, const std::string& prompts,
                          const std::string& dir, int64_t limit, const char* what) {
   if (fs::exists(dir + "/manifest.json")) {
     try {
       auto s = SignalStore::open(dir);
-      if (s.manifest().complete) {
+      if (store_done(s, o, limit)) {
         std::fprintf(stderr, "[%s] reusing the complete store %s (%lld samples)\n", what, dir.c_str(),
                      static_cast<long long>(s.n_samples()));
         return dir;
@@ -299,7 +304,7 @@ nlohmann::json run_pipeline(const PipelineOptions& o) {
   timings["capture_s"] = seconds_since(t);
   auto train_store = SignalStore::open(train_dir);
   auto heldout_store = SignalStore::open(heldout_dir);
-  check(train_store.manifest().complete && heldout_store.manifest().complete,
+  check(store_done(train_store, o, o.train_limit) && store_done(heldout_store, o, o.heldout_limit),
         "distill: a capture did not complete; run again to resume it");
 
   // 3. The student.

@@ -1,0 +1,270 @@
+// `retort distill`: train a student on a teacher's signal, or (no --data / --config FILE) run the
+// whole main job: capture → student → KD + SFT baseline → eval → export → table.
+#include <cstdio>
+#include <filesystem>
+#include <unistd.h>
+
+#include "cli/common.h"
+#include "retort/distill/pipeline.h"
+#include "retort/distill/signal_store.h"
+#include "retort/distill/student.h"
+#include "retort/distill/trainer.h"
+#include "retort/io/hf_checkpoint.h"
+#include "retort/util/error.h"
+#include "retort/util/file.h"
+
+namespace fs = std::filesystem;
+
+namespace retort::cli {
+
+namespace {
+
+struct DistillArgs {
+  std::string config, teacher, data, eval_data, student, loss = "fkl", out;
+  std::string train_prompts, heldout_prompts, losses;
+  int64_t train_limit = -1, heldout_limit = -1, capture_max_tokens = -1;
+  int threads = 0;
+  std::string device = "cpu";
+  bool quiet = false, no_t2 = false;
+  TrainerConfig t;
+};
+
+// The directory the `retort` binary lives in: default prompts are found relative to it
+// (build/retort -> ../data/prompts) when not relative to the working directory.
+std::string exe_dir() {
+  std::error_code ec;
+  auto p = fs::read_symlink("/proc/self/exe", ec);
+  return ec ? std::string() : p.parent_path().string();
+}
+
+std::string find_repo_file(const std::string& rel) {
+  if (fs::exists(rel)) return rel;
+  const std::string d = exe_dir();
+  for (const char* up : {"/..", "/../.."}) {
+    auto cand = fs::path(d + up) / rel;
+    if (fs::exists(cand)) return fs::weakly_canonical(cand).string();
+  }
+  return rel;
+}
+
+std::vector<std::string> split_commas(const std::string& s) {
+  std::vector<std::string> out;
+  size_t a = 0;
+  while (a <= s.size()) {
+    size_t b = s.find(',', a);
+    if (b == std::string::npos) b = s.size();
+    if (b > a) out.push_back(s.substr(a, b - a));
+    a = b + 1;
+  }
+  return out;
+}
+
+void run_pipeline_mode(const DistillArgs& a, CLI::App& sub) {
+  PipelineOptions o;
+  if (!a.config.empty()) {
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(read_file(a.config));
+    } catch (const nlohmann::json::exception& e) {
+      fail("--config ", a.config, ": not valid JSON (", e.what(), ")");
+    }
+    // Relative paths in a config under configs/ are relative to the repository root.
+    const fs::path cdir = fs::absolute(a.config).parent_path();
+    o = PipelineOptions::from_json(j, a.config, (cdir / "..").lexically_normal().string());
+  } else {
+    o.train_prompts = find_repo_file(o.train_prompts);
+    o.heldout_prompts = find_repo_file(o.heldout_prompts);
+  }
+  // Flags given on the command line override the config.
+  auto given = [&](const char* name) { return sub.get_option(name)->count() > 0; };
+  if (given("--teacher")) o.teacher = a.teacher;
+  if (given("--out")) o.out = a.out;
+  if (given("--student")) o.student = a.student;
+  if (given("--train-prompts")) o.train_prompts = a.train_prompts;
+  if (given("--heldout-prompts")) o.heldout_prompts = a.heldout_prompts;
+  if (given("--losses")) o.losses = split_commas(a.losses);
+  if (given("--train-limit")) o.train_limit = a.train_limit;
+  if (given("--heldout-limit")) o.heldout_limit = a.heldout_limit;
+  if (given("--capture-max-tokens")) o.max_tokens = a.capture_max_tokens;
+  if (given("--steps")) o.train.steps = a.t.steps;
+  if (given("--batch")) o.train.batch = a.t.batch;
+  if (given("--lr")) o.train.lr = a.t.lr;
+  if (given("--max-seq")) o.train.max_seq = a.t.max_seq;
+  if (given("--seed")) o.train.seed = a.t.seed;
+  if (given("--eval-every")) o.train.eval_every = a.t.eval_every;
+  if (given("--eval-samples")) o.train.eval_samples = a.t.eval_samples;
+  if (given("--device")) o.device = a.device;
+  if (given("--threads")) o.threads = a.threads;
+  o.progress = !a.quiet;
+  apply_threads(o.threads);
+  run_pipeline(o);
+}
+
+void run_trainer_mode(const DistillArgs& a) {
+  check(!a.out.empty(), "--out DIR is required with --data");
+  check(!a.student.empty(), "--student SPEC|DIR is required with --data (e.g. layers=8,hidden=256,heads=4,kv_heads=2,ffn=768)");
+  ModelOptions mo;
+  mo.threads = a.threads;
+  mo.device = a.device;
+  const torch::Device dev(a.device);
+
+  auto data = SignalStore::open(a.data);
+  std::optional<SignalStore> eval_store;
+  if (!a.eval_data.empty()) eval_store.emplace(SignalStore::open(a.eval_data));
+
+  TrainerConfig cfg = a.t;
+  cfg.loss.kind = loss_kind_from_name(a.loss);
+  cfg.loss.t2_scale = !a.no_t2;
+  cfg.progress = !a.quiet;
+
+  std::optional<LoadedModel> teacher;
+  if (!a.teacher.empty()) {
+    mo.model = a.teacher;
+    teacher.emplace(load_for_cli(mo));
+  } else {
+    apply_threads(a.threads);
+  }
+
+  TrainerInputs in;
+  std::shared_ptr<Tokenizer> tok;
+  ExportInfo info;
+  const bool student_is_model =
+      fs::is_directory(a.student) || (a.student.size() > 5 && a.student.substr(a.student.size() - 5) == ".gguf");
+  nlohmann::json student_desc;
+  if (student_is_model) {
+    // Continue training an existing model (an HF dir, a checkpoint, or a GGUF).
+    LoadOptions lo;
+    lo.device = dev;
+    lo.dtype = torch::kFloat32;
+    LoadedModel sm = load_model(a.student, lo);
+    check(sm.tokenizer != nullptr, "--student ", a.student, ": the model has no tokenizer");
+    in.student = sm.model;
+    tok = sm.tokenizer;
+    info.chat_template = sm.chat_template;
+    info.eos_ids = sm.eos_ids;
+    info.generation_defaults = sm.generation_defaults;
+    student_desc = {{"from", sm.path}};
+  } else {
+    check(teacher.has_value(), "--student ", a.student, ": a student made from a config needs the teacher (--teacher MODEL)");
+    StudentConfig sc;
+    if (a.student.size() > 5 && a.student.substr(a.student.size() - 5) == ".json") {
+      nlohmann::json j;
+      try {
+        j = nlohmann::json::parse(read_file(a.student));
+      } catch (const nlohmann::json::exception& e) {
+        fail("--student ", a.student, ": not valid JSON (", e.what(), ")");
+      }
+      sc = StudentConfig::from_json(j, a.student);
+    } else {
+      sc = StudentConfig::parse(a.student);
+    }
+    auto hp = student_hparams(teacher->hparams, sc);
+    if (sc.init == "prune") {
+      // Calibration: the first samples of the training store, cut to a common length.
+      std::vector<int64_t> ids;
+      int64_t rows = 0, len = 64;
+      for (int64_t i = 0; i < data.n_samples() && rows < 16; ++i) {
+        auto s = data.sample(i);
+        if (s.n_tokens < len) continue;
+        ids.insert(ids.end(), s.tokens, s.tokens + len);
+        ++rows;
+      }
+      check(rows > 0, "--student ", a.student, ": pruning needs calibration samples of >= ", len, " tokens in ", a.data);
+      torch::NoGradGuard no_grad;
+      in.student = prune_from_teacher(*teacher, hp, torch::tensor(ids, torch::kInt64).view({rows, len}));
+    } else {
+      in.student = make_random_student(hp, sc.seed);
+    }
+    tok = teacher->tokenizer;
+    info.chat_template = teacher->chat_template;
+    info.eos_ids = teacher->eos_ids;
+    info.generation_defaults = teacher->generation_defaults;
+    student_desc = sc.to_json();
+  }
+  in.student->to(dev, torch::kFloat32);
+  in.tokenizer = tok.get();
+  info.provenance = {{"teacher", a.teacher}, {"data", a.data}, {"loss", a.loss}, {"student", student_desc}};
+  in.export_info = info;
+  in.provenance = info.provenance;
+  in.data = &data;
+  in.eval_data = eval_store ? &*eval_store : nullptr;
+  in.teacher = teacher ? &*teacher : nullptr;
+
+  auto r = train(in, cfg, a.out);
+  std::printf("trained %lld steps (from step %lld): %lld tokens in %.1f s (%.0f tok/s), last loss %.4f\n",
+              static_cast<long long>(r.steps), static_cast<long long>(r.start_step), static_cast<long long>(r.tokens),
+              r.seconds, r.tokens_per_s, r.last_loss);
+  if (r.eval)
+    std::printf("held-out: nll %.4f  ppl %.2f  top-1 agreement %.4f  KL %.4f\n", r.eval->nll, r.eval->ppl,
+                r.eval->top1_agree, r.eval->kl);
+  std::printf("model: %s/final   metrics: %s/metrics.jsonl   report: %s/report.html\n", a.out.c_str(), a.out.c_str(),
+              a.out.c_str());
+}
+
+}  // namespace
+
+void register_distill(CLI::App& app) {
+  auto a = std::make_shared<DistillArgs>();
+  auto* sub = app.add_subcommand(
+      "distill",
+      "train a student on a teacher's captured signal; with no --data, run the main job "
+      "(capture, student, KD vs SFT, eval, export) — configs/quickstart.json");
+  auto& t = a->t;
+  sub->add_option("--config", a->config, "main-job config (JSON), e.g. configs/quickstart.json");
+  sub->add_option("--teacher", a->teacher, "teacher model (needed for students made from a config, --dense, --lambda)");
+  sub->add_option("--data", a->data, "signal store to train on (retort capture); without it, the main job runs");
+  sub->add_option("--eval-data", a->eval_data, "held-out signal store for periodic evaluation");
+  sub->add_option("--student", a->student,
+                  "student: \"layers=8,hidden=256,heads=4,kv_heads=2,ffn=768,init=prune\", a JSON file, "
+                  "or a model (HF dir / checkpoint / GGUF) to continue from");
+  sub->add_option("--loss", a->loss, "ce | fkl | rkl | jsd | skl | srkl | tvd")->capture_default_str();
+  sub->add_option("--out", a->out, "output directory (main job default: $RETORT_HOME/runs/quickstart)");
+  sub->add_option("--temperature", t.loss.temperature, "distillation temperature τ")->capture_default_str();
+  sub->add_option("--beta", t.loss.beta, "JSD β")->capture_default_str();
+  sub->add_option("--alpha", t.loss.alpha, "skew KL α")->capture_default_str();
+  sub->add_flag("--no-t2", a->no_t2, "do not multiply divergences by τ²");
+  sub->add_flag("--dense", t.dense, "dense teacher logits from the in-process teacher instead of the store");
+  sub->add_option("--steps", t.steps, "optimizer steps")->capture_default_str();
+  sub->add_option("--batch", t.batch, "sequences per micro-batch")->capture_default_str();
+  sub->add_option("--accum", t.accum, "micro-batches per step (gradient accumulation)")->capture_default_str();
+  sub->add_option("--max-seq", t.max_seq, "tokens per sequence (longer samples are cut)")->capture_default_str();
+  sub->add_option("--lr", t.lr, "peak learning rate")->capture_default_str();
+  sub->add_option("--min-lr-ratio", t.min_lr_ratio, "cosine floor as a fraction of --lr")->capture_default_str();
+  sub->add_option("--warmup", t.warmup, "linear warmup steps")->capture_default_str();
+  sub->add_option("--weight-decay", t.weight_decay, "AdamW decoupled weight decay (2-D weights only)")
+      ->capture_default_str();
+  sub->add_option("--beta1", t.beta1, "AdamW β1")->capture_default_str();
+  sub->add_option("--beta2", t.beta2, "AdamW β2")->capture_default_str();
+  sub->add_option("--eps", t.eps, "AdamW ε")->capture_default_str();
+  sub->add_option("--clip", t.clip, "global gradient-norm clip (0 = off)")->capture_default_str();
+  sub->add_option("--seed", t.seed, "data order / on-policy seed")->capture_default_str();
+  sub->add_option("--lambda", t.on_policy_lambda, "on-policy (GKD) fraction of batches sampled from the student")
+      ->capture_default_str();
+  sub->add_option("--on-policy-max-tokens", t.on_policy_max_tokens, "tokens the student generates per on-policy sample")
+      ->capture_default_str();
+  sub->add_option("--on-policy-temperature", t.on_policy_temperature, "student sampling temperature (on-policy)")
+      ->capture_default_str();
+  sub->add_option("--chunk-rows", t.chunk_rows, "rows per output-head chunk in the loss")->capture_default_str();
+  sub->add_option("--eval-every", t.eval_every, "evaluate every N steps (0 = at the end only)")->capture_default_str();
+  sub->add_option("--eval-samples", t.eval_samples, "held-out samples per evaluation (0 = all)")->capture_default_str();
+  sub->add_option("--save-every", t.save_every, "checkpoint every N steps (0 = none)")->capture_default_str();
+  sub->add_option("--keep-checkpoints", t.keep_checkpoints, "checkpoints kept")->capture_default_str();
+  sub->add_flag("--resume", t.resume, "continue from the latest checkpoint in --out");
+  sub->add_option("--train-prompts", a->train_prompts, "main job: training prompts (JSONL)");
+  sub->add_option("--heldout-prompts", a->heldout_prompts, "main job: held-out prompts (JSONL)");
+  sub->add_option("--losses", a->losses, "main job: comma-separated losses to train and compare (ce = SFT-only)");
+  sub->add_option("--train-limit", a->train_limit, "main job: use only the first N training prompts");
+  sub->add_option("--heldout-limit", a->heldout_limit, "main job: use only the first N held-out prompts");
+  sub->add_option("--capture-max-tokens", a->capture_max_tokens, "main job: tokens per teacher completion");
+  sub->add_option("-t,--threads", a->threads, "CPU threads (0 = all cores)")->capture_default_str();
+  sub->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
+  sub->add_flag("-q,--quiet", a->quiet, "no progress bars");
+  sub->callback([a, sub] {
+    if (a->data.empty())
+      run_pipeline_mode(*a, *sub);
+    else
+      run_trainer_mode(*a);
+  });
+}
+
+}  // namespace retort::cli
