@@ -40,5 +40,6 @@ void register_generate(CLI::App& app);
 void register_chat(CLI::App& app);
 void register_watermark(CLI::App& app);
 void register_capture(CLI::App& app);
+void register_distill(CLI::App& app);
 
 }  // namespace retort::cli

@@ -54,6 +54,7 @@ int main(int argc, char** argv) {
   retort::cli::register_generate(app);
   retort::cli::register_chat(app);
   retort::cli::register_watermark(app);
+  retort::cli::register_distill(app);
   retort::cli::register_capture(app);
   try {
     app.parse(argc, argv);
