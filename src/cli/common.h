@@ -41,5 +41,6 @@ void register_chat(CLI::App& app);
 void register_watermark(CLI::App& app);
 void register_capture(CLI::App& app);
 void register_distill(CLI::App& app);
+void register_export(CLI::App& app);
 
 }  // namespace retort::cli

@@ -1,6 +1,8 @@
 #include "retort/io/ggml_quants.h"
 
+#include <algorithm>
 #include <bit>
+#include <cmath>
 #include <cstring>
 
 #include "retort/io/half.h"
@@ -336,6 +338,58 @@ void dequantize(GgmlType type, const uint8_t* src, float* dst, int64_t n_elems) 
     default: break;
   }
   fail("dequantize: type ", ggml_type_name(id), " is not supported");
+}
+
+int64_t ggml_row_bytes(GgmlType type, int64_t n_elems) {
+  const uint32_t id = static_cast<uint32_t>(type);
+  int64_t be = 0, bb = 0;
+  check(ggml_type_layout(id, &be, &bb), "ggml type ", ggml_type_name(id), " is unknown");
+  check(n_elems >= 0 && n_elems % be == 0, ggml_type_name(id), ": ", n_elems,
+        " elements is not a whole number of blocks of ", be);
+  return n_elems / be * bb;
+}
+
+void quantize(GgmlType type, const float* src, uint8_t* dst, int64_t n_elems) {
+  const uint32_t id = static_cast<uint32_t>(type);
+  const int64_t n_bytes = ggml_row_bytes(type, n_elems);
+  (void)n_bytes;
+  switch (type) {
+    case GgmlType::F32:
+      if (n_elems > 0) std::memcpy(dst, src, static_cast<size_t>(n_elems) * 4);
+      return;
+    case GgmlType::F16:
+      for (int64_t i = 0; i < n_elems; ++i) {
+        uint16_t h = f32_to_fp16(src[i]);
+        std::memcpy(dst + 2 * i, &h, 2);
+      }
+      return;
+    case GgmlType::BF16:
+      for (int64_t i = 0; i < n_elems; ++i) {
+        // gguf.quants.BF16: NaN -> quiet NaN (top half | 0x40); else round to nearest even.
+        uint32_t n = std::bit_cast<uint32_t>(src[i]);
+        if ((n & 0x7fffffffu) > 0x7f800000u) n = (n & 0xffff0000u) | (64u << 16);
+        const uint64_t r = (uint64_t(n) + (0x7fffu + ((n >> 16) & 1u))) >> 16;
+        uint16_t b = static_cast<uint16_t>(r);
+        std::memcpy(dst + 2 * i, &b, 2);
+      }
+      return;
+    case GgmlType::Q8_0:
+      // block_q8_0: fp16 d, int8 qs[32]. Every step is one float32 operation, as numpy does.
+      for (int64_t b = 0; b < n_elems / 32; ++b) {
+        const float* x = src + 32 * b;
+        uint8_t* out = dst + 34 * b;
+        float amax = 0.0f;
+        for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(x[j]));
+        const float d = amax / 127.0f;
+        const float inv = d == 0.0f ? 0.0f : 1.0f / d;
+        const uint16_t dh = f32_to_fp16(d);
+        std::memcpy(out, &dh, 2);
+        for (int j = 0; j < 32; ++j) out[2 + j] = static_cast<uint8_t>(static_cast<int8_t>(std::round(x[j] * inv)));
+      }
+      return;
+    default: break;
+  }
+  fail("quantize: type ", ggml_type_name(id), " is not supported (supported: F32, F16, BF16, Q8_0)");
 }
 
 }  // namespace retort

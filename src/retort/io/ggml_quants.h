@@ -64,4 +64,13 @@ bool ggml_type_supported(uint32_t type);
 // src needs no particular alignment.
 void dequantize(GgmlType type, const uint8_t* src, float* dst, int64_t n_elems);
 
+// Bytes that quantize() writes for n_elems of `type` (n_elems a multiple of the block size).
+int64_t ggml_row_bytes(GgmlType type, int64_t n_elems);
+
+// Quantize n_elems float32 (a multiple of the block size) into dst, bit for bit like the Python
+// `gguf` package's gguf.quants.quantize: F32 (copy), F16 (round to nearest even), BF16 (round to
+// nearest even, NaN kept quiet), Q8_0 (per 32 values: d = max|x| / 127 stored as fp16,
+// q = round-half-away-from-zero(x * (1/d)) as int8; d = 0 gives q = 0). Other types -> retort::Error.
+void quantize(GgmlType type, const float* src, uint8_t* dst, int64_t n_elems);
+
 }  // namespace retort

@@ -398,6 +398,25 @@ std::string Tokenizer::hash() const {
   return out;
 }
 
+std::vector<std::pair<std::string, std::string>> Tokenizer::merges() const {
+  std::vector<std::pair<std::string, std::string>> out;
+  out.reserve(impl_->merge_list.size());
+  for (const auto& [a, b] : impl_->merge_list) out.emplace_back(impl_->texts[a], impl_->texts[b]);
+  return out;
+}
+
+std::vector<Tokenizer::AddedTokenInfo> Tokenizer::added_tokens() const {
+  std::vector<AddedTokenInfo> out;
+  for (const auto& a : impl_->added) out.push_back({a.id, a.content, a.special, a.lstrip, a.rstrip, a.normalized});
+  std::sort(out.begin(), out.end(), [](const AddedTokenInfo& x, const AddedTokenInfo& y) { return x.id < y.id; });
+  return out;
+}
+
+std::vector<std::string> Tokenizer::pre_tokenizer_patterns() const { return impl_->pre.patterns(); }
+bool Tokenizer::normalizes_nfc() const { return impl_->nfc; }
+bool Tokenizer::ignores_merges() const { return impl_->ignore_merges; }
+bool Tokenizer::is_hole(int32_t id) const { return id >= 0 && id < n_vocab() && impl_->kind[id] == kHole; }
+
 // ---------------------------------------------------------------------------------------------
 // GGUF
 

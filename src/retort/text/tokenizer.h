@@ -19,6 +19,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace retort {
@@ -53,6 +54,19 @@ class Tokenizer {
   // "a b" in rank order, and (id, special?) of every added token. Equal for the GGUF and the
   // tokenizer.json of the same tokenizer.
   std::string hash() const;
+
+  // For writers (`retort export`): everything needed to write the tokenizer back out.
+  struct AddedTokenInfo {
+    int32_t id;
+    std::string content;
+    bool special, lstrip, rstrip, normalized;
+  };
+  std::vector<std::pair<std::string, std::string>> merges() const;  // rank order, (left, right) vocab strings
+  std::vector<AddedTokenInfo> added_tokens() const;                  // ascending id
+  std::vector<std::string> pre_tokenizer_patterns() const;           // the regex splits, in order
+  bool normalizes_nfc() const;                                       // NFC before pre-tokenization
+  bool ignores_merges() const;                                       // a pre-token found whole in the vocab is one token
+  bool is_hole(int32_t id) const;                                    // an id no token uses (tokenizer.json gaps)
 
   struct Impl;
 

@@ -1,0 +1,438 @@
+#include "retort/distill/export.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <map>
+
+#include "retort/io/ggml_quants.h"
+#include "retort/io/gguf_writer.h"
+#include "retort/io/safetensors.h"
+#include "retort/model/llama.h"
+#include "retort/model/loader.h"
+#include "retort/text/pretokenize.h"
+#include "retort/text/tokenizer.h"
+#include "retort/util/error.h"
+#include "retort/util/file.h"
+
+namespace fs = std::filesystem;
+
+namespace retort {
+
+namespace {
+
+using ojson = nlohmann::ordered_json;
+
+std::string dump(const ojson& j) { return j.dump(2, ' ', false, ojson::error_handler_t::replace) + "\n"; }
+
+// A parameter as a float32 CPU contiguous tensor (the model may be bf16 or on a GPU).
+torch::Tensor cpu_f32(const torch::Tensor& t) { return t.detach().to(torch::kCPU, torch::kFloat32).contiguous(); }
+
+// ---------------------------------------------------------------------------------------------
+// Hugging Face tokenizer files
+
+// HF's own spelling of the GPT-2 ByteLevel regex (what ByteLevel(use_regex=true) applies).
+const char* const kHfGpt2Regex = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+
+ojson byte_level(bool use_regex, bool trim_offsets) {
+  return {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", trim_offsets}, {"use_regex", use_regex}};
+}
+
+ojson split(const std::string& regex) {
+  return {{"type", "Split"}, {"pattern", {{"Regex", regex}}}, {"behavior", "Isolated"}, {"invert", false}};
+}
+
+// The pre_tokenizer real checkpoints of each family carry (SmolLM2: Digits + ByteLevel;
+// Llama-3 / Qwen2: Split + ByteLevel without its own regex; GPT-2: ByteLevel alone).
+ojson pre_tokenizer_json(const Tokenizer& tok) {
+  const std::string name = tok.pre_tokenizer_name();
+  if (name == "gpt2") return byte_level(true, true);
+  if (name == "smollm")
+    return {{"type", "Sequence"},
+            {"pretokenizers", ojson::array({{{"type", "Digits"}, {"individual_digits", true}}, byte_level(true, true)})}};
+  // llama3, qwen2, custom: each regex an Isolated split, then the byte mapping.
+  ojson seq = ojson::array();
+  for (const std::string& p : tok.pre_tokenizer_patterns()) seq.push_back(split(p == kGpt2Pattern ? kHfGpt2Regex : p));
+  seq.push_back(byte_level(false, false));
+  return {{"type", "Sequence"}, {"pretokenizers", seq}};
+}
+
+ojson added_token_json(const Tokenizer::AddedTokenInfo& a, bool with_id) {
+  ojson j;
+  if (with_id) j["id"] = a.id;
+  j["content"] = a.content;
+  j["single_word"] = false;
+  j["lstrip"] = a.lstrip;
+  j["rstrip"] = a.rstrip;
+  j["normalized"] = a.normalized;
+  j["special"] = a.special;
+  return j;
+}
+
+std::string tokenizer_json(const Tokenizer& tok) {
+  ojson j;
+  j["version"] = "1.0";
+  j["truncation"] = nullptr;
+  j["padding"] = nullptr;
+  ojson added = ojson::array();
+  for (const auto& a : tok.added_tokens()) added.push_back(added_token_json(a, true));
+  j["added_tokens"] = added;
+  j["normalizer"] = tok.normalizes_nfc() ? ojson{{"type", "NFC"}} : ojson(nullptr);
+  j["pre_tokenizer"] = pre_tokenizer_json(tok);
+  if (tok.add_bos_token()) {
+    // BOS prepended by the post-processor, as Llama-3's tokenizer.json does.
+    const std::string bos = tok.token_text(*tok.bos_id());
+    ojson special = {{"SpecialToken", {{"id", bos}, {"type_id", 0}}}};
+    ojson a = {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}, b = {{"Sequence", {{"id", "B"}, {"type_id", 1}}}};
+    j["post_processor"] = {{"type", "TemplateProcessing"},
+                           {"single", ojson::array({special, a})},
+                           {"pair", ojson::array({special, a, special, b})},
+                           {"special_tokens", {{bos, {{"id", bos}, {"ids", {*tok.bos_id()}}, {"tokens", {bos}}}}}}};
+  } else {
+    j["post_processor"] = {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", false}, {"use_regex", true}};
+  }
+  j["decoder"] = {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}};
+  ojson vocab = ojson::object();
+  for (int32_t id = 0; id < tok.n_vocab(); ++id)
+    if (!tok.is_hole(id)) vocab[tok.token_text(id)] = id;
+  ojson merges = ojson::array();
+  for (const auto& [a, b] : tok.merges()) merges.push_back(ojson::array({a, b}));  // not {a, b}: that is an object
+  j["model"] = {{"type", "BPE"},
+                {"dropout", nullptr},
+                {"unk_token", nullptr},
+                {"continuing_subword_prefix", nullptr},
+                {"end_of_word_suffix", nullptr},
+                {"fuse_unk", false},
+                {"byte_fallback", false},
+                {"ignore_merges", tok.ignores_merges()},
+                {"vocab", std::move(vocab)},
+                {"merges", std::move(merges)}};
+  // Compact: a 49k vocabulary pretty-printed is several MB of whitespace.
+  return j.dump(-1, ' ', false, ojson::error_handler_t::strict);
+}
+
+std::string tokenizer_config_json(const Tokenizer& tok, const ExportInfo& info, int64_t max_position) {
+  ojson c;
+  c["add_bos_token"] = tok.add_bos_token();
+  c["add_eos_token"] = false;
+  ojson dec = ojson::object();
+  for (const auto& a : tok.added_tokens()) dec[std::to_string(a.id)] = added_token_json(a, false);
+  c["added_tokens_decoder"] = dec;
+  auto token = [&](std::optional<int32_t> id) { return id ? ojson(tok.token_text(*id)) : ojson(nullptr); };
+  c["bos_token"] = token(tok.bos_id());
+  c["eos_token"] = token(tok.eos_id());
+  c["pad_token"] = token(tok.pad_id());
+  c["unk_token"] = nullptr;
+  c["chat_template"] = info.chat_template.empty() ? ojson(tok.chat_template()) : ojson(info.chat_template);
+  if (c["chat_template"] == "") c.erase("chat_template");
+  c["clean_up_tokenization_spaces"] = false;
+  c["model_max_length"] = max_position;
+  c["tokenizer_class"] = "PreTrainedTokenizerFast";
+  return dump(c);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hugging Face config files
+
+const char* hf_architecture(const std::string& arch) {
+  if (arch == "llama") return "LlamaForCausalLM";
+  if (arch == "mistral") return "MistralForCausalLM";
+  if (arch == "qwen2") return "Qwen2ForCausalLM";
+  fail("export: architecture \"", arch, "\" has no Hugging Face class (supported: ", supported_architectures(), ")");
+}
+
+const char* torch_dtype_name(const std::string& dtype) {
+  if (dtype == "f32") return "float32";
+  if (dtype == "bf16") return "bfloat16";
+  return "float16";
+}
+
+ojson id_or_null(std::optional<int32_t> id) { return id ? ojson(*id) : ojson(nullptr); }
+
+// eos_token_id: one id, or the list when several end generation.
+ojson eos_json(const Tokenizer& tok, const ExportInfo& info) {
+  std::vector<int32_t> ids = info.eos_ids;
+  if (ids.empty() && tok.eos_id()) ids.push_back(*tok.eos_id());
+  if (ids.empty()) return nullptr;
+  // The tokenizer's own eos first (transformers treats the first as the eos token).
+  if (auto e = tok.eos_id()) {
+    auto it = std::find(ids.begin(), ids.end(), *e);
+    if (it != ids.end()) std::rotate(ids.begin(), it, it + 1);
+  }
+  if (ids.size() == 1) return ids[0];
+  return ids;
+}
+
+std::string config_json(const ModelHParams& hp, const Tokenizer& tok, const ExportInfo& info, const std::string& dtype) {
+  check(hp.rope_freq_factors.empty(), "export hf: this model stores per-frequency RoPE factors (GGUF rope_freqs.weight), "
+        "which a Hugging Face config.json cannot express; export it as GGUF instead");
+  ojson c;
+  c["architectures"] = {hf_architecture(hp.arch)};
+  c["model_type"] = hp.arch;
+  c["vocab_size"] = hp.n_vocab;
+  c["hidden_size"] = hp.n_embd;
+  c["intermediate_size"] = hp.n_ff;
+  c["num_hidden_layers"] = hp.n_layer;
+  c["num_attention_heads"] = hp.n_head;
+  c["num_key_value_heads"] = hp.n_head_kv;
+  c["head_dim"] = hp.head_dim;
+  c["hidden_act"] = "silu";
+  c["max_position_embeddings"] = hp.max_position;
+  c["rms_norm_eps"] = hp.rms_eps;
+  c["rope_theta"] = hp.rope_theta;
+  const RopeScaling& rs = hp.rope_scaling;
+  if (rs.type == "linear") {
+    c["rope_scaling"] = {{"rope_type", "linear"}, {"factor", rs.factor}};
+  } else if (rs.type == "llama3") {
+    c["rope_scaling"] = {{"rope_type", "llama3"},
+                         {"factor", rs.factor},
+                         {"low_freq_factor", rs.low_freq_factor},
+                         {"high_freq_factor", rs.high_freq_factor},
+                         {"original_max_position_embeddings", rs.original_max_position}};
+  } else {
+    c["rope_scaling"] = nullptr;
+  }
+  if (hp.arch == "llama") {
+    c["attention_bias"] = false;
+    c["mlp_bias"] = false;
+  }
+  if (hp.arch == "mistral" || hp.arch == "qwen2") c["sliding_window"] = nullptr;
+  if (hp.arch == "qwen2") c["use_sliding_window"] = false;
+  c["attention_dropout"] = 0.0;
+  c["initializer_range"] = 0.02;
+  c["tie_word_embeddings"] = hp.tie_embeddings;
+  c["bos_token_id"] = id_or_null(tok.bos_id());
+  c["eos_token_id"] = eos_json(tok, info);
+  if (tok.pad_id()) c["pad_token_id"] = *tok.pad_id();
+  c["torch_dtype"] = torch_dtype_name(dtype);
+  c["use_cache"] = true;
+  if (!info.provenance.empty()) c["retort"] = info.provenance;
+  return dump(c);
+}
+
+std::string generation_config_json(const Tokenizer& tok, const ExportInfo& info) {
+  ojson g = ojson::object();
+  g["bos_token_id"] = id_or_null(tok.bos_id());
+  g["eos_token_id"] = eos_json(tok, info);
+  if (tok.pad_id()) g["pad_token_id"] = *tok.pad_id();
+  // Sampling defaults the source carried (temperature, top_p, ...), ids above take precedence.
+  if (info.generation_defaults.is_object())
+    for (auto it = info.generation_defaults.begin(); it != info.generation_defaults.end(); ++it)
+      if (!g.contains(it.key()) && it.key() != "transformers_version") g[it.key()] = it.value();
+  return dump(g);
+}
+
+// Publish `tmp` as `dir`: an existing dir is moved aside first and removed only after the
+// new one is in place, so a crash leaves either the old or the new directory whole.
+void publish_dir(const std::string& tmp, const std::string& dir) {
+  std::error_code ec;
+  const std::string old = dir + ".old." + std::to_string(::getpid());
+  const bool existed = fs::exists(dir, ec);
+  if (existed) {
+    fs::remove_all(old, ec);
+    fs::rename(dir, old, ec);
+    check(!ec, "export: cannot move the existing ", dir, " aside (", ec.message(), ")");
+  }
+  fs::rename(tmp, dir, ec);
+  if (ec) {
+    std::error_code ec2;
+    if (existed) fs::rename(old, dir, ec2);
+    fail("export: cannot rename ", tmp, " to ", dir, " (", ec.message(), ")");
+  }
+  if (existed) fs::remove_all(old, ec);
+}
+
+// ---------------------------------------------------------------------------------------------
+// GGUF
+
+// Hugging Face (rotate-half) q/k rows -> llama.cpp's interleaved order: the inverse of the
+// loader's unpermute (convert_hf_to_gguf.py LlamaModel.permute). w [n_head * head_dim, ...].
+torch::Tensor permute_rows(const torch::Tensor& w, int64_t n_head) {
+  auto sizes = w.sizes().vec();
+  const int64_t head_dim = sizes[0] / n_head;
+  std::vector<int64_t> v = {n_head, 2, head_dim / 2};
+  for (size_t d = 1; d < sizes.size(); ++d) v.push_back(sizes[d]);
+  return w.reshape(v).transpose(1, 2).reshape(sizes).contiguous();
+}
+
+// llama.cpp's pre-tokenizer names (tokenizer.ggml.pre) for retort's.
+std::string gguf_pre_name(const Tokenizer& tok) {
+  const std::string n = tok.pre_tokenizer_name();
+  if (n == "smollm") return "smollm";
+  if (n == "gpt2") return "gpt-2";
+  if (n == "llama3") return "llama-bpe";
+  if (n == "qwen2") return "qwen2";
+  fail("export gguf: the tokenizer's pre-tokenizer is custom (not gpt2, smollm, llama3 or qwen2), which llama.cpp "
+       "cannot name in tokenizer.ggml.pre; export it as a Hugging Face directory instead");
+}
+
+// Per-frequency RoPE divisors llama.cpp wants for llama3 scaling (convert_hf_to_gguf.py
+// LlamaModel.generate_extra_tensors): 1 for short wavelengths, `factor` for long ones,
+// 1 / ((1 - s) / factor + s) between.
+std::vector<float> llama3_rope_factors(const ModelHParams& hp) {
+  const RopeScaling& rs = hp.rope_scaling;
+  const double old_len = double(rs.original_max_position);
+  const double low_wavelen = old_len / rs.low_freq_factor, high_wavelen = old_len / rs.high_freq_factor;
+  std::vector<float> out;
+  for (int64_t i = 0; i < hp.head_dim; i += 2) {
+    const float freq = 1.0f / std::pow(float(hp.rope_theta), float(i) / float(hp.head_dim));
+    const double wavelen = 2 * M_PI / double(freq);
+    if (wavelen < high_wavelen) {
+      out.push_back(1.0f);
+    } else if (wavelen > low_wavelen) {
+      out.push_back(float(rs.factor));
+    } else {
+      const double smooth = (old_len / wavelen - rs.low_freq_factor) / (rs.high_freq_factor - rs.low_freq_factor);
+      out.push_back(float(1.0 / ((1 - smooth) / rs.factor + smooth)));
+    }
+  }
+  return out;
+}
+
+void add_tokenizer_gguf(GgufWriter& w, const Tokenizer& tok, const ExportInfo& info) {
+  w.add_string("tokenizer.ggml.model", "gpt2");
+  w.add_string("tokenizer.ggml.pre", gguf_pre_name(tok));
+  std::vector<std::string> tokens(size_t(tok.n_vocab()));
+  std::vector<int32_t> types(size_t(tok.n_vocab()));
+  for (int32_t id = 0; id < tok.n_vocab(); ++id) {
+    // llama.cpp token types: 1 normal, 3 control (special), 4 user-defined (added, not special), 5 unused.
+    if (tok.is_hole(id)) {
+      tokens[size_t(id)] = "[PAD" + std::to_string(id) + "]";
+      types[size_t(id)] = 5;
+    } else {
+      tokens[size_t(id)] = tok.token_text(id);
+      types[size_t(id)] = tok.is_special(id) ? 3 : tok.is_added(id) ? 4 : 1;
+    }
+  }
+  w.add_string_array("tokenizer.ggml.tokens", tokens);
+  w.add_int32_array("tokenizer.ggml.token_type", types);
+  std::vector<std::string> merges;
+  for (const auto& [a, b] : tok.merges()) merges.push_back(a + " " + b);
+  w.add_string_array("tokenizer.ggml.merges", merges);
+  if (auto id = tok.bos_id()) w.add_uint32("tokenizer.ggml.bos_token_id", uint32_t(*id));
+  if (auto id = tok.eos_id()) w.add_uint32("tokenizer.ggml.eos_token_id", uint32_t(*id));
+  if (auto id = tok.pad_id()) w.add_uint32("tokenizer.ggml.padding_token_id", uint32_t(*id));
+  w.add_bool("tokenizer.ggml.add_bos_token", tok.add_bos_token());
+  w.add_bool("tokenizer.ggml.add_eos_token", false);
+  const std::string& tmpl = info.chat_template.empty() ? tok.chat_template() : info.chat_template;
+  if (!tmpl.empty()) w.add_string("tokenizer.chat_template", tmpl);
+}
+
+}  // namespace
+
+void export_hf(const LlamaModelImpl& model, const Tokenizer& tok, const ExportInfo& info, const std::string& dir,
+               const std::string& dtype) {
+  check(dtype == "f32" || dtype == "bf16" || dtype == "f16", "export hf: --dtype must be f32, bf16 or f16, got \"",
+        dtype, "\"");
+  check(!dir.empty(), "export hf: empty output directory");
+  const ModelHParams& hp = model.hparams();
+  check(tok.n_vocab() <= hp.n_vocab, "export hf: the tokenizer has ", tok.n_vocab(),
+        " tokens but the model's vocabulary is ", hp.n_vocab);
+  const std::string cfg = config_json(hp, tok, info, dtype);  // validates before anything is written
+
+  std::string trimmed = dir;
+  while (trimmed.size() > 1 && trimmed.back() == '/') trimmed.pop_back();
+  const std::string tmp = trimmed + ".tmp." + std::to_string(::getpid());
+  std::error_code ec;
+  fs::remove_all(tmp, ec);
+  fs::create_directories(tmp, ec);
+  check(!ec, "export hf: cannot create ", tmp, " (", ec.message(), ")");
+  try {
+    // Weights under their Hugging Face names (named_parameters() uses them; tied models have no lm_head).
+    const torch::ScalarType st = dtype == "f32" ? torch::kFloat32 : dtype == "bf16" ? torch::kBFloat16 : torch::kFloat16;
+    const DType sd = dtype == "f32" ? DType::F32 : dtype == "bf16" ? DType::BF16 : DType::F16;
+    std::vector<torch::Tensor> keep;
+    std::vector<SafetensorsWriteTensor> tensors;
+    for (const auto& p : model.named_parameters()) {
+      keep.push_back(p.value().detach().to(torch::kCPU, st).contiguous());
+      const auto& t = keep.back();
+      tensors.push_back({p.key(), sd, t.sizes().vec(), t.data_ptr(), size_t(t.numel()) * t.element_size()});
+    }
+    write_safetensors(tmp + "/model.safetensors", tensors, {{"format", "pt"}});
+    keep.clear();
+    write_file_atomic(tmp + "/config.json", cfg);
+    write_file_atomic(tmp + "/generation_config.json", generation_config_json(tok, info));
+    write_file_atomic(tmp + "/tokenizer.json", tokenizer_json(tok));
+    write_file_atomic(tmp + "/tokenizer_config.json", tokenizer_config_json(tok, info, hp.max_position));
+    publish_dir(tmp, trimmed);
+  } catch (...) {
+    fs::remove_all(tmp, ec);
+    throw;
+  }
+}
+
+void export_gguf(const LlamaModelImpl& model, const Tokenizer& tok, const ExportInfo& info, const std::string& path,
+                 const std::string& gguf_type) {
+  GgmlType wtype;
+  uint32_t file_type;
+  if (gguf_type == "f32") wtype = GgmlType::F32, file_type = 0;
+  else if (gguf_type == "f16") wtype = GgmlType::F16, file_type = 1;
+  else if (gguf_type == "q8_0") wtype = GgmlType::Q8_0, file_type = 7;
+  else fail("export gguf: --type must be f32, f16 or q8_0, got \"", gguf_type, "\"");
+  const ModelHParams& hp = model.hparams();
+  check(tok.n_vocab() <= hp.n_vocab, "export gguf: the tokenizer has ", tok.n_vocab(),
+        " tokens but the model's vocabulary is ", hp.n_vocab);
+  const std::string a = hp.arch + ".";
+
+  GgufWriter w;
+  w.add_string("general.architecture", hp.arch);
+  w.add_string("general.type", "model");
+  std::string name = "retort export";
+  if (info.provenance.is_object() && info.provenance.contains("name") && info.provenance["name"].is_string())
+    name = info.provenance["name"].get<std::string>();
+  w.add_string("general.name", name);
+  if (!info.provenance.empty()) w.add_string("retort.provenance", info.provenance.dump());
+  w.add_uint32(a + "block_count", uint32_t(hp.n_layer));
+  w.add_uint32(a + "context_length", uint32_t(hp.max_position));
+  w.add_uint32(a + "embedding_length", uint32_t(hp.n_embd));
+  w.add_uint32(a + "feed_forward_length", uint32_t(hp.n_ff));
+  w.add_uint32(a + "attention.head_count", uint32_t(hp.n_head));
+  w.add_uint32(a + "attention.head_count_kv", uint32_t(hp.n_head_kv));
+  w.add_float32(a + "rope.freq_base", float(hp.rope_theta));
+  w.add_float32(a + "attention.layer_norm_rms_epsilon", float(hp.rms_eps));
+  if (hp.head_dim * hp.n_head != hp.n_embd) {
+    w.add_uint32(a + "attention.key_length", uint32_t(hp.head_dim));
+    w.add_uint32(a + "attention.value_length", uint32_t(hp.head_dim));
+  }
+  w.add_uint32(a + "rope.dimension_count", uint32_t(hp.head_dim));
+  w.add_uint32(a + "vocab_size", uint32_t(hp.n_vocab));
+  if (hp.rope_scaling.type == "linear") {
+    w.add_string(a + "rope.scaling.type", "linear");
+    w.add_float32(a + "rope.scaling.factor", float(hp.rope_scaling.factor));
+  }
+  w.add_uint32("general.file_type", file_type);
+  if (wtype == GgmlType::Q8_0) w.add_uint32("general.quantization_version", 2);
+  add_tokenizer_gguf(w, tok, info);
+
+  // llama3 scaling travels as rope_freqs.weight (what llama.cpp reads); GGUF-sourced factors as they were.
+  std::vector<float> freqs = hp.rope_freq_factors;
+  if (freqs.empty() && hp.rope_scaling.type == "llama3") freqs = llama3_rope_factors(hp);
+  if (!freqs.empty())
+    w.add_tensor("rope_freqs.weight", {int64_t(freqs.size())}, GgmlType::F32,
+                 [freqs](uint8_t* dst) { std::memcpy(dst, freqs.data(), freqs.size() * 4); });
+
+  const bool permuted = hp.arch == "llama" || hp.arch == "mistral";
+  for (const auto& p : model.named_parameters()) {
+    const std::string& hf = p.key();
+    const std::string gname = gguf_tensor_name(hf);
+    check(!gname.empty(), "export gguf: parameter ", hf, " has no GGUF name");
+    int64_t permute = 0;
+    if (permuted && hf.find("self_attn.q_proj") != std::string::npos) permute = hp.n_head;
+    if (permuted && hf.find("self_attn.k_proj") != std::string::npos) permute = hp.n_head_kv;
+    const torch::Tensor param = p.value();
+    const std::vector<int64_t> shape = param.sizes().vec();
+    GgmlType t = shape.size() == 1 ? GgmlType::F32 : wtype;
+    if (t == GgmlType::Q8_0 && shape.back() % 32 != 0) t = GgmlType::F16;  // Q8_0 blocks are 32 along a row
+    w.add_tensor(gname, shape, t, [param, permute, t](uint8_t* dst) {
+      torch::Tensor x = cpu_f32(param);
+      if (permute > 0) x = permute_rows(x, permute);
+      quantize(t, x.data_ptr<float>(), dst, x.numel());
+    });
+  }
+  w.write(path);
+}
+
+}  // namespace retort
