@@ -40,6 +40,7 @@ void register_generate(CLI::App& app);
 void register_chat(CLI::App& app);
 void register_watermark(CLI::App& app);
 void register_capture(CLI::App& app);
+void register_eval(CLI::App& app);
 void register_distill(CLI::App& app);
 void register_export(CLI::App& app);
 

@@ -56,6 +56,7 @@ int main(int argc, char** argv) {
   retort::cli::register_watermark(app);
   retort::cli::register_distill(app);
   retort::cli::register_capture(app);
+  retort::cli::register_eval(app);
   retort::cli::register_export(app);
   try {
     app.parse(argc, argv);

@@ -1,0 +1,346 @@
+// `retort eval`: a student against its teacher on held-out teacher text (a signal store):
+// NLL/perplexity, top-1 agreement, KL(teacher‖student), size, speed, generations side by side.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "cli/common.h"
+#include "retort/decode/generate.h"
+#include "retort/distill/evaluate.h"
+#include "retort/distill/signal_store.h"
+#include "retort/text/tokenizer.h"
+#include "retort/util/error.h"
+
+namespace retort::cli {
+
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+struct EvalArgs {
+  ModelOptions student, teacher;
+  std::string data;
+  int64_t max_samples = 0;
+  int64_t generations = 3;
+  int64_t max_tokens = 64;
+  int64_t batch_tokens = 4096;
+  int64_t speed_prompt = 128, speed_tokens = 32;
+  bool json_out = false;
+};
+
+// Every regular file of a checkpoint (a .gguf file, or a directory walked recursively) with its size.
+json files_on_disk(const std::string& path) {
+  json files = json::array();
+  if (fs::is_directory(path)) {
+    std::vector<fs::path> paths;
+    for (const auto& e : fs::recursive_directory_iterator(path))
+      if (e.is_regular_file()) paths.push_back(e.path());
+    std::sort(paths.begin(), paths.end());
+    for (const auto& p : paths)
+      files.push_back({{"file", fs::relative(p, path).string()}, {"bytes", int64_t(fs::file_size(p))}});
+  } else {
+    files.push_back({{"file", fs::path(path).filename().string()}, {"bytes", int64_t(fs::file_size(path))}});
+  }
+  return files;
+}
+
+// Prefill tok/s (prompt tokens / time to the first generated token) and batch-1 greedy decode
+// tok/s (the remaining tokens / their time), from one generate() call after a short warm-up.
+json measure_speed(LoadedModel& m, std::vector<int32_t> prompt, int64_t n_prompt, int64_t n_decode) {
+  if (m.hparams.max_position > 0) n_prompt = std::min(n_prompt, m.hparams.max_position - n_decode - 1);
+  n_prompt = std::max<int64_t>(n_prompt, 1);
+  std::vector<int32_t> p;
+  while (int64_t(p.size()) < n_prompt)
+    p.push_back(prompt[p.size() % prompt.size()]);  // the store's first sample, repeated to length
+  GenerationRequest warm;
+  warm.prompt.assign(p.begin(), p.begin() + std::min<size_t>(8, p.size()));
+  warm.sampling.temperature = 0;
+  warm.max_tokens = 4;
+  warm.ignore_eos = true;
+  generate(m, {warm});
+
+  GenerationRequest r;
+  r.prompt = p;
+  r.sampling.temperature = 0;
+  r.max_tokens = n_decode;
+  r.ignore_eos = true;
+  GenerateOptions o;
+  Clock::time_point first, last;
+  int64_t n = 0;
+  o.on_token = [&](size_t, const GeneratedToken&, const std::string&) {
+    last = Clock::now();
+    if (n++ == 0) first = last;
+  };
+  const Clock::time_point t0 = Clock::now();
+  generate(m, {r}, o);
+  const double prefill_s = std::chrono::duration<double>(first - t0).count();
+  const double decode_s = std::chrono::duration<double>(last - first).count();
+  return {{"prompt_tokens", n_prompt},
+          {"decode_tokens", n},
+          {"prefill_tok_s", prefill_s > 0 ? n_prompt / prefill_s : 0.0},
+          {"decode_tok_s", decode_s > 0 && n > 1 ? (n - 1) / decode_s : 0.0}};
+}
+
+// A readable form of a formatted prompt: the last text segment between special tokens, without
+// a leading role line ("user\n...") — the user's message for chat templates, the text for raw prompts.
+std::string prompt_display(const Tokenizer& tok, const std::vector<int32_t>& ids) {
+  std::vector<std::string> segs(1);
+  for (int32_t id : ids) {
+    if (tok.is_special(id))
+      segs.emplace_back();
+    else
+      segs.back() += tok.decode({id});
+  }
+  auto trim = [](std::string s) {
+    size_t a = s.find_first_not_of(" \t\r\n"), b = s.find_last_not_of(" \t\r\n");
+    return a == std::string::npos ? std::string() : s.substr(a, b - a + 1);
+  };
+  std::string best;
+  for (auto s : segs) {
+    s = trim(s);
+    size_t nl = s.find('\n');
+    std::string head = s.substr(0, nl);
+    if (head == "system" || head == "user" || head == "assistant") s = nl == std::string::npos ? "" : trim(s.substr(nl));
+    if (!s.empty()) best = s;
+  }
+  return best;
+}
+
+// Split UTF-8 text into lines of at most `width` code points (breaking at spaces when possible);
+// newlines are kept as line breaks.
+std::vector<std::string> wrap(const std::string& text, size_t width) {
+  std::vector<std::string> lines;
+  std::string line, word;
+  size_t line_cp = 0, word_cp = 0;
+  auto flush_word = [&] {
+    if (word.empty()) return;
+    if (line_cp > 0 && line_cp + 1 + word_cp > width) {
+      lines.push_back(line);
+      line.clear(), line_cp = 0;
+    }
+    if (line_cp > 0) line += ' ', ++line_cp;
+    line += word, line_cp += word_cp;
+    word.clear(), word_cp = 0;
+  };
+  for (size_t i = 0; i < text.size(); ++i) {
+    unsigned char c = text[i];
+    if (c == '\n') {
+      flush_word();
+      lines.push_back(line);
+      line.clear(), line_cp = 0;
+    } else if (c == ' ' || c == '\t' || c == '\r') {
+      flush_word();
+    } else {
+      if ((c & 0xC0) != 0x80) {
+        if (word_cp == width) flush_word();  // a word longer than the line: hard break
+        ++word_cp;
+      }
+      word += char(c);
+    }
+  }
+  flush_word();
+  if (!line.empty() || lines.empty()) lines.push_back(line);
+  return lines;
+}
+
+size_t code_points(const std::string& s) {
+  size_t n = 0;
+  for (unsigned char c : s) n += (c & 0xC0) != 0x80;
+  return n;
+}
+
+std::string pad(const std::string& s, size_t width) {
+  size_t n = code_points(s);
+  return n >= width ? s : s + std::string(width - n, ' ');
+}
+
+std::string human_bytes(double b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB"};
+  int u = 0;
+  while (b >= 1024 && u < 3) b /= 1024, ++u;
+  char buf[32];
+  std::snprintf(buf, sizeof buf, u ? "%.1f %s" : "%.0f %s", b, units[u]);
+  return buf;
+}
+
+json evaluate_model(const std::string& role, const ModelOptions& mo, LoadedModel& m, const SignalStore& store,
+                    const EvalArgs& a) {
+  check(m.tokenizer != nullptr, role, " ", m.path,
+        ": the checkpoint has no tokenizer, so its tokenizer cannot be matched with the store's");
+  int64_t params = 0;
+  for (const auto& p : m.model->parameters()) params += p.numel();
+  json files = files_on_disk(m.path);
+  int64_t bytes = 0;
+  for (const auto& f : files) bytes += f["bytes"].get<int64_t>();
+
+  const Clock::time_point t0 = Clock::now();
+  EvalMetrics metrics = evaluate_on_store(*m.model, store, m.tokenizer->hash(), a.max_samples, a.batch_tokens);
+  const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+  std::fprintf(stderr, "[%s: %lld positions scored in %.1f s]\n", role.c_str(), (long long)metrics.positions, secs);
+
+  json speed = json::object();
+  if (store.n_samples() > 0) {
+    SignalSample s0 = store.sample(0);
+    std::vector<int32_t> prompt(s0.tokens, s0.tokens + s0.n_tokens);
+    speed = measure_speed(m, prompt, a.speed_prompt, a.speed_tokens);
+  }
+  return {{"spec", mo.model},     {"path", m.path},   {"format", m.format},  {"parameters", params},
+          {"bytes", bytes},       {"files", files},   {"metrics", metrics.to_json()},
+          {"eval_seconds", secs}, {"speed", speed}};
+}
+
+// Greedy completions of the store's first `n` distinct prompts (already chat formatted at capture).
+std::vector<std::vector<int32_t>> first_prompts(const SignalStore& store, int64_t n) {
+  const json& g = store.manifest().generation;
+  int64_t spp = g.is_object() && g.contains("samples_per_prompt") && g["samples_per_prompt"].is_number_integer()
+                    ? std::max<int64_t>(1, g["samples_per_prompt"].get<int64_t>())
+                    : 1;
+  std::vector<std::vector<int32_t>> out;
+  std::vector<int64_t> seen;
+  for (int64_t i = 0; i < store.n_samples() && int64_t(out.size()) < n; ++i) {
+    SignalSample s = store.sample(i);
+    int64_t prompt_index = s.id / spp;
+    if (s.prompt_len < 1 || std::find(seen.begin(), seen.end(), prompt_index) != seen.end()) continue;
+    seen.push_back(prompt_index);
+    out.emplace_back(s.tokens, s.tokens + s.prompt_len);
+  }
+  return out;
+}
+
+std::vector<std::string> greedy_texts(LoadedModel& m, const std::vector<std::vector<int32_t>>& prompts,
+                                      int64_t max_tokens) {
+  std::vector<GenerationRequest> reqs;
+  for (const auto& p : prompts) {
+    GenerationRequest r;
+    r.prompt = p;
+    r.sampling.temperature = 0;
+    r.max_tokens = max_tokens;
+    reqs.push_back(std::move(r));
+  }
+  std::vector<std::string> out;
+  for (auto& r : generate(m, reqs)) out.push_back(r.text);
+  return out;
+}
+
+std::string fmt(const char* f, double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, f, v);
+  return buf;
+}
+
+void print_table(const json& out) {
+  const json& s = out["student"];
+  const json& t = out["teacher"];
+  const json& sm = s["metrics"];
+  const json& tm = t["metrics"];
+  std::printf("held-out teacher text: %s (%lld samples, %lld scored positions)\n\n",
+              out["data"]["dir"].get<std::string>().c_str(), (long long)sm["samples"].get<int64_t>(),
+              (long long)sm["positions"].get<int64_t>());
+  auto row = [](const std::string& name, const std::string& a, const std::string& b) {
+    std::printf("  %s %14s %14s\n", pad(name, 30).c_str(), a.c_str(), b.c_str());
+  };
+  row("", "student", "teacher");
+  row("parameters", fmt("%.2fM", s["parameters"].get<double>() / 1e6), fmt("%.2fM", t["parameters"].get<double>() / 1e6));
+  row("size on disk", human_bytes(s["bytes"].get<double>()), human_bytes(t["bytes"].get<double>()));
+  row("NLL (nats/token)", fmt("%.4f", sm["nll"].get<double>()), fmt("%.4f", tm["nll"].get<double>()));
+  row("perplexity", fmt("%.3f", sm["ppl"].get<double>()), fmt("%.3f", tm["ppl"].get<double>()));
+  row("top-1 agreement with teacher", fmt("%.2f%%", 100 * sm["top1_agree"].get<double>()),
+      fmt("%.2f%%", 100 * tm["top1_agree"].get<double>()));
+  row("KL(teacher‖model), top-k+tail", fmt("%.4f", sm["kl"].get<double>()), fmt("%.4f", tm["kl"].get<double>()));
+  auto speed = [](const json& m, const char* key) {
+    return m["speed"].contains(key) ? fmt("%.1f", m["speed"][key].get<double>()) : std::string("-");
+  };
+  row("prefill tok/s", speed(s, "prefill_tok_s"), speed(t, "prefill_tok_s"));
+  row("decode tok/s (batch 1, greedy)", speed(s, "decode_tok_s"), speed(t, "decode_tok_s"));
+  std::printf("\n  teacher NLL: %.4f from this forward pass, %.4f as stored at capture (difference %+.2e)\n",
+              tm["nll"].get<double>(), tm["teacher_nll"].get<double>(),
+              tm["nll"].get<double>() - tm["teacher_nll"].get<double>());
+
+  const json& gens = out["generations"];
+  if (gens.empty()) return;
+  const size_t col = 48;
+  std::printf("\ngreedy generations (max %lld tokens)\n", (long long)out["max_tokens"].get<int64_t>());
+  for (size_t i = 0; i < gens.size(); ++i) {
+    std::printf("\n── %zu. %s\n", i + 1, gens[i]["prompt"].get<std::string>().c_str());
+    std::vector<std::string> a = wrap(gens[i]["student"].get<std::string>(), col);
+    std::vector<std::string> b = wrap(gens[i]["teacher"].get<std::string>(), col);
+    std::printf("   %s │ %s\n", pad("student", col).c_str(), "teacher");
+    std::printf("   %s─┼─%s\n", [&] { std::string d; for (size_t k = 0; k < col; ++k) d += "─"; return d; }().c_str(),
+                [&] { std::string d; for (size_t k = 0; k < col; ++k) d += "─"; return d; }().c_str());
+    for (size_t l = 0; l < std::max(a.size(), b.size()); ++l)
+      std::printf("   %s │ %s\n", pad(l < a.size() ? a[l] : "", col).c_str(), l < b.size() ? b[l].c_str() : "");
+  }
+}
+
+void run(const EvalArgs& a) {
+  check(!a.student.model.empty(), "retort eval: --model STUDENT is required");
+  check(a.max_samples >= 0, "--max-samples must be >= 0 (0 = all)");
+  check(a.generations >= 0, "--generations must be >= 0");
+  check(a.max_tokens >= 1, "--max-tokens must be >= 1");
+  SignalStore store = SignalStore::open(a.data);
+  check(store.n_samples() > 0, "signal store ", a.data, " holds no samples; run `retort capture` first");
+
+  json out;
+  out["data"] = {{"dir", store.dir()},
+                 {"samples_in_store", store.n_samples()},
+                 {"teacher_at_capture", store.manifest().teacher},
+                 {"k", store.manifest().k}};
+  out["max_tokens"] = a.max_tokens;
+  std::vector<std::vector<int32_t>> prompts = first_prompts(store, a.generations);
+  std::vector<std::string> student_text, teacher_text, prompt_text;
+  {
+    LoadedModel student = load_for_cli(a.student);
+    out["student"] = evaluate_model("student", a.student, student, store, a);
+    if (!prompts.empty()) student_text = greedy_texts(student, prompts, a.max_tokens);
+  }  // one model in memory at a time
+  {
+    LoadedModel teacher = load_for_cli(a.teacher);
+    out["teacher"] = evaluate_model("teacher", a.teacher, teacher, store, a);
+    if (!prompts.empty()) teacher_text = greedy_texts(teacher, prompts, a.max_tokens);
+    for (const auto& p : prompts) prompt_text.push_back(prompt_display(*teacher.tokenizer, p));
+  }
+  const json& tm = out["teacher"]["metrics"];
+  out["teacher_nll_forward_minus_store"] = tm["nll"].get<double>() - tm["teacher_nll"].get<double>();
+  out["generations"] = json::array();
+  for (size_t i = 0; i < prompts.size(); ++i)
+    out["generations"].push_back({{"prompt", prompt_text[i]}, {"student", student_text[i]}, {"teacher", teacher_text[i]}});
+
+  if (a.json_out)
+    std::printf("%s\n", out.dump(-1, ' ', false, json::error_handler_t::replace).c_str());
+  else
+    print_table(out);
+  std::fflush(stdout);
+}
+
+}  // namespace
+
+void register_eval(CLI::App& app) {
+  auto a = std::make_shared<EvalArgs>();
+  a->student.model.clear();
+  CLI::App* sub = app.add_subcommand(
+      "eval", "compare a student with its teacher on held-out teacher text: NLL, agreement, KL, size, speed, samples");
+  add_model_options(*sub, a->student);
+  sub->get_option("--model")->description("the student: a .gguf file, a Hugging Face directory, or a cached name")->required();
+  sub->add_option("--teacher", a->teacher.model, "the teacher (same forms as --model)")->capture_default_str();
+  sub->add_option("--data", a->data, "signal store directory of held-out teacher text (from `retort capture`)")->required();
+  sub->add_option("--max-samples", a->max_samples, "score only the first N samples (0 = all)")->capture_default_str();
+  sub->add_option("--generations", a->generations, "greedy generations to show side by side")->capture_default_str();
+  sub->add_option("-n,--max-tokens", a->max_tokens, "most tokens per generation")->capture_default_str();
+  sub->add_option("--batch-tokens", a->batch_tokens, "tokens per scoring batch (bounds memory)")->capture_default_str();
+  sub->add_flag("--json", a->json_out, "print everything as one JSON object");
+  sub->callback([a] {
+    a->teacher.threads = a->student.threads;
+    a->teacher.device = a->student.device;
+    a->teacher.dtype = a->student.dtype;
+    run(*a);
+  });
+}
+
+}  // namespace retort::cli
