@@ -186,7 +186,7 @@ json evaluate_model(const std::string& role, const ModelOptions& mo, LoadedModel
   std::fprintf(stderr, "[%s: %lld positions scored in %.1f s]\n", role.c_str(), (long long)metrics.positions, secs);
 
   json speed = json::object();
-  if (store.n_samples() > 0) {
+  if (store.n_samples() > 0 && a.speed_tokens > 0) {
     SignalSample s0 = store.sample(0);
     std::vector<int32_t> prompt(s0.tokens, s0.tokens + s0.n_tokens);
     speed = measure_speed(m, prompt, a.speed_prompt, a.speed_tokens);
@@ -334,6 +334,10 @@ void register_eval(CLI::App& app) {
   sub->add_option("--generations", a->generations, "greedy generations to show side by side")->capture_default_str();
   sub->add_option("-n,--max-tokens", a->max_tokens, "most tokens per generation")->capture_default_str();
   sub->add_option("--batch-tokens", a->batch_tokens, "tokens per scoring batch (bounds memory)")->capture_default_str();
+  sub->add_option("--speed-prompt", a->speed_prompt, "prompt tokens of the prefill speed measurement")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  sub->add_option("--speed-tokens", a->speed_tokens, "tokens of the batch-1 decode speed measurement (0 = skip speed)")
+      ->capture_default_str()->check(CLI::NonNegativeNumber);
   sub->add_flag("--json", a->json_out, "print everything as one JSON object");
   sub->callback([a] {
     a->teacher.threads = a->student.threads;
