@@ -1,0 +1,392 @@
+// Tests for src/retort/distill/export, io/gguf_writer and the F16/BF16/Q8_0 quantizers.
+//
+// References:
+//   tests/data/export/make_golden.py (the `gguf` Python package): quantize() bytes for F16, BF16
+//     and Q8_0 on committed inputs, and a GGUFWriter file our GgufWriter must reproduce byte for byte;
+//   round trips through the loaders (whose own tests compare against transformers / gguf-py):
+//     export -> load_model -> the same logits (exact in float32, close for f16 / q8_0), and
+//     tokenizer.json written from our Tokenizer -> Tokenizer::from_hf_json -> the same ids on the
+//     tokenizer test corpus, which tests/data/tokenizer/gen_golden.py checked against HF tokenizers.
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "retort/distill/export.h"
+#include "retort/distill/student.h"
+#include "retort/io/ggml_quants.h"
+#include "retort/io/gguf.h"
+#include "retort/io/gguf_writer.h"
+#include "retort/model/loader.h"
+#include "retort/text/tokenizer.h"
+#include "retort/util/error.h"
+#include "retort/util/file.h"
+
+namespace fs = std::filesystem;
+using namespace retort;
+
+namespace {
+
+const std::string kData = RETORT_TEST_DATA;
+
+std::string smollm2_path() { return model_cache_dir() + "/smollm2-135m-instruct.gguf"; }
+
+// A fresh scratch directory per test, removed at the end.
+struct TempDir {
+  std::string path;
+  TempDir() {
+    path = (fs::temp_directory_path() / ("retort_test_export." + std::to_string(::getpid()) + "." +
+                                         ::testing::UnitTest::GetInstance()->current_test_info()->name()))
+               .string();
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~TempDir() { fs::remove_all(path); }
+};
+
+std::vector<uint8_t> bytes_of(const std::string& path) {
+  std::string s = read_file(path);
+  return std::vector<uint8_t>(s.begin(), s.end());
+}
+
+template <class F>
+void expect_error(F&& f, std::initializer_list<std::string> parts) {
+  try {
+    f();
+    ADD_FAILURE() << "expected retort::Error";
+  } catch (const Error& e) {
+    std::string msg = e.what();
+    for (const auto& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "missing \"" << p << "\" in: " << msg;
+  }
+}
+
+// Every text of the tokenizer test corpus (the {"text": ...} lines; {"hex": ...} lines as bytes).
+std::vector<std::string> corpus() {
+  std::vector<std::string> out;
+  std::ifstream in(kData + "/tokenizer/corpus.jsonl");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    auto j = nlohmann::json::parse(line);
+    if (j.contains("text")) {
+      out.push_back(j["text"].get<std::string>());
+    } else if (j.contains("hex")) {
+      std::string h = j["hex"].get<std::string>(), b;
+      for (size_t i = 0; i + 1 < h.size(); i += 2) b += char(std::stoi(h.substr(i, 2), nullptr, 16));
+      out.push_back(b);
+    }
+  }
+  return out;
+}
+
+torch::Tensor tokens(int64_t vocab, int64_t B, int64_t T, uint64_t seed) {
+  auto gen = at::detail::createCPUGenerator(seed);
+  return torch::randint(vocab, {B, T}, gen, torch::kInt64);
+}
+
+torch::Tensor logits(LlamaModelImpl& m, const torch::Tensor& t) {
+  torch::NoGradGuard ng;
+  return m.forward(t);
+}
+
+// Tiny random model on a fixture tokenizer.
+ModelHParams tiny_hp(const std::string& arch, int64_t vocab) {
+  ModelHParams hp;
+  hp.arch = arch;
+  hp.n_vocab = vocab, hp.n_embd = 64, hp.n_layer = 2, hp.n_head = 4, hp.n_head_kv = 2, hp.head_dim = 16;
+  hp.n_ff = 96, hp.max_position = 256, hp.rope_theta = 50000;
+  hp.rms_eps = double(1e-6f);  // GGUF stores it as float32
+  if (arch == "qwen2") hp.qkv_bias = true, hp.tie_embeddings = true;
+  if (arch == "llama") {
+    hp.rope_scaling.type = "llama3";
+    hp.rope_scaling.factor = 8, hp.rope_scaling.low_freq_factor = 1, hp.rope_scaling.high_freq_factor = 4;
+    hp.rope_scaling.original_max_position = 64;
+  }
+  return hp;
+}
+
+LlamaModel tiny_model(const ModelHParams& hp, uint64_t seed) {
+  auto m = make_random_student(hp, seed);
+  torch::NoGradGuard ng;
+  auto gen = at::detail::createCPUGenerator(seed + 1);
+  for (auto& p : m->named_parameters()) {  // non-trivial norms and biases, larger weights
+    if (p.key().find("norm") != std::string::npos || p.key().find("bias") != std::string::npos)
+      p.value().copy_(torch::rand(p.value().sizes(), gen) + 0.5);
+    else
+      p.value().mul_(5);
+  }
+  m->eval();
+  return m;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Quantizers and the GGUF writer against gguf-py
+
+TEST(Quantize, BytesEqualGgufPy) {
+  std::string in = read_file(kData + "/export/quant_input.f32");
+  ASSERT_EQ(in.size(), 2048u * 4);
+  const float* x = reinterpret_cast<const float*>(in.data());
+  const std::pair<GgmlType, const char*> cases[] = {
+      {GgmlType::F16, "quant_f16.bin"}, {GgmlType::BF16, "quant_bf16.bin"}, {GgmlType::Q8_0, "quant_q8_0.bin"}};
+  for (auto [type, file] : cases) {
+    SCOPED_TRACE(file);
+    auto want = bytes_of(kData + "/export/" + file);
+    ASSERT_EQ(int64_t(want.size()), ggml_row_bytes(type, 2048));
+    std::vector<uint8_t> got(want.size());
+    quantize(type, x, got.data(), 2048);
+    size_t diff = 0;
+    for (size_t i = 0; i < got.size(); ++i) diff += got[i] != want[i];
+    EXPECT_EQ(diff, 0u);
+    // And back: dequantize(quantize(x)) stays near x. Q8_0: within d/2 per block, plus the fp16
+    // rounding of d (relative 2^-11, or 2^-25 absolute when subnormal) times |q| <= 127.
+    std::vector<float> back(2048);
+    dequantize(type, got.data(), back.data(), 2048);
+    if (type == GgmlType::Q8_0)
+      for (int b = 0; b < 64; ++b) {
+        float amax = 0;
+        for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(x[b * 32 + j]));
+        for (int j = 0; j < 32; ++j) EXPECT_LE(std::fabs(back[b * 32 + j] - x[b * 32 + j]), amax / 127 * (0.5f + 127.0f / 2048) + 127 * 3e-8f);
+      }
+  }
+  std::vector<uint8_t> out(34);
+  expect_error([&] { quantize(GgmlType::Q8_0, x, out.data(), 31); }, {"Q8_0", "31"});
+  expect_error([&] { quantize(GgmlType::Q4_K, x, out.data(), 256); }, {"Q4_K", "not supported"});
+}
+
+TEST(GgufWriter, BytesEqualGgufPy) {
+  TempDir tmp;
+  std::string in = read_file(kData + "/export/quant_input.f32");
+  const float* x = reinterpret_cast<const float*>(in.data());
+  GgufWriter w;
+  w.add_string("general.architecture", "llama");
+  w.add_uint8("t.u8", 200);
+  w.add_int8("t.i8", -100);
+  w.add_uint16("t.u16", 60000);
+  w.add_int16("t.i16", -30000);
+  w.add_uint32("t.u32", 4000000000u);
+  w.add_int32("t.i32", -2000000000);
+  w.add_uint64("t.u64", (uint64_t(1) << 63) + 5);
+  w.add_int64("t.i64", -(int64_t(1) << 62));
+  w.add_float32("t.f32", 0.1f);
+  w.add_float64("t.f64", 1e-300);
+  w.add_bool("t.bool", true);
+  w.add_string("t.str", "h\xc3\xa9llo\n\"world\"");
+  w.add_string_array("t.strs", {"a", "", "\xc4\xa0" "b c"});
+  w.add_int32_array("t.i32s", {1, -2, 3});
+  w.add_float32_array("t.f32s", {0.5f, -1.25f});
+  w.add_bool_array("t.bools", {true, false, true});
+  w.add_tensor("a.weight", {5}, GgmlType::F32, [](uint8_t* dst) {
+    for (int i = 0; i < 5; ++i) {
+      float v = 0.25f * float(i);
+      std::memcpy(dst + 4 * i, &v, 4);
+    }
+  });
+  w.add_tensor("b.weight", {3, 32}, GgmlType::F16, [x](uint8_t* dst) { quantize(GgmlType::F16, x, dst, 96); });
+  w.add_tensor("c.weight", {2, 64}, GgmlType::Q8_0, [x](uint8_t* dst) { quantize(GgmlType::Q8_0, x + 96, dst, 128); });
+  const std::string path = tmp.path + "/w.gguf";
+  w.write(path);
+  EXPECT_EQ(bytes_of(path), bytes_of(kData + "/export/writer.gguf"));
+  // Our reader agrees on a few values.
+  GgufFile f = GgufFile::open(path);
+  EXPECT_EQ(f.get("t.u64").as_uint(), (uint64_t(1) << 63) + 5);
+  EXPECT_EQ(f.get_string_array("t.strs")[2], "\xc4\xa0" "b c");
+  EXPECT_EQ(f.find_tensor("c.weight")->shape(), (std::vector<int64_t>{2, 64}));
+
+  GgufWriter bad;
+  bad.add_uint32("k", 1);
+  expect_error([&] { bad.add_uint32("k", 2); }, {"k", "twice"});
+  expect_error([&] { bad.add_tensor("q", {2, 33}, GgmlType::Q8_0, [](uint8_t*) {}); }, {"q", "33", "32"});
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tiny random models: HF and GGUF round trips
+
+TEST(ExportHf, TinyRoundTripExactLogitsAndTokenizer) {
+  for (auto [arch, tokdir] : std::initializer_list<std::pair<const char*, const char*>>{
+           {"llama", "llama3"}, {"qwen2", "qwen2_nfc"}, {"mistral", "qwen2"}}) {
+    SCOPED_TRACE(arch);
+    TempDir tmp;
+    Tokenizer tok = Tokenizer::from_hf_json(kData + "/tokenizer/" + std::string(tokdir) + "/tokenizer.json");
+    ModelHParams hp = tiny_hp(arch, tok.n_vocab());
+    LlamaModel m = tiny_model(hp, 7);
+    ExportInfo info;
+    info.chat_template = "{{ messages[0]['content'] }}";
+    info.eos_ids = {1};
+    info.provenance = {{"teacher", "unit test"}};
+    const std::string dir = tmp.path + "/hf";
+    export_hf(*m, tok, info, dir);
+    LoadedModel back = load_model(dir);
+    EXPECT_EQ(back.format, "hf");
+    EXPECT_EQ(back.hparams.to_json(), hp.to_json());
+    auto t = tokens(hp.n_vocab, 2, 9, 3);
+    EXPECT_TRUE(torch::equal(logits(*m, t), logits(*back.model, t)));
+    ASSERT_TRUE(back.tokenizer);
+    EXPECT_EQ(back.tokenizer->hash(), tok.hash());
+    EXPECT_EQ(back.tokenizer->add_bos_token(), tok.add_bos_token());
+    EXPECT_EQ(back.tokenizer->bos_id(), tok.bos_id());
+    EXPECT_EQ(back.chat_template, info.chat_template);
+    EXPECT_NE(std::find(back.eos_ids.begin(), back.eos_ids.end(), 1), back.eos_ids.end());
+    for (const auto& text : corpus()) EXPECT_EQ(back.tokenizer->encode(text, true, true), tok.encode(text, true, true));
+    auto cfg = nlohmann::json::parse(read_file(dir + "/config.json"));
+    EXPECT_EQ(cfg["tie_word_embeddings"], hp.tie_embeddings);
+    EXPECT_EQ(cfg["head_dim"], 16);
+    EXPECT_EQ(cfg["retort"]["teacher"], "unit test");
+  }
+}
+
+TEST(ExportHf, Bf16AndReplaceAndErrors) {
+  TempDir tmp;
+  Tokenizer tok = Tokenizer::from_hf_json(kData + "/tokenizer/qwen2/tokenizer.json");
+  ModelHParams hp = tiny_hp("qwen2", tok.n_vocab());
+  LlamaModel m = tiny_model(hp, 8);
+  const std::string dir = tmp.path + "/out";
+  fs::create_directories(dir);
+  write_file_atomic(dir + "/stale.txt", "old");
+  export_hf(*m, tok, {}, dir, "bf16");
+  EXPECT_FALSE(fs::exists(dir + "/stale.txt"));  // replaced whole
+  for (const auto& e : fs::directory_iterator(tmp.path))
+    EXPECT_EQ(e.path().filename().string(), "out") << "left behind: " << e.path();
+  LoadedModel back = load_model(dir);
+  EXPECT_EQ(back.tensors[0].type, "BF16");
+  // bf16 weights: the reloaded model equals the original with its weights rounded to bf16.
+  auto r = tiny_model(hp, 8);
+  {
+    torch::NoGradGuard ng;
+    for (auto& p : r->named_parameters()) p.value().copy_(p.value().to(torch::kBFloat16).to(torch::kFloat32));
+  }
+  auto t = tokens(hp.n_vocab, 1, 7, 4);
+  EXPECT_TRUE(torch::equal(logits(*r, t), logits(*back.model, t)));
+  expect_error([&] { export_hf(*m, tok, {}, dir, "f8"); }, {"dtype", "f8"});
+  EXPECT_TRUE(fs::exists(dir + "/model.safetensors"));
+}
+
+TEST(ExportGguf, TinyRoundTrip) {
+  for (auto [arch, tokdir] : std::initializer_list<std::pair<const char*, const char*>>{
+           {"llama", "llama3"}, {"qwen2", "qwen2_nfc"}, {"mistral", "qwen2_nfc"}}) {
+    SCOPED_TRACE(arch);
+    TempDir tmp;
+    Tokenizer tok = Tokenizer::from_hf_json(kData + "/tokenizer/" + std::string(tokdir) + "/tokenizer.json");
+    ModelHParams hp = tiny_hp(arch, tok.n_vocab());
+    LlamaModel m = tiny_model(hp, 9);
+    ExportInfo info;
+    info.chat_template = "{{ bos_token }}";
+    auto t = tokens(hp.n_vocab, 2, 11, 5);
+    auto ref = logits(*m, t);
+    for (std::string type : {"f32", "f16", "q8_0"}) {
+      SCOPED_TRACE(type);
+      const std::string path = tmp.path + "/m." + type + ".gguf";
+      export_gguf(*m, tok, info, path, type);
+      LoadedModel back = load_model(path);
+      GgufFile f = GgufFile::open(path);
+      EXPECT_EQ(f.get_string("general.architecture"), arch);
+      EXPECT_EQ(f.find_tensor("blk.0.attn_norm.weight")->type, 0u);  // 1-D stays F32
+      EXPECT_EQ(f.find_tensor("blk.1.ffn_up.weight")->type, type == "f32" ? 0u : type == "f16" ? 1u : 8u);
+      EXPECT_EQ(f.find_tensor("rope_freqs.weight") != nullptr, arch == std::string("llama"));
+      EXPECT_EQ(back.tokenizer->hash(), tok.hash());
+      EXPECT_EQ(back.chat_template, "{{ bos_token }}");
+      // llama3 scaling is stored as rope_freqs on export; the loaded hparams carry the factors instead.
+      ModelHParams want = hp;
+      want.rope_scaling = back.hparams.rope_scaling;
+      want.rope_freq_factors = back.hparams.rope_freq_factors;
+      EXPECT_EQ(back.hparams.to_json(), want.to_json());
+      auto got = logits(*back.model, t);
+      const double err = (got - ref).abs().max().item<double>(), scale = ref.abs().max().item<double>();
+      if (type == "f32" && arch != std::string("llama")) EXPECT_TRUE(torch::equal(got, ref));
+      else if (type == "f32") EXPECT_LT(err, 1e-4 * scale);  // llama3 factors: same RoPE up to float rounding
+      else if (type == "f16") EXPECT_LT(err, 5e-3 * scale);
+      else EXPECT_LT(err, 3e-2 * scale);
+      if (type == "f32") {
+        // Exact weights: q/k rows went through the llama.cpp permutation and back.
+        auto pa = m->named_parameters(), pb = back.model->named_parameters();
+        for (const auto& kv : pa) EXPECT_TRUE(torch::equal(kv.value(), pb[kv.key()])) << kv.key();
+      }
+    }
+    expect_error([&] { export_gguf(*m, tok, info, tmp.path + "/x.gguf", "q4_k"); }, {"type", "q4_k"});
+  }
+}
+
+TEST(ExportGguf, Q8FallsBackToF16ForShortRows) {
+  TempDir tmp;
+  Tokenizer tok = Tokenizer::from_hf_json(kData + "/tokenizer/qwen2/tokenizer.json");
+  ModelHParams hp = tiny_hp("qwen2", tok.n_vocab());
+  hp.n_ff = 40;  // ffn_down rows have 40 values: not a multiple of 32
+  LlamaModel m = tiny_model(hp, 10);
+  export_gguf(*m, tok, {}, tmp.path + "/m.gguf", "q8_0");
+  GgufFile f = GgufFile::open(tmp.path + "/m.gguf");
+  EXPECT_EQ(f.find_tensor("blk.0.ffn_down.weight")->type, 1u);
+  EXPECT_EQ(f.find_tensor("blk.0.ffn_up.weight")->type, 8u);
+  EXPECT_EQ(f.find_tensor("token_embd.weight")->type, 8u);
+  load_model(tmp.path + "/m.gguf");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The default model
+
+TEST(ExportDefault, HfAndGgufF32ReloadToTheSameLogits) {
+  if (!fs::exists(smollm2_path())) GTEST_SKIP() << "SmolLM2 GGUF not found at " << smollm2_path();
+  TempDir tmp;
+  LoadedModel src = load_model(smollm2_path());
+  ExportInfo info;
+  info.chat_template = src.chat_template;
+  info.eos_ids = src.eos_ids;
+  info.generation_defaults = src.generation_defaults;
+  auto t = tokens(src.hparams.n_vocab, 1, 16, 6);
+  auto ref = logits(*src.model, t);
+
+  export_hf(*src.model, *src.tokenizer, info, tmp.path + "/hf");
+  {
+    LoadedModel hf = load_model(tmp.path + "/hf");
+    EXPECT_TRUE(torch::equal(logits(*hf.model, t), ref));
+    EXPECT_EQ(hf.tokenizer->hash(), src.tokenizer->hash());
+    EXPECT_EQ(hf.chat_template, src.chat_template);
+    EXPECT_EQ(hf.eos_ids, src.eos_ids);
+    // The exported tokenizer.json (read alone, as HF would) encodes the corpus as the GGUF tokenizer does.
+    Tokenizer alone = Tokenizer::from_hf_json(tmp.path + "/hf/tokenizer.json");
+    EXPECT_EQ(alone.pre_tokenizer_name(), "smollm");
+    for (const auto& text : corpus()) EXPECT_EQ(alone.encode(text), src.tokenizer->encode(text));
+  }
+  fs::remove_all(tmp.path + "/hf");
+
+  export_gguf(*src.model, *src.tokenizer, info, tmp.path + "/m.gguf", "f32");
+  {
+    LoadedModel g = load_model(tmp.path + "/m.gguf");
+    EXPECT_TRUE(torch::equal(logits(*g.model, t), ref));
+    EXPECT_EQ(g.tokenizer->hash(), src.tokenizer->hash());
+    EXPECT_EQ(g.chat_template, src.chat_template);
+    EXPECT_EQ(g.eos_ids, src.eos_ids);
+    GgufFile a = GgufFile::open(smollm2_path()), b = GgufFile::open(tmp.path + "/m.gguf");
+    for (const char* k : {"llama.context_length", "llama.embedding_length", "llama.block_count",
+                          "llama.feed_forward_length", "llama.attention.head_count", "llama.attention.head_count_kv",
+                          "llama.rope.freq_base", "llama.attention.layer_norm_rms_epsilon", "llama.vocab_size",
+                          "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
+                          "tokenizer.ggml.padding_token_id", "tokenizer.ggml.pre", "tokenizer.ggml.model",
+                          "tokenizer.ggml.add_bos_token"})
+      if (a.find(k)) EXPECT_EQ(a.value_to_string(k), b.value_to_string(k)) << k;
+    EXPECT_EQ(a.get_int_array("tokenizer.ggml.token_type"), b.get_int_array("tokenizer.ggml.token_type"));
+    EXPECT_EQ(a.get_string_array("tokenizer.ggml.merges"), b.get_string_array("tokenizer.ggml.merges"));
+  }
+}
+
+TEST(ExportDefault, GgufQ8IsClose) {
+  if (!fs::exists(smollm2_path())) GTEST_SKIP() << "SmolLM2 GGUF not found at " << smollm2_path();
+  TempDir tmp;
+  LoadedModel src = load_model(smollm2_path());
+  export_gguf(*src.model, *src.tokenizer, {}, tmp.path + "/m.gguf", "q8_0");
+  LoadedModel g = load_model(tmp.path + "/m.gguf");
+  auto t = tokens(src.hparams.n_vocab, 1, 16, 7);
+  auto ref = torch::log_softmax(logits(*src.model, t), -1), got = torch::log_softmax(logits(*g.model, t), -1);
+  // Q8_0 on top of Q4_1 weights: the next-token distribution barely moves.
+  auto p = ref.exp();
+  double kl = (p * (ref - got)).sum(-1).max().item<double>();
+  EXPECT_LT(kl, 0.02);
+  EXPECT_GT(kl, 0.0);  // it was quantized
+  EXPECT_EQ(ref.argmax(-1).eq(got.argmax(-1)).sum().item<int64_t>() >= 14, true);
+}
