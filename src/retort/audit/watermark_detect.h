@@ -4,6 +4,8 @@
 // before it (w = KGW previous_tokens() or Gumbel h). Positions without a full window are
 // skipped. Each distinct (window, token) pair is scored once (repeated n-grams would
 // otherwise count many times: a text repeating one phrase is not more watermarked).
+// KGW selfhash: green-ness depends on (min-hash seed, token) only, and many windows share a
+// seed, so there the distinct unit is (seed, token) — the only one with independent outcomes.
 //
 // Statistics over T scored pairs, with exact tails (util/stats.h):
 //   kgw:    score s = green count;          z = (s − γT)/√(Tγ(1−γ));  p = P[Bin(T, γ) >= s]
@@ -75,11 +77,14 @@ class WatermarkScorer {
   void reserve_pairs(size_t n);                                       // room for n more pairs
   bool insert_pair(std::span<const int32_t> win, int32_t token, uint64_t hash);  // false: seen before
   double score_pair(std::span<const int32_t> win, int32_t token);     // watermark_pair_score, fast
+  uint64_t self_seed(std::span<const int32_t> win, int32_t token);    // kgw selfhash min-hash seed
+  bool add_self_pair(std::span<const int32_t> win, int32_t token);    // selfhash with dedup on (seed, token)
 
   HashKey key_;
   DetectorConfig config_;
   int window_;
-  bool kgw_ = false, lefthash_ = false;
+  bool kgw_ = false, lefthash_ = false, selfhash_ = false;
+  int key_width_ = 0;                      // ints of a dedup key before the token: window_, or 2 (selfhash seed)
   uint64_t threshold_ = 0;                 // kgw: green iff hash < threshold
   int64_t offered_ = 0, scored_ = 0;
   double score_ = 0;
