@@ -330,14 +330,23 @@ TEST(ExportGguf, Q8FallsBackToF16ForShortRows) {
 // ---------------------------------------------------------------------------------------------
 // The default model
 
-TEST(ExportDefault, HfAndGgufF32ReloadToTheSameLogits) {
-  if (!fs::exists(smollm2_path())) GTEST_SKIP() << "SmolLM2 GGUF not found at " << smollm2_path();
-  TempDir tmp;
-  LoadedModel src = load_model(smollm2_path());
+namespace {
+
+ExportInfo info_of(const LoadedModel& src) {
   ExportInfo info;
   info.chat_template = src.chat_template;
   info.eos_ids = src.eos_ids;
   info.generation_defaults = src.generation_defaults;
+  return info;
+}
+
+}  // namespace
+
+TEST(ExportDefault, HfF32ReloadsToTheSameLogitsAndTokens) {
+  if (!fs::exists(smollm2_path())) GTEST_SKIP() << "SmolLM2 GGUF not found at " << smollm2_path();
+  TempDir tmp;
+  LoadedModel src = load_model(smollm2_path());
+  ExportInfo info = info_of(src);
   auto t = tokens(src.hparams.n_vocab, 1, 16, 6);
   auto ref = logits(*src.model, t);
 
@@ -353,7 +362,15 @@ TEST(ExportDefault, HfAndGgufF32ReloadToTheSameLogits) {
     EXPECT_EQ(alone.pre_tokenizer_name(), "smollm");
     for (const auto& text : corpus()) EXPECT_EQ(alone.encode(text), src.tokenizer->encode(text));
   }
-  fs::remove_all(tmp.path + "/hf");
+}
+
+TEST(ExportDefault, GgufF32ReloadsToTheSameLogitsAndMetadata) {
+  if (!fs::exists(smollm2_path())) GTEST_SKIP() << "SmolLM2 GGUF not found at " << smollm2_path();
+  TempDir tmp;
+  LoadedModel src = load_model(smollm2_path());
+  ExportInfo info = info_of(src);
+  auto t = tokens(src.hparams.n_vocab, 1, 16, 6);
+  auto ref = logits(*src.model, t);
 
   export_gguf(*src.model, *src.tokenizer, info, tmp.path + "/m.gguf", "f32");
   {
