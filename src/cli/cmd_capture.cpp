@@ -66,6 +66,7 @@ void run(CaptureArgs& a) {
   CaptureOptions& c = a.capture;
   c.chat = !a.no_chat;
   c.progress = !a.quiet;
+  check_prompts_file(c);  // a bad line fails before the (slow) teacher load
   LoadedModel m = load_for_cli(a.model);
   if (!a.watermark.scheme.empty()) {
     check(c.mode == "generate", "--watermark applies to --mode generate only");

@@ -388,6 +388,11 @@ uint64_t capture_sample_seed(uint64_t seed, int64_t prompt_index, int64_t sample
   return rng_u64(rng_u64(seed, static_cast<uint64_t>(prompt_index)), static_cast<uint64_t>(sample_index));
 }
 
+int64_t check_prompts_file(const CaptureOptions& opts) {
+  check(opts.mode == "generate" || opts.mode == "score", "--mode must be generate or score, got \"", opts.mode, "\"");
+  return static_cast<int64_t>(read_prompt_lines(opts.prompts_path, opts).size());
+}
+
 CaptureSummary capture(LoadedModel& teacher, const std::string& teacher_spec, const CaptureOptions& opts) {
   const auto t0 = std::chrono::steady_clock::now();
   check_options(teacher, opts);

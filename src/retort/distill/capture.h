@@ -54,6 +54,10 @@ struct CaptureSummary {
 // The seed sample (prompt_index, sample_index) is generated with: rng_u64(rng_u64(seed, p), s).
 uint64_t capture_sample_seed(uint64_t seed, int64_t prompt_index, int64_t sample_index);
 
+// Reads and checks the prompts file as capture() will (fields per mode) without a model, so
+// the CLI can refuse a bad line before loading the teacher. Returns the number of prompts.
+int64_t check_prompts_file(const CaptureOptions& opts);
+
 // teacher_spec is what the user passed (`--teacher`), recorded in the manifest.
 // Throws retort::Error for a bad prompts file (naming line and field), a store that does not
 // match (another teacher/tokenizer/settings), or bad options.
