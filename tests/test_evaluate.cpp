@@ -298,7 +298,7 @@ TEST(Evaluate, TeacherAgainstItsOwnCapture) {
     EXPECT_GT(r["speed"]["prefill_tok_s"].get<double>(), 0);
     EXPECT_GT(r["speed"]["decode_tok_s"].get<double>(), 0);
   }
-  EXPECT_NEAR(j["teacher_nll_forward_minus_store"].get<double>(), m.nll - m.teacher_nll, 1e-9);
+  EXPECT_NEAR(j["teacher_nll_forward_minus_store"].get<double>(), m.nll - m.teacher_nll, 1e-6);  // other batching
   ASSERT_EQ(j["generations"].size(), 2u);
   for (const auto& g : j["generations"]) {
     EXPECT_EQ(g["student"], g["teacher"]);
