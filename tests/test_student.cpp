@@ -217,14 +217,26 @@ TEST(Student, PruneDropsDeadChannelsAndSpreadsLayers) {
   auto ch = idx(all_but(32, u.channels));
   EXPECT_TRUE(torch::equal(sp["model.embed_tokens.weight"], tp["model.embed_tokens.weight"].index_select(1, ch)));
   EXPECT_TRUE(torch::equal(sp["lm_head.weight"], tp["lm_head.weight"].index_select(1, ch)));
-  EXPECT_TRUE(torch::equal(sp["model.norm.weight"], tp["model.norm.weight"].index_select(0, ch)));
+  // Dropped channels are 0, so the norm rescale is exactly sqrt(32 / 30) (see prune_from_teacher).
+  const double rescale = std::sqrt(32.0 / 30.0);
+  EXPECT_TRUE(torch::allclose(sp["model.norm.weight"], tp["model.norm.weight"].index_select(0, ch) * rescale, 1e-5, 0));
   // Layers 0 and 3 (first and last) of the teacher's 4; heads/FFN are all kept.
   for (auto [si, ti] : std::initializer_list<std::pair<int, int>>{{0, 0}, {1, 3}}) {
     std::string s_pre = "model.layers." + std::to_string(si) + ".", t_pre = "model.layers." + std::to_string(ti) + ".";
-    EXPECT_TRUE(torch::equal(sp[s_pre + "input_layernorm.weight"], tp[t_pre + "input_layernorm.weight"].index_select(0, ch)));
+    EXPECT_TRUE(torch::allclose(sp[s_pre + "input_layernorm.weight"],
+                                tp[t_pre + "input_layernorm.weight"].index_select(0, ch) * rescale, 1e-5, 0));
     EXPECT_TRUE(torch::equal(sp[s_pre + "self_attn.q_proj.weight"], tp[t_pre + "self_attn.q_proj.weight"].index_select(1, ch)));
     EXPECT_TRUE(torch::equal(sp[s_pre + "self_attn.o_proj.weight"], tp[t_pre + "self_attn.o_proj.weight"].index_select(0, ch)));
     EXPECT_TRUE(torch::equal(sp[s_pre + "mlp.down_proj.weight"], tp[t_pre + "mlp.down_proj.weight"].index_select(0, ch)));
+  }
+  // Width-only prune of the dead channels: with the norm rescale it is the same function.
+  {
+    auto hp_w = student_hparams(t.hparams, StudentConfig::parse("hidden=30"));
+    auto sw = prune_from_teacher(t, hp_w, calibration(64, 2, 12, 5));
+    torch::NoGradGuard ng;
+    auto tokens = calibration(64, 2, 10, 9);
+    auto lt = t.model->forward(tokens), lw = sw->forward(tokens);
+    EXPECT_LT((lt - lw).abs().max().item<double>(), 1e-4 * (1 + lt.abs().max().item<double>()));
   }
   // Calibration ids out of range are input errors.
   expect_error([&] { prune_from_teacher(t, hp, torch::full({1, 3}, 64, torch::kInt64)); }, {"calibration", "64"});

@@ -249,7 +249,19 @@ struct Importance {
   torch::Tensor channel;              // [n_embd]  Σ_l mean_{b,t} |x_l|  (residual stream entering each layer + final)
   std::vector<torch::Tensor> head;    // per layer [n_head]  mean_{b,t} ‖attn_out_h‖₂
   std::vector<torch::Tensor> neuron;  // per layer [n_ff]    mean_{b,t} |silu(gate)·up|
+  // Per-channel mean_{b,t} x² at the input of every RMSNorm: [n_embd] each. Used to rescale the
+  // kept norm weights (see norm_rescale).
+  std::vector<torch::Tensor> sq_attn_in, sq_mlp_in;  // per layer
+  torch::Tensor sq_final;
 };
+
+// RMSNorm divides by rms over the channels it sees. Over the kept (more important, larger)
+// channels the rms is larger than over all of them, so a pruned norm would shrink its output.
+// Multiplying the kept weights by sqrt(mean_kept E[x²] / mean_all E[x²]) restores the teacher's
+// scale on the calibration data (exact when the dropped channels are zero).
+torch::Tensor norm_rescale(const torch::Tensor& sq, const torch::Tensor& kept) {
+  return (sq.index_select(0, kept).mean() / sq.mean().clamp_min(1e-30)).sqrt();
+}
 
 Importance importance(LlamaModelImpl& m, const torch::Tensor& calibration) {
   torch::NoGradGuard no_grad;
@@ -269,6 +281,7 @@ Importance importance(LlamaModelImpl& m, const torch::Tensor& calibration) {
   for (auto& layer : m.model->layers) {
     imp.channel += x.abs().mean(std::vector<int64_t>{0, 1});
     auto& at = layer->self_attn;
+    imp.sq_attn_in.push_back(x.square().mean(std::vector<int64_t>{0, 1}));
     auto hn = rms(x, layer->input_layernorm->weight, hp.rms_eps);
     auto q = rope(linear32(hn, *at->q_proj).view({B, T, H, D}).transpose(1, 2), cos, sin);       // [B, H, T, D]
     auto k = rope(linear32(hn, *at->k_proj).view({B, T, Hkv, D}).transpose(1, 2), cos, sin);     // [B, Hkv, T, D]
@@ -281,12 +294,14 @@ Importance importance(LlamaModelImpl& m, const torch::Tensor& calibration) {
     imp.head.push_back(out.norm(2, -1).mean(std::vector<int64_t>{0, 2}));                            // [H]
     x = x + linear32(out.transpose(1, 2).reshape({B, T, H * D}), *at->o_proj);
     auto& mlp = layer->mlp;
+    imp.sq_mlp_in.push_back(x.square().mean(std::vector<int64_t>{0, 1}));
     auto h2 = rms(x, layer->post_attention_layernorm->weight, hp.rms_eps);
     auto act = torch::silu(linear32(h2, *mlp->gate_proj)) * linear32(h2, *mlp->up_proj);  // [B, T, F]
     imp.neuron.push_back(act.abs().mean(std::vector<int64_t>{0, 1}));
     x = x + linear32(act, *mlp->down_proj);
   }
   imp.channel += x.abs().mean(std::vector<int64_t>{0, 1});
+  imp.sq_final = x.square().mean(std::vector<int64_t>{0, 1});
   return imp;
 }
 
@@ -362,7 +377,13 @@ LlamaModel prune_from_teacher(LoadedModel& teacher, const ModelHParams& s, const
   };
 
   put("model.embed_tokens.weight", f32("model.embed_tokens.weight").index_select(1, ch));
-  put("model.norm.weight", f32("model.norm.weight").index_select(0, ch));
+  // Norm weights: the kept slice, rescaled when channels were dropped (norm_rescale).
+  const bool width_pruned = s.n_embd < t.n_embd;
+  auto norm_w = [&](const std::string& name, const torch::Tensor& sq) {
+    auto w = f32(name).index_select(0, ch);
+    return width_pruned ? w * norm_rescale(sq, ch) : w;
+  };
+  put("model.norm.weight", norm_w("model.norm.weight", imp.sq_final));
   if (!s.tie_embeddings) put("lm_head.weight", f32("lm_head.weight").index_select(1, ch));
 
   for (int64_t i = 0; i < s.n_layer; ++i) {
@@ -379,8 +400,8 @@ LlamaModel prune_from_teacher(LoadedModel& teacher, const ModelHParams& s, const
     auto q_rows = index_tensor(head_rows(q_heads, D), dev), kv_rows = index_tensor(head_rows(groups, D), dev);
     auto ff = index_tensor(top_n(imp.neuron[size_t(l)], s.n_ff), dev);
 
-    put(sp + "input_layernorm.weight", f32(tp + "input_layernorm.weight").index_select(0, ch));
-    put(sp + "post_attention_layernorm.weight", f32(tp + "post_attention_layernorm.weight").index_select(0, ch));
+    put(sp + "input_layernorm.weight", norm_w(tp + "input_layernorm.weight", imp.sq_attn_in[size_t(l)]));
+    put(sp + "post_attention_layernorm.weight", norm_w(tp + "post_attention_layernorm.weight", imp.sq_mlp_in[size_t(l)]));
     put(sp + "self_attn.q_proj.weight", f32(tp + "self_attn.q_proj.weight").index_select(0, q_rows).index_select(1, ch));
     put(sp + "self_attn.k_proj.weight", f32(tp + "self_attn.k_proj.weight").index_select(0, kv_rows).index_select(1, ch));
     put(sp + "self_attn.v_proj.weight", f32(tp + "self_attn.v_proj.weight").index_select(0, kv_rows).index_select(1, ch));

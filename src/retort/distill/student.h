@@ -44,6 +44,8 @@ LlamaModel make_random_student(const ModelHParams& hp, uint64_t seed);
 //    channels by mean |activation| of the residual stream (Σ over layers), attention heads
 //    by the mean norm of their output, FFN neurons by mean |silu(gate)·up|; keep the top ones
 //    (indices kept in ascending order) and slice every weight accordingly;
+//    RMSNorm weights keep their slice times sqrt(mean_kept E[x²] / mean_all E[x²]) measured
+//    on the calibration rows, so each norm's output keeps the teacher's scale;
 //  - depth: keep n_layer layers spread evenly across the teacher's (first and last always kept).
 //  - KV heads: keep groups whole; n_head_kv must divide the kept query heads.
 // Deterministic for the same teacher, calibration and config. Returns float32 weights.
