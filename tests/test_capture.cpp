@@ -26,9 +26,11 @@
 #include "retort/text/tokenizer.h"
 #include "retort/util/error.h"
 #include "retort/util/file.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 using namespace retort;
+using namespace retort_test;
 using nlohmann::json;
 
 namespace {
@@ -39,18 +41,6 @@ std::string default_model_path() {
       home && *home ? home : std::string(std::getenv("HOME") ? std::getenv("HOME") : "") + "/.cache/retort";
   return base + "/models/smollm2-135m-instruct.gguf";
 }
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path = fs::temp_directory_path() / cat("retort_capture_", ::getpid(), "_", info->name());
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string str(const std::string& sub) const { return (path / sub).string(); }
-};
 
 // Three prompts: a raw prompt (chat-formatted), a conversation, one with its own system message.
 const std::vector<json> kPrompts = {

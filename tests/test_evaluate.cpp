@@ -26,23 +26,13 @@
 #include "retort/model/loader.h"
 #include "retort/text/tokenizer.h"
 #include "retort/util/error.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 using namespace retort;
+using namespace retort_test;
 
 namespace {
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path = fs::temp_directory_path() / cat("retort_eval_", ::getpid(), "_", info->name());
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string operator/(const std::string& name) const { return (path / name).string(); }
-};
 
 std::string default_model_path() {
   const char* home = std::getenv("RETORT_HOME");

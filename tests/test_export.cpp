@@ -27,15 +27,16 @@
 #include "retort/text/tokenizer.h"
 #include "retort/util/error.h"
 #include "retort/util/file.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 using namespace retort;
+using retort_test::expect_error;
+using retort_test::smollm2_path;
 
 namespace {
 
 const std::string kData = RETORT_TEST_DATA;
-
-std::string smollm2_path() { return model_cache_dir() + "/smollm2-135m-instruct.gguf"; }
 
 // A fresh scratch directory per test, removed at the end.
 struct TempDir {
@@ -53,17 +54,6 @@ struct TempDir {
 std::vector<uint8_t> bytes_of(const std::string& path) {
   std::string s = read_file(path);
   return std::vector<uint8_t>(s.begin(), s.end());
-}
-
-template <class F>
-void expect_error(F&& f, std::initializer_list<std::string> parts) {
-  try {
-    f();
-    ADD_FAILURE() << "expected retort::Error";
-  } catch (const Error& e) {
-    std::string msg = e.what();
-    for (const auto& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "missing \"" << p << "\" in: " << msg;
-  }
 }
 
 // Every text of the tokenizer test corpus (the {"text": ...} lines; {"hex": ...} lines as bytes).

@@ -20,31 +20,19 @@
 #include "retort/model/llama.h"
 #include "retort/model/loader.h"
 #include "retort/util/error.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 using namespace retort;
+using namespace retort_test;
 
 namespace {
 
 const std::string kData = RETORT_TEST_DATA;
 
-std::string smollm2_path() { return model_cache_dir() + "/smollm2-135m-instruct.gguf"; }
-
 #define SKIP_WITHOUT_SMOLLM2()                                                                     \
   if (!fs::exists(smollm2_path()))                                                                 \
   GTEST_SKIP() << "SmolLM2 GGUF not found at " << smollm2_path() << " (run scripts/setup.sh)"
-
-// Expect retort::Error whose message contains every one of `parts`.
-template <class F>
-void expect_error(F&& f, std::initializer_list<std::string> parts) {
-  try {
-    f();
-    ADD_FAILURE() << "expected retort::Error";
-  } catch (const Error& e) {
-    std::string msg = e.what();
-    for (const auto& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "missing \"" << p << "\" in: " << msg;
-  }
-}
 
 torch::Tensor read_i64(const SafetensorsFile& f, const std::string& name) {
   const auto* t = f.find(name);

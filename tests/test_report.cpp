@@ -18,23 +18,13 @@
 #include "retort/distill/report.h"
 #include "retort/util/error.h"
 #include "retort/util/file.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 using namespace retort;
+using namespace retort_test;
 
 namespace {
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path = fs::temp_directory_path() / cat("retort_report_", ::getpid(), "_", info->name());
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string operator/(const std::string& name) const { return (path / name).string(); }
-};
 
 // Checks that every element is closed in order, that no raw '<' or '>' sits in text, and that
 // attribute quotes pair up. Returns "" when well-formed, else what is wrong.

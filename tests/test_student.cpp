@@ -13,25 +13,14 @@
 #include "retort/distill/student.h"
 #include "retort/model/loader.h"
 #include "retort/util/error.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 using namespace retort;
+using namespace retort_test;
 using torch::indexing::Slice;
 
 namespace {
-
-std::string smollm2_path() { return model_cache_dir() + "/smollm2-135m-instruct.gguf"; }
-
-template <class F>
-void expect_error(F&& f, std::initializer_list<std::string> parts) {
-  try {
-    f();
-    ADD_FAILURE() << "expected retort::Error";
-  } catch (const Error& e) {
-    std::string msg = e.what();
-    for (const auto& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "missing \"" << p << "\" in: " << msg;
-  }
-}
 
 ModelHParams smollm_like() {
   ModelHParams hp;

@@ -21,24 +21,15 @@
 #include "retort/text/tokenizer.h"
 #include "retort/util/error.h"
 #include "retort/util/file.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 using namespace retort;
+using retort_test::expect_error;
 
 namespace {
 
 const std::string kData = std::string(RETORT_TEST_DATA) + "/trainer";
-
-template <class F>
-void expect_error(F&& f, std::initializer_list<std::string> parts) {
-  try {
-    f();
-    ADD_FAILURE() << "expected retort::Error";
-  } catch (const Error& e) {
-    std::string msg = e.what();
-    for (const auto& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "missing \"" << p << "\" in: " << msg;
-  }
-}
 
 struct TempDir {
   fs::path path;
