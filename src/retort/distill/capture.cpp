@@ -36,19 +36,9 @@ namespace {
 constexpr int64_t kScoreTokenBudget = 8192;
 constexpr int64_t kScoreLogitRows = 512;
 
-std::string hex32(const std::array<uint8_t, 32>& d) {
-  static const char* digits = "0123456789abcdef";
-  std::string s(64, '0');
-  for (size_t i = 0; i < 32; ++i) {
-    s[2 * i] = digits[d[i] >> 4];
-    s[2 * i + 1] = digits[d[i] & 15];
-  }
-  return s;
-}
-
 std::string sha256_file(const std::string& path) {
   MappedFile m(path);
-  return hex32(sha256(m.data(), m.size()));
+  return sha256_hex(m.data(), m.size());
 }
 
 // The teacher's identity: sha256 of its GGUF file, or for a Hugging Face directory the sha256
@@ -82,7 +72,7 @@ std::string teacher_sha256(const std::string& path) {
   if (fs::is_directory(path)) {
     std::string lines;
     for (const auto& f : files) lines += f.filename().string() + " " + sha256_file(f.string()) + "\n";
-    digest = hex32(sha256(reinterpret_cast<const uint8_t*>(lines.data()), lines.size()));
+    digest = sha256_hex(reinterpret_cast<const uint8_t*>(lines.data()), lines.size());
   } else {
     digest = sha256_file(path);
   }

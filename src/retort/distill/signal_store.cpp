@@ -23,17 +23,7 @@ constexpr const char* kFormat = "retort-signal-store";
 constexpr int kVersion = 1;
 constexpr const char* kManifestName = "manifest.json";
 
-std::string hex(const std::array<uint8_t, 32>& d) {
-  static const char* digits = "0123456789abcdef";
-  std::string s(64, '0');
-  for (size_t i = 0; i < 32; ++i) {
-    s[2 * i] = digits[d[i] >> 4];
-    s[2 * i + 1] = digits[d[i] & 15];
-  }
-  return s;
-}
-
-std::string sha256_of_mapping(const MappedFile& m) { return hex(sha256(m.data(), m.size())); }
+std::string sha256_of_mapping(const MappedFile& m) { return sha256_hex(m.data(), m.size()); }
 
 std::string shard_file_name(size_t index) {
   char buf[64];

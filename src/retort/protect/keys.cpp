@@ -187,4 +187,9 @@ WatermarkKey derive_account_key(const WatermarkKey& master, std::string_view acc
   return k;
 }
 
+std::string sha256_hex(const uint8_t* data, size_t len) {
+  auto d = sha256(data, len);
+  return to_hex(d.data(), d.size());
+}
+
 }  // namespace retort

@@ -53,5 +53,7 @@ WatermarkKey derive_account_key(const WatermarkKey& master, std::string_view acc
 // FIPS 180-4 SHA-256 and RFC 2104 HMAC-SHA-256 (exposed for other schemes and tests).
 std::array<uint8_t, 32> sha256(const uint8_t* data, size_t len);
 std::array<uint8_t, 32> hmac_sha256(const uint8_t* key, size_t key_len, const uint8_t* msg, size_t msg_len);
+// SHA-256 as 64 lowercase hex digits (file and shard identities in manifests).
+std::string sha256_hex(const uint8_t* data, size_t len);
 
 }  // namespace retort
