@@ -202,10 +202,13 @@ void run_detect(DetectArgs& a) {
 
   if (accounts.empty()) {
     WatermarkScorer all(master, cfg);  // pooled over documents, deduplicated across them
+    WatermarkScorer one(master, cfg);  // per document (reset between them; keeps its seed caches)
     json jdocs = json::array();
     std::vector<DetectionResult> per_doc;
     for (const Doc& d : docs) {
-      per_doc.push_back(detect_tokens(master, cfg, d.ids));
+      one.reset();
+      one.add_tokens(d.ids);
+      per_doc.push_back(one.result());
       all.add_tokens(d.ids);
       json j = result_json(per_doc.back());
       j["id"] = d.id;

@@ -47,7 +47,7 @@ inline uint64_t pair_hash(std::span<const int32_t> win, int32_t token) {
   return h;
 }
 
-constexpr int32_t kSelfPairCacheMax = 1 << 20;  // token ids cached for selfhash P(v, v)
+constexpr int32_t kSeedCacheMax = 1 << 20;  // token ids whose per-token seed (anchor, lefthash h = 1) is cached
 }  // namespace
 
 WatermarkScorer::WatermarkScorer(const WatermarkKey& key, DetectorConfig config)
@@ -59,6 +59,7 @@ WatermarkScorer::WatermarkScorer(const WatermarkKey& key, DetectorConfig config)
   selfhash_ = kgw_ && !lefthash_;
   key_width_ = selfhash_ ? 2 : window_;
   if (kgw_) threshold_ = green_threshold(config_.kgw.gamma);
+  if (selfhash_) green_seed_ = keyed_seed(key_, kDomainKgwSelfGreenSeed, {});
 }
 
 void WatermarkScorer::reserve_pairs(size_t n) {
@@ -105,24 +106,33 @@ bool WatermarkScorer::insert_pair(std::span<const int32_t> win, int32_t token, u
 double WatermarkScorer::score_pair(std::span<const int32_t> win, int32_t token) {
   if (!kgw_) return gumbel_score(key_, config_.gumbel, win, token);
   // The definitions of kgw.h, with the per-call config parsing hoisted out.
-  if (lefthash_) return keyed_hash(key_, kDomainKgwLeft, win, token) < threshold_ ? 1.0 : 0.0;
-  return keyed_hash_u64(key_, kDomainKgwSelfGreen, self_seed(win, token), static_cast<uint32_t>(token)) < threshold_
-             ? 1.0
-             : 0.0;
+  const uint32_t v = static_cast<uint32_t>(token);
+  if (lefthash_) return stream_hash(left_seed(win), v) < threshold_ ? 1.0 : 0.0;
+  return stream_hash(self_seed(win, token) ^ green_seed_, v) < threshold_ ? 1.0 : 0.0;
+}
+
+uint64_t WatermarkScorer::anchor(int32_t u) {
+  if (u < 0 || u >= kSeedCacheMax) return kgw_self_anchor(key_, u);
+  if (static_cast<size_t>(u) >= seed_cache_.size()) seed_cache_.resize(static_cast<size_t>(u) + 1, 0);
+  uint64_t& a = seed_cache_[u];
+  if (a == 0) a = kgw_self_anchor(key_, u);  // (a true 0 is just recomputed)
+  return a;
+}
+
+uint64_t WatermarkScorer::left_seed(std::span<const int32_t> win) {
+  // h = 1 (the default): the seed is a function of one token id, cached like the anchors.
+  if (win.size() != 1 || win[0] < 0 || win[0] >= kSeedCacheMax) return keyed_seed(key_, kDomainKgwLeftSeed, win);
+  const int32_t u = win[0];
+  if (static_cast<size_t>(u) >= seed_cache_.size()) seed_cache_.resize(static_cast<size_t>(u) + 1, 0);
+  uint64_t& a = seed_cache_[u];
+  if (a == 0) a = keyed_seed(key_, kDomainKgwLeftSeed, win);
+  return a;
 }
 
 uint64_t WatermarkScorer::self_seed(std::span<const int32_t> win, int32_t token) {
   const uint32_t v = static_cast<uint32_t>(token);
-  uint64_t seed;
-  if (token >= 0 && token < kSelfPairCacheMax) {
-    if (static_cast<size_t>(token) >= self_pair_.size()) self_pair_.resize(static_cast<size_t>(token) + 1, 0);
-    uint64_t& p = self_pair_[token];
-    if (p == 0) p = keyed_hash_u64(key_, kDomainKgwSelfPair, v, v);  // (a true 0 is just recomputed)
-    seed = p;
-  } else {
-    seed = keyed_hash_u64(key_, kDomainKgwSelfPair, v, v);
-  }
-  for (int32_t u : win) seed = std::min(seed, keyed_hash_u64(key_, kDomainKgwSelfPair, static_cast<uint32_t>(u), v));
+  uint64_t seed = stream_hash(anchor(token), v);
+  for (int32_t u : win) seed = std::min(seed, stream_hash(anchor(u), v));
   return seed;
 }
 
@@ -134,8 +144,13 @@ uint64_t WatermarkScorer::self_seed(std::span<const int32_t> win, int32_t token)
 bool WatermarkScorer::add_self_pair(std::span<const int32_t> win, int32_t token) {
   const uint64_t seed = self_seed(win, token);
   const int32_t key[2] = {static_cast<int32_t>(static_cast<uint32_t>(seed)), static_cast<int32_t>(static_cast<uint32_t>(seed >> 32))};
-  if (!insert_pair({key, 2}, token, pair_hash({key, 2}, token))) return false;
-  score_ += keyed_hash_u64(key_, kDomainKgwSelfGreen, seed, static_cast<uint32_t>(token)) < threshold_ ? 1.0 : 0.0;
+  return add_self_unit(seed, token, pair_hash({key, 2}, token));
+}
+
+bool WatermarkScorer::add_self_unit(uint64_t seed, int32_t token, uint64_t hash) {
+  const int32_t key[2] = {static_cast<int32_t>(static_cast<uint32_t>(seed)), static_cast<int32_t>(static_cast<uint32_t>(seed >> 32))};
+  if (!insert_pair({key, 2}, token, hash)) return false;
+  score_ += stream_hash(seed ^ green_seed_, static_cast<uint32_t>(token)) < threshold_ ? 1.0 : 0.0;
   ++scored_;
   return true;
 }
@@ -166,33 +181,54 @@ void WatermarkScorer::add_tokens(std::span<const int32_t> tokens) {
     scored_ += static_cast<int64_t>(n - w);
     return;
   }
-  if (selfhash_) {
-    reserve_pairs(n - w);
-    for (size_t t = w; t < n; ++t, ++offered_) add_self_pair({p + t - w, w}, p[t]);
-    return;
-  }
-  // Dedup in blocks: hash a block of positions and prefetch their slots first, so the
-  // table's cache misses (it outgrows the caches past ~10^5 pairs) overlap.
+  // Dedup, software-pipelined: the table outgrows the caches past ~10^5 pairs, so the hashes
+  // of block k + 1 are computed and their slots prefetched before block k is inserted, and
+  // the misses overlap. selfhash's unit is (seed, token): its seeds are kept per position.
   reserve_pairs(n - w);
-  constexpr size_t kBlock = 16;
-  uint64_t hs[kBlock];
+  constexpr size_t kBlock = 32;
+  uint64_t hs[2][kBlock], seeds[2][kBlock];
   const size_t mask = table_.size() - 1;
-  for (size_t t0 = w; t0 < n; t0 += kBlock) {
+  auto prepare = [&](size_t t0, int buf) {
     const size_t nb = std::min(kBlock, n - t0);
     for (size_t b = 0; b < nb; ++b) {
       const size_t t = t0 + b;
-      hs[b] = pair_hash({p + t - w, w}, p[t]);
-      __builtin_prefetch(&table_[hs[b] & mask]);
+      if (selfhash_) {
+        const uint64_t seed = self_seed({p + t - w, w}, p[t]);
+        const int32_t key[2] = {static_cast<int32_t>(static_cast<uint32_t>(seed)),
+                                static_cast<int32_t>(static_cast<uint32_t>(seed >> 32))};
+        seeds[buf][b] = seed;
+        hs[buf][b] = pair_hash({key, 2}, p[t]);
+      } else {
+        hs[buf][b] = pair_hash({p + t - w, w}, p[t]);
+      }
+      __builtin_prefetch(&table_[hs[buf][b] & mask]);
     }
-    for (size_t b = 0; b < nb; ++b) {
+  };
+  prepare(w, 0);
+  for (size_t t0 = w, k = 0; t0 < n; t0 += kBlock, ++k) {
+    const int buf = static_cast<int>(k & 1);
+    if (t0 + kBlock < n) prepare(t0 + kBlock, buf ^ 1);
+    const size_t nb = std::min(kBlock, n - t0);
+    for (size_t b = 0; b < nb; ++b, ++offered_) {
       const size_t t = t0 + b;
-      ++offered_;
+      if (selfhash_) {
+        add_self_unit(seeds[buf][b], p[t], hs[buf][b]);
+        continue;
+      }
       std::span<const int32_t> win(p + t - w, w);
-      if (!insert_pair(win, p[t], hs[b])) continue;
+      if (!insert_pair(win, p[t], hs[buf][b])) continue;
       score_ += score_pair(win, p[t]);
       ++scored_;
     }
   }
+}
+
+void WatermarkScorer::reset() {
+  offered_ = scored_ = 0;
+  score_ = 0;
+  n_pairs_ = 0;
+  keys_.clear();
+  std::fill(table_.begin(), table_.end(), Slot{0, 0});
 }
 
 DetectionResult WatermarkScorer::result() const { return detection_from_counts(config_, offered_, scored_, score_); }
@@ -221,7 +257,7 @@ DetectionResult detection_from_counts(const DetectorConfig& c, int64_t offered, 
 }
 
 DetectionResult detect_tokens(const WatermarkKey& key, const DetectorConfig& c, std::span<const int32_t> tokens) {
-  WatermarkScorer s(key, c);
+  WatermarkScorer s(key, c);  // (many documents with one key: reuse one scorer with reset())
   s.add_tokens(tokens);
   return s.result();
 }

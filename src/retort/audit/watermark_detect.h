@@ -64,6 +64,9 @@ class WatermarkScorer {
   // Every position t >= w of one token sequence.
   void add_tokens(std::span<const int32_t> tokens);
   DetectionResult result() const;
+  // Forgets every pair and count (a new document) but keeps the per-key seed caches and the
+  // table's memory: scoring many documents with one key, reuse one scorer.
+  void reset();
   int window() const { return window_; }
 
  private:
@@ -77,8 +80,11 @@ class WatermarkScorer {
   void reserve_pairs(size_t n);                                       // room for n more pairs
   bool insert_pair(std::span<const int32_t> win, int32_t token, uint64_t hash);  // false: seen before
   double score_pair(std::span<const int32_t> win, int32_t token);     // watermark_pair_score, fast
+  uint64_t anchor(int32_t u);                                         // kgw selfhash A_u, cached
+  uint64_t left_seed(std::span<const int32_t> win);                   // kgw lefthash S, cached for h = 1
   uint64_t self_seed(std::span<const int32_t> win, int32_t token);    // kgw selfhash min-hash seed
   bool add_self_pair(std::span<const int32_t> win, int32_t token);    // selfhash with dedup on (seed, token)
+  bool add_self_unit(uint64_t seed, int32_t token, uint64_t hash);    // ... given the seed and its table hash
 
   HashKey key_;
   DetectorConfig config_;
@@ -91,7 +97,9 @@ class WatermarkScorer {
   std::vector<Slot> table_;
   std::vector<int32_t> keys_;
   size_t n_pairs_ = 0;
-  std::vector<uint64_t> self_pair_;        // kgw selfhash: P(v, v) by token id, 0 = not yet computed
+  uint64_t green_seed_ = 0;                // kgw selfhash G
+  // Per-token seeds by token id, 0 = not yet computed: selfhash A_u, or lefthash (h = 1) S.
+  std::vector<uint64_t> seed_cache_;
 };
 
 // The test from raw counts (T pairs, score); exposed for callers that count elsewhere.

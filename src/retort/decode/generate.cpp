@@ -241,13 +241,12 @@ void Generator::advance_rows(const std::vector<Sequence*>& rows, const torch::Te
     picked[b] = sample_token(s.context, base + b * n_vocab_, n_vocab_, r.sampling, r.processor.get(),
                              static_cast<uint64_t>(s.n_generated), r.top_logprobs);
   };
-  // Rows without a processor are independent pure functions: sample them in parallel. Rows
-  // with one run serially afterwards (a processor object may be shared between requests).
+  // Rows are independent: sample them in parallel (processors included; see the threading
+  // contract in logits_processor.h).
   std::exception_ptr error;
   std::mutex error_mutex;
   at::parallel_for(0, int64_t(rows.size()), 1, [&](int64_t lo, int64_t hi) {
     for (int64_t b = lo; b < hi; ++b) {
-      if (reqs_[rows[b]->req].processor) continue;
       try {
         sample_row(size_t(b));
       } catch (...) {
@@ -257,8 +256,6 @@ void Generator::advance_rows(const std::vector<Sequence*>& rows, const torch::Te
     }
   });
   if (error) std::rethrow_exception(error);
-  for (size_t b = 0; b < rows.size(); ++b)
-    if (reqs_[rows[b]->req].processor) sample_row(b);
   for (size_t b = 0; b < rows.size(); ++b) advance(*rows[b], std::move(picked[b]));
 }
 

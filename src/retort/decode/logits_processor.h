@@ -9,9 +9,12 @@
 // Calls per generated token of one sequence, in order:
 //   process(context, logits) once, then (if the sequence samples) choose(context, probs) once.
 // `context` is the sequence's prompt followed by the tokens generated so far (not yet the
-// token being chosen). One processor object may be shared by several requests; generate()
-// calls it from one thread at a time, so it needs no locking, but it must not keep state
-// that assumes a single sequence unless each request gets its own object.
+// token being chosen). generate() samples the rows of a batch in parallel, so process() and
+// choose() may run at the same time on several threads for different sequences: a
+// processor object shared by several requests must be safe for that (the watermark schemes
+// keep no mutable per-call state: they are pure functions of key and context), and one
+// that keeps per-sequence state needs one object per request. Calls for one sequence are
+// never concurrent and come in step order.
 #pragma once
 
 #include <cstdint>

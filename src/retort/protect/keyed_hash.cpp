@@ -91,6 +91,13 @@ uint64_t siphash24(const HashKey& k, const uint8_t* data, size_t len) {
   return s.finish();
 }
 
+uint64_t keyed_seed(const HashKey& k, uint64_t domain, std::span<const int32_t> context) {
+  SipStream st(k);
+  st.put_u64(domain);
+  for (int32_t t : context) st.put_u32(static_cast<uint32_t>(t));
+  return st.finish();
+}
+
 uint64_t keyed_hash(const HashKey& k, uint64_t domain, std::span<const int32_t> context, int32_t token) {
   SipStream st(k);
   st.put_u64(domain);

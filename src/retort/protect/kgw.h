@@ -4,26 +4,34 @@
 // Score: a token is green or not given its context; over T scored tokens with s green,
 // unwatermarked text has s ~ Bin(T, γ) (exact tail in audit/watermark_detect.h).
 //
-// Green-ness of candidate v after context (..., c_{t-2}, c_{t-1}), with H = keyed_hash.h:
+// Green-ness of candidate v after context (..., c_{t-2}, c_{t-1}), with keyed_seed and
+// stream_hash from keyed_hash.h:
 //   lefthash (h previous tokens, default h = 1):
-//     green iff H(kDomainKgwLeft, [c_{t-h} .. c_{t-1}], v) < γ·2^64
+//     S = keyed_seed(kDomainKgwLeftSeed, [c_{t-h} .. c_{t-1}])
+//     green iff stream_hash(S, v) < γ·2^64
 //   selfhash (window of h tokens that ends with the candidate itself, default h = 4, so
 //   h − 1 previous tokens; the "anchored min-hash with self-salt" of Kirchenbauer et al.,
 //   "On the Reliability of Watermarks for LLMs", 2023):
-//     P(u, v) = H_u64(kDomainKgwSelfPair, u, v)          (pair hash anchored on v)
+//     A_u     = keyed_seed(kDomainKgwSelfAnchor, [u])       (one SipHash per token id u)
+//     P(u, v) = stream_hash(A_u, v)                         (pair hash anchored on v)
 //     seed    = min( P(c_{t-h+1}, v), ..., P(c_{t-1}, v), P(v, v) )
-//     green iff H_u64(kDomainKgwSelfGreen, seed, v) < γ·2^64
+//     green iff stream_hash(seed ^ G, v) < γ·2^64,  G = keyed_seed(kDomainKgwSelfGreenSeed, [])
 //   Taking the min makes the seed survive an edit of any context token but the argmin one.
+// A step costs one SipHash per context (lefthash) or per previous token (selfhash; P(v, v)
+// is a per-key table) and 1 (lefthash) or h + 1 (selfhash) stream hashes per candidate.
 // Positions with fewer than `previous_tokens()` tokens of context are neither watermarked
 // nor scored.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <mutex>
 #include <span>
 #include <string>
 #include <vector>
 
 #include "retort/decode/logits_processor.h"
+#include "retort/protect/keyed_hash.h"
 #include "retort/protect/keys.h"
 
 namespace retort {
@@ -47,7 +55,16 @@ void check_kgw_config(const KgwConfig& c);
 // (only the last ones are read).
 bool kgw_is_green(const HashKey& key, const KgwConfig& c, std::span<const int32_t> context, int32_t token);
 
-// green[v] = 1 if v is green after `context`, for all v in [0, n_vocab).
+// A_u of selfhash.
+uint64_t kgw_self_anchor(const HashKey& key, int32_t u);
+// The selfhash seed of (previous tokens, v) given their anchors and P(v, v).
+inline uint64_t kgw_self_seed(std::span<const uint64_t> prev_anchors, uint64_t self_pair, int32_t v) {
+  uint64_t seed = self_pair;
+  for (uint64_t a : prev_anchors) seed = std::min(seed, stream_hash(a, static_cast<uint32_t>(v)));
+  return seed;
+}
+
+// green[v] = 1 if v is green after `context`, for all v in [0, n_vocab) (vectorized).
 void kgw_green_mask(const HashKey& key, const KgwConfig& c, std::span<const int32_t> context, int64_t n_vocab,
                     uint8_t* green);
 
@@ -61,7 +78,11 @@ class KgwProcessor : public LogitsProcessor {
   HashKey key_;
   KgwConfig config_;
   uint64_t threshold_;
-  std::vector<uint64_t> self_pair_;  // selfhash: P(v, v) for every v, filled on first use
+  uint64_t green_seed_;  // selfhash G
+  // selfhash: P(v, v) for every v, built by the first process() call (process() may run
+  // on several threads at once for different sequences, hence the once_flag).
+  std::once_flag self_pair_once_;
+  std::vector<uint64_t> self_pair_;
 };
 
 }  // namespace retort

@@ -204,20 +204,41 @@ std::vector<uint8_t> SynthIdScheme::context_repetition_mask(std::span<const int3
   return mask;
 }
 
+namespace {
+// g[i] = table[floor_mod(acc(h[i], key), T)] for i < n. With T a power of two (the default
+// 65536), floor_mod of the int64 is the low bits of its two's-complement form: a mask.
+RETORT_HASH_CLONES void layer_g_values(const uint64_t* h, int64_t n, int64_t key, const uint8_t* table, int64_t t,
+                                       uint8_t* g) {
+  if ((t & (t - 1)) == 0) {
+    const uint64_t mask = static_cast<uint64_t>(t) - 1;
+    for (int64_t i = 0; i < n; ++i) g[i] = table[acc(h[i], key) & mask];
+  } else {
+    for (int64_t i = 0; i < n; ++i) g[i] = table[floor_mod(acc(h[i], key), t)];
+  }
+}
+}  // namespace
+
 void SynthIdScheme::tournament(uint64_t ctx_hash, std::vector<double>& probs) const {
-  const int m = depth();
+  // Layer-major over the support: per layer one pass for the g-values, one for the mass
+  // Σ_u g_d(u) p(u), one for the update; [support] arrays stay in cache.
   std::vector<int32_t> support;
   for (size_t v = 0; v < probs.size(); v++)
     if (probs[v] > 0) support.push_back(static_cast<int32_t>(v));
-  // g [|support|, m]
-  std::vector<uint8_t> g(support.size() * m);
-  for (size_t i = 0; i < support.size(); i++) g_values(ctx_hash, support[i], g.data() + i * m);
-  for (int d = 0; d < m; d++) {
-    double mass = 0;  // Σ_u g_d(u) p(u)
-    for (size_t i = 0; i < support.size(); i++)
-      if (g[i * m + d]) mass += probs[support[i]];
-    for (size_t i = 0; i < support.size(); i++) probs[support[i]] *= 1.0 + g[i * m + d] - mass;
+  const int64_t n = static_cast<int64_t>(support.size());
+  std::vector<uint64_t> h(n);
+  std::vector<double> p(n);
+  std::vector<uint8_t> g(n);
+  for (int64_t i = 0; i < n; i++) {
+    h[i] = acc(ctx_hash, support[i]);
+    p[i] = probs[support[i]];
   }
+  for (int64_t key : config_.keys) {
+    layer_g_values(h.data(), n, key, table_.data(), config_.sampling_table_size, g.data());
+    double mass = 0;
+    for (int64_t i = 0; i < n; i++) mass += g[i] ? p[i] : 0.0;
+    for (int64_t i = 0; i < n; i++) p[i] *= 1.0 + g[i] - mass;
+  }
+  for (int64_t i = 0; i < n; i++) probs[support[i]] = p[i];
 }
 
 std::vector<uint8_t> synthid_eos_mask(std::span<const int32_t> tokens, int32_t eos_id) {

@@ -9,6 +9,8 @@ Writes golden.txt:
   commit <key hex> <commitment>            SHA-256("retort-watermark-key-v1" || key)
   account <master hex> <id> <key hex>      HMAC-SHA-256(master, "retort-account-v1:" || id)
   hash <domain> <ctx,..> <token> <hash>    keyed_hash with the test key below
+  seed <domain> <ctx,..> <hash>            keyed_seed
+  stream <seed> <v> <hash>                 stream_hash (splitmix64 at index v)
   hash64 <domain> <a> <b> <hash>           keyed_hash_u64
   kgw <scheme> <h> <gamma> <ctx,..> <token> <0|1>
   gumbel <h> <ctx,..> <token> <r as %.17g>
@@ -61,6 +63,18 @@ def keyed_hash(hk, domain, ctx, tok):
     return siphash24(*hk, msg)
 
 
+def keyed_seed(hk, domain, ctx):
+    msg = struct.pack("<Q", domain) + b"".join(struct.pack("<I", t) for t in ctx)
+    return siphash24(*hk, msg)
+
+
+def stream_hash(seed, v):
+    z = (seed + (v + 1) * 0x9E3779B97F4A7C15) & M
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M
+    return z ^ (z >> 31)
+
+
 def keyed_hash_u64(hk, domain, a, b):
     return siphash24(*hk, struct.pack("<QQQ", domain, a, b))
 
@@ -73,14 +87,15 @@ def threshold(gamma):
 def kgw_green(hk, scheme, h, gamma, ctx, tok):
     thr = threshold(gamma)
     if scheme == "lefthash":
-        return keyed_hash(hk, 1, ctx[len(ctx) - h:], tok) < thr
+        return stream_hash(keyed_seed(hk, 6, ctx[len(ctx) - h:]), tok) < thr
     prev = ctx[len(ctx) - (h - 1):]
-    seed = min([keyed_hash_u64(hk, 2, tok, tok)] + [keyed_hash_u64(hk, 2, u, tok) for u in prev])
-    return keyed_hash_u64(hk, 3, seed, tok) < thr
+    anchor = lambda u: keyed_seed(hk, 7, [u])
+    seed = min([stream_hash(anchor(tok), tok)] + [stream_hash(anchor(u), tok) for u in prev])
+    return stream_hash(seed ^ keyed_seed(hk, 8, []), tok) < thr
 
 
 def gumbel_r(hk, h, ctx, tok):
-    hv = keyed_hash(hk, 4, ctx[len(ctx) - h:], tok)
+    hv = stream_hash(keyed_seed(hk, 9, ctx[len(ctx) - h:]), tok)
     return ((hv >> 12) + 0.5) * 2.0**-52
 
 
@@ -101,6 +116,13 @@ for _ in range(12):
     tok = rng.randrange(49152)
     dom = rng.randint(1, 5)
     out.append(f"hash {dom} {','.join(map(str, ctx)) or '-'} {tok} {keyed_hash(hk, dom, ctx, tok):016x}")
+for _ in range(8):
+    n = rng.randint(0, 5)
+    ctx = [rng.randrange(49152) for _ in range(n)]
+    dom = rng.randint(5, 9)
+    out.append(f"seed {dom} {','.join(map(str, ctx)) or '-'} {keyed_seed(hk, dom, ctx):016x}")
+for seed, v in [(0, 0), (M, 49151), (1, 1)] + [(rng.getrandbits(64), rng.randrange(1 << 32)) for _ in range(6)]:
+    out.append(f"stream {seed} {v} {stream_hash(seed, v):016x}")
 for _ in range(4):
     a, b, d = rng.getrandbits(64), rng.getrandbits(64), rng.randint(1, 5)
     out.append(f"hash64 {d} {a} {b} {keyed_hash_u64(hk, d, a, b):016x}")
