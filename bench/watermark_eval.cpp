@@ -200,7 +200,28 @@ struct Ctx {
   WatermarkKey key, wrong_key;
   std::set<int32_t> eos;
   json gen_stats = json::object();
+  std::string defs_id;  // hash_definitions_id(), set once the key is
 };
+
+// Fingerprint of the schemes' hash definitions under the evaluation key: green bits, Gumbel
+// uniforms and SynthID g-values at fixed points. Part of every watermarked document's cache
+// key, so documents generated under an older definition are never re-scored as current ones.
+std::string hash_definitions_id(const Ctx& cx) {
+  const HashKey hk = cx.key.hash_key();
+  std::string bits;
+  const std::vector<int32_t> ctx = {11, 2222, 333, 44444, 5};
+  for (int32_t v = 0; v < 64; ++v) {
+    KgwConfig self, left;
+    left.context = "lefthash";
+    bits += kgw_is_green(hk, self, ctx, v) ? '1' : '0';
+    bits += kgw_is_green(hk, left, ctx, v) ? '1' : '0';
+    bits += std::to_string(gumbel_uniform(hk, GumbelConfig{}, ctx, v));
+  }
+  SynthIdConfig c;
+  c.keys = derive_synthid_keys(cx.key, 30);
+  std::vector<uint8_t> g = SynthIdScheme(c).sequence_g_values(ctx);
+  return hex(fnv1a(bits) ^ fnv1a(g.data(), g.size()));
+}
 
 std::string set_config_id(const Ctx& cx, const GenSet& s, int i) {
   std::string id = s.scheme;
@@ -210,7 +231,7 @@ std::string set_config_id(const Ctx& cx, const GenSet& s, int i) {
   if (s.scheme != "none") {
     std::string acc = s.account ? s.account(i) : "";
     WatermarkKey k = acc.empty() ? cx.key : derive_account_key(cx.key, acc);
-    id += ":key=" + k.commitment().substr(0, 16);
+    id += ":key=" + k.commitment().substr(0, 16) + ":defs=" + cx.defs_id;
   }
   return id;
 }
@@ -792,6 +813,7 @@ int run(int argc, char** argv) {
   check(cx.m.tokenizer != nullptr && !cx.m.chat_template.empty(), o.model, ": needs a tokenizer and a chat template");
   for (int32_t e : cx.m.eos_ids) cx.eos.insert(e);
   cx.key = named_key("retort watermark evaluation key v1");
+  cx.defs_id = hash_definitions_id(cx);
   cx.wrong_key = named_key("retort watermark evaluation: an unrelated key");
   cx.prompts = o.prompts_file.empty() ? builtin_prompts() : file_prompts(o.prompts_file);
   ChatTemplate tpl = ChatTemplate::from_jinja(cx.m.chat_template, *cx.m.tokenizer);
