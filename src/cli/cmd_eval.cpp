@@ -147,7 +147,22 @@ std::vector<std::string> wrap(const std::string& text, size_t width) {
   }
   flush_word();
   if (!line.empty() || lines.empty()) lines.push_back(line);
-  return lines;
+  // A run of blank lines (a degenerate model can emit dozens of newlines) becomes one marker
+  // line instead of a screenful of empty rows; trailing blank lines are dropped.
+  std::vector<std::string> out;
+  for (size_t i = 0; i < lines.size();) {
+    size_t j = i;
+    while (j < lines.size() && lines[j].empty()) ++j;
+    if (j == i) {
+      out.push_back(lines[i++]);
+      continue;
+    }
+    if (j == lines.size()) break;
+    out.push_back(j - i == 1 ? std::string() : "[" + std::to_string(j - i) + " blank lines]");
+    i = j;
+  }
+  if (out.empty()) out.push_back("");
+  return out;
 }
 
 size_t code_points(const std::string& s) {
