@@ -25,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "retort/protect/keys.h"
 #include "retort/util/file.h"
 
 extern char** environ;
@@ -69,7 +70,8 @@ std::string read_all(const std::string& path) {
   return ss.str();
 }
 
-// Runs `retort args...` with `input` on stdin; env entries "K=V" replace or add variables.
+// Runs `retort args...` with `input` on stdin; env entries "K=V" replace or add variables, a
+// bare "K" removes K.
 CliRun run_cli(const std::vector<std::string>& args, const std::string& input = "",
             const std::vector<std::string>& env = {}) {
   static int counter = 0;
@@ -97,7 +99,8 @@ CliRun run_cli(const std::vector<std::string>& args, const std::string& input = 
     for (const auto& o : env) replaced |= o.substr(0, o.find('=')) == key;
     if (!replaced) env_s.push_back(kv);
   }
-  env_s.insert(env_s.end(), env.begin(), env.end());
+  for (const auto& o : env)
+    if (o.find('=') != std::string::npos) env_s.push_back(o);  // a bare "K" only removes K
   std::vector<char*> envp;
   for (auto& s : env_s) envp.push_back(s.data());
   envp.push_back(nullptr);
@@ -557,4 +560,109 @@ TEST(CliErrors, UnknownSubcommandExitsNonZero) {
   const CliRun& r = cached({"frobnicate"});
   EXPECT_EQ(r.signal, 0) << show(r);
   EXPECT_NE(r.code, 0) << show(r);
+}
+
+// ---- watermark ------------------------------------------------------------------------------
+
+namespace {
+std::string keygen(const std::string& name) {
+  const std::string path = tmp_path(name);
+  fs::remove(path);
+  const CliRun r = run_cli({"watermark", "keygen", "-o", path});
+  expect_ok(r);
+  return path;
+}
+std::string trimmed(std::string s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  return s;
+}
+}  // namespace
+
+// keygen writes 64 hex digits, owner-only, and prints the commitment, never the key.
+TEST(CliWatermark, KeygenPrintsOnlyTheCommitment) {
+  const std::string path = tmp_path("keygen.key");
+  fs::remove(path);
+  const CliRun r = run_cli({"watermark", "keygen", "-o", path});
+  expect_ok(r);
+  const std::string hex = trimmed(read_all(path));
+  ASSERT_EQ(hex.size(), 64u);
+  EXPECT_EQ(fs::status(path).permissions() & fs::perms::all, fs::perms::owner_read | fs::perms::owner_write);
+  EXPECT_EQ((r.out + r.err).find(hex), std::string::npos) << "the key itself was printed";
+  EXPECT_NE(r.out.find(retort::key_from_hex(hex, "test").commitment()), std::string::npos) << show(r);
+  // An existing file is not overwritten.
+  const CliRun again = run_cli({"watermark", "keygen", "-o", path});
+  EXPECT_NE(again.code, 0) << show(again);
+  EXPECT_EQ(trimmed(read_all(path)), hex);
+}
+
+// Bad input gets an error naming what is wrong (and never echoes key material), or a
+// "too short to test" result without a p-value; never a crash.
+TEST(CliWatermark, BadInputErrorsAndTooShort) {
+  const std::string key = keygen("bad-input.key");
+  const std::string bad_key = tmp_path("bad.key");
+  retort::write_file_atomic(bad_key, "not-a-key-secret-value\n");
+  const CliRun wrong_format = run_cli({"watermark", "detect", "-m", kSmolDir, "--text", "hi", "--key-file", bad_key});
+  expect_error(wrong_format, {bad_key, "64 hex digits"});
+  EXPECT_EQ(wrong_format.err.find("not-a-key-secret-value"), std::string::npos) << "key file contents echoed";
+  expect_error(run_cli({"watermark", "detect", "-m", kSmolDir, "--text", "hi"}, "", {"RETORT_WATERMARK_KEY"}),
+               {"RETORT_WATERMARK_KEY", "--key-file"});
+  const std::string jl = tmp_path("docs.jsonl");
+  retort::write_file_atomic(jl, "{\"text\": \"a b c\"}\nnot json\n");
+  expect_error(run_cli({"watermark", "detect", "-m", kSmolDir, "--jsonl", jl, "--key-file", key}), {jl + ":2", "JSON"});
+  expect_error(run_cli({"watermark", "detect", "-m", kSmolDir, "--jsonl", jl, "--field", "body", "--key-file", key}),
+               {jl + ":1", "\"body\""});
+  // Empty text and text shorter than the context: reported too short, no p-value from nothing.
+  for (const std::string& text : {std::string(""), std::string("Hi")}) {
+    const CliRun r = run_cli({"watermark", "detect", "-m", kSmolDir, "--text", text, "--key-file", key, "--json"});
+    expect_ok(r);
+    const json j = parse_one(r);
+    EXPECT_TRUE(j["documents"][0]["too_short"].get<bool>()) << show(r);
+    EXPECT_TRUE(j["aggregate"]["too_short"].get<bool>()) << show(r);
+  }
+}
+
+// A user's round trip: generate watermarked chat completions as JSONL, detect them from the
+// text with the right key (every document), the wrong key (nothing), and per account.
+TEST(CliWatermark, GenerateThenDetectKgwAndSynthidAccounts) {
+  NEED_MODEL();
+  const std::string key = keygen("roundtrip.key"), other = keygen("other.key");
+  const std::string prompts = tmp_path("wm_prompts.jsonl");
+  retort::write_file_atomic(prompts,
+                            "{\"prompt\": \"Write about rivers.\"}\n{\"prompt\": \"Describe a busy market.\"}\n"
+                            "{\"prompt\": \"Explain how bread is made.\"}\n");
+  auto gen = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = {"generate", "--prompts", prompts, "--chat", "--temperature", "1", "--seed", "3",
+                                     "--max-tokens", "64", "--ignore-eos", "--json", "--watermark-key-file", key};
+    args.insert(args.end(), extra.begin(), extra.end());
+    CliRun r = run_cli(args);
+    expect_ok(r);
+    return r;
+  };
+  // KGW δ = 4 (at δ = 2 a 64-token document misses p < 1e-4 about one time in six).
+  const CliRun kgw = gen({"--watermark", "kgw", "--watermark-delta", "4"});
+  const std::string kgw_out = tmp_path("kgw_out.jsonl");
+  retort::write_file_atomic(kgw_out, kgw.out);
+  const json right = parse_one(run_cli({"watermark", "detect", "--jsonl", kgw_out, "--key-file", key, "--json"}));
+  ASSERT_EQ(right["documents"].size(), 3u);
+  for (const auto& d : right["documents"]) EXPECT_LT(d["p_value"].get<double>(), 1e-4) << d;
+  EXPECT_LT(right["aggregate"]["log10_p"].get<double>(), -12) << right["aggregate"];
+  const json wrong = parse_one(run_cli({"watermark", "detect", "--jsonl", kgw_out, "--key-file", other, "--json"}));
+  EXPECT_GT(wrong["aggregate"]["p_value"].get<double>(), 1e-3) << wrong["aggregate"];
+
+  // SynthID with a per-account key: among 20 accounts the right one comes first and is the
+  // only one significant after Holm–Bonferroni.
+  const CliRun sid = gen({"--watermark", "synthid", "--watermark-account", "acct-7"});
+  const std::string sid_out = tmp_path("sid_out.jsonl"), accounts = tmp_path("accounts.txt");
+  retort::write_file_atomic(sid_out, sid.out);
+  std::string acc;
+  for (int i = 0; i < 20; ++i) acc += "acct-" + std::to_string(i) + "\n";
+  retort::write_file_atomic(accounts, acc);
+  const CliRun det = run_cli({"watermark", "detect", "--scheme", "synthid", "--jsonl", sid_out, "--key-file", key,
+                              "--accounts", accounts, "--json"});
+  expect_ok(det);
+  const json ranked = parse_one(det)["accounts"];
+  ASSERT_EQ(ranked.size(), 20u) << show(det);
+  EXPECT_EQ(ranked[0]["account"], "acct-7") << ranked[0];
+  EXPECT_LT(ranked[0]["p_holm"].get<double>(), 1e-3) << ranked[0];
+  for (size_t i = 1; i < ranked.size(); ++i) EXPECT_GT(ranked[i]["p_holm"].get<double>(), 1e-3) << ranked[i];
 }

@@ -218,6 +218,23 @@ TEST(SynthId, StatisticsAgainstEnumeration) {
   // Nothing unmasked: no test.
   std::vector<uint8_t> none(N, 0);
   EXPECT_TRUE(synthid_score_g(ones, none, m, pi).too_short);
+
+  // Pooling documents (the per-account test) is the mean test on all their g-values at once:
+  // two documents pooled == one document holding both, enumerated above the same way.
+  std::vector<uint8_t> g1(N * m), g2(N * m), both;
+  for (int b = 0; b < N * m; b++) g1[b] = (0x5a3 >> b) & 1, g2[b] = (0x1c7 >> b) & 1;
+  both = g1;
+  both.insert(both.end(), g2.begin(), g2.end());
+  std::vector<uint8_t> mask2(2 * N, 1);
+  const SynthIdScore docs[3] = {synthid_score_g(g1, mask, m, pi), synthid_score_g(g2, mask, m, pi),
+                                synthid_score_g(ones, none, m, pi)};  // the third is too short: adds nothing
+  const SynthIdPooled pooled = synthid_pool(docs);
+  const SynthIdScore joint = synthid_score_g(both, mask2, m, pi);
+  EXPECT_EQ(pooled.documents, 2);
+  EXPECT_EQ(pooled.ones, joint.ones);
+  EXPECT_EQ(pooled.g_values, 2 * N * m);
+  EXPECT_NEAR(pooled.log10_p, joint.mean_log10_p, 1e-12);
+  EXPECT_TRUE(synthid_pool(std::span<const SynthIdScore>(docs + 2, 1)).too_short);
 }
 
 TEST(SynthId, DetectsTextWatermarkedByTransformers) {

@@ -1,6 +1,7 @@
 // `retort watermark`: detect (score text for a watermark, exact p-values) and keygen.
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -16,10 +17,12 @@
 #include "retort/text/tokenizer.h"
 #include "retort/util/error.h"
 #include "retort/util/file.h"
+#include "retort/util/stats.h"
 
 namespace retort::cli {
 
 namespace {
+constexpr double kLog10E = 0.43429448190325182765;
 
 using nlohmann::json;
 
@@ -149,8 +152,10 @@ void run_detect_synthid(DetectArgs& a) {
     }
   }
   json out = {{"scheme", "synthid"}, {"runs", json::array()}};
+  std::vector<SynthIdPooled> pooled;  // one per run (account)
   for (const auto& [acc, c] : runs) {
     std::vector<SynthIdScore> res = score_docs(c);
+    pooled.push_back(synthid_pool(res));
     json jr = {{"account", acc}, {"ngram_len", c.ngram_len}, {"layers", c.keys.size()}, {"documents", json::array()}};
     for (size_t i = 0; i < docs.size(); i++) {
       json j = doc_json(res[i]);
@@ -171,6 +176,39 @@ void run_detect_synthid(DetectArgs& a) {
       }
       std::printf("%-24s %8lld %8lld %8.4f %10s %8.4f %10s\n", name.c_str(), (long long)r.tokens, (long long)r.scored,
                   r.mean, format_p(r.mean_log10_p).c_str(), r.weighted_mean, format_p(r.weighted_log10_p).c_str());
+    }
+  }
+  if (!a.accounts_file.empty()) {
+    // One pooled mean test per account, Holm–Bonferroni across accounts; ranked by p.
+    std::vector<double> log_p;
+    for (const SynthIdPooled& p : pooled) log_p.push_back(p.too_short ? 0.0 : p.log10_p / kLog10E);
+    const std::vector<double> adj = holm_bonferroni_log(log_p);
+    std::vector<size_t> order(runs.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::stable_sort(order.begin(), order.end(), [&](size_t x, size_t y) { return log_p[x] < log_p[y]; });
+    json ja = json::array();
+    for (size_t i : order) {
+      const SynthIdPooled& p = pooled[i];
+      ja.push_back({{"account", runs[i].first}, {"documents", p.documents}, {"tokens_scored", p.scored},
+                    {"g_values", p.g_values}, {"mean", p.mean}, {"log10_p", p.log10_p}, {"p_value", p.p},
+                    {"log10_p_holm", p.too_short ? 0.0 : adj[i] * kLog10E}, {"p_holm", p.too_short ? 1.0 : std::exp(adj[i])},
+                    {"too_short", p.too_short}, {"p_method", "exact_binomial (mean test, documents pooled)"}});
+    }
+    out["accounts"] = ja;
+    if (!a.json_out) {
+      std::printf("\naccounts (mean test over all documents, Holm–Bonferroni over %zu accounts)\n", runs.size());
+      std::printf("%-24s %8s %8s %10s %12s\n", "account", "scored", "mean", "p", "p (Holm)");
+      for (size_t r = 0; r < order.size() && r < 10; ++r) {
+        const size_t i = order[r];
+        const SynthIdPooled& p = pooled[i];
+        if (p.too_short) {
+          std::printf("%-24s  too short to test\n", runs[i].first.c_str());
+          continue;
+        }
+        std::printf("%-24s %8lld %8.4f %10s %12s\n", runs[i].first.c_str(), (long long)p.scored, p.mean,
+                    format_p(p.log10_p).c_str(), format_p(adj[i] * kLog10E).c_str());
+      }
+      if (order.size() > 10) std::printf("(%zu more accounts; --json lists all)\n", order.size() - 10);
     }
   }
   if (a.json_out) std::cout << out.dump(2) << "\n";

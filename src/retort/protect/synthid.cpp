@@ -418,4 +418,25 @@ int32_t SynthIdProcessor::choose(std::span<const int32_t> context, const float* 
   return last;  // rounding at the top end: the last token in the support
 }
 
+SynthIdPooled synthid_pool(std::span<const SynthIdScore> docs) {
+  SynthIdPooled r;
+  double pi = 0.5;
+  for (const SynthIdScore& d : docs) {
+    if (d.too_short || d.scored < 1) continue;
+    check(r.documents == 0 || d.pi == pi, "synthid: pooled documents were scored with different sampling tables");
+    pi = d.pi;
+    ++r.documents;
+    r.scored += d.scored;
+    r.g_values += d.scored * d.depth;
+    r.ones += d.ones;
+  }
+  if (r.documents == 0) return r;
+  r.too_short = false;
+  r.mean = static_cast<double>(r.ones) / static_cast<double>(r.g_values);
+  const double ln_p = log_binomial_sf(r.ones, r.g_values, pi);
+  r.log10_p = ln_p * kLog10E;
+  r.p = std::exp(ln_p);
+  return r;
+}
+
 }  // namespace retort

@@ -136,6 +136,22 @@ SynthIdScore synthid_score(const SynthIdScheme& scheme, std::span<const int32_t>
 SynthIdScore synthid_score_g(std::span<const uint8_t> g_values, std::span<const uint8_t> mask, int depth, double pi,
                              std::span<const double> weights = {});
 
+// Several documents scored under one scheme (one key), pooled into one mean test: Σ ones over
+// Σ m·N g-values, exact binomial tail P[Bin(Σ m N, π) >= Σ ones]. This is the per-account
+// test of attribution (one p-value per account, then Holm–Bonferroni across accounts).
+// Documents too short to test add nothing; too_short when none can be tested.
+struct SynthIdPooled {
+  int64_t documents = 0;  // documents that contributed
+  int64_t scored = 0;     // Σ N
+  int64_t g_values = 0;   // Σ m N
+  int64_t ones = 0;       // Σ ones
+  double mean = 0;
+  double log10_p = 0;
+  double p = 1;
+  bool too_short = true;
+};
+SynthIdPooled synthid_pool(std::span<const SynthIdScore> docs);
+
 // log10 of the Chernoff bound on P[Σ_{N positions} Σ_d w_d g_d >= s], g ~ iid Bernoulli(π).
 double synthid_weighted_log10_tail(double s, int64_t n_positions, std::span<const double> weights, double pi);
 
