@@ -555,13 +555,21 @@ double quantile(std::vector<double> v, double q) {
 
 json num(double x) { return std::isfinite(x) ? json(x) : json(nullptr); }
 
-// KS of randomized p-values and FPR of the reported p over a set of documents.
-json calibration_row(const Test& t, const std::vector<std::span<const int32_t>>& docs, uint64_t seed) {
+// KS of randomized p-values and FPR of the reported p over a set of documents. With
+// per_doc_master, document i is scored under its own key derive_account_key(master,
+// "calibration-doc-<i>"): the p-values are then independent across documents, which is what
+// the KS test assumes. Under one key for all they are not: documents that share n-grams
+// (license boilerplate, "of the") share the same green/red coins.
+json calibration_row(const Test& t, const std::vector<std::span<const int32_t>>& docs, uint64_t seed,
+                     const WatermarkKey* per_doc_master = nullptr) {
   std::vector<double> p_rand, p_exact;
   int64_t too_short = 0, fp = 0, scored = 0;
   double min_log10 = 0;
   for (size_t i = 0; i < docs.size(); ++i) {
-    Score s = score_tokens(t, docs[i], seed ^ splitmix(i));
+    Score s = per_doc_master
+                  ? score_tokens(make_test(t.name, derive_account_key(*per_doc_master, "calibration-doc-" + std::to_string(i))),
+                                 docs[i], seed ^ splitmix(i))
+                  : score_tokens(t, docs[i], seed ^ splitmix(i));
     if (!s.ok) {
       ++too_short;
       continue;
@@ -881,6 +889,12 @@ int run(int argc, char** argv) {
     json b = calibration_row(t, human_spans, 12);
     b["corpus"] = "human (Debian docs)";
     R["calibration"].push_back(b);
+    json c = calibration_row(t, spans_of(docs["none"]), 14, &cx.key);
+    c["corpus"] = "model, unwatermarked, one key per doc";
+    R["calibration"].push_back(c);
+    json d = calibration_row(t, human_spans, 15, &cx.key);
+    d["corpus"] = "human (Debian docs), one key per doc";
+    R["calibration"].push_back(d);
   }
   // Wrong key on watermarked text: each watermarked set scored with an unrelated key.
   auto tests_for = [](const GenSet& s) -> std::vector<std::string> {
