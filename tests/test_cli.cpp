@@ -666,3 +666,37 @@ TEST(CliWatermark, GenerateThenDetectKgwAndSynthidAccounts) {
   EXPECT_LT(ranked[0]["p_holm"].get<double>(), 1e-3) << ranked[0];
   for (size_t i = 1; i < ranked.size(); ++i) EXPECT_GT(ranked[i]["p_holm"].get<double>(), 1e-3) << ranked[i];
 }
+
+// ---- distill main job ------------------------------------------------------------------------
+
+// The main job end to end at toy size (capture → prune → ce and fkl runs → eval → export):
+// flags override the config (every trainer flag, not only some), and a rerun with other
+// training settings moves the earlier run aside instead of failing or reusing it.
+TEST(CliDistill, MainJobFlagsOverrideConfigAndStaleRunsMoveAside) {
+  NEED_MODEL();
+  const std::string out = tmp_path("mainjob");
+  fs::remove_all(out);
+  const std::string config = std::string(RETORT_SOURCE_DIR) + "/configs/quickstart.json";
+  auto job = [&](const std::string& steps) {
+    return run_cli({"distill", "--config", config, "--out", out, "--train-limit", "8", "--heldout-limit", "4",
+                    "--capture-max-tokens", "8", "--steps", steps, "--warmup", "2", "--clip", "0.5", "--quiet"});
+  };
+  const CliRun first = job("2");
+  expect_ok(first);
+  const json state = json::parse(read_all(out + "/train-fkl/checkpoints/step-000002/trainer_state.json"));
+  EXPECT_EQ(state["config"]["warmup"], 2) << state["config"];
+  EXPECT_EQ(state["config"]["clip"], 0.5) << state["config"];
+  std::ifstream metrics(out + "/train-fkl/metrics.jsonl");
+  std::string line;
+  ASSERT_TRUE(std::getline(metrics, line));
+  EXPECT_DOUBLE_EQ(json::parse(line)["lr"].get<double>(), 0.5e-3);  // lr 1e-3 × step 1 / warmup 2
+  EXPECT_TRUE(fs::exists(out + "/student-fkl-q8_0.gguf"));
+  EXPECT_TRUE(fs::exists(out + "/train-fkl/final/model.safetensors"));
+
+  const CliRun again = job("3");
+  expect_ok(again);
+  EXPECT_NE(again.err.find("moved it to " + out + "/train-fkl.previous-1"), std::string::npos) << show(again);
+  EXPECT_TRUE(fs::exists(out + "/train-fkl.previous-1/checkpoints/step-000002"));
+  EXPECT_TRUE(fs::exists(out + "/train-fkl/checkpoints/step-000003"));
+  expect_error(run_cli({"distill", "--config", config, "--loss", "fkl"}), {"--losses", "--loss"});
+}

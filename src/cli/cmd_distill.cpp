@@ -93,6 +93,26 @@ void run_pipeline_mode(const DistillArgs& a, CLI::App& sub) {
   if (given("--seed")) o.train.seed = a.t.seed;
   if (given("--eval-every")) o.train.eval_every = a.t.eval_every;
   if (given("--eval-samples")) o.train.eval_samples = a.t.eval_samples;
+  if (given("--accum")) o.train.accum = a.t.accum;
+  if (given("--warmup")) o.train.warmup = a.t.warmup;
+  if (given("--min-lr-ratio")) o.train.min_lr_ratio = a.t.min_lr_ratio;
+  if (given("--weight-decay")) o.train.weight_decay = a.t.weight_decay;
+  if (given("--beta1")) o.train.beta1 = a.t.beta1;
+  if (given("--beta2")) o.train.beta2 = a.t.beta2;
+  if (given("--eps")) o.train.eps = a.t.eps;
+  if (given("--clip")) o.train.clip = a.t.clip;
+  if (given("--temperature")) o.train.loss.temperature = a.t.loss.temperature;
+  if (given("--beta")) o.train.loss.beta = a.t.loss.beta;
+  if (given("--alpha")) o.train.loss.alpha = a.t.loss.alpha;
+  if (given("--no-t2")) o.train.loss.t2_scale = false;
+  if (given("--dense")) o.train.dense = true;
+  if (given("--lambda")) o.train.on_policy_lambda = a.t.on_policy_lambda;
+  if (given("--on-policy-max-tokens")) o.train.on_policy_max_tokens = a.t.on_policy_max_tokens;
+  if (given("--on-policy-temperature")) o.train.on_policy_temperature = a.t.on_policy_temperature;
+  if (given("--chunk-rows")) o.train.chunk_rows = a.t.chunk_rows;
+  if (given("--save-every")) o.train.save_every = a.t.save_every;
+  check(!given("--loss"), "distill: the main job trains every loss in --losses (e.g. --losses ce,fkl); --loss is for "
+                          "training on a store (--data)");
   if (given("--device")) o.device = a.device;
   if (given("--threads")) o.threads = a.threads;
   o.progress = !a.quiet;

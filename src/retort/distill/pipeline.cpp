@@ -65,6 +65,28 @@ bool store_done(const SignalStore& s, const PipelineOptions& o, int64_t limit) {
   return s.manifest().complete || (limit > 0 && s.n_samples() >= limit * o.samples_per_prompt);
 }
 
+// A run of the main job made with other training settings (say, by an older
+// configs/quickstart.json) can be neither resumed (the trainer refuses) nor silently reused:
+// it is moved aside, never deleted — OUT/train-<loss> -> OUT/train-<loss>.previous-<n> — and
+// the run starts over. A damaged checkpoint is left for the trainer to explain.
+void set_aside_run_of_other_settings(const std::string& dir, const TrainerConfig& cfg, const std::string& label) {
+  const std::string ckpt = latest_checkpoint(dir);
+  if (ckpt.empty()) return;
+  std::string have;
+  try {
+    have = nlohmann::json::parse(read_file(ckpt + "/trainer_state.json")).value("config_hash", "");
+  } catch (...) {
+    return;
+  }
+  if (have == cfg.hash()) return;
+  int n = 1;
+  while (fs::exists(dir + ".previous-" + std::to_string(n))) ++n;
+  const std::string to = dir + ".previous-" + std::to_string(n);
+  fs::rename(dir, to);
+  std::fprintf(stderr, "[%s] %s was trained with other settings; moved it to %s and starting over\n", label.c_str(),
+               dir.c_str(), to.c_str());
+}
+
 // A store under OUT/data: reused when complete, resumed otherwise.
 std::string ensure_store(LoadedModel& teacher, const PipelineOptions& o, const std::string& prompts,
                          const std::string& dir, int64_t limit, const char* what) {
@@ -368,6 +390,7 @@ nlohmann::json run_pipeline(const PipelineOptions& o) {
     in.teacher = &teacher;
     in.provenance = in.export_info.provenance;
     const std::string dir = out + "/train-" + loss;
+    set_aside_run_of_other_settings(dir, cfg, cfg.label);
     std::fprintf(stderr, "[train %s] %lld steps × %lld sequences → %s\n", loss.c_str(),
                  static_cast<long long>(cfg.steps), static_cast<long long>(cfg.batch * cfg.accum), dir.c_str());
     auto r = train(in, cfg, dir);
