@@ -47,6 +47,14 @@ inline uint64_t pair_hash(std::span<const int32_t> win, int32_t token) {
   return h;
 }
 
+// A selfhash (seed, token) unit is stored as the seed's two 32-bit halves + the token.
+struct SeedKey {
+  int32_t ints[2];
+  explicit SeedKey(uint64_t seed)
+      : ints{static_cast<int32_t>(static_cast<uint32_t>(seed)), static_cast<int32_t>(static_cast<uint32_t>(seed >> 32))} {}
+};
+inline uint64_t self_unit_hash(uint64_t seed, int32_t token) { return pair_hash(SeedKey(seed).ints, token); }
+
 constexpr int32_t kSeedCacheMax = 1 << 20;  // token ids whose per-token seed (anchor, lefthash h = 1) is cached
 }  // namespace
 
@@ -143,13 +151,12 @@ uint64_t WatermarkScorer::self_seed(std::span<const int32_t> win, int32_t token)
 // is (seed, token), stored as two ints + the token.
 bool WatermarkScorer::add_self_pair(std::span<const int32_t> win, int32_t token) {
   const uint64_t seed = self_seed(win, token);
-  const int32_t key[2] = {static_cast<int32_t>(static_cast<uint32_t>(seed)), static_cast<int32_t>(static_cast<uint32_t>(seed >> 32))};
-  return add_self_unit(seed, token, pair_hash({key, 2}, token));
+  return add_self_unit(seed, token, self_unit_hash(seed, token));
 }
 
 bool WatermarkScorer::add_self_unit(uint64_t seed, int32_t token, uint64_t hash) {
-  const int32_t key[2] = {static_cast<int32_t>(static_cast<uint32_t>(seed)), static_cast<int32_t>(static_cast<uint32_t>(seed >> 32))};
-  if (!insert_pair({key, 2}, token, hash)) return false;
+  const SeedKey key(seed);
+  if (!insert_pair(key.ints, token, hash)) return false;
   score_ += stream_hash(seed ^ green_seed_, static_cast<uint32_t>(token)) < threshold_ ? 1.0 : 0.0;
   ++scored_;
   return true;
@@ -194,10 +201,8 @@ void WatermarkScorer::add_tokens(std::span<const int32_t> tokens) {
       const size_t t = t0 + b;
       if (selfhash_) {
         const uint64_t seed = self_seed({p + t - w, w}, p[t]);
-        const int32_t key[2] = {static_cast<int32_t>(static_cast<uint32_t>(seed)),
-                                static_cast<int32_t>(static_cast<uint32_t>(seed >> 32))};
         seeds[buf][b] = seed;
-        hs[buf][b] = pair_hash({key, 2}, p[t]);
+        hs[buf][b] = self_unit_hash(seed, p[t]);
       } else {
         hs[buf][b] = pair_hash({p + t - w, w}, p[t]);
       }
