@@ -1,6 +1,7 @@
 // bench/bench_runtime.cpp — runtime speed of one model, printed as one JSON object.
 //
 //   build/bench_runtime [--model M] [--threads N] [--dtype f32|bf16] [--prompt-len 128] [--gen 64] [--batches 1,32]
+//                       [--quantized 1|0]   (0: decode from dense weights, not the GGUF's Q8_0/Q4_1 blocks)
 //
 // Measures: load time; prefill tokens/s (one sequence of --prompt-len tokens); decode tokens/s at each batch size,
 // (a) model only: forward_cached on [B,1] + argmax, as llama-batched-bench's S_TG measures, and
@@ -28,6 +29,7 @@ static double secs_since(clk::time_point t) { return std::chrono::duration<doubl
 int main(int argc, char** argv) {
   std::string model = "smollm2-135m-instruct", dtype = "f32", batches_s = "1,32";
   int threads = 0;
+  bool quantized = true;
   int64_t prompt_len = 128, gen = 64;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i], v = argv[i + 1];
@@ -37,6 +39,7 @@ int main(int argc, char** argv) {
     else if (k == "--prompt-len") prompt_len = std::stoll(v);
     else if (k == "--gen") gen = std::stoll(v);
     else if (k == "--batches") batches_s = v;
+    else if (k == "--quantized") quantized = v != "0";
     else { std::fprintf(stderr, "unknown option %s\n", k.c_str()); return 2; }
   }
   std::vector<int64_t> batches;
@@ -55,9 +58,11 @@ int main(int argc, char** argv) {
   out["dtype"] = dtype;
   LoadOptions lo;
   lo.dtype = dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
+  lo.quantized_decode = quantized;
   auto t0 = clk::now();
   LoadedModel m = load_model(model, lo);
   out["load_s"] = secs_since(t0);
+  out["quantized_decode_weights"] = m.model->quantized_in_use();
   out["model"] = m.path;
   const int64_t V = m.hparams.n_vocab;
   torch::manual_seed(0);

@@ -429,3 +429,48 @@ TEST(SmolLM2, GreedyMatchesTransformers) {
     EXPECT_EQ(head, expected[i]) << "batched prompt " << i;
   }
 }
+
+// The decode step reads the GGUF's Q8_0/Q4_1 blocks (LoadOptions::quantized_decode) instead of the
+// dense float32 parameters. Same weights, so token-by-token logprobs agree with the dense decode to
+// float32 rounding and with transformers as closely as the full forward does; a parameter changed
+// after loading is decoded from, not the stale blocks.
+TEST(SmolLM2, QuantizedDecodeEqualsDenseDecode) {
+  SKIP_WITHOUT_SMOLLM2();
+  auto& m = smollm2();
+  const ModelHParams& hp = m.hparams;
+  EXPECT_EQ(m.model->quantized_in_use(), 7 * hp.n_layer + 1);  // 7 matrices per layer + tied head
+  LoadedModel dense = load_model(smollm2_path(), {torch::kCPU, torch::kFloat32, false, /*quantized_decode=*/false});
+  EXPECT_EQ(dense.model->quantized_in_use(), 0);
+  SafetensorsFile g = SafetensorsFile::open(kData + "/model/smollm2_golden.safetensors");
+  torch::NoGradGuard ng;
+  auto ids = read_i64(g, "p0_input_ids");
+  auto top_ids = read_i64(g, "p0_top_ids");
+  auto top_lp = read_f32(g, "p0_top_logprobs");
+  const int64_t T = ids.size(0);
+  auto decode_all = [&](LlamaModelImpl& model) {  // [T, V] logprobs, one token per step
+    KvCache cache(hp, 1, T, torch::kCPU, torch::kFloat32);
+    std::vector<torch::Tensor> rows;
+    for (int64_t t = 0; t < T; ++t)
+      rows.push_back(torch::log_softmax(model.forward_cached(ids.slice(0, t, t + 1).view({1, 1}), {0}, {1}, cache,
+                                                             true)[0], -1));
+    return torch::stack(rows);
+  };
+  auto q = decode_all(*m.model), d = decode_all(*dense.model);
+  const double vs_dense = (q - d).abs().max().item<double>();
+  const double vs_hf = (q.gather(1, top_ids) - top_lp).abs().max().item<double>();
+  std::cout << "SmolLM2 decode from Q4_1/Q8_0 blocks: max |logprob - dense decode| = " << vs_dense
+            << ", max |logprob - transformers| over top-20 = " << vs_hf << "\n";
+  EXPECT_LE(vs_dense, 1e-4);
+  EXPECT_LE(vs_hf, 2e-3);
+  EXPECT_TRUE(torch::equal(q.argmax(-1), d.argmax(-1)));
+
+  // Change one attached weight in place: the blocks no longer describe it, the decode step must use it.
+  auto& w = m.model->model->layers[0]->mlp->down_proj->weight;
+  const auto saved = w.clone();
+  w.mul_(0.5);
+  EXPECT_EQ(m.model->quantized_in_use(), 7 * hp.n_layer);
+  dense.model->model->layers[0]->mlp->down_proj->weight.mul_(0.5);
+  const double changed = (decode_all(*m.model) - decode_all(*dense.model)).abs().max().item<double>();
+  w.copy_(saved);
+  EXPECT_LE(changed, 1e-4) << "decode used stale quantized blocks";
+}

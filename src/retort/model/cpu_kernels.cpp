@@ -4,12 +4,16 @@
 
 #include <algorithm>
 #include <atomic>
+#include <type_traits>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
 
 #include <ATen/Parallel.h>
+
+#include "retort/io/ggml_quants.h"
+#include "retort/util/error.h"
 
 namespace retort::cpu {
 
@@ -35,8 +39,86 @@ bool cpu_avx512_bf16() {
   return v;
 }
 
-#define RETORT_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
-#define RETORT_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+#define RETORT_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,f16c")))
+#define RETORT_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,f16c,avx512bf16")))
+
+// ------------------------------------------------------------------------------------------------
+// Vector helpers.
+
+// Sum and max of the 16 lanes. (GCC 12's _mm512_reduce_* trip -Wuninitialized in its own header.)
+RETORT_AVX512 inline float hsum(__m512 v) {
+  v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(1, 0, 3, 2)));
+  v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(2, 3, 0, 1)));
+  v = _mm512_add_ps(v, _mm512_permute_ps(v, _MM_SHUFFLE(1, 0, 3, 2)));
+  v = _mm512_add_ps(v, _mm512_permute_ps(v, _MM_SHUFFLE(2, 3, 0, 1)));
+  return _mm512_cvtss_f32(v);
+}
+
+RETORT_AVX512 inline float hmax(__m512 v) {
+  v = _mm512_max_ps(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(1, 0, 3, 2)));
+  v = _mm512_max_ps(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(2, 3, 0, 1)));
+  v = _mm512_max_ps(v, _mm512_permute_ps(v, _MM_SHUFFLE(1, 0, 3, 2)));
+  v = _mm512_max_ps(v, _mm512_permute_ps(v, _MM_SHUFFLE(2, 3, 0, 1)));
+  return _mm512_cvtss_f32(v);
+}
+
+// Sixteen horizontal sums at once: out[4 (i % 4) + i / 4] = sum of the 16 lanes of a[i] (a transpose
+// of the index), in 30 shuffles and 15 adds instead of 16 separate reductions of ~8 dependent steps.
+RETORT_AVX512 inline __m512 reduce16(const __m512* a) {
+  __m512 c[8], e[4], g[2];
+  for (int i = 0; i < 8; ++i)  // 128-bit lanes: [a0 l0+l2, a0 l1+l3, a1 l0+l2, a1 l1+l3]
+    c[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  for (int i = 0; i < 4; ++i)  // lane k: four partial sums of a[4i + k]
+    e[i] = _mm512_add_ps(_mm512_shuffle_f32x4(c[2 * i], c[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(c[2 * i], c[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+  for (int i = 0; i < 2; ++i)  // lane k: [a[8i+k] two halves, a[8i+4+k] two halves]
+    g[i] = _mm512_add_ps(_mm512_shuffle_ps(e[2 * i], e[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_ps(e[2 * i], e[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+  // lane k: [a[k], a[4+k], a[8+k], a[12+k]]
+  return _mm512_add_ps(_mm512_shuffle_ps(g[0], g[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_ps(g[0], g[1], _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// exp(x) for 16 floats: 2^n exp(r), n = round(x log2 e), r = x - n ln 2 (ln 2 split in two for an exact
+// product), exp(r) by the Cephes expf polynomial; relative error ~2e-7 (1-2 ulp). x clamped to
+// [-104, 88.72]: exp underflows to 0 and overflows to +inf as expf does.
+RETORT_AVX512 inline __m512 exp512(__m512 x) {
+  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.7228394f)), _mm512_set1_ps(-104.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  const __m512 y = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(y, n);
+}
+
+// Store the MT x NT tile sums s (row i, weight j) to y[i * ldy + j], adding to y when acc.
+template <int MT, int NT>
+RETORT_AVX512 inline void store_tile(__m512 (&s)[MT][NT], float* y, int64_t ldy, bool acc) {
+  if constexpr (MT * NT == 16) {
+    alignas(64) float t[16];
+    _mm512_store_ps(t, reduce16(&s[0][0]));
+    for (int i = 0; i < MT; ++i)
+      for (int j = 0; j < NT; ++j) {
+        const int a = i * NT + j;  // index into s as a flat array
+        const float v = t[4 * (a % 4) + a / 4];
+        y[i * ldy + j] = acc ? y[i * ldy + j] + v : v;
+      }
+  } else {
+    for (int i = 0; i < MT; ++i)
+      for (int j = 0; j < NT; ++j) {
+        const float v = hsum(s[i][j]);
+        y[i * ldy + j] = acc ? y[i * ldy + j] + v : v;
+      }
+  }
+}
 
 // ------------------------------------------------------------------------------------------------
 // matmul tiles: y[MT rows, NT cols] for x rows (stride ldx) against NT weight rows (stride K).
@@ -65,11 +147,7 @@ RETORT_AVX512BF16 void tile_bf16(const uint16_t* x, int64_t ldx, const uint16_t*
       for (int j = 0; j < NT; ++j) s[i][j] = _mm512_dpbf16_ps(s[i][j], (__m512bh)xv, (__m512bh)wv[j]);
     }
   }
-  for (int i = 0; i < MT; ++i)
-    for (int j = 0; j < NT; ++j) {
-      const float v = _mm512_reduce_add_ps(s[i][j]);
-      y[i * ldy + j] = acc ? y[i * ldy + j] + v : v;
-    }
+  store_tile<MT, NT>(s, y, ldy, acc);
 }
 
 template <int MT, int NT>
@@ -96,11 +174,7 @@ RETORT_AVX512 void tile_f32(const float* x, int64_t ldx, const float* w, int64_t
       for (int j = 0; j < NT; ++j) s[i][j] = _mm512_fmadd_ps(xv, wv[j], s[i][j]);
     }
   }
-  for (int i = 0; i < MT; ++i)
-    for (int j = 0; j < NT; ++j) {
-      const float v = _mm512_reduce_add_ps(s[i][j]);
-      y[i * ldy + j] = acc ? y[i * ldy + j] + v : v;
-    }
+  store_tile<MT, NT>(s, y, ldy, acc);
 }
 
 template <int NT, class F>
@@ -148,14 +222,17 @@ void block_f32(const float* x, int64_t M, int64_t K, const float* w, int64_t r0,
 void block_scalar(const float* x, int64_t M, int64_t K, const WeightRef& wr, int64_t r0, int64_t r1, float* y,
                   int64_t ldy, bool acc) {
   std::vector<float> row(static_cast<size_t>(K));
+  const int64_t row_bytes = weight_row_bytes(wr.format, K);
   for (int64_t r = r0; r < r1; ++r) {
-    const float* wrow;
-    if (wr.bf16) {
-      const uint16_t* src = static_cast<const uint16_t*>(wr.data) + r * K;
-      for (int64_t k = 0; k < K; ++k) row[size_t(k)] = bf16_to_f32(src[k]);
-      wrow = row.data();
-    } else {
-      wrow = static_cast<const float*>(wr.data) + r * K;
+    const uint8_t* src = static_cast<const uint8_t*>(wr.data) + r * row_bytes;
+    const float* wrow = row.data();
+    switch (wr.format) {
+      case WeightFormat::kF32: wrow = reinterpret_cast<const float*>(src); break;
+      case WeightFormat::kBF16:
+        for (int64_t k = 0; k < K; ++k) row[size_t(k)] = bf16_to_f32(reinterpret_cast<const uint16_t*>(src)[k]);
+        break;
+      case WeightFormat::kQ8_0: dequantize(GgmlType::Q8_0, src, row.data(), K); break;
+      case WeightFormat::kQ4_1: dequantize(GgmlType::Q4_1, src, row.data(), K); break;
     }
     for (int64_t m = 0; m < M; ++m) {
       const float* xr = x + m * K;
@@ -168,7 +245,130 @@ void block_scalar(const float* x, int64_t M, int64_t K, const WeightRef& wr, int
 }
 
 // ------------------------------------------------------------------------------------------------
-// attention helpers: dot(q, k_row) and o += p * v_row over D elements.
+// Quantized weights (ggml blocks of 32 along K). Dequantization is the reference's arithmetic
+// (q * d, or q * d + m, each rounded to float32), so a float32 product sees exactly the weights a
+// dense float32 model loaded from the same file holds.
+
+constexpr int64_t kQ4_1Bytes = 20, kQ8_0Bytes = 34;
+
+// The 32 weights of one block as two float32 vectors (elements 0..15, 16..31).
+RETORT_AVX512 inline void dequant_block(WeightFormat f, const uint8_t* b, __m512& lo, __m512& hi) {
+  uint16_t dh;
+  std::memcpy(&dh, b, 2);
+  const __m512 d = _mm512_set1_ps(_cvtsh_ss(dh));
+  if (f == WeightFormat::kQ4_1) {
+    uint16_t mh;
+    std::memcpy(&mh, b + 2, 2);
+    const __m512 m = _mm512_set1_ps(_cvtsh_ss(mh));
+    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 4));
+    const __m128i nib = _mm_set1_epi8(0x0f);
+    const __m128i ql = _mm_and_si128(q, nib), qh = _mm_and_si128(_mm_srli_epi16(q, 4), nib);
+    // The _round_ forms keep q*d and +m two roundings: the compiler may not fuse them into one FMA.
+    constexpr int rn = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    lo = _mm512_add_round_ps(_mm512_mul_round_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(ql)), d, rn), m, rn);
+    hi = _mm512_add_round_ps(_mm512_mul_round_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(qh)), d, rn), m, rn);
+  } else {  // Q8_0
+    const __m128i q0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 2));
+    const __m128i q1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 18));
+    lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q0)), d);
+    hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q1)), d);
+  }
+}
+
+// Few rows of x: y[m, r] for r in [r0, r1), each block dequantized in registers and dotted with MT
+// rows of x, NT weight rows at a time (independent accumulators keep the FMA pipes busy while the
+// weight stream is the bottleneck).
+template <int MT, int NT>
+RETORT_AVX512 void quant_direct(WeightFormat f, const uint8_t* w, int64_t row_bytes, int64_t K, const float* x,
+                                float* y, int64_t ldy, bool acc) {
+  __m512 s[MT][NT];
+  for (int i = 0; i < MT; ++i)
+    for (int j = 0; j < NT; ++j) s[i][j] = _mm512_setzero_ps();
+  const int64_t bb = f == WeightFormat::kQ4_1 ? kQ4_1Bytes : kQ8_0Bytes;
+  for (int64_t b = 0, k = 0; k < K; ++b, k += 32) {
+    __m512 lo[NT], hi[NT];
+    for (int j = 0; j < NT; ++j) dequant_block(f, w + j * row_bytes + b * bb, lo[j], hi[j]);
+    for (int i = 0; i < MT; ++i) {
+      const __m512 xl = _mm512_loadu_ps(x + i * K + k), xh = _mm512_loadu_ps(x + i * K + k + 16);
+      for (int j = 0; j < NT; ++j) s[i][j] = _mm512_fmadd_ps(hi[j], xh, _mm512_fmadd_ps(lo[j], xl, s[i][j]));
+    }
+  }
+  store_tile<MT, NT>(s, y, ldy, acc);
+}
+
+// n rows of quantized weights -> float32 [n, K]; dequant_rows_bf16: the same rounded to bf16 (nearest
+// even). Two functions, not one template, because only the second may use the AVX512-BF16 target.
+RETORT_AVX512 void dequant_rows_f32(WeightFormat f, const uint8_t* w, int64_t row_bytes, int64_t n, int64_t K,
+                                    float* out) {
+  const int64_t bb = f == WeightFormat::kQ4_1 ? kQ4_1Bytes : kQ8_0Bytes;
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t b = 0, k = 0; k < K; ++b, k += 32) {
+      __m512 lo, hi;
+      dequant_block(f, w + r * row_bytes + b * bb, lo, hi);
+      _mm512_storeu_ps(out + r * K + k, lo);
+      _mm512_storeu_ps(out + r * K + k + 16, hi);
+    }
+}
+
+RETORT_AVX512BF16 void dequant_rows_bf16(WeightFormat f, const uint8_t* w, int64_t row_bytes, int64_t n, int64_t K,
+                                         uint16_t* out) {
+  const int64_t bb = f == WeightFormat::kQ4_1 ? kQ4_1Bytes : kQ8_0Bytes;
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t b = 0, k = 0; k < K; ++b, k += 32) {
+      __m512 lo, hi;
+      dequant_block(f, w + r * row_bytes + b * bb, lo, hi);
+      _mm512_storeu_si512(out + r * K + k, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+    }
+}
+
+// Rows [r0, r1) of one quantized weight against all M rows of x (vector paths). xb: x in bf16 (used
+// when bf16 math is on). scratch: thread-local space for 4 dequantized rows.
+void block_quant(const float* x, const uint16_t* xb, int64_t M, int64_t K, const WeightRef& wr, bool bf16_math,
+                 int64_t r0, int64_t r1, float* y, int64_t ldy, bool acc, std::vector<float>& scratch) {
+  const int64_t row_bytes = weight_row_bytes(wr.format, K);
+  const uint8_t* w = static_cast<const uint8_t*>(wr.data);
+  const WeightFormat f = wr.format;
+  if (M < 4) {
+    int64_t r = r0;
+    for (; r + 4 <= r1; r += 4)
+      tile_dispatch_m<4>(int(M), [&](auto mt) {
+        quant_direct<decltype(mt)::value, 4>(f, w + r * row_bytes, row_bytes, K, x, y + r, ldy, acc);
+      });
+    for (; r < r1; ++r)
+      tile_dispatch_m<1>(int(M), [&](auto mt) {
+        quant_direct<decltype(mt)::value, 1>(f, w + r * row_bytes, row_bytes, K, x, y + r, ldy, acc);
+      });
+    return;
+  }
+  scratch.resize(size_t(4 * K));
+  for (int64_t r = r0; r < r1; r += 4) {
+    const int64_t n = std::min<int64_t>(4, r1 - r);
+    if (bf16_math) {
+      auto* wb = reinterpret_cast<uint16_t*>(scratch.data());
+      dequant_rows_bf16(f, w + r * row_bytes, row_bytes, n, K, wb);
+      for (int64_t m = 0; m < M; m += 4)
+        tile_dispatch_m<4>(int(std::min<int64_t>(4, M - m)), [&](auto mt) {
+          if (n == 4) tile_bf16<decltype(mt)::value, 4>(xb + m * K, K, wb, K, y + m * ldy + r, ldy, acc);
+          else
+            for (int64_t j = 0; j < n; ++j)
+              tile_bf16<decltype(mt)::value, 1>(xb + m * K, K, wb + j * K, K, y + m * ldy + r + j, ldy, acc);
+        });
+    } else {
+      float* wf = scratch.data();
+      dequant_rows_f32(f, w + r * row_bytes, row_bytes, n, K, wf);
+      for (int64_t m = 0; m < M; m += 4)
+        tile_dispatch_m<4>(int(std::min<int64_t>(4, M - m)), [&](auto mt) {
+          if (n == 4) tile_f32<decltype(mt)::value, 4>(x + m * K, K, wf, K, y + m * ldy + r, ldy, acc);
+          else
+            for (int64_t j = 0; j < n; ++j)
+              tile_f32<decltype(mt)::value, 1>(x + m * K, K, wf + j * K, K, y + m * ldy + r + j, ldy, acc);
+        });
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Attention over the KV cache: rows of float32 or bf16 (load16 widens 16 of either to float32).
 
 RETORT_AVX512 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
 RETORT_AVX512 inline __m512 load16(const uint16_t* p) {
@@ -179,23 +379,11 @@ RETORT_AVX512 inline __m512 load16(const uint16_t* p) {
 inline float to_f(float v) { return v; }
 inline float to_f(uint16_t v) { return bf16_to_f32(v); }
 
-template <class T>
-RETORT_AVX512 float dot_avx(const float* q, const T* k, int64_t D) {
-  __m512 s = _mm512_setzero_ps();
-  for (int64_t d = 0; d < D; d += 16) s = _mm512_fmadd_ps(_mm512_loadu_ps(q + d), load16(k + d), s);
-  return _mm512_reduce_add_ps(s);
-}
-
-template <class T>
-RETORT_AVX512 void axpy_avx(float p, const T* v, float* o, int64_t D) {
-  const __m512 pv = _mm512_set1_ps(p);
-  for (int64_t d = 0; d < D; d += 16)
-    _mm512_storeu_ps(o + d, _mm512_fmadd_ps(pv, load16(v + d), _mm512_loadu_ps(o + d)));
-}
-
+// Attention of one new token's G = H / Hkv query heads (sharing kv head kh) over keys 0..L-1.
+// Scalar fallback and the AVX512 path (D % 16 == 0) below.
 template <class T>
 void attend_one(const float* qkv_b, int64_t H, int64_t Hkv, int64_t D, int64_t kh, const T* kc, const T* vc,
-                int64_t L, float* out_b, bool vec, std::vector<float>& scores) {
+                int64_t L, float* out_b, std::vector<float>& scores) {
   const int64_t G = H / Hkv;
   const float scale = float(1.0 / std::sqrt(double(D)));
   scores.resize(size_t(L));
@@ -204,13 +392,8 @@ void attend_one(const float* qkv_b, int64_t H, int64_t Hkv, int64_t D, int64_t k
     const float* q = qkv_b + h * D;
     float mx = -INFINITY;
     for (int64_t j = 0; j < L; ++j) {
-      float s;
-      if (vec) {
-        s = dot_avx(q, kc + j * D, D);
-      } else {
-        s = 0;
-        for (int64_t d = 0; d < D; ++d) s += q[d] * to_f(kc[j * D + d]);
-      }
+      float s = 0;
+      for (int64_t d = 0; d < D; ++d) s += q[d] * to_f(kc[j * D + d]);
       s *= scale;
       scores[size_t(j)] = s;
       mx = std::max(mx, s);
@@ -226,12 +409,135 @@ void attend_one(const float* qkv_b, int64_t H, int64_t Hkv, int64_t D, int64_t k
     std::fill(o, o + D, 0.0f);
     for (int64_t j = 0; j < L; ++j) {
       const float p = scores[size_t(j)] * inv;
-      if (vec) {
-        axpy_avx(p, vc + j * D, o, D);
-      } else {
-        for (int64_t d = 0; d < D; ++d) o[d] += p * to_f(vc[j * D + d]);
-      }
+      for (int64_t d = 0; d < D; ++d) o[d] += p * to_f(vc[j * D + d]);
     }
+  }
+}
+
+// The vector path, in three passes over the keys of kv head kh:
+//  1. scores s[g, j] = q_g . k_j / sqrt(D), 16 keys at a time (one reduce16 instead of 16 reductions);
+//     with a bf16 cache on AVX512-BF16 and D % 32 == 0, q is rounded to bf16 and vdpbf16ps reads the
+//     cache as stored (the numerics of a bf16 attention), else float32 FMAs on widened rows;
+//  2. softmax per head, vectorized;
+//  3. o_g = sum_j p[g, j] v_j, each value row widened once and used by all G heads.
+RETORT_AVX512BF16 void scores_bf16(const float* q, int64_t G, int64_t D, const uint16_t* kc, int64_t L, float* sc,
+                                   int64_t ld_sc, std::vector<uint16_t>& qb) {
+  qb.resize(size_t(G * D));
+  for (int64_t i = 0; i < G * D; i += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(qb.data() + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(q + i)));
+  const __m512 scale = _mm512_set1_ps(float(1.0 / std::sqrt(double(D))));
+  for (int64_t g = 0; g < G; ++g) {
+    const uint16_t* qg = qb.data() + g * D;
+    float* s = sc + g * ld_sc;
+    int64_t j = 0;
+    for (; j + 16 <= L; j += 16) {
+      __m512 acc[16];  // key j + t accumulates in acc[4 (t % 4) + t / 4], so reduce16 returns keys in order
+      for (auto& a : acc) a = _mm512_setzero_ps();
+      for (int64_t d = 0; d < D; d += 32) {
+        const __m512i qv = _mm512_loadu_si512(qg + d);
+        for (int t = 0; t < 16; ++t)
+          acc[4 * (t % 4) + t / 4] = _mm512_dpbf16_ps(acc[4 * (t % 4) + t / 4], (__m512bh)qv,
+                                                      (__m512bh)_mm512_loadu_si512(kc + (j + t) * D + d));
+      }
+      _mm512_storeu_ps(s + j, _mm512_mul_ps(reduce16(acc), scale));
+    }
+    for (; j < L; ++j) {
+      __m512 a = _mm512_setzero_ps();
+      for (int64_t d = 0; d < D; d += 32)
+        a = _mm512_dpbf16_ps(a, (__m512bh)_mm512_loadu_si512(qg + d), (__m512bh)_mm512_loadu_si512(kc + j * D + d));
+      s[j] = hsum(a) * (1.0f / std::sqrt(float(D)));
+    }
+  }
+}
+
+template <class T>
+RETORT_AVX512 void scores_f32(const float* q, int64_t G, int64_t D, const T* kc, int64_t L, float* sc,
+                              int64_t ld_sc) {
+  const __m512 scale = _mm512_set1_ps(float(1.0 / std::sqrt(double(D))));
+  for (int64_t g = 0; g < G; ++g) {
+    const float* qg = q + g * D;
+    float* s = sc + g * ld_sc;
+    int64_t j = 0;
+    for (; j + 16 <= L; j += 16) {
+      __m512 acc[16];
+      for (auto& a : acc) a = _mm512_setzero_ps();
+      for (int64_t d = 0; d < D; d += 16) {
+        const __m512 qv = _mm512_loadu_ps(qg + d);
+        for (int t = 0; t < 16; ++t)
+          acc[4 * (t % 4) + t / 4] = _mm512_fmadd_ps(qv, load16(kc + (j + t) * D + d), acc[4 * (t % 4) + t / 4]);
+      }
+      _mm512_storeu_ps(s + j, _mm512_mul_ps(reduce16(acc), scale));
+    }
+    for (; j < L; ++j) {
+      __m512 a = _mm512_setzero_ps();
+      for (int64_t d = 0; d < D; d += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(qg + d), load16(kc + j * D + d), a);
+      s[j] = hsum(a) * (1.0f / std::sqrt(float(D)));
+    }
+  }
+}
+
+// s[0, L) -> softmax(s) in place.
+RETORT_AVX512 void softmax_avx(float* s, int64_t L) {
+  __m512 mxv = _mm512_set1_ps(-INFINITY);
+  for (int64_t j = 0; j < L; j += 16) {
+    const __mmask16 k = L - j >= 16 ? __mmask16(0xffff) : __mmask16((1u << (L - j)) - 1);
+    mxv = _mm512_mask_max_ps(mxv, k, mxv, _mm512_maskz_loadu_ps(k, s + j));
+  }
+  const __m512 mx = _mm512_set1_ps(hmax(mxv));
+  __m512 sumv = _mm512_setzero_ps();
+  for (int64_t j = 0; j < L; j += 16) {
+    const __mmask16 k = L - j >= 16 ? __mmask16(0xffff) : __mmask16((1u << (L - j)) - 1);
+    const __m512 e = _mm512_maskz_mov_ps(k, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, s + j), mx)));
+    _mm512_mask_storeu_ps(s + j, k, e);
+    sumv = _mm512_add_ps(sumv, e);
+  }
+  const __m512 inv = _mm512_set1_ps(1.0f / hsum(sumv));
+  for (int64_t j = 0; j < L; j += 16) {
+    const __mmask16 k = L - j >= 16 ? __mmask16(0xffff) : __mmask16((1u << (L - j)) - 1);
+    _mm512_mask_storeu_ps(s + j, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, s + j), inv));
+  }
+}
+
+// o[g, :] = sum_j p[g, j] v_j for G heads (G a compile-time count so the accumulators stay in registers).
+template <int G, class T>
+RETORT_AVX512 void weighted_values(const float* p, int64_t ld_p, const T* vc, int64_t L, int64_t D, float* o) {
+  for (int64_t d = 0; d < D; d += 16) {
+    __m512 acc[G];
+    for (auto& a : acc) a = _mm512_setzero_ps();
+    for (int64_t j = 0; j < L; ++j) {
+      const __m512 v = load16(vc + j * D + d);
+      for (int g = 0; g < G; ++g) acc[g] = _mm512_fmadd_ps(_mm512_set1_ps(p[g * ld_p + j]), v, acc[g]);
+    }
+    for (int g = 0; g < G; ++g) _mm512_storeu_ps(o + g * D + d, acc[g]);
+  }
+}
+
+template <class T>
+void attend_one_avx(const float* qkv_b, int64_t H, int64_t Hkv, int64_t D, int64_t kh, const T* kc, const T* vc,
+                    int64_t L, float* out_b, std::vector<float>& scores, std::vector<uint16_t>& qb) {
+  const int64_t G = H / Hkv, ld = (L + 15) / 16 * 16;
+  scores.resize(size_t(G * ld));
+  float* sc = scores.data();
+  const float* q = qkv_b + kh * G * D;  // the G query heads of kv head kh, adjacent
+  if constexpr (std::is_same_v<T, uint16_t>) {
+    if (has_avx512_bf16() && D % 32 == 0) scores_bf16(q, G, D, kc, L, sc, ld, qb);
+    else scores_f32(q, G, D, kc, L, sc, ld);
+  } else {
+    scores_f32(q, G, D, kc, L, sc, ld);
+  }
+  for (int64_t g = 0; g < G; ++g) softmax_avx(sc + g * ld, L);
+  float* o = out_b + kh * G * D;
+  switch (G) {
+    case 1: return weighted_values<1>(sc, ld, vc, L, D, o);
+    case 2: return weighted_values<2>(sc, ld, vc, L, D, o);
+    case 3: return weighted_values<3>(sc, ld, vc, L, D, o);
+    case 4: return weighted_values<4>(sc, ld, vc, L, D, o);
+    case 5: return weighted_values<5>(sc, ld, vc, L, D, o);
+    case 6: return weighted_values<6>(sc, ld, vc, L, D, o);
+    case 7: return weighted_values<7>(sc, ld, vc, L, D, o);
+    case 8: return weighted_values<8>(sc, ld, vc, L, D, o);
+    default:
+      for (int64_t g = 0; g < G; ++g) weighted_values<1>(sc + g * ld, ld, vc, L, D, o + g * D);
   }
 }
 
@@ -266,15 +572,29 @@ float bf16_to_f32(uint16_t b) {
   return f;
 }
 
+int64_t weight_row_bytes(WeightFormat format, int64_t K) {
+  switch (format) {
+    case WeightFormat::kF32: return 4 * K;
+    case WeightFormat::kBF16: return 2 * K;
+    case WeightFormat::kQ8_0: return K / 32 * kQ8_0Bytes;
+    case WeightFormat::kQ4_1: return K / 32 * kQ4_1Bytes;
+  }
+  return 0;
+}
+
 void matmul_wt(const float* x, int64_t M, int64_t K, const WeightRef* w, int n_w, float* y, int64_t ldy,
                bool accumulate) {
   if (M <= 0 || K <= 0) return;
   const bool bf16_vec = has_avx512_bf16();
   const bool f32_vec = has_avx512f();
-  bool any_bf16 = false;
-  for (int i = 0; i < n_w; ++i) any_bf16 = any_bf16 || w[i].bf16;
+  bool need_xb = false;
+  for (int i = 0; i < n_w; ++i) {
+    const bool quant = w[i].format == WeightFormat::kQ8_0 || w[i].format == WeightFormat::kQ4_1;
+    if (quant && K % 32 != 0) fail("matmul_wt: quantized weight with K = ", K, " (not a multiple of 32)");
+    need_xb = need_xb || w[i].format == WeightFormat::kBF16 || (quant && w[i].bf16_math && M >= 4);
+  }
   std::vector<uint16_t> xb;
-  if (any_bf16 && bf16_vec) {
+  if (need_xb && bf16_vec) {
     xb.resize(size_t(M * K));
     for (int64_t i = 0; i < M * K; ++i) xb[size_t(i)] = f32_to_bf16(x[i]);
   }
@@ -291,16 +611,33 @@ void matmul_wt(const float* x, int64_t M, int64_t K, const WeightRef* w, int n_w
     col += w[i].rows;
   }
   at::parallel_for(0, int64_t(blocks.size()), 1, [&](int64_t lo, int64_t hi) {
+    std::vector<float> scratch;
     for (int64_t bi = lo; bi < hi; ++bi) {
       const Block& b = blocks[size_t(bi)];
       const WeightRef& wr = w[b.seg];
       float* yc = y + b.col0;  // column 0 of this matrix's outputs
-      if (wr.bf16 && bf16_vec)
-        block_bf16(xb.data(), M, K, static_cast<const uint16_t*>(wr.data), b.r0, b.r1, yc, ldy, accumulate);
-      else if (!wr.bf16 && f32_vec)
-        block_f32(x, M, K, static_cast<const float*>(wr.data), b.r0, b.r1, yc, ldy, accumulate);
-      else
-        block_scalar(x, M, K, wr, b.r0, b.r1, yc, ldy, accumulate);
+      switch (wr.format) {
+        case WeightFormat::kBF16:
+          if (bf16_vec) {
+            block_bf16(xb.data(), M, K, static_cast<const uint16_t*>(wr.data), b.r0, b.r1, yc, ldy, accumulate);
+            continue;
+          }
+          break;
+        case WeightFormat::kF32:
+          if (f32_vec) {
+            block_f32(x, M, K, static_cast<const float*>(wr.data), b.r0, b.r1, yc, ldy, accumulate);
+            continue;
+          }
+          break;
+        case WeightFormat::kQ8_0:
+        case WeightFormat::kQ4_1:
+          if (f32_vec) {
+            block_quant(x, xb.data(), M, K, wr, wr.bf16_math && bf16_vec, b.r0, b.r1, yc, ldy, accumulate, scratch);
+            continue;
+          }
+          break;
+      }
+      block_scalar(x, M, K, wr, b.r0, b.r1, yc, ldy, accumulate);
     }
   });
 }
@@ -312,6 +649,7 @@ void attention_decode(float* qkv, int64_t B, int64_t H, int64_t Hkv, int64_t D, 
   const bool vec = has_avx512f() && D % 16 == 0;
   at::parallel_for(0, B * Hkv, 1, [&](int64_t lo, int64_t hi) {
     std::vector<float> scores;
+    std::vector<uint16_t> q16;
     for (int64_t i = lo; i < hi; ++i) {
       const int64_t b = i / Hkv, kh = i % Hkv;
       float* qb = qkv + b * ldq;
@@ -330,13 +668,15 @@ void attention_decode(float* qkv, int64_t B, int64_t H, int64_t Hkv, int64_t D, 
           kc[pos[b] * D + d] = f32_to_bf16(kn[d]);
           vc[pos[b] * D + d] = f32_to_bf16(vn[d]);
         }
-        attend_one<uint16_t>(qb, H, Hkv, D, kh, kc, vc, L, out + b * H * D, vec, scores);
+        if (vec) attend_one_avx<uint16_t>(qb, H, Hkv, D, kh, kc, vc, L, out + b * H * D, scores, q16);
+        else attend_one<uint16_t>(qb, H, Hkv, D, kh, kc, vc, L, out + b * H * D, scores);
       } else {
         float* kc = static_cast<float*>(k_cache) + base * D;
         float* vc = static_cast<float*>(v_cache) + base * D;
         std::memcpy(kc + pos[b] * D, kn, size_t(D) * 4);
         std::memcpy(vc + pos[b] * D, vn, size_t(D) * 4);
-        attend_one<float>(qb, H, Hkv, D, kh, kc, vc, L, out + b * H * D, vec, scores);
+        if (vec) attend_one_avx<float>(qb, H, Hkv, D, kh, kc, vc, L, out + b * H * D, scores, q16);
+        else attend_one<float>(qb, H, Hkv, D, kh, kc, vc, L, out + b * H * D, scores);
       }
     }
   });
@@ -353,7 +693,27 @@ void rms_norm(const float* x, const float* w, int64_t M, int64_t n, double eps, 
   }
 }
 
+namespace {
+
+RETORT_AVX512 void silu_mul_avx(const float* gu, int64_t M, int64_t F, float* out) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  for (int64_t m = 0; m < M; ++m) {
+    const float* g = gu + m * 2 * F;
+    const float* u = g + F;
+    float* o = out + m * F;
+    for (int64_t i = 0; i < F; i += 16) {
+      const __mmask16 k = F - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (F - i)) - 1);
+      const __m512 gv = _mm512_maskz_loadu_ps(k, g + i), uv = _mm512_maskz_loadu_ps(k, u + i);
+      const __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), gv));
+      _mm512_mask_storeu_ps(o + i, k, _mm512_mul_ps(_mm512_div_ps(gv, _mm512_add_ps(one, e)), uv));
+    }
+  }
+}
+
+}  // namespace
+
 void silu_mul(const float* gu, int64_t M, int64_t F, float* out) {
+  if (has_avx512f()) return silu_mul_avx(gu, M, F, out);
   for (int64_t m = 0; m < M; ++m) {
     const float* g = gu + m * 2 * F;
     const float* u = g + F;

@@ -21,18 +21,32 @@ void set_force_scalar(bool on);
 uint16_t f32_to_bf16(float f);
 float bf16_to_f32(uint16_t b);
 
-// One weight matrix W [rows, K], row-major contiguous; float32, or bfloat16 as raw 16-bit words.
+// How a weight matrix is stored. Quantized formats are ggml blocks of 32 values along K (K % 32 == 0),
+// as GGUF stores them, one row after another:
+//   Q8_0, 34 bytes: fp16 d | int8 q[32];             w = q * d
+//   Q4_1, 20 bytes: fp16 d | fp16 m | u8 qs[16];     w_j = (qs[j] & 15) * d + m, w_{16+j} = (qs[j] >> 4) * d + m
+enum class WeightFormat : uint8_t { kF32, kBF16, kQ8_0, kQ4_1 };
+
+// One weight matrix W [rows, K], row-major contiguous.
 struct WeightRef {
   const void* data = nullptr;
   int64_t rows = 0;
-  bool bf16 = false;
+  WeightFormat format = WeightFormat::kF32;
+  // Quantized formats only. With few rows of x (M < 4) every block is dequantized to float32 and dotted
+  // in float32 (the product of the dequantized matrix, as a float32 model computes it). With more rows
+  // a block of weight rows is dequantized once and shared by all M: in float32, or, when bf16_math is
+  // set and the CPU has AVX512-BF16, rounded to bf16 with x rounded too (the numerics of --dtype bf16).
+  bool bf16_math = false;
 };
+
+// Bytes of one row of K values in `format`.
+int64_t weight_row_bytes(WeightFormat format, int64_t K);
 
 // y[m, c] (+)= x[m, :] · W_i[r, :] where output column c = (rows of W_0..W_{i-1}) + r: the
 // matrices' outputs side by side (fused q|k|v or gate|up). x float32 [M, K] (row stride K), y float32
 // with row stride ldy; accumulate adds to y instead of overwriting. With bf16 weights on the
-// AVX512-BF16 path x is rounded to bf16 (products and sums are float32), as a bf16 matmul does.
-// Parallel over output columns.
+// AVX512-BF16 path x is rounded to bf16 (products and sums are float32), as a bf16 matmul does;
+// quantized weights as WeightRef::bf16_math says. Parallel over output columns.
 void matmul_wt(const float* x, int64_t M, int64_t K, const WeightRef* w, int n_w, float* y, int64_t ldy,
                bool accumulate);
 

@@ -338,13 +338,39 @@ bool kernel_ok(const torch::Tensor& t) {
          (t.scalar_type() == torch::kFloat32 || t.scalar_type() == torch::kBFloat16);
 }
 
-cpu::WeightRef wref(const torch::Tensor& w) {
-  return {w.data_ptr(), w.size(0), w.scalar_type() == torch::kBFloat16};
-}
-
 torch::Tensor as_f32(const torch::Tensor& t) { return t.to(torch::kFloat32).contiguous(); }
 
 }  // namespace
+
+void LlamaModelImpl::attach_quantized(const torch::Tensor& param, cpu::WeightFormat format,
+                                      std::vector<uint8_t> blocks) {
+  check(param.dim() == 2 && param.size(1) % 32 == 0, "attach_quantized: weight of shape ", param.sizes(),
+        " (need [rows, K] with K a multiple of 32)");
+  check(format == cpu::WeightFormat::kQ8_0 || format == cpu::WeightFormat::kQ4_1,
+        "attach_quantized: not a quantized format");
+  const int64_t want = param.size(0) * cpu::weight_row_bytes(format, param.size(1));
+  check(int64_t(blocks.size()) == want, "attach_quantized: ", blocks.size(), " bytes of blocks for a weight of shape ",
+        param.sizes(), ", expected ", want);
+  quantized_[param.unsafeGetTensorImpl()] = {format, std::move(blocks), param.data_ptr(), param._version()};
+}
+
+int64_t LlamaModelImpl::quantized_in_use() const {
+  int64_t n = 0;
+  for (const auto& p : parameters()) {
+    const auto ref = decode_weight(p);
+    n += ref.format == cpu::WeightFormat::kQ8_0 || ref.format == cpu::WeightFormat::kQ4_1;
+  }
+  return n;
+}
+
+cpu::WeightRef LlamaModelImpl::decode_weight(const torch::Tensor& w) const {
+  const bool bf16 = w.scalar_type() == torch::kBFloat16;
+  if (auto it = quantized_.find(w.unsafeGetTensorImpl());
+      it != quantized_.end() && w.device().is_cpu() && it->second.data == w.data_ptr() &&
+      it->second.version == w._version())
+    return {it->second.blocks.data(), w.size(0), it->second.format, bf16};
+  return {w.data_ptr(), w.size(0), bf16 ? cpu::WeightFormat::kBF16 : cpu::WeightFormat::kF32};
+}
 
 bool LlamaModelImpl::can_decode_cpu(const KvCache& cache) const {
   if (!device().is_cpu() || hp_.head_dim % 2 != 0 || c10::GradMode::is_enabled()) return false;
@@ -385,7 +411,7 @@ torch::Tensor LlamaModelImpl::decode_step_cpu(const std::vector<int64_t>& tok, c
     // x += o_proj(attn(rms_norm(x)))
     auto w_in = as_f32(layer->input_layernorm->weight);
     cpu::rms_norm(xp, w_in.data_ptr<float>(), B, E, hp_.rms_eps, hp);
-    const cpu::WeightRef w_qkv[3] = {wref(at->q_proj->weight), wref(at->k_proj->weight), wref(at->v_proj->weight)};
+    const cpu::WeightRef w_qkv[3] = {decode_weight(at->q_proj->weight), decode_weight(at->k_proj->weight), decode_weight(at->v_proj->weight)};
     cpu::matmul_wt(hp, B, E, w_qkv, 3, qp, nq, /*accumulate=*/false);
     if (hp_.qkv_bias) {
       auto bias = as_f32(torch::cat({at->q_proj->bias, at->k_proj->bias, at->v_proj->bias}));
@@ -397,21 +423,21 @@ torch::Tensor LlamaModelImpl::decode_step_cpu(const std::vector<int64_t>& tok, c
     cpu::attention_decode(qp, B, H, Hkv, D, cos.data_ptr<float>(), sin.data_ptr<float>(), ck.data_ptr(),
                           cache.v[size_t(l)].data_ptr(), ck.scalar_type() == torch::kBFloat16, cache.max_len(),
                           slots.data(), old_len.data(), ap);
-    const cpu::WeightRef w_o = wref(at->o_proj->weight);
+    const cpu::WeightRef w_o = decode_weight(at->o_proj->weight);
     cpu::matmul_wt(ap, B, H * D, &w_o, 1, xp, E, /*accumulate=*/true);
     // x += down(silu(gate(h)) * up(h)), h = rms_norm(x)
     auto w_post = as_f32(layer->post_attention_layernorm->weight);
     cpu::rms_norm(xp, w_post.data_ptr<float>(), B, E, hp_.rms_eps, hp);
-    const cpu::WeightRef w_gu[2] = {wref(mlp->gate_proj->weight), wref(mlp->up_proj->weight)};
+    const cpu::WeightRef w_gu[2] = {decode_weight(mlp->gate_proj->weight), decode_weight(mlp->up_proj->weight)};
     cpu::matmul_wt(hp, B, E, w_gu, 2, gp, 2 * F, /*accumulate=*/false);
     cpu::silu_mul(gp, B, F, actp);
-    const cpu::WeightRef w_down = wref(mlp->down_proj->weight);
+    const cpu::WeightRef w_down = decode_weight(mlp->down_proj->weight);
     cpu::matmul_wt(actp, B, F, &w_down, 1, xp, E, /*accumulate=*/true);
   }
   auto w_norm = as_f32(model->norm->weight);
   cpu::rms_norm(xp, w_norm.data_ptr<float>(), B, E, hp_.rms_eps, hp);
   auto logits = torch::empty({B, V}, f32);
-  const cpu::WeightRef w_out = wref(lm_head ? lm_head->weight : model->embed_tokens);
+  const cpu::WeightRef w_out = decode_weight(lm_head ? lm_head->weight : model->embed_tokens);
   cpu::matmul_wt(hp, B, E, &w_out, 1, logits.data_ptr<float>(), V, /*accumulate=*/false);
   return logits;
 }

@@ -15,10 +15,12 @@
 #pragma once
 
 #include <cstdint>
+#include <unordered_map>
 #include <vector>
 
 #include <torch/torch.h>
 
+#include "retort/model/cpu_kernels.h"
 #include "retort/model/hparams.h"
 #include "retort/model/kv_cache.h"
 
@@ -97,6 +99,18 @@ class LlamaModelImpl : public torch::nn::Module {
   // Normal(0, std) weights, unit norms, zero biases (training from scratch). Deterministic in seed.
   void init_weights(uint64_t seed, double std = 0.02);
 
+  // The CPU decode step can multiply a weight in the ggml blocks its checkpoint stores (Q8_0, Q4_1)
+  // instead of the dense parameter: the blocks dequantize to exactly the float32 values the loader put
+  // in the parameter (bf16 parameters: those values rounded), and a step reads 3-6x fewer bytes, which
+  // is what batch-1 decode is bound by. load_model attaches them for GGUF checkpoints on the CPU.
+  // blocks: [rows, K/32] blocks in this module's row order. A copy is used only while the parameter
+  // is unchanged since attaching (same storage, same version counter): training it, copy_, .to()
+  // make the decode step fall back to the parameter.
+  void attach_quantized(const torch::Tensor& param, cpu::WeightFormat format, std::vector<uint8_t> blocks);
+  void drop_quantized() { quantized_.clear(); }
+  // Attached copies that are still valid (the decode step will use them).
+  int64_t quantized_in_use() const;
+
   const ModelHParams& hparams() const { return hp_; }
   torch::Device device() const;
   torch::ScalarType dtype() const;  // of the weights
@@ -112,6 +126,16 @@ class LlamaModelImpl : public torch::nn::Module {
   torch::Tensor decode_step_cpu(const std::vector<int64_t>& tok, const std::vector<int64_t>& slots,
                                 const std::vector<int64_t>& old_len, KvCache& cache);
   bool can_decode_cpu(const KvCache& cache) const;
+  // The operand the decode kernels read for weight w: its attached quantized copy when valid, else w.
+  cpu::WeightRef decode_weight(const torch::Tensor& w) const;
+
+  struct QuantizedCopy {
+    cpu::WeightFormat format;
+    std::vector<uint8_t> blocks;
+    const void* data = nullptr;  // the parameter's storage and version when attached
+    int64_t version = 0;
+  };
+  std::unordered_map<const c10::TensorImpl*, QuantizedCopy> quantized_;
 
   ModelHParams hp_;
   torch::Tensor inv_freq_;       // [head_dim/2] float32 (CPU), scaling applied

@@ -5,10 +5,13 @@
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
+#include <cstring>
+#include <optional>
 #include <set>
 
 #include <ATen/Parallel.h>
 
+#include "retort/io/ggml_quants.h"
 #include "retort/io/gguf.h"
 #include "retort/io/hf_checkpoint.h"
 #include "retort/io/safetensors.h"
@@ -122,6 +125,44 @@ void load_weights_gguf(LlamaModelImpl& model, const GgufFile& f) {
   run_jobs(jobs, [&](const std::string& name, float* dst) { f.read_f32(*f.find_tensor(name), dst); });
 }
 
+int64_t attach_quantized_gguf(LlamaModelImpl& model, const GgufFile& f) {
+  const ModelHParams& hp = model.hparams();
+  const bool permuted = hp.arch == "llama" || hp.arch == "mistral";
+  int64_t n = 0;
+  for (auto& p : model.named_parameters()) {
+    const torch::Tensor& w = p.value();
+    // The embedding is a decode-step matrix only as the tied output head.
+    if (w.dim() != 2 || (p.key() == "model.embed_tokens.weight" && model.lm_head)) continue;
+    const GgufTensorInfo* t = f.find_tensor(gguf_tensor_name(p.key()));
+    if (t == nullptr || w.size(1) % 32 != 0) continue;
+    cpu::WeightFormat format;
+    if (t->type == uint32_t(GgmlType::Q8_0)) format = cpu::WeightFormat::kQ8_0;
+    else if (t->type == uint32_t(GgmlType::Q4_1)) format = cpu::WeightFormat::kQ4_1;
+    else continue;
+    const int64_t rows = w.size(0), row_bytes = cpu::weight_row_bytes(format, w.size(1));
+    check(int64_t(t->nbytes) == rows * row_bytes, "gguf ", f.path(), ": tensor ", t->name, " has ", t->nbytes,
+          " bytes, expected ", rows * row_bytes);
+    const uint8_t* src = f.tensor_data(*t);
+    std::vector<uint8_t> blocks(size_t(rows * row_bytes));
+    // llama.cpp's q/k row order within a head is (i, j), i < head_dim/2, j < 2; ours is (j, i).
+    int64_t heads = 0;
+    if (permuted && p.key().find("self_attn.q_proj") != std::string::npos) heads = hp.n_head;
+    if (permuted && p.key().find("self_attn.k_proj") != std::string::npos) heads = hp.n_head_kv;
+    const int64_t hd = heads > 0 ? rows / heads : 0;
+    for (int64_t r = 0; r < rows; ++r) {
+      int64_t from = r;
+      if (heads > 0) {
+        const int64_t h = r / hd, j = (r % hd) / (hd / 2), i = r % (hd / 2);
+        from = h * hd + i * 2 + j;
+      }
+      std::memcpy(blocks.data() + r * row_bytes, src + from * row_bytes, size_t(row_bytes));
+    }
+    model.attach_quantized(w, format, std::move(blocks));
+    ++n;
+  }
+  return n;
+}
+
 void load_weights_hf(LlamaModelImpl& model, const HfCheckpoint& ckpt) {
   std::vector<WeightJob> jobs;
   for (auto& p : model.named_parameters()) {
@@ -218,6 +259,7 @@ LoadedModel load_model(const std::string& spec, const LoadOptions& opts) {
   out.path = resolve_model_path(spec);
   std::error_code ec;
   std::vector<int32_t> eos;
+  std::optional<GgufFile> gguf;
 
   if (fs::is_directory(out.path, ec)) {
     check(fs::is_regular_file(out.path + "/config.json", ec), "model directory ", out.path,
@@ -244,7 +286,8 @@ LoadedModel load_model(const std::string& spec, const LoadOptions& opts) {
     }
   } else {
     out.format = "gguf";
-    GgufFile f = GgufFile::open(out.path);
+    gguf.emplace(GgufFile::open(out.path));
+    const GgufFile& f = *gguf;
     out.hparams = hparams_from_gguf(f);
     out.model = LlamaModel(out.hparams);
     load_weights_gguf(*out.model, f);
@@ -263,6 +306,7 @@ LoadedModel load_model(const std::string& spec, const LoadOptions& opts) {
 
   if (opts.device != torch::Device(torch::kCPU) || opts.dtype != torch::kFloat32)
     out.model->to(opts.device, opts.dtype);
+  if (gguf && opts.quantized_decode && opts.device.is_cpu()) attach_quantized_gguf(*out.model, *gguf);
   out.model->eval();
   out.load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return out;
