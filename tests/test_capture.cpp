@@ -180,8 +180,8 @@ TEST_F(Capture, GenerateStoresWhatGenerateReturnsAndScoreAgrees) {
   EXPECT_GT(differing, 0);
 
   // Score mode over the captured completions: the same prompts plus the decoded completion
-  // (without the end-of-turn token). Retokenization can differ from the sampled tokens, so
-  // compare the common prefix and require that it covers most positions.
+  // (without the end-of-turn token, which score mode appends). Retokenization can differ from the
+  // sampled tokens, so compare the common prefix and require that it covers most positions.
   std::vector<json> pairs;
   const std::set<int32_t> eos(model_->eos_ids.begin(), model_->eos_ids.end());
   for (int64_t id = 0; id < 6; ++id) {
@@ -203,11 +203,17 @@ TEST_F(Capture, GenerateStoresWhatGenerateReturnsAndScoreAgrees) {
   SignalStore sst = SignalStore::open(so.out_dir);
   EXPECT_EQ(sst.manifest().mode, "score");
   auto scored = by_id(sst);
-  int64_t compared = 0, total = 0;
+  const std::vector<int32_t> im_end = model_->tokenizer->encode("<|im_end|>", true, false);
+  ASSERT_EQ(im_end.size(), 1u);
+  int64_t compared = 0, total = 0, whole = 0;
   for (int64_t id = 0; id < 6; ++id) {
     SCOPED_TRACE(cat("sample ", id));
     const SignalSample& g = got.at(id);
     const SignalSample& s = scored.at(id);
+    // Every scored chat completion ends its turn with <|im_end|>; where the generated sample stopped
+    // on it and retokenizes to the same tokens, the two samples are the same sequence throughout.
+    EXPECT_EQ(s.tokens[s.n_tokens - 1], im_end[0]);
+    if (std::equal(s.tokens, s.tokens + s.n_tokens, g.tokens, g.tokens + g.n_tokens)) ++whole;
     ASSERT_EQ(s.prompt_len, g.prompt_len);
     ASSERT_TRUE(std::equal(s.tokens, s.tokens + s.prompt_len, g.tokens));
     total += g.completion_len();
@@ -226,6 +232,11 @@ TEST_F(Capture, GenerateStoresWhatGenerateReturnsAndScoreAgrees) {
     }
   }
   EXPECT_GE(compared * 2, total) << "retokenized completions diverged too early to compare";
+  int64_t stopped = 0;
+  for (int64_t id = 0; id < 6; ++id) stopped += got.at(id).tokens[got.at(id).n_tokens - 1] == im_end[0];
+  std::cout << "score mode: " << whole << " of " << stopped << " generated samples that stopped on <|im_end|> "
+            << "are reproduced token for token, end-of-turn included\n";
+  if (stopped > 0) EXPECT_GT(whole, 0);
 }
 
 TEST_F(Capture, LimitThenResumeEqualsStraightRun) {
@@ -357,4 +368,39 @@ TEST_F(Capture, Cli) {
   EXPECT_EQ(st.n_samples(), 2);
   EXPECT_EQ(st.manifest().k, 3);
   EXPECT_FALSE(st.manifest().complete);
+}
+
+// Score mode closes a chat completion with the template's end-of-turn token, as a generated
+// completion ends with its stop token; a completion that already carries the marker gets it once;
+// a raw (--no-chat) completion gets none.
+TEST_F(Capture, ScoreModeEndsChatTurnsWithEndOfTurnToken) {
+  TempDir tmp;
+  const auto& tok = *model_->tokenizer;
+  const int32_t im_end = tok.encode("<|im_end|>", true, false).at(0);
+  const json plain = {{"prompt", "Say hi."}, {"completion", "Hi there!"}};
+  const json marked = {{"prompt", "Say hi."}, {"completion", "Hi there!<|im_end|>"}};
+  const std::string path = tmp.str("pairs.jsonl");
+  write_jsonl(path, {plain, marked});
+  const std::vector<int32_t> body = tok.encode("Hi there!", false, false);
+  for (bool chat : {true, false}) {
+    SCOPED_TRACE(chat ? "chat" : "raw");
+    CaptureOptions o = base_options(path, tmp.str(chat ? "chat" : "raw"));
+    o.mode = "score";
+    o.samples_per_prompt = 1;
+    o.chat = chat;
+    capture(*model_, "smollm2", o);
+    SignalStore store = SignalStore::open(o.out_dir);  // the samples point into it
+    auto got = by_id(store);
+    const SignalSample& s = got.at(0);
+    std::vector<int32_t> want = body;
+    if (chat) want.push_back(im_end);
+    EXPECT_EQ(std::vector<int32_t>(s.tokens + s.prompt_len, s.tokens + s.n_tokens), want);
+    if (chat) {
+      const SignalSample& m = got.at(1);
+      EXPECT_EQ(std::vector<int32_t>(m.tokens + m.prompt_len, m.tokens + m.n_tokens), want);
+      // The end-of-turn position is scored like the others: the teacher's logprob of stopping there.
+      EXPECT_LT(s.token_logprob[s.completion_len() - 1], 0.0f);
+      EXPECT_GT(s.token_logprob[s.completion_len() - 1], -30.0f);
+    }
+  }
 }

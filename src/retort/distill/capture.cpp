@@ -348,14 +348,28 @@ void capture_score(LoadedModel& m, const CaptureOptions& o, const std::vector<Pr
     if (w.pending_samples() >= o.shard_samples) w.flush();
     bar.update(done, sum.tokens_generated);
   };
+  // A chat completion ends its turn the way a generated one does: with the template's end-of-turn
+  // token, so a student learns where answers stop (generate mode stores the sampled stop token).
+  std::vector<int32_t> eot;
+  std::string eot_text;
+  if (!m.chat_template.empty()) {
+    eot_text = ChatTemplate::from_jinja(m.chat_template, *m.tokenizer).end_of_turn();
+    eot = m.tokenizer->encode(eot_text, /*parse_special=*/true, /*add_bos=*/false);
+    check(eot.size() == 1, m.path, ": the chat template's end-of-turn ", eot_text, " is not one special token");
+  }
   for (int64_t id : todo) {
     const PromptLine& pl = lines[id];
     ScoreItem it;
     it.id = id;
     it.tokens = prompts[id];
     it.prompt_len = static_cast<int64_t>(it.tokens.size());
-    std::vector<int32_t> comp = m.tokenizer->encode(pl.completion, /*parse_special=*/false, /*add_bos=*/false);
+    std::string_view text = pl.completion;
+    // A completion copied with its end-of-turn marker: the marker is the token appended below.
+    if (pl.chat && text.size() >= eot_text.size() && text.substr(text.size() - eot_text.size()) == eot_text)
+      text.remove_suffix(eot_text.size());
+    std::vector<int32_t> comp = m.tokenizer->encode(std::string(text), /*parse_special=*/false, /*add_bos=*/false);
     check(!comp.empty(), o.prompts_path, ":", pl.line, ": field \"completion\" encodes to no tokens");
+    if (pl.chat) comp.push_back(eot[0]);
     it.tokens.insert(it.tokens.end(), comp.begin(), comp.end());
     check(max_pos <= 0 || int64_t(it.tokens.size()) <= max_pos, o.prompts_path, ":", pl.line, ": prompt + completion are ",
           it.tokens.size(), " tokens but the teacher's context is ", max_pos, "; shorten the line");

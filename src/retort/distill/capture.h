@@ -7,7 +7,9 @@
 //   capture regenerates exactly the samples a straight run would have produced.
 // score mode (teacher-forced): every line holds a prompt and a "completion" (text); the
 //   teacher runs over prompt+completion once and its top-k at each completion position is
-//   stored — the black-box-free way to distill on existing data.
+//   stored — the black-box-free way to distill on existing data. A chat-formatted line's
+//   completion ends with the template's end-of-turn token (ChatTemplate::end_of_turn), scored
+//   like the rest, as a generated completion ends with its stop token.
 // Resume: an existing store dir whose manifest matches continues; done samples are skipped.
 #pragma once
 

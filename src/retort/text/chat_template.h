@@ -31,6 +31,9 @@ class ChatTemplate {
   // The default system prompt a ChatML template inserts, if any.
   const std::optional<std::string>& default_system() const { return default_system_; }
   std::string render(const std::vector<ChatMessage>& messages, bool add_generation_prompt = true) const;
+  // The special token that closes an assistant turn — what a model generates to stop:
+  // "<|im_end|>" (chatml) or "<|eot_id|>" (llama3). Teacher-forced data appends it to a completion.
+  std::string end_of_turn() const { return name_ == "llama3" ? "<|eot_id|>" : "<|im_end|>"; }
 
  private:
   std::string name_;
