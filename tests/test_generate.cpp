@@ -258,6 +258,38 @@ TEST_F(Generate, IgnoreEosContinuesPastEos) {
   EXPECT_EQ(std::vector<int32_t>(got.begin(), got.begin() + want.size()), want);
 }
 
+// min_tokens: the golden case that ends with EOS runs on greedily to the minimum. Up to the point it
+// would have stopped, the tokens equal transformers' greedy ids; at that step EOS is banned from the
+// processed distribution but stays the raw top-1 with its logprob; the EOS token can end the
+// sequence once the minimum is reached.
+TEST_F(Generate, MinTokensBansEosUntilReached) {
+  const auto& c = (*golden_)["cases"][4];
+  ASSERT_TRUE(c["ended_with_eos"].get<bool>());
+  const auto want = c["generated_ids"].get<std::vector<int32_t>>();  // ends with the EOS id
+  const int32_t eos = want.back();
+  GenerationRequest r;
+  r.prompt = c["prompt_ids"].get<std::vector<int32_t>>();
+  r.sampling.temperature = 0;
+  r.min_tokens = int64_t(want.size()) + 4;
+  r.max_tokens = r.min_tokens + 40;
+  r.top_logprobs = 3;
+  auto res = generate(*model_, {r})[0];
+  ASSERT_GE(int64_t(res.tokens.size()), r.min_tokens);
+  const auto got = ids_of(res);
+  EXPECT_EQ(std::vector<int32_t>(got.begin(), got.begin() + want.size() - 1),
+            std::vector<int32_t>(want.begin(), want.end() - 1));
+  for (int64_t i = 0; i < r.min_tokens; ++i) EXPECT_NE(got[size_t(i)], eos) << "EOS generated at " << i;
+  const GeneratedToken& at_stop = res.tokens[want.size() - 1];  // where greedy would have stopped
+  EXPECT_EQ(at_stop.top_raw.at(0).token, eos);
+  for (const auto& t : at_stop.top) EXPECT_NE(t.token, eos);
+  EXPECT_NE(at_stop.token, eos);
+  if (res.finish_reason == "stop") EXPECT_EQ(got.back(), eos);
+
+  GenerationRequest bad = r;
+  bad.min_tokens = -1;
+  EXPECT_THROW(generate(*model_, {bad}), Error);
+}
+
 namespace {
 // Bans one token and records every context it is shown.
 struct BanToken : LogitsProcessor {

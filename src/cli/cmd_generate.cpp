@@ -46,6 +46,7 @@ struct GenerateArgs {
   bool chat = false;
   bool json_out = false;
   bool ignore_eos = false;
+  int64_t min_tokens = 0;
   std::vector<std::string> stop;
   SamplingParams sampling;
   int64_t max_tokens = 256;
@@ -149,6 +150,7 @@ void run(GenerateArgs& a) {
     r.max_tokens = a.max_tokens;
     r.stop = a.stop;
     r.ignore_eos = a.ignore_eos;
+    r.min_tokens = a.min_tokens;
     r.top_logprobs = a.top_logprobs;
     r.processor = watermark;
     reqs.push_back(std::move(r));
@@ -198,6 +200,9 @@ void register_generate(CLI::App& app) {
   add_sampling_options(*sub, a->sampling, a->max_tokens);
   sub->add_option("--stop", a->stop, "stop string (repeatable)");
   sub->add_flag("--ignore-eos", a->ignore_eos, "keep generating past end-of-sequence tokens");
+  sub->add_option("--min-tokens", a->min_tokens,
+                  "ban end-of-sequence tokens until this many are generated (the answer runs on instead of ending)")
+      ->check(CLI::NonNegativeNumber);
   sub->add_option("--top-logprobs", a->top_logprobs, "report the K most likely alternatives for each token (with --json)")
       ->capture_default_str();
   sub->add_option("--batch", a->batch, "sequences decoded together")->capture_default_str();

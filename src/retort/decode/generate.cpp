@@ -109,6 +109,7 @@ void Generator::validate() {
           " tokens but the model's context is ", max_pos, " tokens (", m_.path,
           "); shorten the prompt by at least ", n - max_pos, " tokens");
     check(r.max_tokens >= 0, "generate: request ", i, ": max_tokens must be >= 0, got ", r.max_tokens);
+    check(r.min_tokens >= 0, "generate: request ", i, ": min_tokens must be >= 0, got ", r.min_tokens);
     check(r.top_logprobs >= 0 && r.top_logprobs <= n_vocab_, "generate: request ", i,
           ": top_logprobs must be in [0, ", n_vocab_, "], got ", r.top_logprobs);
     for (const std::string& s : r.stop)
@@ -238,8 +239,10 @@ void Generator::advance_rows(const std::vector<Sequence*>& rows, const torch::Te
   auto sample_row = [&](size_t b) {
     Sequence& s = *rows[b];
     const GenerationRequest& r = reqs_[s.req];
+    const bool ban_eos = !r.ignore_eos && s.n_generated < r.min_tokens;
     picked[b] = sample_token(s.context, base + b * n_vocab_, n_vocab_, r.sampling, r.processor.get(),
-                             static_cast<uint64_t>(s.n_generated), r.top_logprobs);
+                             static_cast<uint64_t>(s.n_generated), r.top_logprobs,
+                             ban_eos ? std::span<const int32_t>(m_.eos_ids) : std::span<const int32_t>());
   };
   // Rows are independent: sample them in parallel (processors included; see the threading
   // contract in logits_processor.h).

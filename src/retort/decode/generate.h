@@ -34,6 +34,10 @@ struct GenerationRequest {
   // completed it stays in `tokens`). Streaming holds back text that could start a stop string.
   std::vector<std::string> stop;
   bool ignore_eos = false;      // keep going past EOS/EOG tokens (model.eos_ids)
+  // EOS/EOG tokens are banned (logit -inf, a processing step: raw logprobs keep them) until this many
+  // tokens are generated, so the completion runs on rather than ending early (transformers'
+  // min_new_tokens). 0 = no minimum; capped by max_tokens.
+  int64_t min_tokens = 0;
   int top_logprobs = 0;         // alternatives to report per token (raw and processed), 0 = none
   std::shared_ptr<LogitsProcessor> processor;  // may be null
 };

@@ -200,9 +200,9 @@ int32_t sample_from(const SamplingDistribution& dist, double u) {
 
 GeneratedToken sample_token(std::span<const int32_t> context, const float* raw_logits, int64_t n_vocab,
                             const SamplingParams& params, LogitsProcessor* processor, uint64_t step,
-                            int top_logprobs) {
+                            int top_logprobs, std::span<const int32_t> banned) {
   GeneratedToken out;
-  if (!processor && params.temperature == 0) {
+  if (!processor && banned.empty() && params.temperature == 0) {
     // Greedy without a processor: the processed distribution is the raw one; one pass each.
     check_sampling_params(params);
     const double lse = log_sum_exp(raw_logits, n_vocab);
@@ -213,6 +213,8 @@ GeneratedToken sample_token(std::span<const int32_t> context, const float* raw_l
     return out;
   }
   std::vector<float> work(raw_logits, raw_logits + n_vocab);
+  for (int32_t t : banned)
+    if (t >= 0 && t < n_vocab) work[size_t(t)] = -INFINITY;
   if (processor) processor->process(context, work.data(), n_vocab);
   SamplingDistribution dist = make_distribution(work.data(), n_vocab, params);
 

@@ -83,10 +83,12 @@ std::vector<TokenLogprob> top_entries(const float* x, int64_t n, int64_t k, doub
 
 // One full step for one sequence: processor, sampling, logprobs.
 //   context: prompt + tokens generated so far; raw_logits [n_vocab] float32 (not modified);
-//   step: index of the token being generated (0 for the first), the RNG counter.
+//   step: index of the token being generated (0 for the first), the RNG counter;
+//   banned: token ids set to -inf before the processor (a minimum length bans EOS) — part of the
+//   processing: the raw logprobs do not see it.
 // Throws retort::Error on NaN logits, everything banned, or a choose() result out of range.
 GeneratedToken sample_token(std::span<const int32_t> context, const float* raw_logits, int64_t n_vocab,
                             const SamplingParams& params, LogitsProcessor* processor, uint64_t step,
-                            int top_logprobs);
+                            int top_logprobs, std::span<const int32_t> banned = {});
 
 }  // namespace retort
