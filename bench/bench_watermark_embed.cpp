@@ -3,6 +3,7 @@
 //   build/bench_watermark_embed [--model M] [--threads N] [--batch 32] [--prompt-len 64] [--gen 64]
 //                               [--rounds 3] [--schemes none,kgw,kgw-lefthash,gumbel,synthid]
 //                               [--temperature 1] [--top-k 0] [--top-logprobs 0] [--sample-reps 20]
+//                               [--dtype f32|bf16]
 //
 // Each round runs generate() once per scheme on the same B prompts (random token ids, EOS
 // ignored so every sequence makes --gen tokens), in rotating order so drift in machine speed
@@ -42,7 +43,7 @@ using clk = std::chrono::steady_clock;
 static double secs_since(clk::time_point t) { return std::chrono::duration<double>(clk::now() - t).count(); }
 
 int main(int argc, char** argv) {
-  std::string model = "smollm2-135m-instruct", schemes_s = "none,kgw,kgw-lefthash,gumbel,synthid";
+  std::string model = "smollm2-135m-instruct", schemes_s = "none,kgw,kgw-lefthash,gumbel,synthid", dtype = "f32";
   int threads = 0, rounds = 3, top_logprobs = 0, sample_reps = 20;
   int64_t batch = 32, prompt_len = 64, gen = 64;
   double temperature = 1.0;
@@ -60,6 +61,7 @@ int main(int argc, char** argv) {
     else if (k == "--top-k") top_k = std::stoll(v);
     else if (k == "--top-logprobs") top_logprobs = std::stoi(v);
     else if (k == "--sample-reps") sample_reps = std::stoi(v);
+    else if (k == "--dtype") dtype = v;
     else { std::fprintf(stderr, "unknown option %s\n", k.c_str()); return 2; }
   }
   std::vector<std::string> schemes;
@@ -72,7 +74,9 @@ int main(int argc, char** argv) {
   torch::set_num_threads(threads);
   torch::NoGradGuard no_grad;
 
-  LoadedModel m = load_model(model, LoadOptions{});
+  LoadOptions lo;
+  lo.dtype = dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
+  LoadedModel m = load_model(model, lo);
   const int64_t V = m.hparams.n_vocab;
   torch::manual_seed(0);
   std::vector<std::vector<int32_t>> prompts(batch);
@@ -174,6 +178,7 @@ int main(int argc, char** argv) {
   out["bench"] = "watermark_embed";
   out["model"] = m.path;
   out["threads"] = threads;
+  out["dtype"] = dtype;
   out["batch"] = batch;
   out["prompt_len"] = prompt_len;
   out["gen"] = gen;

@@ -5,7 +5,7 @@
 //
 //   build/watermark_eval [--quick] [--model smollm2-135m-instruct] [--prompts FILE.jsonl]
 //       [--cache DIR] [--out FILE.json] [--markdown FILE.md] [--threads 2] [--batch 32]
-//       [--n-unwm 1000] [--unwm-tokens 64] [--n-power-main 100] [--n-power 40] [--max-tokens 200]
+//       [--n-unwm 1000] [--unwm-tokens 64] [--n-power-main 100] [--n-power 40] [--n-power-fixed 0] [--max-tokens 200]
 //       [--n-human 1500] [--human-roots /usr/share/doc,/usr/share/common-licenses]
 //       [--attr-trials 20] [--attr-accounts 1000] [--attr-tokens 200] [--forward-check 4]
 //
@@ -13,9 +13,11 @@
 // key; each document its own seed; prompt i of every set is the same, so sets are paired):
 //   none          unwatermarked, --n-unwm documents of at most --unwm-tokens tokens
 //   kgw_self_d{1,2,4}, kgw_left_d2, gumbel, synthid   watermarked, --max-tokens tokens
+//   kgw_{self,left}_d2_fixed  (--n-power-fixed > 0) δ 2 with EOS banned until --max-tokens: every
+//                 document exactly --max-tokens long, the "completions of 200 tokens"
 //   attr_kgw, attr_gumbel  one document per trial under a per-account key
 // Every generated document is cached in DIR/<set>.jsonl, keyed by (set config, key
-// commitment, prompt ids, seed, max tokens), so a rerun only generates what is missing.
+// commitment, prompt ids, seed, max and min tokens), so a rerun only generates what is missing.
 //
 // Tests (one per scheme): kgw_selfhash (γ 0.25, h 4), kgw_lefthash (γ 0.25, h 1), gumbel (h 4),
 // synthid_mean (exact binomial), synthid_weighted (Chernoff bound: conservative by design).
@@ -77,6 +79,7 @@ struct Options {
   int n_unwm = 1000;
   int64_t unwm_tokens = 64;
   int n_power_main = 100;  // kgw_self_d2, the target row
+  int n_power_fixed = 0;   // > 0: kgw_{self,left}_d2_fixed, documents of exactly max_tokens (EOS banned)
   int n_power = 40;        // every other watermarked set
   int64_t max_tokens = 200;
   int n_human = 1500;
@@ -189,6 +192,7 @@ struct GenSet {
   double delta = 2;
   int n = 0;
   int64_t max_tokens = 200;
+  int64_t min_tokens = 0;  // > 0: EOS banned until then (GenerationRequest::min_tokens)
   std::function<std::string(int)> account;  // per-document account id ("" = the evaluation key)
 };
 
@@ -241,7 +245,8 @@ uint64_t doc_seed(const GenSet& s, int i) { return splitmix(fnv1a(s.name) ^ spli
 std::string doc_cache_key(const Ctx& cx, const GenSet& s, int i) {
   const auto& p = cx.prompt_ids[i % cx.prompt_ids.size()];
   return set_config_id(cx, s, i) + "|prompt=" + hex(fnv1a(p.data(), p.size() * sizeof(int32_t))) +
-         "|seed=" + hex(doc_seed(s, i)) + "|max=" + std::to_string(s.max_tokens) + "|t=1";
+         "|seed=" + hex(doc_seed(s, i)) + "|max=" + std::to_string(s.max_tokens) + "|t=1" +
+         (s.min_tokens > 0 ? "|min=" + std::to_string(s.min_tokens) : "");
 }
 
 std::shared_ptr<LogitsProcessor> make_processor(const Ctx& cx, const GenSet& s, int i) {
@@ -303,6 +308,7 @@ std::vector<Doc> generate_set(Ctx& cx, const GenSet& s) {
       r.sampling.temperature = 1.0;
       r.sampling.seed = doc_seed(s, i);
       r.max_tokens = s.max_tokens;
+      r.min_tokens = s.min_tokens;
       r.processor = make_processor(cx, s, i);
       reqs.push_back(std::move(r));
     }
@@ -792,6 +798,7 @@ void parse(int argc, char** argv, Options& o) {
     else if (k == "--unwm-tokens") o.unwm_tokens = std::stoll(v);
     else if (k == "--n-power-main") o.n_power_main = std::stoi(v);
     else if (k == "--n-power") o.n_power = std::stoi(v);
+    else if (k == "--n-power-fixed") o.n_power_fixed = std::stoi(v);
     else if (k == "--max-tokens") o.max_tokens = std::stoll(v);
     else if (k == "--n-human") o.n_human = std::stoi(v);
     else if (k == "--human-roots") o.human_roots = v;
@@ -847,6 +854,14 @@ int run(int argc, char** argv) {
   add("synthid", "synthid", "", 0, o.n_power, o.max_tokens);
   add("kgw_self_d1", "kgw", "selfhash", 1, o.n_power, o.max_tokens);
   add("kgw_self_d4", "kgw", "selfhash", 4, o.n_power, o.max_tokens);
+  // The power target reads "completions of 200 tokens": the same KGW setting with EOS banned
+  // until max_tokens, so every document is a full-length answer (not only those that ran long).
+  if (o.n_power_fixed > 0) {
+    add("kgw_self_d2_fixed", "kgw", "selfhash", 2, o.n_power_fixed, o.max_tokens);
+    sets.back().min_tokens = o.max_tokens;
+    add("kgw_left_d2_fixed", "kgw", "lefthash", 2, o.n_power_fixed, o.max_tokens);
+    sets.back().min_tokens = o.max_tokens;
+  }
   std::vector<std::string> accounts;
   for (int a = 0; a < o.attr_accounts; ++a) {
     char b[32];
@@ -869,7 +884,7 @@ int run(int argc, char** argv) {
   R["config"] = {{"temperature", 1.0}, {"top_k", 0}, {"top_p", 1.0}, {"prompts", cx.prompts.size()},
                  {"prompts_source", o.prompts_file.empty() ? "built-in (12 templates x 40 topics)" : o.prompts_file},
                  {"n_unwm", o.n_unwm}, {"unwm_tokens", o.unwm_tokens}, {"n_power_main", o.n_power_main},
-                 {"n_power", o.n_power}, {"max_tokens", o.max_tokens}, {"attr_trials", o.attr_trials},
+                 {"n_power", o.n_power}, {"n_power_fixed", o.n_power_fixed}, {"max_tokens", o.max_tokens}, {"attr_trials", o.attr_trials},
                  {"attr_accounts", o.attr_accounts}, {"attr_tokens", o.attr_tokens}, {"quick", o.quick}, {"key_commitment", cx.key.commitment()},
                  {"kgw", {{"gamma", 0.25}, {"selfhash_h", 4}, {"lefthash_h", 1}}}, {"gumbel_h", 4},
                  {"synthid", {{"layers", 30}, {"ngram_len", 5}, {"keys", "derive_synthid_keys(key, 30)"}}}};
@@ -960,7 +975,7 @@ int run(int argc, char** argv) {
                   {"tokens_for_90", first_reaching(0.9)},
                   {"tokens_for_99", first_reaching(0.99)},
                   {"curve", curve}};
-      if (s.name == "kgw_self_d2") {
+      if (s.name == "kgw_self_d2" || s.name == "kgw_self_d2_fixed") {
         // The same documents decoded to text and re-tokenized, as `retort watermark detect` sees them.
         int64_t det_retok = 0;
         for (const auto& d : D) {

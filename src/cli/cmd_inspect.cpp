@@ -47,6 +47,8 @@ void run(InspectArgs& a) {
   for (const auto& p : m.model->parameters()) n_params += p.numel();
   uint64_t resident = 0;
   for (const auto& p : m.model->parameters()) resident += p.numel() * p.element_size();
+  const uint64_t decode_blocks = uint64_t(m.model->quantized_bytes());  // the GGUF's blocks kept for decoding
+  resident += decode_blocks;
   // K and V per token: 2 * layers * kv_heads * head_dim values in the cache dtype.
   int64_t cache_elem = (m.model->parameters().empty() ? 4 : m.model->parameters()[0].element_size());
   uint64_t kv_per_token = 2ull * hp.n_layer * hp.n_head_kv * hp.head_dim * cache_elem;
@@ -65,6 +67,7 @@ void run(InspectArgs& a) {
   j["parameters"] = n_params;
   j["memory"] = {{"file_bytes", file_bytes},
                  {"weights_resident_bytes", resident},
+                 {"decode_blocks_bytes", decode_blocks},
                  {"kv_cache_bytes_per_token", kv_per_token},
                  {"load_seconds", m.load_seconds}};
   json types = json::object();
@@ -140,9 +143,10 @@ void run(InspectArgs& a) {
               hp.rope_theta, hp.rope_scaling.type.c_str(), hp.rms_eps, (long long)hp.max_position,
               hp.qkv_bias ? "yes" : "no", hp.tie_embeddings ? "yes" : "no");
   std::printf("parameters   %.1fM\n", n_params / 1e6);
-  std::printf("memory       file %s, weights in memory %s, KV cache %s per token, loaded in %.2f s\n",
-              human_bytes(file_bytes).c_str(), human_bytes(resident).c_str(), human_bytes(kv_per_token).c_str(),
-              m.load_seconds);
+  std::printf("memory       file %s, weights in memory %s%s, KV cache %s per token, loaded in %.2f s\n",
+              human_bytes(file_bytes).c_str(), human_bytes(resident).c_str(),
+              decode_blocks ? (" (" + human_bytes(decode_blocks) + " of it quantized blocks for decoding)").c_str() : "",
+              human_bytes(kv_per_token).c_str(), m.load_seconds);
   std::printf("tensors      %zu:", m.tensors.size());
   for (auto& [t, e] : by_type) std::printf(" %s×%lld (%s)", t.c_str(), (long long)e.first, human_bytes(e.second).c_str());
   std::printf("\n");

@@ -363,6 +363,14 @@ int64_t LlamaModelImpl::quantized_in_use() const {
   return n;
 }
 
+int64_t LlamaModelImpl::quantized_bytes() const {
+  int64_t n = 0;
+  for (const auto& p : parameters())
+    if (const auto ref = decode_weight(p); ref.format == cpu::WeightFormat::kQ8_0 || ref.format == cpu::WeightFormat::kQ4_1)
+      n += int64_t(quantized_.at(p.unsafeGetTensorImpl()).blocks.size());
+  return n;
+}
+
 cpu::WeightRef LlamaModelImpl::decode_weight(const torch::Tensor& w) const {
   const bool bf16 = w.scalar_type() == torch::kBFloat16;
   if (auto it = quantized_.find(w.unsafeGetTensorImpl());

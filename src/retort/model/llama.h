@@ -108,8 +108,9 @@ class LlamaModelImpl : public torch::nn::Module {
   // make the decode step fall back to the parameter.
   void attach_quantized(const torch::Tensor& param, cpu::WeightFormat format, std::vector<uint8_t> blocks);
   void drop_quantized() { quantized_.clear(); }
-  // Attached copies that are still valid (the decode step will use them).
+  // Attached copies that are still valid (the decode step will use them), and their bytes.
   int64_t quantized_in_use() const;
+  int64_t quantized_bytes() const;
 
   const ModelHParams& hparams() const { return hp_; }
   torch::Device device() const;
