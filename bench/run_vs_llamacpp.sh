@@ -5,7 +5,7 @@
 #
 # llama.cpp is the anchor: build it yourself from its own sources (this repo does not ship or build it);
 # LLAMA_CPP_BIN must hold llama-bench and llama-batched-bench. Optional LLAMA_CPP_F16_MODEL: an F16 GGUF of
-# the same model (e.g. made with llama-quantize --allow-requantize MODEL out.gguf F16) for llama.cpp's F16 row.
+# the same model (python3 bench/gguf_to_f16.py MODEL out.gguf: the same weights dequantized) for llama.cpp's F16 row.
 # Prints one JSON object: retort's numbers, llama.cpp's, and the ratios retort/llama.cpp.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
