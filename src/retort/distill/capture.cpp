@@ -352,7 +352,8 @@ void capture_score(LoadedModel& m, const CaptureOptions& o, const std::vector<Pr
   // token, so a student learns where answers stop (generate mode stores the sampled stop token).
   std::vector<int32_t> eot;
   std::string eot_text;
-  if (!m.chat_template.empty()) {
+  const bool any_chat = std::any_of(todo.begin(), todo.end(), [&](int64_t id) { return lines[id].chat; });
+  if (any_chat) {  // chat lines were formatted with the template, so the model has one
     eot_text = ChatTemplate::from_jinja(m.chat_template, *m.tokenizer).end_of_turn();
     eot = m.tokenizer->encode(eot_text, /*parse_special=*/true, /*add_bos=*/false);
     check(eot.size() == 1, m.path, ": the chat template's end-of-turn ", eot_text, " is not one special token");

@@ -366,7 +366,8 @@ int64_t LlamaModelImpl::quantized_in_use() const {
 int64_t LlamaModelImpl::quantized_bytes() const {
   int64_t n = 0;
   for (const auto& p : parameters())
-    if (const auto ref = decode_weight(p); ref.format == cpu::WeightFormat::kQ8_0 || ref.format == cpu::WeightFormat::kQ4_1)
+    if (const auto ref = decode_weight(p);
+        ref.format == cpu::WeightFormat::kQ8_0 || ref.format == cpu::WeightFormat::kQ4_1)
       n += int64_t(quantized_.at(p.unsafeGetTensorImpl()).blocks.size());
   return n;
 }
@@ -419,7 +420,8 @@ torch::Tensor LlamaModelImpl::decode_step_cpu(const std::vector<int64_t>& tok, c
     // x += o_proj(attn(rms_norm(x)))
     auto w_in = as_f32(layer->input_layernorm->weight);
     cpu::rms_norm(xp, w_in.data_ptr<float>(), B, E, hp_.rms_eps, hp);
-    const cpu::WeightRef w_qkv[3] = {decode_weight(at->q_proj->weight), decode_weight(at->k_proj->weight), decode_weight(at->v_proj->weight)};
+    const cpu::WeightRef w_qkv[3] = {decode_weight(at->q_proj->weight), decode_weight(at->k_proj->weight),
+                                     decode_weight(at->v_proj->weight)};
     cpu::matmul_wt(hp, B, E, w_qkv, 3, qp, nq, /*accumulate=*/false);
     if (hp_.qkv_bias) {
       auto bias = as_f32(torch::cat({at->q_proj->bias, at->k_proj->bias, at->v_proj->bias}));
