@@ -71,7 +71,7 @@ int main(int argc, char** argv) {
   out["avx512_bf16"] = retort::cpu::has_avx512_bf16();
   for (int64_t M : ms) {
     nlohmann::json row;
-    double step_bf16 = 0, step_f32 = 0, step_torch_bf16 = 0, step_torch_f32 = 0;
+    double step_bf16 = 0, step_panels = 0, step_f32 = 0, step_torch_bf16 = 0, step_torch_f32 = 0;
     for (const auto& s : shapes) {
       int64_t N = 0;
       for (auto r : s.rows) N += r;
@@ -91,14 +91,26 @@ int main(int argc, char** argv) {
         return r;
       };
       const auto r16 = refs(w16), r32 = refs(w32);
+      // The same bf16 matrices packed into panels (what a batched decode step reads).
+      std::vector<std::vector<uint16_t>> packed;
+      auto rp = r16;
+      for (auto& r : rp) {
+        packed.emplace_back(size_t(retort::cpu::bf16_panels_size(r.rows, s.K)));
+        retort::cpu::pack_bf16_panels(static_cast<const uint16_t*>(r.data), r.rows, s.K, packed.back().data());
+        r.panels = packed.back().data();
+      }
       const double flop = 2.0 * double(M) * double(N) * double(s.K);
       const auto x16 = x.to(torch::kBFloat16);
-      double t16 = 1e30, t32 = 1e30, tt16 = 1e30, tt32 = 1e30;
+      double t16 = 1e30, t32 = 1e30, tt16 = 1e30, tt32 = 1e30, tp = 1e30;
       for (int round = 0; round < 3; ++round) {  // interleave retort and the anchor
         t16 = std::min(t16, best_seconds(reps, [&] {
                          retort::cpu::matmul_wt(x.data_ptr<float>(), M, s.K, r16.data(), int(r16.size()),
                                                 y.data_ptr<float>(), N, false);
                        }));
+        tp = std::min(tp, best_seconds(reps, [&] {
+                        retort::cpu::matmul_wt(x.data_ptr<float>(), M, s.K, rp.data(), int(rp.size()),
+                                               y.data_ptr<float>(), N, false);
+                      }));
         tt16 = std::min(tt16, best_seconds(reps, [&] { (void)torch::linear(x16, w16); }));
         t32 = std::min(t32, best_seconds(reps, [&] {
                          retort::cpu::matmul_wt(x.data_ptr<float>(), M, s.K, r32.data(), int(r32.size()),
@@ -109,16 +121,19 @@ int main(int argc, char** argv) {
       row[s.name] = {{"N", N},
                      {"K", s.K},
                      {"retort_bf16_gflops", flop / t16 / 1e9},
+                     {"retort_bf16_panels_gflops", flop / tp / 1e9},
                      {"torch_bf16_gflops", flop / tt16 / 1e9},
                      {"retort_f32_gflops", flop / t32 / 1e9},
                      {"torch_f32_gflops", flop / tt32 / 1e9},
                      {"retort_bf16_ms", t16 * 1e3}};
       step_bf16 += s.per_step * t16;
+      step_panels += s.per_step * tp;
       step_f32 += s.per_step * t32;
       step_torch_bf16 += s.per_step * tt16;
       step_torch_f32 += s.per_step * tt32;
     }
     row["step_matmul_ms"] = {{"retort_bf16", step_bf16 * 1e3},
+                             {"retort_bf16_panels", step_panels * 1e3},
                              {"retort_f32", step_f32 * 1e3},
                              {"torch_bf16", step_torch_bf16 * 1e3},
                              {"torch_f32", step_torch_f32 * 1e3}};

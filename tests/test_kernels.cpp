@@ -58,21 +58,40 @@ TEST_P(MatmulWt, MatchesFloat64) {
   // K values exercise full 32/16-wide steps and masked tails; M covers the 4-row tiles and remainders.
   for (int64_t K : {576, 70, 5}) {
     for (int64_t M : {1, 3, 4, 9, 32}) {
-      for (bool bf16 : {false, true}) {
-        const std::vector<int64_t> rows = {37, 8, 64};  // three matrices side by side, odd sizes
+      // variant 0: float32 weights; 1: bf16; 2: bf16 with packed panels (even K only).
+      for (int variant : {0, 1, 2}) {
+        const bool bf16 = variant > 0;
+        if (variant == 2 && K % 2 != 0) {
+          std::vector<uint16_t> w(static_cast<size_t>(K)), out(static_cast<size_t>(cpu::bf16_panels_size(1, K)));
+          EXPECT_THROW(cpu::pack_bf16_panels(w.data(), 1, K, out.data()), Error);
+          continue;
+        }
+        // Matrices side by side with odd sizes: 37 and 8 rows fill part of a 48-column panel, 64 one and a third.
+        const std::vector<int64_t> rows = {37, 8, 64};
         int64_t N = 0;
         for (auto r : rows) N += r;
         auto x = randn(size_t(M * K), 1);
         std::vector<std::vector<float>> wf;
-        std::vector<std::vector<uint16_t>> wb;
+        std::vector<std::vector<uint16_t>> wb, panels;
         std::vector<cpu::WeightRef> refs;
         for (size_t i = 0; i < rows.size(); ++i) {
           wf.push_back(randn(size_t(rows[i] * K), 10 + uint32_t(i), 0.1f));
           wb.push_back(to_bf16(wf.back()));
         }
-        for (size_t i = 0; i < rows.size(); ++i)
-          refs.push_back(bf16 ? cpu::WeightRef{wb[i].data(), rows[i], cpu::WeightFormat::kBF16}
-                      : cpu::WeightRef{wf[i].data(), rows[i], cpu::WeightFormat::kF32});
+        // When the panels will be read, the dense operand is zeros: a result equal to the product of the
+        // real weights shows that the panels (and only they) were used.
+        const bool panels_read = variant == 2 && M >= cpu::kPanelMinRows && cpu::has_avx512_bf16();
+        const std::vector<uint16_t> zeros(size_t(64 * K), 0);
+        for (size_t i = 0; i < rows.size(); ++i) {
+          if (variant == 2) {
+            panels.emplace_back(size_t(cpu::bf16_panels_size(rows[i], K)));
+            cpu::pack_bf16_panels(wb[i].data(), rows[i], K, panels.back().data());
+          }
+          refs.push_back(bf16 ? cpu::WeightRef{panels_read ? zeros.data() : wb[i].data(), rows[i],
+                                               cpu::WeightFormat::kBF16}
+                              : cpu::WeightRef{wf[i].data(), rows[i], cpu::WeightFormat::kF32});
+          if (variant == 2) refs.back().panels = panels.back().data();
+        }
         const int64_t ldy = N + 3;
         std::vector<float> y(size_t(M * ldy), 0.5f);
         cpu::matmul_wt(x.data(), M, K, refs.data(), int(refs.size()), y.data(), ldy, /*accumulate=*/true);
@@ -93,7 +112,8 @@ TEST_P(MatmulWt, MatchesFloat64) {
               const double tol = (x_rounded ? 4e-3 : 1e-5) * mag + 1e-6;
               const double err = std::abs(double(y[size_t(m * ldy + col + r)]) - ref);
               worst = std::max(worst, err / tol);
-              ASSERT_LE(err, tol) << "K=" << K << " M=" << M << " bf16=" << bf16 << " m=" << m << " col=" << col + r;
+              ASSERT_LE(err, tol) << "K=" << K << " M=" << M << " variant=" << variant << " m=" << m
+                                  << " col=" << col + r;
             }
             col += rows[i];
           }
@@ -186,9 +206,10 @@ class AttentionDecode : public ::testing::TestWithParam<bool> {};
 
 TEST_P(AttentionDecode, MatchesFloat64) {
   ScalarMode mode(GetParam());
-  // (H, Hkv): G = 3 (SmolLM2), 1 (multi-head), 9 (beyond the unrolled group sizes).
-  for (auto [H, Hkv] : {std::pair<int64_t, int64_t>{6, 2}, {2, 2}, {9, 1}})
-  for (int64_t D : {64, 6}) {
+  // (H, Hkv): G = 3 (SmolLM2), 1 (multi-head), 9 (beyond the unrolled group sizes), 4 and 2 (with D 64 and
+  // 128: the row-at-a-time value kernels).
+  for (auto [H, Hkv] : {std::pair<int64_t, int64_t>{6, 2}, {2, 2}, {9, 1}, {8, 2}, {4, 2}})
+  for (int64_t D : {64, 128, 6}) {
     for (bool bf16 : {false, true}) {
       const int64_t B = 3, G = H / Hkv, max_len = 40, n_slots = 4;
       const std::vector<int64_t> slot = {2, 0, 3}, pos = {0, 7, 35};  // 1, 8, 36 keys: whole 16-key blocks + tails

@@ -218,6 +218,81 @@ void block_f32(const float* x, int64_t M, int64_t K, const float* w, int64_t r0,
       });
 }
 
+// Packed bf16 panels (pack_bf16_panels): y[MR rows, up to 48 columns] (+)= x[MR, K] · panel. Per k-pair
+// the panel's three vectors (48 columns x 2 k) are loaded once and each row's pair (x[i, 2kk], x[i, 2kk+1])
+// is broadcast to all lanes: 3·MR independent vdpbf16ps accumulators and no horizontal sums, where the
+// dot-product tiles above reload x for every group of 4 weight rows and reduce 16 lanes per output.
+template <int MR>
+RETORT_AVX512BF16 void panel_tile(const uint16_t* x, int64_t ldx, const uint16_t* panel, int64_t K2, float* y,
+                                  int64_t ldy, int64_t ncols, bool acc) {
+  __m512 s[MR][3];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < 3; ++j) s[i][j] = _mm512_setzero_ps();
+  for (int64_t kk = 0; kk < K2; ++kk) {
+    const uint16_t* p = panel + kk * 2 * kPanelCols;
+    const __m512bh w0 = (__m512bh)_mm512_loadu_si512(p), w1 = (__m512bh)_mm512_loadu_si512(p + 32),
+                   w2 = (__m512bh)_mm512_loadu_si512(p + 64);
+    for (int i = 0; i < MR; ++i) {
+      int32_t pair;
+      std::memcpy(&pair, x + i * ldx + 2 * kk, 4);
+      const __m512bh xv = (__m512bh)_mm512_set1_epi32(pair);
+      s[i][0] = _mm512_dpbf16_ps(s[i][0], xv, w0);
+      s[i][1] = _mm512_dpbf16_ps(s[i][1], xv, w1);
+      s[i][2] = _mm512_dpbf16_ps(s[i][2], xv, w2);
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < 3 && 16 * j < ncols; ++j) {
+      const int64_t left = ncols - 16 * j;
+      const __mmask16 m = left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1);
+      float* yr = y + i * ldy + 16 * j;
+      const __m512 v = acc ? _mm512_add_ps(s[i][j], _mm512_maskz_loadu_ps(m, yr)) : s[i][j];
+      _mm512_mask_storeu_ps(yr, m, v);
+    }
+}
+
+// n floats -> bf16, round to nearest even (vcvtne2ps2bf16, as f32_to_bf16 does).
+RETORT_AVX512BF16 void to_bf16(const float* x, int64_t n, uint16_t* out) {
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32)
+    _mm512_storeu_si512(out + i, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(x + i)));
+  for (; i < n; ++i) out[i] = f32_to_bf16(x[i]);
+}
+
+// Rows [r0, r1) of one weight (r0 a multiple of kPanelCols) from its panels, against all M rows of xb,
+// 8 rows at a time (24 accumulators of the 32 vector registers).
+constexpr int64_t kChunkPairs = 96;
+
+void block_panels(const uint16_t* xb, int64_t M, int64_t K, const uint16_t* panels, int64_t r0, int64_t r1, float* y,
+                  int64_t ldy, bool acc) {
+  const int64_t K2 = K / 2;
+  for (int64_t r = r0; r < r1; r += kPanelCols) {
+    const uint16_t* panel = panels + (r / kPanelCols) * K2 * 2 * kPanelCols;
+    const int64_t ncols = std::min(kPanelCols, r1 - r);
+    // K in chunks of kChunkPairs k-pairs: the chunk of the panel (18 KiB) stays in L1 while every group
+    // of 8 rows passes over it; partial sums go through y.
+    for (int64_t c0 = 0; c0 < K2; c0 += kChunkPairs) {
+      const int64_t n2 = std::min(kChunkPairs, K2 - c0);
+      const uint16_t* pc = panel + c0 * 2 * kPanelCols;
+      const bool acc_c = acc || c0 > 0;
+      for (int64_t m = 0; m < M; m += 8) {
+        const uint16_t* xm = xb + m * K + 2 * c0;
+        float* ym = y + m * ldy + r;
+        switch (std::min<int64_t>(8, M - m)) {
+          case 8: panel_tile<8>(xm, K, pc, n2, ym, ldy, ncols, acc_c); break;
+          case 7: panel_tile<7>(xm, K, pc, n2, ym, ldy, ncols, acc_c); break;
+          case 6: panel_tile<6>(xm, K, pc, n2, ym, ldy, ncols, acc_c); break;
+          case 5: panel_tile<5>(xm, K, pc, n2, ym, ldy, ncols, acc_c); break;
+          case 4: panel_tile<4>(xm, K, pc, n2, ym, ldy, ncols, acc_c); break;
+          case 3: panel_tile<3>(xm, K, pc, n2, ym, ldy, ncols, acc_c); break;
+          case 2: panel_tile<2>(xm, K, pc, n2, ym, ldy, ncols, acc_c); break;
+          default: panel_tile<1>(xm, K, pc, n2, ym, ldy, ncols, acc_c); break;
+        }
+      }
+    }
+  }
+}
+
 // Portable fallback: float32 accumulation, x not rounded.
 void block_scalar(const float* x, int64_t M, int64_t K, const WeightRef& wr, int64_t r0, int64_t r1, float* y,
                   int64_t ldy, bool acc) {
@@ -426,11 +501,11 @@ RETORT_AVX512BF16 void scores_bf16(const float* q, int64_t G, int64_t D, const u
   for (int64_t i = 0; i < G * D; i += 16)
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(qb.data() + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(q + i)));
   const __m512 scale = _mm512_set1_ps(float(1.0 / std::sqrt(double(D))));
-  for (int64_t g = 0; g < G; ++g) {
-    const uint16_t* qg = qb.data() + g * D;
-    float* s = sc + g * ld_sc;
-    int64_t j = 0;
-    for (; j + 16 <= L; j += 16) {
+  // 16 keys at a time for all G heads (the block's 16 rows stay in L1 while the heads pass over them).
+  const int64_t L16 = L / 16 * 16;
+  for (int64_t j = 0; j < L16; j += 16)
+    for (int64_t g = 0; g < G; ++g) {
+      const uint16_t* qg = qb.data() + g * D;
       __m512 acc[16];  // key j + t accumulates in acc[4 (t % 4) + t / 4], so reduce16 returns keys in order
       for (auto& a : acc) a = _mm512_setzero_ps();
       for (int64_t d = 0; d < D; d += 32) {
@@ -439,9 +514,12 @@ RETORT_AVX512BF16 void scores_bf16(const float* q, int64_t G, int64_t D, const u
           acc[4 * (t % 4) + t / 4] = _mm512_dpbf16_ps(acc[4 * (t % 4) + t / 4], (__m512bh)qv,
                                                       (__m512bh)_mm512_loadu_si512(kc + (j + t) * D + d));
       }
-      _mm512_storeu_ps(s + j, _mm512_mul_ps(reduce16(acc), scale));
+      _mm512_storeu_ps(sc + g * ld_sc + j, _mm512_mul_ps(reduce16(acc), scale));
     }
-    for (; j < L; ++j) {
+  for (int64_t g = 0; g < G; ++g) {
+    const uint16_t* qg = qb.data() + g * D;
+    float* s = sc + g * ld_sc;
+    for (int64_t j = L16; j < L; ++j) {
       __m512 a = _mm512_setzero_ps();
       for (int64_t d = 0; d < D; d += 32)
         a = _mm512_dpbf16_ps(a, (__m512bh)_mm512_loadu_si512(qg + d), (__m512bh)_mm512_loadu_si512(kc + j * D + d));
@@ -512,6 +590,26 @@ RETORT_AVX512 void weighted_values(const float* p, int64_t ld_p, const T* vc, in
   }
 }
 
+// The same with the rows outermost: each value row (D = 16 DC floats) is loaded once, contiguously, for
+// G x DC independent accumulators (the loop above has G chains per pass and D/16 strided passes).
+template <int G, int DC, class T>
+RETORT_AVX512 void weighted_value_rows(const float* p, int64_t ld_p, const T* vc, int64_t L, float* o) {
+  constexpr int64_t D = 16 * DC;
+  __m512 acc[G][DC];
+  for (int g = 0; g < G; ++g)
+    for (int c = 0; c < DC; ++c) acc[g][c] = _mm512_setzero_ps();
+  for (int64_t j = 0; j < L; ++j) {
+    __m512 v[DC];
+    for (int c = 0; c < DC; ++c) v[c] = load16(vc + j * D + 16 * c);
+    for (int g = 0; g < G; ++g) {
+      const __m512 pg = _mm512_set1_ps(p[g * ld_p + j]);
+      for (int c = 0; c < DC; ++c) acc[g][c] = _mm512_fmadd_ps(pg, v[c], acc[g][c]);
+    }
+  }
+  for (int g = 0; g < G; ++g)
+    for (int c = 0; c < DC; ++c) _mm512_storeu_ps(o + g * D + 16 * c, acc[g][c]);
+}
+
 template <class T>
 void attend_one_avx(const float* qkv_b, int64_t H, int64_t Hkv, int64_t D, int64_t kh, const T* kc, const T* vc,
                     int64_t L, float* out_b, std::vector<float>& scores, std::vector<uint16_t>& qb) {
@@ -527,6 +625,9 @@ void attend_one_avx(const float* qkv_b, int64_t H, int64_t Hkv, int64_t D, int64
   }
   for (int64_t g = 0; g < G; ++g) softmax_avx(sc + g * ld, L);
   float* o = out_b + kh * G * D;
+  if (D == 64 && G == 3) return weighted_value_rows<3, 4>(sc, ld, vc, L, o);  // SmolLM2
+  if (D == 64 && G == 4) return weighted_value_rows<4, 4>(sc, ld, vc, L, o);
+  if (D == 128 && G == 2) return weighted_value_rows<2, 8>(sc, ld, vc, L, o);
   switch (G) {
     case 1: return weighted_values<1>(sc, ld, vc, L, D, o);
     case 2: return weighted_values<2>(sc, ld, vc, L, D, o);
@@ -572,6 +673,25 @@ float bf16_to_f32(uint16_t b) {
   return f;
 }
 
+int64_t bf16_panels_size(int64_t rows, int64_t K) { return (rows + kPanelCols - 1) / kPanelCols * kPanelCols * K; }
+
+void pack_bf16_panels(const uint16_t* w, int64_t rows, int64_t K, uint16_t* out) {
+  if (K % 2 != 0) fail("pack_bf16_panels: K = ", K, " (must be even: panels hold k in pairs)");
+  const int64_t K2 = K / 2, n_panels = (rows + kPanelCols - 1) / kPanelCols;
+  // out[((p K2 + kk) kPanelCols + c) 2 + t] = w[p kPanelCols + c, 2 kk + t], zero past the last row.
+  at::parallel_for(0, n_panels, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t p = lo; p < hi; ++p)
+      for (int64_t c = 0; c < kPanelCols; ++c) {
+        const int64_t n = p * kPanelCols + c;
+        uint16_t* o = out + (p * K2 * kPanelCols + c) * 2;
+        for (int64_t kk = 0; kk < K2; ++kk) {
+          o[kk * 2 * kPanelCols] = n < rows ? w[n * K + 2 * kk] : 0;
+          o[kk * 2 * kPanelCols + 1] = n < rows ? w[n * K + 2 * kk + 1] : 0;
+        }
+      }
+  });
+}
+
 int64_t weight_row_bytes(WeightFormat format, int64_t K) {
   switch (format) {
     case WeightFormat::kF32: return 4 * K;
@@ -591,19 +711,21 @@ void matmul_wt(const float* x, int64_t M, int64_t K, const WeightRef* w, int n_w
   for (int i = 0; i < n_w; ++i) {
     const bool quant = w[i].format == WeightFormat::kQ8_0 || w[i].format == WeightFormat::kQ4_1;
     if (quant && K % 32 != 0) fail("matmul_wt: quantized weight with K = ", K, " (not a multiple of 32)");
-    need_xb = need_xb || w[i].format == WeightFormat::kBF16 || (quant && w[i].bf16_math && M >= 4);
+    need_xb = need_xb || w[i].format == WeightFormat::kBF16 || (quant && w[i].bf16_math && M >= 4) ||
+              (w[i].panels != nullptr && M >= kPanelMinRows);
   }
+  const bool panels_ok = bf16_vec && M >= kPanelMinRows && K % 2 == 0;
   std::vector<uint16_t> xb;
   if (need_xb && bf16_vec) {
     xb.resize(size_t(M * K));
-    for (int64_t i = 0; i < M * K; ++i) xb[size_t(i)] = f32_to_bf16(x[i]);
+    to_bf16(x, M * K, xb.data());
   }
-  // Work items: blocks of weight rows, never straddling two matrices.
+  // Work items: blocks of weight rows, never straddling two matrices; a block is one panel.
   struct Block {
     int seg;
     int64_t r0, r1, col0;
   };
-  constexpr int64_t kRows = 32;
+  constexpr int64_t kRows = kPanelCols;
   std::vector<Block> blocks;
   int64_t col = 0;
   for (int i = 0; i < n_w; ++i) {
@@ -616,6 +738,10 @@ void matmul_wt(const float* x, int64_t M, int64_t K, const WeightRef* w, int n_w
       const Block& b = blocks[size_t(bi)];
       const WeightRef& wr = w[b.seg];
       float* yc = y + b.col0;  // column 0 of this matrix's outputs
+      if (wr.panels != nullptr && panels_ok) {
+        block_panels(xb.data(), M, K, wr.panels, b.r0, b.r1, yc, ldy, accumulate);
+        continue;
+      }
       switch (wr.format) {
         case WeightFormat::kBF16:
           if (bf16_vec) {

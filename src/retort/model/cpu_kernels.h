@@ -37,7 +37,18 @@ struct WeightRef {
   // a block of weight rows is dequantized once and shared by all M: in float32, or, when bf16_math is
   // set and the CPU has AVX512-BF16, rounded to bf16 with x rounded too (the numerics of --dtype bf16).
   bool bf16_math = false;
+  // Optional: the same matrix in bf16, packed by pack_bf16_panels. With at least kPanelMinRows rows of x
+  // on the AVX512-BF16 path the product reads these panels (bf16 math, x rounded to bf16) and ignores data.
+  const uint16_t* panels = nullptr;
 };
+
+// Packed bf16 panels: output columns in groups of kPanelCols, each group stored k-pair by k-pair as
+// [K/2][kPanelCols][2] (the operand layout of vdpbf16ps), so that many rows of x stream one panel with
+// one broadcast per row and k-pair and no horizontal sums. Rows past `rows` are zero. K must be even.
+constexpr int64_t kPanelCols = 48;
+constexpr int64_t kPanelMinRows = 4;
+int64_t bf16_panels_size(int64_t rows, int64_t K);  // in uint16_t elements
+void pack_bf16_panels(const uint16_t* w, int64_t rows, int64_t K, uint16_t* out);
 
 // Bytes of one row of K values in `format`.
 int64_t weight_row_bytes(WeightFormat format, int64_t K);

@@ -147,7 +147,8 @@ torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch
 #endif
 }
 
-std::mutex g_rope_mutex;  // guards the lazily grown cos/sin tables
+std::mutex g_rope_mutex;    // guards the lazily grown cos/sin tables
+std::mutex g_panels_mutex;  // guards the lazily packed bf16 panels
 
 }  // namespace
 
@@ -374,11 +375,46 @@ int64_t LlamaModelImpl::quantized_bytes() const {
 
 cpu::WeightRef LlamaModelImpl::decode_weight(const torch::Tensor& w) const {
   const bool bf16 = w.scalar_type() == torch::kBFloat16;
+  const bool on_cpu = w.device().is_cpu();
+  cpu::WeightRef ref{w.data_ptr(), w.size(0), bf16 ? cpu::WeightFormat::kBF16 : cpu::WeightFormat::kF32};
   if (auto it = quantized_.find(w.unsafeGetTensorImpl());
-      it != quantized_.end() && w.device().is_cpu() && it->second.data == w.data_ptr() &&
-      it->second.version == w._version())
-    return {it->second.blocks.data(), w.size(0), it->second.format, bf16};
-  return {w.data_ptr(), w.size(0), bf16 ? cpu::WeightFormat::kBF16 : cpu::WeightFormat::kF32};
+      it != quantized_.end() && on_cpu && it->second.data == w.data_ptr() && it->second.version == w._version())
+    ref = {it->second.blocks.data(), w.size(0), it->second.format, bf16};
+  if (auto it = panels_.find(w.unsafeGetTensorImpl());
+      it != panels_.end() && on_cpu && it->second.data == w.data_ptr() && it->second.version == w._version())
+    ref.panels = static_cast<const uint16_t*>(it->second.packed.data_ptr());
+  return ref;
+}
+
+std::vector<const torch::Tensor*> LlamaModelImpl::decode_matrices() const {
+  std::vector<const torch::Tensor*> out;
+  for (const auto& layer : model->layers) {
+    const auto& at = layer->self_attn;
+    for (const auto* w : {&at->q_proj->weight, &at->k_proj->weight, &at->v_proj->weight, &at->o_proj->weight,
+                          &layer->mlp->gate_proj->weight, &layer->mlp->up_proj->weight, &layer->mlp->down_proj->weight})
+      out.push_back(w);
+  }
+  out.push_back(lm_head ? &lm_head->weight : &model->embed_tokens);
+  return out;
+}
+
+void LlamaModelImpl::ensure_panels() {
+  for (const torch::Tensor* w : decode_matrices()) {
+    if (w->scalar_type() != torch::kBFloat16 || w->size(1) % 2 != 0 || !w->is_contiguous()) continue;
+    PanelCopy& pc = panels_[w->unsafeGetTensorImpl()];
+    if (pc.packed.defined() && pc.data == w->data_ptr() && pc.version == w->_version()) continue;
+    pc.packed = torch::empty({cpu::bf16_panels_size(w->size(0), w->size(1))}, torch::kInt16);
+    cpu::pack_bf16_panels(static_cast<const uint16_t*>(w->data_ptr()), w->size(0), w->size(1),
+                          static_cast<uint16_t*>(pc.packed.data_ptr()));
+    pc.data = w->data_ptr();
+    pc.version = w->_version();
+  }
+}
+
+int64_t LlamaModelImpl::panel_bytes() const {
+  int64_t n = 0;
+  for (const auto& [impl, pc] : panels_) n += pc.packed.defined() ? pc.packed.nbytes() : 0;
+  return n;
 }
 
 bool LlamaModelImpl::can_decode_cpu(const KvCache& cache) const {
@@ -386,13 +422,9 @@ bool LlamaModelImpl::can_decode_cpu(const KvCache& cache) const {
   for (size_t l = 0; l < cache.k.size(); ++l)
     if (!kernel_ok(cache.k[l]) || !kernel_ok(cache.v[l]) || cache.k[l].scalar_type() != cache.v[l].scalar_type())
       return false;
-  if (!kernel_ok(model->embed_tokens) || (lm_head && !kernel_ok(lm_head->weight))) return false;
-  for (const auto& layer : model->layers) {
-    const auto& at = layer->self_attn;
-    for (const auto* w : {&at->q_proj->weight, &at->k_proj->weight, &at->v_proj->weight, &at->o_proj->weight,
-                          &layer->mlp->gate_proj->weight, &layer->mlp->up_proj->weight, &layer->mlp->down_proj->weight})
-      if (!kernel_ok(*w)) return false;
-  }
+  if (!kernel_ok(model->embed_tokens)) return false;
+  for (const torch::Tensor* w : decode_matrices())
+    if (!kernel_ok(*w)) return false;
   return true;
 }
 
@@ -401,6 +433,10 @@ torch::Tensor LlamaModelImpl::decode_step_cpu(const std::vector<int64_t>& tok, c
   const int64_t B = int64_t(tok.size()), E = hp_.n_embd, H = hp_.n_head, Hkv = hp_.n_head_kv, D = hp_.head_dim;
   const int64_t F = hp_.n_ff, V = hp_.n_vocab, nq = (H + 2 * Hkv) * D;
   const auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
+  if (B >= cpu::kPanelMinRows && cpu::has_avx512_bf16() && dtype() == torch::kBFloat16) {
+    std::lock_guard<std::mutex> lock(g_panels_mutex);
+    ensure_panels();
+  }
   auto x = torch::embedding(model->embed_tokens, torch::tensor(tok, torch::kInt64)).to(torch::kFloat32).contiguous();
   // Scratch, float32: hn [B, E] normed stream, qkv [B, nq], att [B, H*D], gu [B, 2F] gate | up, act [B, F].
   auto hn = torch::empty({B, E}, f32), qkv = torch::empty({B, nq}, f32), att = torch::empty({B, H * D}, f32);

@@ -111,6 +111,11 @@ class LlamaModelImpl : public torch::nn::Module {
   // Attached copies that are still valid (the decode step will use them), and their bytes.
   int64_t quantized_in_use() const;
   int64_t quantized_bytes() const;
+  // Batched decode (at least cpu::kPanelMinRows rows) of a bf16 model on an AVX512-BF16 CPU reads its
+  // weights packed into panels (cpu::pack_bf16_panels): made from the parameters on the first such step
+  // (+2 bytes per weight, ~270 MB for SmolLM2-135M), remade when a parameter changes. Bytes held now:
+  int64_t panel_bytes() const;
+  void drop_panels() { panels_.clear(); }
 
   const ModelHParams& hparams() const { return hp_; }
   torch::Device device() const;
@@ -127,6 +132,10 @@ class LlamaModelImpl : public torch::nn::Module {
   torch::Tensor decode_step_cpu(const std::vector<int64_t>& tok, const std::vector<int64_t>& slots,
                                 const std::vector<int64_t>& old_len, KvCache& cache);
   bool can_decode_cpu(const KvCache& cache) const;
+  // The weight matrices the decode step multiplies (7 per layer, then the output head).
+  std::vector<const torch::Tensor*> decode_matrices() const;
+  // Packs (or repacks, when stale) the panels of every bf16 decode matrix.
+  void ensure_panels();
   // The operand the decode kernels read for weight w: its attached quantized copy when valid, else w.
   cpu::WeightRef decode_weight(const torch::Tensor& w) const;
 
@@ -137,6 +146,12 @@ class LlamaModelImpl : public torch::nn::Module {
     int64_t version = 0;
   };
   std::unordered_map<const c10::TensorImpl*, QuantizedCopy> quantized_;
+  struct PanelCopy {
+    torch::Tensor packed;  // int16 [bf16_panels_size], 64-byte aligned by libtorch's allocator
+    const void* data = nullptr;
+    int64_t version = 0;
+  };
+  std::unordered_map<const c10::TensorImpl*, PanelCopy> panels_;
 
   ModelHParams hp_;
   torch::Tensor inv_freq_;       // [head_dim/2] float32 (CPU), scaling applied

@@ -56,6 +56,7 @@ void run_jobs(std::vector<WeightJob>& jobs, const std::function<void(const std::
   torch::NoGradGuard no_grad;
   std::vector<std::exception_ptr> errors(jobs.size());
   at::parallel_for(0, int64_t(jobs.size()), 1, [&](int64_t begin, int64_t end) {
+    torch::NoGradGuard no_grad_here;  // grad mode is per thread: the workers' own is on
     for (int64_t i = begin; i < end; ++i) {
       auto& job = jobs[size_t(i)];
       try {
