@@ -489,6 +489,21 @@ void attend_one(const float* qkv_b, int64_t H, int64_t Hkv, int64_t D, int64_t k
   }
 }
 
+// The cache rows of the work item after this one (another slot or kv head: a new memory stream). The
+// fast paths fetch a slice of it per step of their own loop, so it is in cache when its turn comes.
+struct NextRows {
+  const char* k = nullptr;
+  const char* v = nullptr;
+  int64_t bytes = 0;  // of each of k and v
+};
+
+// Prefetch slice i of n of [p, p + bytes).
+inline void prefetch_slice(const char* p, int64_t bytes, int64_t i, int64_t n) {
+  if (p == nullptr || n <= 0) return;
+  const int64_t per = (bytes + n - 1) / n, end = std::min(bytes, (i + 1) * per);
+  for (int64_t o = i * per / 64 * 64; o < end; o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
+}
+
 // The vector path, in three passes over the keys of kv head kh:
 //  1. scores s[g, j] = q_g . k_j / sqrt(D), 16 keys at a time (one reduce16 instead of 16 reductions);
 //     with a bf16 cache on AVX512-BF16 and D % 32 == 0, q is rounded to bf16 and vdpbf16ps reads the
@@ -496,14 +511,15 @@ void attend_one(const float* qkv_b, int64_t H, int64_t Hkv, int64_t D, int64_t k
 //  2. softmax per head, vectorized;
 //  3. o_g = sum_j p[g, j] v_j, each value row widened once and used by all G heads.
 RETORT_AVX512BF16 void scores_bf16(const float* q, int64_t G, int64_t D, const uint16_t* kc, int64_t L, float* sc,
-                                   int64_t ld_sc, std::vector<uint16_t>& qb) {
+                                   int64_t ld_sc, std::vector<uint16_t>& qb, const NextRows& next) {
   qb.resize(size_t(G * D));
   for (int64_t i = 0; i < G * D; i += 16)
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(qb.data() + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(q + i)));
   const __m512 scale = _mm512_set1_ps(float(1.0 / std::sqrt(double(D))));
   // 16 keys at a time for all G heads (the block's 16 rows stay in L1 while the heads pass over them).
   const int64_t L16 = L / 16 * 16;
-  for (int64_t j = 0; j < L16; j += 16)
+  for (int64_t j = 0; j < L16; j += 16) {
+    prefetch_slice(next.k, next.bytes, j / 16, L16 / 16);
     for (int64_t g = 0; g < G; ++g) {
       const uint16_t* qg = qb.data() + g * D;
       __m512 acc[16];  // key j + t accumulates in acc[4 (t % 4) + t / 4], so reduce16 returns keys in order
@@ -516,6 +532,7 @@ RETORT_AVX512BF16 void scores_bf16(const float* q, int64_t G, int64_t D, const u
       }
       _mm512_storeu_ps(sc + g * ld_sc + j, _mm512_mul_ps(reduce16(acc), scale));
     }
+  }
   for (int64_t g = 0; g < G; ++g) {
     const uint16_t* qg = qb.data() + g * D;
     float* s = sc + g * ld_sc;
@@ -593,12 +610,14 @@ RETORT_AVX512 void weighted_values(const float* p, int64_t ld_p, const T* vc, in
 // The same with the rows outermost: each value row (D = 16 DC floats) is loaded once, contiguously, for
 // G x DC independent accumulators (the loop above has G chains per pass and D/16 strided passes).
 template <int G, int DC, class T>
-RETORT_AVX512 void weighted_value_rows(const float* p, int64_t ld_p, const T* vc, int64_t L, float* o) {
+RETORT_AVX512 void weighted_value_rows(const float* p, int64_t ld_p, const T* vc, int64_t L, float* o,
+                                       const NextRows& next) {
   constexpr int64_t D = 16 * DC;
   __m512 acc[G][DC];
   for (int g = 0; g < G; ++g)
     for (int c = 0; c < DC; ++c) acc[g][c] = _mm512_setzero_ps();
   for (int64_t j = 0; j < L; ++j) {
+    prefetch_slice(next.v, next.bytes, j, L);
     __m512 v[DC];
     for (int c = 0; c < DC; ++c) v[c] = load16(vc + j * D + 16 * c);
     for (int g = 0; g < G; ++g) {
@@ -612,22 +631,23 @@ RETORT_AVX512 void weighted_value_rows(const float* p, int64_t ld_p, const T* vc
 
 template <class T>
 void attend_one_avx(const float* qkv_b, int64_t H, int64_t Hkv, int64_t D, int64_t kh, const T* kc, const T* vc,
-                    int64_t L, float* out_b, std::vector<float>& scores, std::vector<uint16_t>& qb) {
+                    int64_t L, float* out_b, std::vector<float>& scores, std::vector<uint16_t>& qb,
+                    const NextRows& next) {
   const int64_t G = H / Hkv, ld = (L + 15) / 16 * 16;
   scores.resize(size_t(G * ld));
   float* sc = scores.data();
   const float* q = qkv_b + kh * G * D;  // the G query heads of kv head kh, adjacent
   if constexpr (std::is_same_v<T, uint16_t>) {
-    if (has_avx512_bf16() && D % 32 == 0) scores_bf16(q, G, D, kc, L, sc, ld, qb);
+    if (has_avx512_bf16() && D % 32 == 0) scores_bf16(q, G, D, kc, L, sc, ld, qb, next);
     else scores_f32(q, G, D, kc, L, sc, ld);
   } else {
     scores_f32(q, G, D, kc, L, sc, ld);
   }
   for (int64_t g = 0; g < G; ++g) softmax_avx(sc + g * ld, L);
   float* o = out_b + kh * G * D;
-  if (D == 64 && G == 3) return weighted_value_rows<3, 4>(sc, ld, vc, L, o);  // SmolLM2
-  if (D == 64 && G == 4) return weighted_value_rows<4, 4>(sc, ld, vc, L, o);
-  if (D == 128 && G == 2) return weighted_value_rows<2, 8>(sc, ld, vc, L, o);
+  if (D == 64 && G == 3) return weighted_value_rows<3, 4>(sc, ld, vc, L, o, next);  // SmolLM2
+  if (D == 64 && G == 4) return weighted_value_rows<4, 4>(sc, ld, vc, L, o, next);
+  if (D == 128 && G == 2) return weighted_value_rows<2, 8>(sc, ld, vc, L, o, next);
   switch (G) {
     case 1: return weighted_values<1>(sc, ld, vc, L, D, o);
     case 2: return weighted_values<2>(sc, ld, vc, L, D, o);
@@ -787,6 +807,13 @@ void attention_decode(float* qkv, int64_t B, int64_t H, int64_t Hkv, int64_t D, 
       rope_head(kn, c, s, D);
       const int64_t base = (slot[b] * Hkv + kh) * max_len;  // row of (slot, kv head, position 0)
       const int64_t L = pos[b] + 1;
+      NextRows next;
+      if (i + 1 < hi) {
+        const int64_t b2 = (i + 1) / Hkv, base2 = (slot[b2] * Hkv + (i + 1) % Hkv) * max_len;
+        const int64_t elt = cache_bf16 ? 2 : 4;
+        next = {static_cast<const char*>(k_cache) + base2 * D * elt, static_cast<const char*>(v_cache) + base2 * D * elt,
+                (pos[b2] + 1) * D * elt};
+      }
       if (cache_bf16) {
         uint16_t* kc = static_cast<uint16_t*>(k_cache) + base * D;
         uint16_t* vc = static_cast<uint16_t*>(v_cache) + base * D;
@@ -794,14 +821,14 @@ void attention_decode(float* qkv, int64_t B, int64_t H, int64_t Hkv, int64_t D, 
           kc[pos[b] * D + d] = f32_to_bf16(kn[d]);
           vc[pos[b] * D + d] = f32_to_bf16(vn[d]);
         }
-        if (vec) attend_one_avx<uint16_t>(qb, H, Hkv, D, kh, kc, vc, L, out + b * H * D, scores, q16);
+        if (vec) attend_one_avx<uint16_t>(qb, H, Hkv, D, kh, kc, vc, L, out + b * H * D, scores, q16, next);
         else attend_one<uint16_t>(qb, H, Hkv, D, kh, kc, vc, L, out + b * H * D, scores);
       } else {
         float* kc = static_cast<float*>(k_cache) + base * D;
         float* vc = static_cast<float*>(v_cache) + base * D;
         std::memcpy(kc + pos[b] * D, kn, size_t(D) * 4);
         std::memcpy(vc + pos[b] * D, vn, size_t(D) * 4);
-        if (vec) attend_one_avx<float>(qb, H, Hkv, D, kh, kc, vc, L, out + b * H * D, scores, q16);
+        if (vec) attend_one_avx<float>(qb, H, Hkv, D, kh, kc, vc, L, out + b * H * D, scores, q16, next);
         else attend_one<float>(qb, H, Hkv, D, kh, kc, vc, L, out + b * H * D, scores);
       }
     }
