@@ -14,6 +14,7 @@
 
 #include "retort/io/gguf.h"
 #include "retort/io/hf_checkpoint.h"
+#include "retort/model/cpu_kernels.h"
 #include "retort/io/safetensors.h"
 #include "retort/model/hparams.h"
 #include "retort/model/kv_cache.h"
@@ -295,6 +296,33 @@ TEST_P(CachedConsistency, ChunksBatchesAndSlotsAgree) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Model, CachedConsistency, ::testing::Values("tiny-llama", "tiny-qwen2"));
+
+// A bf16 model's batched decode reads packed panels made from its parameters; after an in-place change
+// of a parameter (what an optimizer step does) the next step must see the new weights: its logits equal
+// those of a second model with the same change whose panels were packed afresh.
+TEST(Model, Bf16PanelsFollowParameterChanges) {
+  if (!cpu::has_avx512_bf16()) GTEST_SKIP() << "no AVX512-BF16: batched decode does not use panels here";
+  torch::NoGradGuard ng;
+  LoadedModel a = load_model(kData + "/hf/tiny-llama", {torch::kCPU, torch::kBFloat16, false});
+  LoadedModel b = load_model(kData + "/hf/tiny-llama", {torch::kCPU, torch::kBFloat16, false});
+  auto gen = at::detail::createCPUGenerator(11);
+  const int64_t B = 4;
+  auto prompt = torch::randint(0, a.hparams.n_vocab, {B, 6}, gen, torch::kInt64);
+  auto next = torch::randint(0, a.hparams.n_vocab, {B, 1}, gen, torch::kInt64);
+  const std::vector<int64_t> slots = {0, 1, 2, 3}, n6(B, 6), n1(B, 1);
+  auto step = [&](LlamaModelImpl& model) {  // prefill, then one batched decode step: its logits [B, V]
+    KvCache cache(a.hparams, B, 8, torch::kCPU, torch::kBFloat16);
+    model.forward_cached(prompt, slots, n6, cache, true);
+    return model.forward_cached(next, slots, n1, cache, true);
+  };
+  const auto before = step(*a.model);
+  EXPECT_GT(a.model->panel_bytes(), 0) << "the batched step did not pack panels";
+  for (auto* m : {&a, &b}) m->model->model->layers[0]->mlp->down_proj->weight.mul_(-0.5);
+  b.model->drop_panels();
+  const auto after = step(*a.model), fresh = step(*b.model);
+  EXPECT_GT((after - before).abs().max().item<double>(), 1e-3) << "the change should move the logits";
+  EXPECT_TRUE(torch::equal(after, fresh)) << "stale panels: max diff " << (after - fresh).abs().max().item<double>();
+}
 
 TEST(Model, ForwardCachedRejectsBadInput) {
   LoadedModel m = load_model(kData + "/hf/tiny-llama", {torch::kCPU, torch::kFloat32, false});
