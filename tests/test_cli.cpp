@@ -572,6 +572,13 @@ std::string keygen(const std::string& name) {
   expect_ok(r);
   return path;
 }
+// A fixed key (64 hex digits) in a file: tests whose assertions are statistical thresholds use these so a
+// run is reproducible (with fresh random keys each false-positive check fails about one run in 1,000).
+std::string fixed_key(const std::string& name, const std::string& hex) {
+  const std::string path = tmp_path(name);
+  retort::write_file_atomic(path, hex + "\n");
+  return path;
+}
 std::string trimmed(std::string s) {
   while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
   return s;
@@ -625,7 +632,8 @@ TEST(CliWatermark, BadInputErrorsAndTooShort) {
 // text with the right key (every document), the wrong key (nothing), and per account.
 TEST(CliWatermark, GenerateThenDetectKgwAndSynthidAccounts) {
   NEED_MODEL();
-  const std::string key = keygen("roundtrip.key"), other = keygen("other.key");
+  const std::string key = fixed_key("roundtrip.key", "5f3c0a9e8d7b6c5a4f3e2d1c0b9a8f7e6d5c4b3a29181716151413121110f0e1");
+  const std::string other = fixed_key("other.key", "a1b2c3d4e5f60718293a4b5c6d7e8f90123456789abcdef0fedcba9876543210");
   const std::string prompts = tmp_path("wm_prompts.jsonl");
   retort::write_file_atomic(prompts,
                             "{\"prompt\": \"Write about rivers.\"}\n{\"prompt\": \"Describe a busy market.\"}\n"
