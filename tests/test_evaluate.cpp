@@ -120,7 +120,7 @@ struct Reference {
 // Independent recomputation: one unbatched forward per sample, everything after it in double.
 // KL(p‖q) over the k + 1 outcomes {top-k ids, rest}: p from the stored log-probs and tail mass
 // (tail floored at 1e-8 as losses.cpp does, then p renormalized), q_rest = Σ_{v∉K} q_v.
-Reference reference(LlamaModelImpl& model, const std::vector<TinySample>& samples, int64_t k) {
+Reference reference(CausalLMImpl& model, const std::vector<TinySample>& samples, int64_t k) {
   torch::NoGradGuard no_grad;
   Reference r;
   int64_t agree = 0;

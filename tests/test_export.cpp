@@ -18,6 +18,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "retort/model/llama.h"
 #include "retort/distill/export.h"
 #include "retort/distill/student.h"
 #include "retort/io/ggml_quants.h"
@@ -80,7 +81,7 @@ torch::Tensor tokens(int64_t vocab, int64_t B, int64_t T, uint64_t seed) {
   return torch::randint(vocab, {B, T}, gen, torch::kInt64);
 }
 
-torch::Tensor logits(LlamaModelImpl& m, const torch::Tensor& t) {
+torch::Tensor logits(CausalLMImpl& m, const torch::Tensor& t) {
   torch::NoGradGuard ng;
   return m.forward(t);
 }
@@ -101,7 +102,7 @@ ModelHParams tiny_hp(const std::string& arch, int64_t vocab) {
   return hp;
 }
 
-LlamaModel tiny_model(const ModelHParams& hp, uint64_t seed) {
+CausalLM tiny_model(const ModelHParams& hp, uint64_t seed) {
   auto m = make_random_student(hp, seed);
   torch::NoGradGuard ng;
   auto gen = at::detail::createCPUGenerator(seed + 1);
@@ -206,7 +207,7 @@ TEST(ExportHf, TinyRoundTripExactLogitsAndTokenizer) {
     TempDir tmp;
     Tokenizer tok = Tokenizer::from_hf_json(kData + "/tokenizer/" + std::string(tokdir) + "/tokenizer.json");
     ModelHParams hp = tiny_hp(arch, tok.n_vocab());
-    LlamaModel m = tiny_model(hp, 7);
+    CausalLM m = tiny_model(hp, 7);
     ExportInfo info;
     info.chat_template = "{{ messages[0]['content'] }}";
     info.eos_ids = {1};
@@ -236,7 +237,7 @@ TEST(ExportHf, Bf16AndReplaceAndErrors) {
   TempDir tmp;
   Tokenizer tok = Tokenizer::from_hf_json(kData + "/tokenizer/qwen2/tokenizer.json");
   ModelHParams hp = tiny_hp("qwen2", tok.n_vocab());
-  LlamaModel m = tiny_model(hp, 8);
+  CausalLM m = tiny_model(hp, 8);
   const std::string dir = tmp.path + "/out";
   fs::create_directories(dir);
   write_file_atomic(dir + "/stale.txt", "old");
@@ -265,7 +266,7 @@ TEST(ExportGguf, TinyRoundTrip) {
     TempDir tmp;
     Tokenizer tok = Tokenizer::from_hf_json(kData + "/tokenizer/" + std::string(tokdir) + "/tokenizer.json");
     ModelHParams hp = tiny_hp(arch, tok.n_vocab());
-    LlamaModel m = tiny_model(hp, 9);
+    CausalLM m = tiny_model(hp, 9);
     ExportInfo info;
     info.chat_template = "{{ bos_token }}";
     auto t = tokens(hp.n_vocab, 2, 11, 5);
@@ -308,7 +309,7 @@ TEST(ExportGguf, Q8FallsBackToF16ForShortRows) {
   Tokenizer tok = Tokenizer::from_hf_json(kData + "/tokenizer/qwen2/tokenizer.json");
   ModelHParams hp = tiny_hp("qwen2", tok.n_vocab());
   hp.n_ff = 40;  // ffn_down rows have 40 values: not a multiple of 32
-  LlamaModel m = tiny_model(hp, 10);
+  CausalLM m = tiny_model(hp, 10);
   export_gguf(*m, tok, {}, tmp.path + "/m.gguf", "q8_0");
   GgufFile f = GgufFile::open(tmp.path + "/m.gguf");
   EXPECT_EQ(f.find_tensor("blk.0.ffn_down.weight")->type, 1u);

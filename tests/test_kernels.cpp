@@ -202,78 +202,91 @@ TEST(Kernels, QuantizedWeightNeedsWholeBlocks) {
 
 INSTANTIATE_TEST_SUITE_P(Kernels, MatmulWt, ::testing::Values(false, true));
 
-class AttentionDecode : public ::testing::TestWithParam<bool> {};
+class AttentionRows : public ::testing::TestWithParam<bool> {};
 
-TEST_P(AttentionDecode, MatchesFloat64) {
+// rope_rows then attention_rows against a float64 recomputation: rows in different slots and two rows of
+// one slot (a prompt's consecutive tokens: the later one sees the earlier one's key), a query scale that
+// is not 1/sqrt(D), and a sliding window.
+TEST_P(AttentionRows, MatchesFloat64) {
   ScalarMode mode(GetParam());
   // (H, Hkv): G = 3 (SmolLM2), 1 (multi-head), 9 (beyond the unrolled group sizes), 4 and 2 (with D 64 and
-  // 128: the row-at-a-time value kernels).
-  for (auto [H, Hkv] : {std::pair<int64_t, int64_t>{6, 2}, {2, 2}, {9, 1}, {8, 2}, {4, 2}})
-  for (int64_t D : {64, 128, 6}) {
-    for (bool bf16 : {false, true}) {
-      const int64_t B = 3, G = H / Hkv, max_len = 40, n_slots = 4;
-      const std::vector<int64_t> slot = {2, 0, 3}, pos = {0, 7, 35};  // 1, 8, 36 keys: whole 16-key blocks + tails
-      const int64_t nq = (H + 2 * Hkv) * D;
-      auto qkv = randn(size_t(B * nq), 3);
-      const auto qkv0 = qkv;
-      auto cs = randn(size_t(B * D / 2), 4), sn = randn(size_t(B * D / 2), 5);
-      auto kf = randn(size_t(n_slots * Hkv * max_len * D), 6), vf = randn(size_t(n_slots * Hkv * max_len * D), 7);
-      auto kb = to_bf16(kf), vb = to_bf16(vf);
-      std::vector<float> out(size_t(B * H * D));
-      cpu::attention_decode(qkv.data(), B, H, Hkv, D, cs.data(), sn.data(), bf16 ? (void*)kb.data() : kf.data(),
-                            bf16 ? (void*)vb.data() : vf.data(), bf16, max_len, slot.data(), pos.data(), out.data());
-      auto kget = [&](int64_t s, int64_t h, int64_t j, int64_t d) -> double {
-        size_t i = size_t(((s * Hkv + h) * max_len + j) * D + d);
-        return bf16 ? cpu::bf16_to_f32(kb[i]) : kf[i];
-      };
-      auto vget = [&](int64_t s, int64_t h, int64_t j, int64_t d) -> double {
-        size_t i = size_t(((s * Hkv + h) * max_len + j) * D + d);
-        return bf16 ? cpu::bf16_to_f32(vb[i]) : vf[i];
-      };
-      auto rope = [&](const float* xin, int64_t b, std::vector<double>& xo) {
-        const int64_t half = D / 2;
-        xo.resize(size_t(D));
-        for (int64_t i = 0; i < half; ++i) {
-          const double c = cs[size_t(b * half + i)], s = sn[size_t(b * half + i)];
-          xo[size_t(i)] = xin[i] * c - double(xin[i + half]) * s;
-          xo[size_t(i + half)] = xin[i + half] * c + double(xin[i]) * s;
+  // 128: the row-at-a-time value kernels), 4 with D 256 (Gemma 3 270M).
+  struct Case { int64_t H, Hkv, D; };
+  for (auto [H, Hkv, D] : {Case{6, 2, 64}, {6, 2, 128}, {6, 2, 6}, {2, 2, 64}, {9, 1, 64}, {8, 2, 64}, {4, 2, 128},
+                           {4, 1, 256}, {9, 1, 6}})
+  for (int64_t window : {0, 5})
+  for (bool bf16 : {false, true}) {
+    const int64_t n = 4, G = H / Hkv, max_len = 40, n_slots = 4;
+    const std::vector<int64_t> slot = {2, 0, 3, 3}, pos = {0, 7, 34, 35};  // 1, 8, 35, 36 keys: 16-key blocks + tails
+    const float scale = 0.3f / std::sqrt(float(D));
+    const int64_t nq = (H + 2 * Hkv) * D;
+    auto qkv = randn(size_t(n * nq), 3);
+    const auto qkv0 = qkv;
+    auto cs = randn(size_t(n * D / 2), 4), sn = randn(size_t(n * D / 2), 5);
+    auto kf = randn(size_t(n_slots * Hkv * max_len * D), 6), vf = randn(size_t(n_slots * Hkv * max_len * D), 7);
+    auto kb = to_bf16(kf), vb = to_bf16(vf);
+    std::vector<float> out(size_t(n * H * D));
+    cpu::rope_rows(qkv.data(), n, H, Hkv, D, cs.data(), sn.data());
+    const cpu::AttentionShape shape{H, Hkv, D, scale, window};
+    cpu::attention_rows(qkv.data(), n, shape, bf16 ? (void*)kb.data() : kf.data(), bf16 ? (void*)vb.data() : vf.data(),
+                        bf16, max_len, slot.data(), pos.data(), out.data());
+    auto kget = [&](int64_t s, int64_t h, int64_t j, int64_t d) -> double {
+      size_t i = size_t(((s * Hkv + h) * max_len + j) * D + d);
+      return bf16 ? cpu::bf16_to_f32(kb[i]) : kf[i];
+    };
+    auto vget = [&](int64_t s, int64_t h, int64_t j, int64_t d) -> double {
+      size_t i = size_t(((s * Hkv + h) * max_len + j) * D + d);
+      return bf16 ? cpu::bf16_to_f32(vb[i]) : vf[i];
+    };
+    auto rope = [&](const float* xin, int64_t b, std::vector<double>& xo) {
+      const int64_t half = D / 2;
+      xo.resize(size_t(D));
+      for (int64_t i = 0; i < half; ++i) {
+        const double c = cs[size_t(b * half + i)], s = sn[size_t(b * half + i)];
+        xo[size_t(i)] = xin[i] * c - double(xin[i + half]) * s;
+        xo[size_t(i + half)] = xin[i + half] * c + double(xin[i]) * s;
+      }
+    };
+    const double btol = bf16 ? 1e-2 : 1e-5;
+    const bool q_rounded = bf16 && cpu::has_avx512_bf16() && D % 32 == 0;
+    for (int64_t b = 0; b < n; ++b) {
+      const int64_t first = window > 0 ? std::max<int64_t>(0, pos[b] - window + 1) : 0;
+      for (int64_t kh = 0; kh < Hkv; ++kh) {
+        // The new key (rotated) and value were written at pos[b].
+        std::vector<double> kn;
+        rope(&qkv0[size_t(b * nq + (H + kh) * D)], b, kn);
+        for (int64_t d = 0; d < D; ++d) {
+          EXPECT_NEAR(kget(slot[b], kh, pos[b], d), kn[size_t(d)], btol * (1 + std::abs(kn[size_t(d)])));
+          EXPECT_NEAR(vget(slot[b], kh, pos[b], d), qkv0[size_t(b * nq + (H + Hkv + kh) * D + d)],
+                      btol * (1 + std::abs(qkv0[size_t(b * nq + (H + Hkv + kh) * D + d)])));
         }
-      };
-      const double btol = bf16 ? 1e-2 : 1e-5;
-      const bool q_rounded = bf16 && cpu::has_avx512_bf16() && D % 32 == 0;
-      for (int64_t b = 0; b < B; ++b) {
-        for (int64_t kh = 0; kh < Hkv; ++kh) {
-          // The new key (rotated) and value were written at pos[b].
-          std::vector<double> kn;
-          rope(&qkv0[size_t(b * nq + (H + kh) * D)], b, kn);
+        for (int64_t g = 0; g < G; ++g) {
+          const int64_t h = kh * G + g;
+          // rope_rows rotated q in float32 (within float rounding of the float64 rotation); the attention
+          // reference starts from those float32 values, so that rounding them to bf16 below (a bf16 cache on
+          // AVX512-BF16 scores with q rounded, as bf16 attention does) rounds exactly what the kernel rounds.
+          std::vector<double> q_exact, q(static_cast<size_t>(D));
+          rope(&qkv0[size_t(b * nq + h * D)], b, q_exact);
           for (int64_t d = 0; d < D; ++d) {
-            EXPECT_NEAR(kget(slot[b], kh, pos[b], d), kn[size_t(d)], btol * (1 + std::abs(kn[size_t(d)])));
-            EXPECT_NEAR(vget(slot[b], kh, pos[b], d), qkv0[size_t(b * nq + (H + Hkv + kh) * D + d)],
-                        btol * (1 + std::abs(qkv0[size_t(b * nq + (H + Hkv + kh) * D + d)])));
+            const float qf = qkv[size_t(b * nq + h * D + d)];
+            EXPECT_NEAR(qf, q_exact[size_t(d)], 1e-5 * (1 + std::abs(q_exact[size_t(d)])));
+            q[size_t(d)] = q_rounded ? cpu::bf16_to_f32(cpu::f32_to_bf16(qf)) : double(qf);
           }
-          for (int64_t g = 0; g < G; ++g) {
-            const int64_t h = kh * G + g;
-            std::vector<double> q;
-            rope(&qkv0[size_t(b * nq + h * D)], b, q);
-            // A bf16 cache on AVX512-BF16 scores with q rounded to bf16 (vdpbf16ps), as bf16 attention does.
-            if (q_rounded)
-              for (auto& v : q) v = cpu::bf16_to_f32(cpu::f32_to_bf16(float(v)));
-            std::vector<double> sc(size_t(pos[b] + 1));
-            double mx = -INFINITY;
-            for (int64_t j = 0; j <= pos[b]; ++j) {
-              double s = 0;
-              for (int64_t d = 0; d < D; ++d) s += q[size_t(d)] * kget(slot[b], kh, j, d);
-              sc[size_t(j)] = s / std::sqrt(double(D));
-              mx = std::max(mx, sc[size_t(j)]);
-            }
-            double sum = 0;
-            for (auto& s : sc) sum += (s = std::exp(s - mx));
-            for (int64_t d = 0; d < D; ++d) {
-              double o = 0;
-              for (int64_t j = 0; j <= pos[b]; ++j) o += sc[size_t(j)] / sum * vget(slot[b], kh, j, d);
-              EXPECT_NEAR(out[size_t(b * H * D + h * D + d)], o, q_rounded ? 3e-4 : 1e-4)
-                  << "D=" << D << " b=" << b << " h=" << h;
-            }
+          std::vector<double> sc;
+          double mx = -INFINITY;
+          for (int64_t j = first; j <= pos[b]; ++j) {
+            double s = 0;
+            for (int64_t d = 0; d < D; ++d) s += q[size_t(d)] * kget(slot[b], kh, j, d);
+            sc.push_back(s * scale);
+            mx = std::max(mx, sc.back());
+          }
+          double sum = 0;
+          for (auto& s : sc) sum += (s = std::exp(s - mx));
+          for (int64_t d = 0; d < D; ++d) {
+            double o = 0;
+            for (int64_t j = first; j <= pos[b]; ++j) o += sc[size_t(j - first)] / sum * vget(slot[b], kh, j, d);
+            EXPECT_NEAR(out[size_t(b * H * D + h * D + d)], o, q_rounded ? 3e-4 : 1e-4)
+                << "D=" << D << " G=" << G << " window=" << window << " bf16=" << bf16 << " row=" << b << " h=" << h;
           }
         }
       }
@@ -281,7 +294,34 @@ TEST_P(AttentionDecode, MatchesFloat64) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Kernels, AttentionDecode, ::testing::Values(false, true));
+// A row's attention output does not depend on the other rows of the call (bit-exact).
+TEST(Kernels, AttentionRowsAreBatchInvariant) {
+  const int64_t H = 6, Hkv = 2, D = 64, max_len = 48, nq = (H + 2 * Hkv) * D;
+  const std::vector<int64_t> slot = {1, 0, 0, 2}, pos = {20, 30, 31, 5};
+  auto qkv = randn(size_t(4 * nq), 13);
+  auto cs = randn(size_t(4 * D / 2), 14), sn = randn(size_t(4 * D / 2), 15);
+  cpu::rope_rows(qkv.data(), 4, H, Hkv, D, cs.data(), sn.data());
+  const cpu::AttentionShape shape{H, Hkv, D, 0.125f, 0};
+  for (bool bf16 : {false, true}) {
+    auto kf = randn(size_t(3 * Hkv * max_len * D), 16), vf = randn(size_t(3 * Hkv * max_len * D), 17);
+    auto kb = to_bf16(kf), vb = to_bf16(vf);
+    auto kf2 = kf, vf2 = vf;
+    auto kb2 = kb, vb2 = vb;
+    std::vector<float> all(size_t(4 * H * D)), alone(size_t(H * D));
+    cpu::attention_rows(qkv.data(), 4, shape, bf16 ? (void*)kb.data() : kf.data(), bf16 ? (void*)vb.data() : vf.data(),
+                        bf16, max_len, slot.data(), pos.data(), all.data());
+    // Row 2 again, alone, on a cache that already holds row 1's key (as the batch left it at pos 30).
+    cpu::attention_rows(qkv.data() + nq, 1, shape, bf16 ? (void*)kb2.data() : kf2.data(),
+                        bf16 ? (void*)vb2.data() : vf2.data(), bf16, max_len, slot.data() + 1, pos.data() + 1,
+                        alone.data());
+    cpu::attention_rows(qkv.data() + 2 * nq, 1, shape, bf16 ? (void*)kb2.data() : kf2.data(),
+                        bf16 ? (void*)vb2.data() : vf2.data(), bf16, max_len, slot.data() + 2, pos.data() + 2,
+                        alone.data());
+    EXPECT_EQ(0, std::memcmp(alone.data(), all.data() + 2 * H * D, size_t(H * D) * 4)) << "bf16=" << bf16;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Kernels, AttentionRows, ::testing::Values(false, true));
 
 class Elementwise : public ::testing::TestWithParam<bool> {};  // param: force scalar
 

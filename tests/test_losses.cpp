@@ -507,7 +507,7 @@ struct Grads {
   std::vector<torch::Tensor> g;
 };
 
-Grads collect(LlamaModelImpl& m, double loss, int64_t agree) {
+Grads collect(CausalLMImpl& m, double loss, int64_t agree) {
   Grads out{loss, agree, {}};
   for (auto& p : m.parameters()) {
     out.g.push_back(p.grad().defined() ? p.grad().clone() : torch::zeros_like(p));

@@ -59,7 +59,7 @@ LoadedModel& smollm2() {
 
 // Greedy decoding through forward_cached: rows of different prompt lengths in one batch,
 // right-padded prefill, then one token per step. Returns the n_steps new ids per row.
-std::vector<std::vector<int64_t>> greedy_batch(LlamaModelImpl& model, const std::vector<std::vector<int64_t>>& prompts,
+std::vector<std::vector<int64_t>> greedy_batch(CausalLMImpl& model, const std::vector<std::vector<int64_t>>& prompts,
                                                int64_t n_steps) {
   const int64_t B = int64_t(prompts.size());
   int64_t T = 0;
@@ -82,6 +82,9 @@ std::vector<std::vector<int64_t>> greedy_batch(LlamaModelImpl& model, const std:
   }
   return out;
 }
+
+// The Llama-family module of a loaded model (its layers by name).
+LlamaModelImpl& llama(LoadedModel& m) { return dynamic_cast<LlamaModelImpl&>(*m.model); }
 
 std::vector<int64_t> to_vec(const torch::Tensor& t) {
   auto c = t.contiguous();
@@ -233,9 +236,10 @@ TEST(Model, ParameterNamesAreHuggingFaceNames) {
   for (auto& p : model->named_parameters()) names.push_back(p.key());
   std::sort(names.begin(), names.end());
   EXPECT_EQ(names, ckpt.tensor_names());
-  EXPECT_EQ(gguf_tensor_name("model.layers.12.self_attn.k_proj.bias"), "blk.12.attn_k.bias");
-  EXPECT_EQ(gguf_tensor_name("model.layers.0.mlp.down_proj.weight"), "blk.0.ffn_down.weight");
-  EXPECT_EQ(gguf_tensor_name("lm_head.weight"), "output.weight");
+  EXPECT_EQ(model->gguf_name("model.layers.12.self_attn.k_proj.bias"), "blk.12.attn_k.bias");
+  EXPECT_EQ(model->gguf_name("model.layers.0.mlp.down_proj.weight"), "blk.0.ffn_down.weight");
+  EXPECT_EQ(model->gguf_name("lm_head.weight"), "output.weight");
+  EXPECT_EQ(model->gguf_name("model.layers.0.self_attn.q_norm.weight"), "");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -310,14 +314,14 @@ TEST(Model, Bf16PanelsFollowParameterChanges) {
   auto prompt = torch::randint(0, a.hparams.n_vocab, {B, 6}, gen, torch::kInt64);
   auto next = torch::randint(0, a.hparams.n_vocab, {B, 1}, gen, torch::kInt64);
   const std::vector<int64_t> slots = {0, 1, 2, 3}, n6(B, 6), n1(B, 1);
-  auto step = [&](LlamaModelImpl& model) {  // prefill, then one batched decode step: its logits [B, V]
+  auto step = [&](CausalLMImpl& model) {  // prefill, then one batched decode step: its logits [B, V]
     KvCache cache(a.hparams, B, 8, torch::kCPU, torch::kBFloat16);
     model.forward_cached(prompt, slots, n6, cache, true);
     return model.forward_cached(next, slots, n1, cache, true);
   };
   const auto before = step(*a.model);
   EXPECT_GT(a.model->panel_bytes(), 0) << "the batched step did not pack panels";
-  for (auto* m : {&a, &b}) m->model->model->layers[0]->mlp->down_proj->weight.mul_(-0.5);
+  for (auto* m : {&a, &b}) llama(*m).model->layers[0]->mlp->down_proj->weight.mul_(-0.5);
   b.model->drop_panels();
   const auto after = step(*a.model), fresh = step(*b.model);
   EXPECT_GT((after - before).abs().max().item<double>(), 1e-3) << "the change should move the logits";
@@ -475,7 +479,7 @@ TEST(SmolLM2, QuantizedDecodeEqualsDenseDecode) {
   auto top_ids = read_i64(g, "p0_top_ids");
   auto top_lp = read_f32(g, "p0_top_logprobs");
   const int64_t T = ids.size(0);
-  auto decode_all = [&](LlamaModelImpl& model) {  // [T, V] logprobs, one token per step
+  auto decode_all = [&](CausalLMImpl& model) {  // [T, V] logprobs, one token per step
     KvCache cache(hp, 1, T, torch::kCPU, torch::kFloat32);
     std::vector<torch::Tensor> rows;
     for (int64_t t = 0; t < T; ++t)
@@ -493,11 +497,11 @@ TEST(SmolLM2, QuantizedDecodeEqualsDenseDecode) {
   EXPECT_TRUE(torch::equal(q.argmax(-1), d.argmax(-1)));
 
   // Change one attached weight in place: the blocks no longer describe it, the decode step must use it.
-  auto& w = m.model->model->layers[0]->mlp->down_proj->weight;
+  auto& w = llama(m).model->layers[0]->mlp->down_proj->weight;
   const auto saved = w.clone();
   w.mul_(0.5);
   EXPECT_EQ(m.model->quantized_in_use(), 7 * hp.n_layer);
-  dense.model->model->layers[0]->mlp->down_proj->weight.mul_(0.5);
+  llama(dense).model->layers[0]->mlp->down_proj->weight.mul_(0.5);
   const double changed = (decode_all(*m.model) - decode_all(*dense.model)).abs().max().item<double>();
   w.copy_(saved);
   EXPECT_LE(changed, 1e-4) << "decode used stale quantized blocks";

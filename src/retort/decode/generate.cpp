@@ -8,7 +8,7 @@
 #include <optional>
 
 #include "retort/model/kv_cache.h"
-#include "retort/model/llama.h"
+#include "retort/model/causal_lm.h"
 #include "retort/model/loader.h"
 #include "retort/text/tokenizer.h"
 #include "retort/util/error.h"
@@ -142,7 +142,7 @@ std::vector<GenerationResult> Generator::run() {
   }
   if (queue.empty()) return std::move(results_);
 
-  LlamaModelImpl& model = *m_.model;
+  CausalLMImpl& model = *m_.model;
   device_ = model.device();
   const int64_t n_slots = std::min<int64_t>(opts_.max_batch, static_cast<int64_t>(queue.size()));
   cache_.emplace(model.hparams(), n_slots, max_len, device_, model.dtype());
@@ -178,7 +178,7 @@ std::vector<GenerationResult> Generator::run() {
 }
 
 void Generator::prefill(std::vector<Sequence*>& seqs) {
-  LlamaModelImpl& model = *m_.model;
+  CausalLMImpl& model = *m_.model;
   std::vector<Sequence*> pending = seqs;
   while (!pending.empty()) {
     int64_t t_len = 1;

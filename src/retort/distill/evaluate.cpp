@@ -9,7 +9,7 @@
 
 #include "retort/distill/losses.h"
 #include "retort/distill/signal_store.h"
-#include "retort/model/llama.h"
+#include "retort/model/causal_lm.h"
 #include "retort/util/error.h"
 
 namespace retort {
@@ -19,7 +19,7 @@ nlohmann::json EvalMetrics::to_json() const {
           {"teacher_nll", teacher_nll}, {"top1_agree", top1_agree}, {"kl", kl}};
 }
 
-EvalMetrics evaluate_on_store(LlamaModelImpl& model, const SignalStore& store, const std::string& tokenizer_hash,
+EvalMetrics evaluate_on_store(CausalLMImpl& model, const SignalStore& store, const std::string& tokenizer_hash,
                               int64_t max_samples, int64_t batch_tokens) {
   const StoreManifest& man = store.manifest();
   check(man.tokenizer_hash == tokenizer_hash, "signal store ", store.dir(), " was captured with tokenizer ",

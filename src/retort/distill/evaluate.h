@@ -16,7 +16,7 @@
 
 namespace retort {
 
-class LlamaModelImpl;
+class CausalLMImpl;
 class SignalStore;
 
 struct EvalMetrics {
@@ -27,7 +27,7 @@ struct EvalMetrics {
 
 // Teacher-forced pass of `model` over the store's samples (batched by length, no grad).
 // max_samples = 0: all. The store's tokenizer hash must equal `tokenizer_hash` (retort::Error otherwise).
-EvalMetrics evaluate_on_store(LlamaModelImpl& model, const SignalStore& store, const std::string& tokenizer_hash,
+EvalMetrics evaluate_on_store(CausalLMImpl& model, const SignalStore& store, const std::string& tokenizer_hash,
                               int64_t max_samples = 0, int64_t batch_tokens = 4096);
 
 }  // namespace retort

@@ -11,7 +11,7 @@
 #include "retort/io/ggml_quants.h"
 #include "retort/io/gguf_writer.h"
 #include "retort/io/safetensors.h"
-#include "retort/model/llama.h"
+#include "retort/model/causal_lm.h"
 #include "retort/model/loader.h"
 #include "retort/text/pretokenize.h"
 #include "retort/text/tokenizer.h"
@@ -323,7 +323,7 @@ void add_tokenizer_gguf(GgufWriter& w, const Tokenizer& tok, const ExportInfo& i
 
 }  // namespace
 
-void export_hf(const LlamaModelImpl& model, const Tokenizer& tok, const ExportInfo& info, const std::string& dir,
+void export_hf(const CausalLMImpl& model, const Tokenizer& tok, const ExportInfo& info, const std::string& dir,
                const std::string& dtype) {
   check(dtype == "f32" || dtype == "bf16" || dtype == "f16", "export hf: --dtype must be f32, bf16 or f16, got \"",
         dtype, "\"");
@@ -364,7 +364,7 @@ void export_hf(const LlamaModelImpl& model, const Tokenizer& tok, const ExportIn
   }
 }
 
-void export_gguf(const LlamaModelImpl& model, const Tokenizer& tok, const ExportInfo& info, const std::string& path,
+void export_gguf(const CausalLMImpl& model, const Tokenizer& tok, const ExportInfo& info, const std::string& path,
                  const std::string& gguf_type) {
   GgmlType wtype;
   uint32_t file_type;
@@ -414,20 +414,19 @@ void export_gguf(const LlamaModelImpl& model, const Tokenizer& tok, const Export
     w.add_tensor("rope_freqs.weight", {int64_t(freqs.size())}, GgmlType::F32,
                  [freqs](uint8_t* dst) { std::memcpy(dst, freqs.data(), freqs.size() * 4); });
 
-  const bool permuted = hp.arch == "llama" || hp.arch == "mistral";
   for (const auto& p : model.named_parameters()) {
     const std::string& hf = p.key();
-    const std::string gname = gguf_tensor_name(hf);
+    const std::string gname = model.gguf_name(hf);
     check(!gname.empty(), "export gguf: parameter ", hf, " has no GGUF name");
-    int64_t permute = 0;
-    if (permuted && hf.find("self_attn.q_proj") != std::string::npos) permute = hp.n_head;
-    if (permuted && hf.find("self_attn.k_proj") != std::string::npos) permute = hp.n_head_kv;
+    const int64_t permute = model.gguf_permuted_heads(hf);
+    const float offset = model.gguf_offset(hf);  // stored = parameter - offset
     const torch::Tensor param = p.value();
     const std::vector<int64_t> shape = param.sizes().vec();
     GgmlType t = shape.size() == 1 ? GgmlType::F32 : wtype;
     if (t == GgmlType::Q8_0 && shape.back() % 32 != 0) t = GgmlType::F16;  // Q8_0 blocks are 32 along a row
-    w.add_tensor(gname, shape, t, [param, permute, t](uint8_t* dst) {
+    w.add_tensor(gname, shape, t, [param, permute, offset, t](uint8_t* dst) {
       torch::Tensor x = cpu_f32(param);
+      if (offset != 0) x = x - offset;
       if (permute > 0) x = permute_rows(x, permute);
       quantize(t, x.data_ptr<float>(), dst, x.numel());
     });

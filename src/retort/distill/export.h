@@ -17,7 +17,7 @@
 
 namespace retort {
 
-class LlamaModelImpl;
+class CausalLMImpl;
 class Tokenizer;
 
 struct ExportInfo {
@@ -27,10 +27,10 @@ struct ExportInfo {
   nlohmann::json provenance = nlohmann::json::object();  // written to the metadata (teacher, loss, steps, ...)
 };
 
-void export_hf(const LlamaModelImpl& model, const Tokenizer& tok, const ExportInfo& info, const std::string& dir,
+void export_hf(const CausalLMImpl& model, const Tokenizer& tok, const ExportInfo& info, const std::string& dir,
                const std::string& dtype = "f32");  // "f32" | "bf16" | "f16"
 // gguf_type: "f32" | "f16" | "q8_0"
-void export_gguf(const LlamaModelImpl& model, const Tokenizer& tok, const ExportInfo& info, const std::string& path,
+void export_gguf(const CausalLMImpl& model, const Tokenizer& tok, const ExportInfo& info, const std::string& path,
                  const std::string& gguf_type = "f16");
 
 }  // namespace retort

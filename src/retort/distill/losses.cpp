@@ -27,7 +27,7 @@
 #include <limits>
 #include <utility>
 
-#include "retort/model/llama.h"
+#include "retort/model/causal_lm.h"
 #include "retort/util/error.h"
 
 namespace retort {
@@ -364,7 +364,7 @@ torch::Tensor dense_loss_rows(const torch::Tensor& student_logits, const torch::
 
 namespace {
 
-ChunkedLossResult chunked(LlamaModelImpl& student, const torch::Tensor& hidden, const TeacherSignal& signal,
+ChunkedLossResult chunked(CausalLMImpl& student, const torch::Tensor& hidden, const TeacherSignal& signal,
                           const LossConfig& cfg, double scale, int64_t chunk_rows, bool backward) {
   cfg.validate();
   const char* what = backward ? "chunked loss" : "chunked loss eval";
@@ -453,13 +453,13 @@ ChunkedLossResult chunked(LlamaModelImpl& student, const torch::Tensor& hidden, 
 
 }  // namespace
 
-ChunkedLossResult chunked_loss_backward(LlamaModelImpl& student, const torch::Tensor& hidden,
+ChunkedLossResult chunked_loss_backward(CausalLMImpl& student, const torch::Tensor& hidden,
                                         const TeacherSignal& signal, const LossConfig& cfg, double scale,
                                         int64_t chunk_rows) {
   return chunked(student, hidden, signal, cfg, scale, chunk_rows, /*backward=*/true);
 }
 
-ChunkedLossResult chunked_loss_eval(LlamaModelImpl& student, const torch::Tensor& hidden,
+ChunkedLossResult chunked_loss_eval(CausalLMImpl& student, const torch::Tensor& hidden,
                                     const TeacherSignal& signal, const LossConfig& cfg, int64_t chunk_rows) {
   torch::NoGradGuard no_grad;
   return chunked(student, hidden, signal, cfg, 1.0, chunk_rows, /*backward=*/false);

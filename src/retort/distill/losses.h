@@ -38,7 +38,7 @@
 
 namespace retort {
 
-class LlamaModelImpl;
+class CausalLMImpl;
 
 enum class LossKind { CE, ForwardKL, ReverseKL, JSD, SkewKL, SkewReverseKL, TVD };
 
@@ -76,7 +76,7 @@ struct TeacherSignal {
   torch::Tensor targets;                 // [N] int64
   torch::Tensor topk_ids, topk_logprobs, tail_mass;  // [N,k] int64, [N,k] f32, [N] f32
   torch::Tensor teacher_hidden;          // [N, d_teacher] float32 (no grad)
-  LlamaModelImpl* teacher = nullptr;     // with teacher_hidden
+  CausalLMImpl* teacher = nullptr;     // with teacher_hidden
   bool dense() const { return teacher_hidden.defined(); }
 };
 
@@ -90,11 +90,11 @@ struct ChunkedLossResult {
 // the student's autograd graph. Computes Σ_rows loss, and accumulates the gradient of
 // scale · Σ_rows loss into the student's parameters (output head directly; everything below
 // via hidden.backward). chunk_rows bounds the live [chunk_rows, V] logits.
-ChunkedLossResult chunked_loss_backward(LlamaModelImpl& student, const torch::Tensor& hidden,
+ChunkedLossResult chunked_loss_backward(CausalLMImpl& student, const torch::Tensor& hidden,
                                         const TeacherSignal& signal, const LossConfig& cfg, double scale,
                                         int64_t chunk_rows = 256);
 // Same numbers without gradients (evaluation).
-ChunkedLossResult chunked_loss_eval(LlamaModelImpl& student, const torch::Tensor& hidden,
+ChunkedLossResult chunked_loss_eval(CausalLMImpl& student, const torch::Tensor& hidden,
                                     const TeacherSignal& signal, const LossConfig& cfg, int64_t chunk_rows = 256);
 
 }  // namespace retort

@@ -141,8 +141,8 @@ torch::Tensor calibration_batch(const SignalStore& s, int64_t rows, int64_t len)
   return torch::tensor(ids, torch::kInt64).view({taken, len});
 }
 
-LlamaModel clone_model(LlamaModelImpl& src) {
-  LlamaModel m(src.hparams());
+CausalLM clone_model(CausalLMImpl& src) {
+  CausalLM m = make_causal_lm(src.hparams());
   m->to(src.device(), torch::kFloat32);
   torch::NoGradGuard no_grad;
   auto from = src.named_parameters();
@@ -335,7 +335,7 @@ nlohmann::json run_pipeline(const PipelineOptions& o) {
                            ? StudentConfig::from_json(nlohmann::json::parse(o.student), "student")
                            : StudentConfig::parse(o.student);
   const ModelHParams shp = student_hparams(teacher.hparams, scfg);
-  LlamaModel base{nullptr};
+  CausalLM base;
   if (scfg.init == "prune") {
     torch::NoGradGuard no_grad;
     base = prune_from_teacher(teacher, shp, calibration_batch(train_store, 16, 64));
@@ -369,7 +369,7 @@ nlohmann::json run_pipeline(const PipelineOptions& o) {
   info.generation_defaults = teacher.generation_defaults;
   nlohmann::json runs = nlohmann::json::object();
   std::string kd_dir, kd_loss;
-  LlamaModel kd_model{nullptr};
+  CausalLM kd_model;
   for (const auto& loss : o.losses) {
     t = std::chrono::steady_clock::now();
     TrainerConfig cfg = o.train;

@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <numeric>
 
+#include "retort/model/llama.h"
 #include "retort/model/loader.h"
 #include "retort/util/error.h"
 
@@ -197,8 +198,8 @@ ModelHParams student_hparams(const ModelHParams& t, const StudentConfig& cfg) {
   return s;
 }
 
-LlamaModel make_random_student(const ModelHParams& hp, uint64_t seed) {
-  LlamaModel m(hp);
+CausalLM make_random_student(const ModelHParams& hp, uint64_t seed) {
+  CausalLM m = make_causal_lm(hp);
   m->init_weights(seed);
   return m;
 }
@@ -207,27 +208,6 @@ LlamaModel make_random_student(const ModelHParams& hp, uint64_t seed) {
 // Pruning
 
 namespace {
-
-// inv_freq as LlamaModelImpl computes it (transformers' float32 formula, linear / llama3 scaling,
-// GGUF rope_freqs divisors). Only used to run the teacher for importance scores.
-torch::Tensor inv_freq(const ModelHParams& hp) {
-  const int64_t d = hp.head_dim;
-  auto inv = 1.0 / torch::pow(hp.rope_theta, torch::arange(0, d, 2, torch::kInt64).to(torch::kFloat32) / double(d));
-  const RopeScaling& rs = hp.rope_scaling;
-  if (rs.type == "linear") {
-    inv = inv / rs.factor;
-  } else if (rs.type == "llama3") {
-    const double old_len = double(rs.original_max_position);
-    auto wavelen = 2 * M_PI / inv;
-    auto scaled = torch::where(wavelen > old_len / rs.low_freq_factor, inv / rs.factor, inv);
-    auto smooth = (old_len / wavelen - rs.low_freq_factor) / (rs.high_freq_factor - rs.low_freq_factor);
-    auto smoothed = (1 - smooth) * scaled / rs.factor + smooth * scaled;
-    auto medium = (wavelen >= old_len / rs.high_freq_factor).logical_and(wavelen <= old_len / rs.low_freq_factor);
-    inv = torch::where(medium, smoothed, scaled);
-  }
-  if (!hp.rope_freq_factors.empty()) inv = inv / torch::tensor(hp.rope_freq_factors, torch::kFloat32);
-  return inv;
-}
 
 torch::Tensor rms(const torch::Tensor& x, const torch::Tensor& w, double eps) {
   return x * torch::rsqrt(x.pow(2).mean(-1, true) + eps) * w.to(torch::kFloat32);
@@ -270,7 +250,7 @@ Importance importance(LlamaModelImpl& m, const torch::Tensor& calibration) {
   auto tok = calibration.to(dev, torch::kInt64);
   const int64_t B = tok.size(0), T = tok.size(1), H = hp.n_head, Hkv = hp.n_head_kv, D = hp.head_dim, G = H / Hkv;
 
-  auto angle = torch::outer(torch::arange(T, torch::kInt64).to(torch::kFloat32), inv_freq(hp));  // [T, D/2]
+  auto angle = torch::outer(torch::arange(T, torch::kInt64).to(torch::kFloat32), rope_inv_freq(hp.rope_theta, hp.head_dim, hp.rope_scaling, hp.rope_freq_factors));  // [T, D/2]
   auto cos = angle.cos().to(dev), sin = angle.sin().to(dev);
   auto causal = torch::ones({T, T}, torch::TensorOptions().dtype(torch::kBool).device(dev)).tril();
   const auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(dev);
@@ -339,9 +319,13 @@ torch::Tensor index_tensor(const std::vector<int64_t>& v, torch::Device dev) {
 
 }  // namespace
 
-LlamaModel prune_from_teacher(LoadedModel& teacher, const ModelHParams& s, const torch::Tensor& calibration) {
+CausalLM prune_from_teacher(LoadedModel& teacher, const ModelHParams& s, const torch::Tensor& calibration) {
   torch::NoGradGuard no_grad;
-  LlamaModelImpl& tm = *teacher.model;
+  auto* llama = dynamic_cast<LlamaModelImpl*>(teacher.model.get());
+  check(llama != nullptr, "prune: init=prune is implemented for the Llama family (llama, mistral, qwen2); the teacher is ",
+        teacher.hparams.arch, ": use init=random");
+  check(llama->dense(), "prune: the teacher was loaded for inference only; load it with its dense weights");
+  LlamaModelImpl& tm = *llama;
   const ModelHParams& t = tm.hparams();
   check(calibration.defined() && calibration.dim() == 2 && calibration.numel() > 0,
         "prune: calibration tokens must be a non-empty [B, T] tensor");
@@ -417,7 +401,7 @@ LlamaModel prune_from_teacher(LoadedModel& teacher, const ModelHParams& s, const
   }
   out->to(dev);
   out->eval();
-  return out;
+  return CausalLM(out.ptr());
 }
 
 }  // namespace retort

@@ -1,5 +1,6 @@
-// retort/distill/student.h — make a student: a smaller Llama-family model on the teacher's
-// tokenizer, either fresh (random init) or cut out of the teacher (Minitron-style prune).
+// retort/distill/student.h — make a student: a smaller model of the teacher's family on the teacher's
+// tokenizer, either fresh (random init, any family) or cut out of the teacher (Minitron-style prune,
+// the Llama family).
 #pragma once
 
 #include <cstdint>
@@ -10,7 +11,7 @@
 #include <torch/torch.h>
 
 #include "retort/model/hparams.h"
-#include "retort/model/llama.h"
+#include "retort/model/causal_lm.h"
 
 namespace retort {
 
@@ -37,7 +38,7 @@ struct StudentConfig {
 ModelHParams student_hparams(const ModelHParams& teacher, const StudentConfig& cfg);
 
 // A fresh student: init_weights(cfg.seed).
-LlamaModel make_random_student(const ModelHParams& hp, uint64_t seed);
+CausalLM make_random_student(const ModelHParams& hp, uint64_t seed);
 
 // A student cut out of the teacher (Minitron-style, without the retraining search):
 //  - width: run the teacher on `calibration` token rows ([B, T] int64) and rank hidden
@@ -49,7 +50,8 @@ LlamaModel make_random_student(const ModelHParams& hp, uint64_t seed);
 //  - depth: keep n_layer layers spread evenly across the teacher's (first and last always kept).
 //  - KV heads: keep groups whole; n_head_kv must divide the kept query heads.
 // Deterministic for the same teacher, calibration and config. Returns float32 weights.
-LlamaModel prune_from_teacher(LoadedModel& teacher, const ModelHParams& student_hp,
+// Llama-family teachers only (other families: retort::Error suggesting init=random).
+CausalLM prune_from_teacher(LoadedModel& teacher, const ModelHParams& student_hp,
                               const torch::Tensor& calibration);
 
 }  // namespace retort

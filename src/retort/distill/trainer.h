@@ -39,7 +39,7 @@
 #include "retort/distill/evaluate.h"
 #include "retort/distill/export.h"
 #include "retort/distill/losses.h"
-#include "retort/model/llama.h"
+#include "retort/model/causal_lm.h"
 
 namespace retort {
 
@@ -83,7 +83,7 @@ struct TrainerConfig {
 };
 
 struct TrainerInputs {
-  LlamaModel student{nullptr};             // float32 master weights; trained in place
+  CausalLM student;                         // float32 master weights; trained in place
   const Tokenizer* tokenizer = nullptr;    // the student's = the store's tokenizer (hash checked)
   ExportInfo export_info;                  // chat template, eos, provenance for checkpoints/final
   const SignalStore* data = nullptr;

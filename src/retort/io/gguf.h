@@ -129,6 +129,8 @@ class GgufFile {
   const std::vector<GgufTensorInfo>& tensors() const { return tensors_; }
   const GgufTensorInfo* find_tensor(std::string_view name) const;
   const uint8_t* tensor_data(const GgufTensorInfo& t) const { return data_ + t.offset; }
+  // Keeps the file's mapping (and so every tensor_data pointer) alive; null for parse()d buffers.
+  std::shared_ptr<const void> mapping() const { return map_; }
   // Dequantize a whole tensor into dst (n_elements floats).
   // Throws retort::Error naming the file, tensor and type if the type is unsupported.
   void read_f32(const GgufTensorInfo& t, float* dst) const;

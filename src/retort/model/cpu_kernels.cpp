@@ -458,9 +458,8 @@ inline float to_f(uint16_t v) { return bf16_to_f32(v); }
 // Scalar fallback and the AVX512 path (D % 16 == 0) below.
 template <class T>
 void attend_one(const float* qkv_b, int64_t H, int64_t Hkv, int64_t D, int64_t kh, const T* kc, const T* vc,
-                int64_t L, float* out_b, std::vector<float>& scores) {
+                int64_t L, float scale, float* out_b, std::vector<float>& scores) {
   const int64_t G = H / Hkv;
-  const float scale = float(1.0 / std::sqrt(double(D)));
   scores.resize(size_t(L));
   for (int64_t g = 0; g < G; ++g) {
     const int64_t h = kh * G + g;
@@ -505,17 +504,17 @@ inline void prefetch_slice(const char* p, int64_t bytes, int64_t i, int64_t n) {
 }
 
 // The vector path, in three passes over the keys of kv head kh:
-//  1. scores s[g, j] = q_g . k_j / sqrt(D), 16 keys at a time (one reduce16 instead of 16 reductions);
+//  1. scores s[g, j] = q_g . k_j * scale, 16 keys at a time (one reduce16 instead of 16 reductions);
 //     with a bf16 cache on AVX512-BF16 and D % 32 == 0, q is rounded to bf16 and vdpbf16ps reads the
 //     cache as stored (the numerics of a bf16 attention), else float32 FMAs on widened rows;
 //  2. softmax per head, vectorized;
 //  3. o_g = sum_j p[g, j] v_j, each value row widened once and used by all G heads.
-RETORT_AVX512BF16 void scores_bf16(const float* q, int64_t G, int64_t D, const uint16_t* kc, int64_t L, float* sc,
-                                   int64_t ld_sc, std::vector<uint16_t>& qb, const NextRows& next) {
+RETORT_AVX512BF16 void scores_bf16(const float* q, int64_t G, int64_t D, const uint16_t* kc, int64_t L, float scale_f,
+                                   float* sc, int64_t ld_sc, std::vector<uint16_t>& qb, const NextRows& next) {
   qb.resize(size_t(G * D));
   for (int64_t i = 0; i < G * D; i += 16)
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(qb.data() + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(q + i)));
-  const __m512 scale = _mm512_set1_ps(float(1.0 / std::sqrt(double(D))));
+  const __m512 scale = _mm512_set1_ps(scale_f);
   // 16 keys at a time for all G heads (the block's 16 rows stay in L1 while the heads pass over them).
   const int64_t L16 = L / 16 * 16;
   for (int64_t j = 0; j < L16; j += 16) {
@@ -540,15 +539,15 @@ RETORT_AVX512BF16 void scores_bf16(const float* q, int64_t G, int64_t D, const u
       __m512 a = _mm512_setzero_ps();
       for (int64_t d = 0; d < D; d += 32)
         a = _mm512_dpbf16_ps(a, (__m512bh)_mm512_loadu_si512(qg + d), (__m512bh)_mm512_loadu_si512(kc + j * D + d));
-      s[j] = hsum(a) * (1.0f / std::sqrt(float(D)));
+      s[j] = hsum(a) * scale_f;
     }
   }
 }
 
 template <class T>
-RETORT_AVX512 void scores_f32(const float* q, int64_t G, int64_t D, const T* kc, int64_t L, float* sc,
+RETORT_AVX512 void scores_f32(const float* q, int64_t G, int64_t D, const T* kc, int64_t L, float scale_f, float* sc,
                               int64_t ld_sc) {
-  const __m512 scale = _mm512_set1_ps(float(1.0 / std::sqrt(double(D))));
+  const __m512 scale = _mm512_set1_ps(scale_f);
   for (int64_t g = 0; g < G; ++g) {
     const float* qg = q + g * D;
     float* s = sc + g * ld_sc;
@@ -566,7 +565,7 @@ RETORT_AVX512 void scores_f32(const float* q, int64_t G, int64_t D, const T* kc,
     for (; j < L; ++j) {
       __m512 a = _mm512_setzero_ps();
       for (int64_t d = 0; d < D; d += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(qg + d), load16(kc + j * D + d), a);
-      s[j] = hsum(a) * (1.0f / std::sqrt(float(D)));
+      s[j] = hsum(a) * scale_f;
     }
   }
 }
@@ -631,23 +630,24 @@ RETORT_AVX512 void weighted_value_rows(const float* p, int64_t ld_p, const T* vc
 
 template <class T>
 void attend_one_avx(const float* qkv_b, int64_t H, int64_t Hkv, int64_t D, int64_t kh, const T* kc, const T* vc,
-                    int64_t L, float* out_b, std::vector<float>& scores, std::vector<uint16_t>& qb,
+                    int64_t L, float scale, float* out_b, std::vector<float>& scores, std::vector<uint16_t>& qb,
                     const NextRows& next) {
   const int64_t G = H / Hkv, ld = (L + 15) / 16 * 16;
   scores.resize(size_t(G * ld));
   float* sc = scores.data();
   const float* q = qkv_b + kh * G * D;  // the G query heads of kv head kh, adjacent
   if constexpr (std::is_same_v<T, uint16_t>) {
-    if (has_avx512_bf16() && D % 32 == 0) scores_bf16(q, G, D, kc, L, sc, ld, qb, next);
-    else scores_f32(q, G, D, kc, L, sc, ld);
+    if (has_avx512_bf16() && D % 32 == 0) scores_bf16(q, G, D, kc, L, scale, sc, ld, qb, next);
+    else scores_f32(q, G, D, kc, L, scale, sc, ld);
   } else {
-    scores_f32(q, G, D, kc, L, sc, ld);
+    scores_f32(q, G, D, kc, L, scale, sc, ld);
   }
   for (int64_t g = 0; g < G; ++g) softmax_avx(sc + g * ld, L);
   float* o = out_b + kh * G * D;
   if (D == 64 && G == 3) return weighted_value_rows<3, 4>(sc, ld, vc, L, o, next);  // SmolLM2
   if (D == 64 && G == 4) return weighted_value_rows<4, 4>(sc, ld, vc, L, o, next);
   if (D == 128 && G == 2) return weighted_value_rows<2, 8>(sc, ld, vc, L, o, next);
+  if (D == 256 && G == 4) return weighted_value_rows<4, 16>(sc, ld, vc, L, o, next);  // Gemma 3 270M
   switch (G) {
     case 1: return weighted_values<1>(sc, ld, vc, L, D, o);
     case 2: return weighted_values<2>(sc, ld, vc, L, D, o);
@@ -722,6 +722,16 @@ int64_t weight_row_bytes(WeightFormat format, int64_t K) {
   return 0;
 }
 
+int64_t weight_block_size(WeightFormat format) {
+  switch (format) {
+    case WeightFormat::kF32:
+    case WeightFormat::kBF16: return 1;
+    case WeightFormat::kQ8_0:
+    case WeightFormat::kQ4_1: return 32;
+  }
+  return 0;
+}
+
 void matmul_wt(const float* x, int64_t M, int64_t K, const WeightRef* w, int n_w, float* y, int64_t ldy,
                bool accumulate) {
   if (M <= 0 || K <= 0) return;
@@ -788,62 +798,88 @@ void matmul_wt(const float* x, int64_t M, int64_t K, const WeightRef* w, int n_w
   });
 }
 
-void attention_decode(float* qkv, int64_t B, int64_t H, int64_t Hkv, int64_t D, const float* cos, const float* sin,
-                      void* k_cache, void* v_cache, bool cache_bf16, int64_t max_len, const int64_t* slot,
-                      const int64_t* pos, float* out) {
-  const int64_t ldq = (H + 2 * Hkv) * D, G = H / Hkv;
+void rope_rows(float* qkv, int64_t n, int64_t H, int64_t Hkv, int64_t D, const float* cos, const float* sin) {
+  const int64_t ldq = (H + 2 * Hkv) * D;
+  at::parallel_for(0, n, 16, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i)
+      for (int64_t h = 0; h < H + Hkv; ++h) rope_head(qkv + i * ldq + h * D, cos + i * (D / 2), sin + i * (D / 2), D);
+  });
+}
+
+void attention_rows(const float* qkv, int64_t n, const AttentionShape& shape, void* k_cache, void* v_cache,
+                    bool cache_bf16, int64_t max_len, const int64_t* slot, const int64_t* pos, float* out) {
+  const int64_t H = shape.n_head, Hkv = shape.n_head_kv, D = shape.head_dim;
+  const int64_t ldq = (H + 2 * Hkv) * D;
+  const int64_t elt = cache_bf16 ? 2 : 4;
   const bool vec = has_avx512f() && D % 16 == 0;
-  at::parallel_for(0, B * Hkv, 1, [&](int64_t lo, int64_t hi) {
+  // Cache row of (slot, kv head, position 0), in units of D elements.
+  auto base_of = [&](int64_t i, int64_t kh) { return (slot[i] * Hkv + kh) * max_len; };
+  // Visible keys of row i: [first, pos] (the window's start, or 0).
+  auto first_key = [&](int64_t i) { return shape.window > 0 ? std::max<int64_t>(0, pos[i] - shape.window + 1) : 0; };
+
+  // 1. Every row's k and v into the cache.
+  at::parallel_for(0, n, 16, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i)
+      for (int64_t kh = 0; kh < Hkv; ++kh) {
+        const float* kn = qkv + i * ldq + (H + kh) * D;
+        const float* vn = qkv + i * ldq + (H + Hkv + kh) * D;
+        const int64_t at = (base_of(i, kh) + pos[i]) * D;
+        if (cache_bf16) {
+          uint16_t* kc = static_cast<uint16_t*>(k_cache) + at;
+          uint16_t* vc = static_cast<uint16_t*>(v_cache) + at;
+          for (int64_t d = 0; d < D; ++d) kc[d] = f32_to_bf16(kn[d]), vc[d] = f32_to_bf16(vn[d]);
+        } else {
+          std::memcpy(static_cast<float*>(k_cache) + at, kn, size_t(D) * 4);
+          std::memcpy(static_cast<float*>(v_cache) + at, vn, size_t(D) * 4);
+        }
+      }
+  });
+  // 2. Each (row, kv head): its G query heads attend to the visible keys.
+  at::parallel_for(0, n * Hkv, 1, [&](int64_t lo, int64_t hi) {
     std::vector<float> scores;
     std::vector<uint16_t> q16;
-    for (int64_t i = lo; i < hi; ++i) {
-      const int64_t b = i / Hkv, kh = i % Hkv;
-      float* qb = qkv + b * ldq;
-      const float* c = cos + b * (D / 2);
-      const float* s = sin + b * (D / 2);
-      for (int64_t g = 0; g < G; ++g) rope_head(qb + (kh * G + g) * D, c, s, D);
-      float* kn = qb + H * D + kh * D;
-      const float* vn = qb + (H + Hkv) * D + kh * D;
-      rope_head(kn, c, s, D);
-      const int64_t base = (slot[b] * Hkv + kh) * max_len;  // row of (slot, kv head, position 0)
-      const int64_t L = pos[b] + 1;
+    for (int64_t w = lo; w < hi; ++w) {
+      const int64_t i = w / Hkv, kh = w % Hkv;
+      const int64_t k0 = first_key(i), L = pos[i] + 1 - k0;
+      const int64_t at = (base_of(i, kh) + k0) * D;
       NextRows next;
-      if (i + 1 < hi) {
-        const int64_t b2 = (i + 1) / Hkv, base2 = (slot[b2] * Hkv + (i + 1) % Hkv) * max_len;
-        const int64_t elt = cache_bf16 ? 2 : 4;
-        next = {static_cast<const char*>(k_cache) + base2 * D * elt, static_cast<const char*>(v_cache) + base2 * D * elt,
-                (pos[b2] + 1) * D * elt};
+      if (w + 1 < hi) {
+        const int64_t i2 = (w + 1) / Hkv, k02 = first_key(i2);
+        const int64_t at2 = (base_of(i2, (w + 1) % Hkv) + k02) * D * elt;
+        next = {static_cast<const char*>(k_cache) + at2, static_cast<const char*>(v_cache) + at2,
+                (pos[i2] + 1 - k02) * D * elt};
       }
+      const float* qi = qkv + i * ldq;
+      float* oi = out + i * H * D;
       if (cache_bf16) {
-        uint16_t* kc = static_cast<uint16_t*>(k_cache) + base * D;
-        uint16_t* vc = static_cast<uint16_t*>(v_cache) + base * D;
-        for (int64_t d = 0; d < D; ++d) {
-          kc[pos[b] * D + d] = f32_to_bf16(kn[d]);
-          vc[pos[b] * D + d] = f32_to_bf16(vn[d]);
-        }
-        if (vec) attend_one_avx<uint16_t>(qb, H, Hkv, D, kh, kc, vc, L, out + b * H * D, scores, q16, next);
-        else attend_one<uint16_t>(qb, H, Hkv, D, kh, kc, vc, L, out + b * H * D, scores);
+        const uint16_t* kc = static_cast<const uint16_t*>(k_cache) + at;
+        const uint16_t* vc = static_cast<const uint16_t*>(v_cache) + at;
+        if (vec) attend_one_avx<uint16_t>(qi, H, Hkv, D, kh, kc, vc, L, shape.scale, oi, scores, q16, next);
+        else attend_one<uint16_t>(qi, H, Hkv, D, kh, kc, vc, L, shape.scale, oi, scores);
       } else {
-        float* kc = static_cast<float*>(k_cache) + base * D;
-        float* vc = static_cast<float*>(v_cache) + base * D;
-        std::memcpy(kc + pos[b] * D, kn, size_t(D) * 4);
-        std::memcpy(vc + pos[b] * D, vn, size_t(D) * 4);
-        if (vec) attend_one_avx<float>(qb, H, Hkv, D, kh, kc, vc, L, out + b * H * D, scores, q16, next);
-        else attend_one<float>(qb, H, Hkv, D, kh, kc, vc, L, out + b * H * D, scores);
+        const float* kc = static_cast<const float*>(k_cache) + at;
+        const float* vc = static_cast<const float*>(v_cache) + at;
+        if (vec) attend_one_avx<float>(qi, H, Hkv, D, kh, kc, vc, L, shape.scale, oi, scores, q16, next);
+        else attend_one<float>(qi, H, Hkv, D, kh, kc, vc, L, shape.scale, oi, scores);
       }
     }
   });
 }
 
-void rms_norm(const float* x, const float* w, int64_t M, int64_t n, double eps, float* y) {
-  for (int64_t m = 0; m < M; ++m) {
-    const float* xr = x + m * n;
-    float ss = 0;
-    for (int64_t i = 0; i < n; ++i) ss += xr[i] * xr[i];
-    const float r = 1.0f / std::sqrt(ss / float(n) + float(eps));
-    float* yr = y + m * n;
-    for (int64_t i = 0; i < n; ++i) yr[i] = w[i] * (xr[i] * r);
-  }
+void rms_norm(const float* x, const float* w, int64_t M, int64_t n, double eps, float* y, int64_t ldx, int64_t ldy) {
+  if (ldx == 0) ldx = n;
+  if (ldy == 0) ldy = n;
+  // Rows are independent; small batches stay on the calling thread (a parallel region costs more).
+  at::parallel_for(0, M, std::max<int64_t>(1, 16384 / std::max<int64_t>(n, 1)), [&](int64_t lo, int64_t hi) {
+    for (int64_t m = lo; m < hi; ++m) {
+      const float* xr = x + m * ldx;
+      float ss = 0;
+      for (int64_t i = 0; i < n; ++i) ss += xr[i] * xr[i];
+      const float r = 1.0f / std::sqrt(ss / float(n) + float(eps));
+      float* yr = y + m * ldy;
+      for (int64_t i = 0; i < n; ++i) yr[i] = w[i] * (xr[i] * r);
+    }
+  });
 }
 
 namespace {
@@ -866,12 +902,64 @@ RETORT_AVX512 void silu_mul_avx(const float* gu, int64_t M, int64_t F, float* ou
 }  // namespace
 
 void silu_mul(const float* gu, int64_t M, int64_t F, float* out) {
-  if (has_avx512f()) return silu_mul_avx(gu, M, F, out);
+  at::parallel_for(0, M, std::max<int64_t>(1, 8192 / std::max<int64_t>(F, 1)), [&](int64_t lo, int64_t hi) {
+    if (has_avx512f()) return silu_mul_avx(gu + lo * 2 * F, hi - lo, F, out + lo * F);
+    for (int64_t m = lo; m < hi; ++m) {
+      const float* g = gu + m * 2 * F;
+      const float* u = g + F;
+      float* o = out + m * F;
+      for (int64_t i = 0; i < F; ++i) o[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+    }
+  });
+}
+
+namespace {
+
+constexpr float kGeluC = 0.7978845608028654f;  // sqrt(2 / pi)
+
+// gelu_tanh(g) u with tanh(y) = 1 - 2 / (1 + e^{2y}) (exp512: ~2e-7 relative; e^{2y} = inf gives 1, 0 gives -1).
+RETORT_AVX512 void gelu_tanh_mul_avx(const float* gu, int64_t M, int64_t F, float* out) {
+  const __m512 one = _mm512_set1_ps(1.0f), two = _mm512_set1_ps(2.0f), half = _mm512_set1_ps(0.5f);
+  const __m512 c = _mm512_set1_ps(kGeluC), c3 = _mm512_set1_ps(0.044715f);
   for (int64_t m = 0; m < M; ++m) {
     const float* g = gu + m * 2 * F;
     const float* u = g + F;
     float* o = out + m * F;
-    for (int64_t i = 0; i < F; ++i) o[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+    for (int64_t i = 0; i < F; i += 16) {
+      const __mmask16 k = F - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (F - i)) - 1);
+      const __m512 gv = _mm512_maskz_loadu_ps(k, g + i), uv = _mm512_maskz_loadu_ps(k, u + i);
+      const __m512 y = _mm512_mul_ps(c, _mm512_fmadd_ps(_mm512_mul_ps(c3, gv), _mm512_mul_ps(gv, gv), gv));
+      const __m512 e = exp512(_mm512_mul_ps(two, y));
+      const __m512 t = _mm512_sub_ps(one, _mm512_div_ps(two, _mm512_add_ps(one, e)));
+      _mm512_mask_storeu_ps(o + i, k, _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(half, gv), _mm512_add_ps(one, t)), uv));
+    }
+  }
+}
+
+}  // namespace
+
+void gelu_tanh_mul(const float* gu, int64_t M, int64_t F, float* out) {
+  at::parallel_for(0, M, std::max<int64_t>(1, 8192 / std::max<int64_t>(F, 1)), [&](int64_t lo, int64_t hi) {
+    if (has_avx512f()) return gelu_tanh_mul_avx(gu + lo * 2 * F, hi - lo, F, out + lo * F);
+    for (int64_t m = lo; m < hi; ++m) {
+      const float* g = gu + m * 2 * F;
+      const float* u = g + F;
+      float* o = out + m * F;
+      for (int64_t i = 0; i < F; ++i)
+        o[i] = 0.5f * g[i] * (1.0f + std::tanh(kGeluC * (g[i] + 0.044715f * g[i] * g[i] * g[i]))) * u[i];
+    }
+  });
+}
+
+void dequant_row(const WeightRef& w, int64_t r, int64_t K, float* out) {
+  const uint8_t* src = static_cast<const uint8_t*>(w.data) + r * weight_row_bytes(w.format, K);
+  switch (w.format) {
+    case WeightFormat::kF32: std::memcpy(out, src, size_t(K) * 4); return;
+    case WeightFormat::kBF16:
+      for (int64_t k = 0; k < K; ++k) out[k] = bf16_to_f32(reinterpret_cast<const uint16_t*>(src)[k]);
+      return;
+    case WeightFormat::kQ8_0: dequantize(GgmlType::Q8_0, src, out, K); return;
+    case WeightFormat::kQ4_1: dequantize(GgmlType::Q4_1, src, out, K); return;
   }
 }
 

@@ -1,4 +1,5 @@
-// retort/model/cpu_kernels.h — the CPU kernels of the decode step (LlamaModelImpl::forward_cached, T = 1).
+// retort/model/cpu_kernels.h — the CPU kernels of the cached forward pass (CausalLMImpl::forward_cached):
+// every new token, prefill or decode, is one row through them.
 //
 // At decode time a step multiplies a few rows (one per sequence) by every weight matrix. libtorch
 // pays per-call overhead and, for bf16, oneDNN re-packs the weight each call; these plain kernels
@@ -50,8 +51,10 @@ constexpr int64_t kPanelMinRows = 4;
 int64_t bf16_panels_size(int64_t rows, int64_t K);  // in uint16_t elements
 void pack_bf16_panels(const uint16_t* w, int64_t rows, int64_t K, uint16_t* out);
 
-// Bytes of one row of K values in `format`.
+// Bytes of one row of K values in `format` (K a multiple of weight_block_size(format)).
 int64_t weight_row_bytes(WeightFormat format, int64_t K);
+// Values per block: 1 for F32/BF16, 32 for Q8_0/Q4_1.
+int64_t weight_block_size(WeightFormat format);
 
 // y[m, c] (+)= x[m, :] · W_i[r, :] where output column c = (rows of W_0..W_{i-1}) + r: the
 // matrices' outputs side by side (fused q|k|v or gate|up). x float32 [M, K] (row stride K), y float32
@@ -61,20 +64,40 @@ int64_t weight_row_bytes(WeightFormat format, int64_t K);
 void matmul_wt(const float* x, int64_t M, int64_t K, const WeightRef* w, int n_w, float* y, int64_t ldy,
                bool accumulate);
 
-// One decode step of grouped-query attention, one new token per row b < B.
-// qkv float32 [B, (H + 2*Hkv) * D]: q | k | v of the new token, before RoPE (RoPE is applied in place).
-// cos, sin float32 [B, D/2]: rotate-half RoPE tables at each row's position.
-// k_cache, v_cache [n_slots, Hkv, max_len, D], float32 or bf16 (cache_bf16); the new k/v go to
-// [slot[b], :, pos[b], :] and the query attends to keys 0..pos[b] of that slot.
-// out float32 [B, H*D]: softmax(q·kᵀ / sqrt(D)) · v, query head h using kv head h / (H / Hkv).
-void attention_decode(float* qkv, int64_t B, int64_t H, int64_t Hkv, int64_t D, const float* cos, const float* sin,
-                      void* k_cache, void* v_cache, bool cache_bf16, int64_t max_len, const int64_t* slot,
-                      const int64_t* pos, float* out);
+// Rotate-half RoPE in place on the q and k heads of n rows: qkv float32 [n, (H + 2*Hkv) * D] (q | k | v);
+// cos, sin float32 [n, D/2], the tables at each row's position. (x1, x2) -> (x1 c - x2 s, x2 c + x1 s).
+void rope_rows(float* qkv, int64_t n, int64_t H, int64_t Hkv, int64_t D, const float* cos, const float* sin);
+
+// Grouped-query attention of n new tokens (rows) over the KV cache.
+//  qkv float32 [n, (H + 2*Hkv) * D]: q | k | v of each new token, RoPE already applied.
+//  k_cache, v_cache [n_slots, Hkv, max_len, D], float32 or bf16 (cache_bf16).
+//  Row i is at position pos[i] of slot slot[i]; first every row's k/v is stored at
+//  [slot[i], :, pos[i], :], then each row's query heads attend to keys j of its slot with
+//  j <= pos[i] (and pos[i] - j < window when window > 0): softmax(q·k * scale) · v, query head h
+//  reading kv head h / (H / Hkv). Rows may share a slot (a prompt's tokens): a row sees the rows
+//  before it because all keys are stored before any query attends.
+// out float32 [n, H*D]. A row's result depends only on its own query, position and cache contents,
+// never on the other rows (batch-invariant).
+struct AttentionShape {
+  int64_t n_head, n_head_kv, head_dim;
+  float scale;
+  int64_t window = 0;
+};
+void attention_rows(const float* qkv, int64_t n, const AttentionShape& shape, void* k_cache, void* v_cache,
+                    bool cache_bf16, int64_t max_len, const int64_t* slot, const int64_t* pos, float* out);
 
 // y[m, :] = x[m, :] * rsqrt(mean(x[m, :]²) + eps) * w, x, y float32 [M, n] (may alias), w float32 [n].
-void rms_norm(const float* x, const float* w, int64_t M, int64_t n, double eps, float* y);
+// Rows are at stride ldx (x) and ldy (y); 0 means n. Sum of squares in float32, in index order.
+void rms_norm(const float* x, const float* w, int64_t M, int64_t n, double eps, float* y, int64_t ldx = 0,
+              int64_t ldy = 0);
 
-// out[m, i] = silu(gu[m, i]) * gu[m, F + i]; gu float32 [M, 2F], out float32 [M, F].
+// out[m, i] = act(gu[m, i]) * gu[m, F + i]; gu float32 [M, 2F], out float32 [M, F].
+// silu(g) = g / (1 + e^-g); gelu_tanh(g) = g/2 (1 + tanh(sqrt(2/pi) (g + 0.044715 g³))) (PyTorch's
+// gelu(approximate="tanh"), Gemma's gelu_pytorch_tanh).
 void silu_mul(const float* gu, int64_t M, int64_t F, float* out);
+void gelu_tanh_mul(const float* gu, int64_t M, int64_t F, float* out);
+
+// Row r of a weight matrix in any WeightFormat as float32 [K] (embedding lookups).
+void dequant_row(const WeightRef& w, int64_t r, int64_t K, float* out);
 
 }  // namespace retort::cpu

@@ -1,7 +1,7 @@
 // retort/model/kv_cache.h — slot-based key/value cache for batched decoding.
 //
 // Each row of a batch owns a slot; slots advance independently, so sequences of
-// different lengths share one batch (see LlamaModelImpl::forward_cached).
+// different lengths share one batch (see CausalLMImpl::forward_cached).
 #pragma once
 
 #include <cstdint>

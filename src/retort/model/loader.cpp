@@ -15,6 +15,7 @@
 #include "retort/io/gguf.h"
 #include "retort/io/hf_checkpoint.h"
 #include "retort/io/safetensors.h"
+#include "retort/model/family.h"
 #include "retort/text/tokenizer.h"
 #include "retort/util/error.h"
 #include "retort/util/file.h"
@@ -31,13 +32,12 @@ std::string shape_str(const std::vector<int64_t>& s) {
   return out + "]";
 }
 
-bool starts_with(const std::string& s, const std::string& p) { return s.rfind(p, 0) == 0; }
-
 // One parameter to fill: where it comes from and how.
 struct WeightJob {
   torch::Tensor param;
   std::string src;        // tensor name in the checkpoint
   int64_t unpermute = 0;  // > 0: undo llama.cpp's q/k row permutation with this many heads
+  float offset = 0;       // added to every stored value (Gemma's GGUF norms store 1 + w)
 };
 
 // Rows of one head in llama.cpp order are (i, j) pairs, i < head_dim/2, j < 2; the Hugging Face
@@ -65,9 +65,11 @@ void run_jobs(std::vector<WeightJob>& jobs, const std::function<void(const std::
                       job.unpermute == 0;
         if (direct) {
           read(job.src, p.data_ptr<float>());
+          if (job.offset != 0) p.add_(job.offset);
         } else {
           auto tmp = torch::empty(p.sizes(), torch::kFloat32);
           read(job.src, tmp.data_ptr<float>());
+          if (job.offset != 0) tmp.add_(job.offset);
           if (job.unpermute > 0) tmp = unpermute_rows(tmp, job.unpermute);
           p.copy_(tmp);
         }
@@ -80,91 +82,82 @@ void run_jobs(std::vector<WeightJob>& jobs, const std::function<void(const std::
     if (e) std::rethrow_exception(e);
 }
 
-const char* const kRole[][2] = {
-    {"input_layernorm.weight", "attn_norm.weight"}, {"post_attention_layernorm.weight", "ffn_norm.weight"},
-    {"self_attn.q_proj.weight", "attn_q.weight"},   {"self_attn.q_proj.bias", "attn_q.bias"},
-    {"self_attn.k_proj.weight", "attn_k.weight"},   {"self_attn.k_proj.bias", "attn_k.bias"},
-    {"self_attn.v_proj.weight", "attn_v.weight"},   {"self_attn.v_proj.bias", "attn_v.bias"},
-    {"self_attn.o_proj.weight", "attn_output.weight"}, {"mlp.gate_proj.weight", "ffn_gate.weight"},
-    {"mlp.up_proj.weight", "ffn_up.weight"},        {"mlp.down_proj.weight", "ffn_down.weight"},
-};
+// The kernels' format for a ggml type, if they read it.
+std::optional<cpu::WeightFormat> kernel_format(uint32_t ggml_type) {
+  switch (GgmlType(ggml_type)) {
+    case GgmlType::Q8_0: return cpu::WeightFormat::kQ8_0;
+    case GgmlType::Q4_1: return cpu::WeightFormat::kQ4_1;
+    default: return std::nullopt;
+  }
+}
 
 }  // namespace
 
-std::string gguf_tensor_name(const std::string& hf) {
-  if (hf == "model.embed_tokens.weight") return "token_embd.weight";
-  if (hf == "model.norm.weight") return "output_norm.weight";
-  if (hf == "lm_head.weight") return "output.weight";
-  const std::string pre = "model.layers.";
-  if (!starts_with(hf, pre)) return "";
-  size_t dot = hf.find('.', pre.size());
-  if (dot == std::string::npos) return "";
-  std::string layer = hf.substr(pre.size(), dot - pre.size()), rest = hf.substr(dot + 1);
-  for (const auto& r : kRole)
-    if (rest == r[0]) return "blk." + layer + "." + r[1];
-  return "";
-}
-
-void load_weights_gguf(LlamaModelImpl& model, const GgufFile& f) {
-  const ModelHParams& hp = model.hparams();
-  // llama.cpp permutes q/k for these architectures (convert_hf_to_gguf.py, LlamaModel.permute).
-  const bool permuted = hp.arch == "llama" || hp.arch == "mistral";
+void load_weights_gguf(CausalLMImpl& model, const GgufFile& f) {
+  const std::set<const c10::TensorImpl*> hollow = [&] {
+    std::set<const c10::TensorImpl*> s;
+    if (!model.dense())
+      for (const auto& p : model.parameters())
+        if (p.dim() == 2 && p.numel() > 1 && p.stride(0) == 0) s.insert(p.unsafeGetTensorImpl());
+    return s;
+  }();
   std::vector<WeightJob> jobs;
   for (auto& p : model.named_parameters()) {
-    std::string src = gguf_tensor_name(p.key());
+    std::string src = model.gguf_name(p.key());
     TORCH_CHECK(!src.empty(), "no GGUF name for parameter ", p.key());
     const GgufTensorInfo* t = f.find_tensor(src);
     check(t != nullptr, "gguf ", f.path(), ": tensor ", src, " is missing (expected shape ",
           shape_str(p.value().sizes().vec()), ")");
     check(t->shape() == p.value().sizes().vec(), "gguf ", f.path(), ": tensor ", src, " has shape ",
           shape_str(t->shape()), ", expected ", shape_str(p.value().sizes().vec()), " from the hyperparameters");
-    int64_t unpermute = 0;
-    if (permuted && p.key().find("self_attn.q_proj") != std::string::npos) unpermute = hp.n_head;
-    if (permuted && p.key().find("self_attn.k_proj") != std::string::npos) unpermute = hp.n_head_kv;
-    jobs.push_back({p.value(), src, unpermute});
+    if (hollow.count(p.value().unsafeGetTensorImpl())) continue;  // read by the kernels from its blocks
+    jobs.push_back({p.value(), src, model.gguf_permuted_heads(p.key()), model.gguf_offset(p.key())});
   }
   run_jobs(jobs, [&](const std::string& name, float* dst) { f.read_f32(*f.find_tensor(name), dst); });
 }
 
-int64_t attach_quantized_gguf(LlamaModelImpl& model, const GgufFile& f) {
-  const ModelHParams& hp = model.hparams();
-  const bool permuted = hp.arch == "llama" || hp.arch == "mistral";
+int64_t attach_gguf_blocks(CausalLMImpl& model, const GgufFile& f, bool only_copy) {
   int64_t n = 0;
+  const torch::Tensor& embedding = model.embedding_weight();
+  const bool tied = &model.output_weight() == &embedding;
   for (auto& p : model.named_parameters()) {
     const torch::Tensor& w = p.value();
-    // The embedding is a decode-step matrix only as the tied output head.
-    if (w.dim() != 2 || (p.key() == "model.embed_tokens.weight" && model.lm_head)) continue;
-    const GgufTensorInfo* t = f.find_tensor(gguf_tensor_name(p.key()));
-    if (t == nullptr || w.size(1) % 32 != 0) continue;
-    cpu::WeightFormat format;
-    if (t->type == uint32_t(GgmlType::Q8_0)) format = cpu::WeightFormat::kQ8_0;
-    else if (t->type == uint32_t(GgmlType::Q4_1)) format = cpu::WeightFormat::kQ4_1;
-    else continue;
-    const int64_t rows = w.size(0), row_bytes = cpu::weight_row_bytes(format, w.size(1));
+    if (w.dim() != 2 || model.gguf_offset(p.key()) != 0) continue;
+    // The embedding is read as blocks only when inference-only (its rows are dequantized per token) or
+    // as the tied output head.
+    if (w.is_same(embedding) && !only_copy && !tied) continue;
+    const GgufTensorInfo* t = f.find_tensor(model.gguf_name(p.key()));
+    if (t == nullptr) continue;
+    const auto format = kernel_format(t->type);
+    if (!format || w.size(1) % cpu::weight_block_size(*format) != 0) continue;
+    const int64_t rows = w.size(0), row_bytes = cpu::weight_row_bytes(*format, w.size(1));
     check(int64_t(t->nbytes) == rows * row_bytes, "gguf ", f.path(), ": tensor ", t->name, " has ", t->nbytes,
           " bytes, expected ", rows * row_bytes);
     const uint8_t* src = f.tensor_data(*t);
-    std::vector<uint8_t> blocks(size_t(rows * row_bytes));
-    // llama.cpp's q/k row order within a head is (i, j), i < head_dim/2, j < 2; ours is (j, i).
-    int64_t heads = 0;
-    if (permuted && p.key().find("self_attn.q_proj") != std::string::npos) heads = hp.n_head;
-    if (permuted && p.key().find("self_attn.k_proj") != std::string::npos) heads = hp.n_head_kv;
-    const int64_t hd = heads > 0 ? rows / heads : 0;
-    for (int64_t r = 0; r < rows; ++r) {
-      int64_t from = r;
-      if (heads > 0) {
-        const int64_t h = r / hd, j = (r % hd) / (hd / 2), i = r % (hd / 2);
-        from = h * hd + i * 2 + j;
+    // llama.cpp's q/k row order within a head is (i, j), i < head_dim/2, j < 2; ours is (j, i): such
+    // rows get a reordered copy, every other matrix is read in place from the file's mapping.
+    const int64_t heads = model.gguf_permuted_heads(p.key());
+    if (heads == 0 && f.mapping() != nullptr) {
+      model.attach_kernel_weight(w, *format, src, f.mapping(), only_copy);
+    } else {
+      auto blocks = std::make_shared<std::vector<uint8_t>>(size_t(rows * row_bytes));
+      const int64_t hd = heads > 0 ? rows / heads : 0;
+      for (int64_t r = 0; r < rows; ++r) {
+        int64_t from = r;
+        if (heads > 0) {
+          const int64_t h = r / hd, j = (r % hd) / (hd / 2), i = r % (hd / 2);
+          from = h * hd + i * 2 + j;
+        }
+        std::memcpy(blocks->data() + r * row_bytes, src + from * row_bytes, size_t(row_bytes));
       }
-      std::memcpy(blocks.data() + r * row_bytes, src + from * row_bytes, size_t(row_bytes));
+      model.attach_kernel_weight(w, *format, blocks->data(), blocks, only_copy);
     }
-    model.attach_quantized(w, format, std::move(blocks));
     ++n;
   }
   return n;
 }
 
-void load_weights_hf(LlamaModelImpl& model, const HfCheckpoint& ckpt) {
+void load_weights_hf(CausalLMImpl& model, const HfCheckpoint& ckpt) {
   std::vector<WeightJob> jobs;
   for (auto& p : model.named_parameters()) {
     const std::string& name = p.key();
@@ -175,7 +168,7 @@ void load_weights_hf(LlamaModelImpl& model, const HfCheckpoint& ckpt) {
     check(t->shape == p.value().sizes().vec(), ckpt.dir(), ": tensor ", name, " in ",
           ckpt.file_of(name).path(), " has shape ", shape_str(t->shape), ", expected ",
           shape_str(p.value().sizes().vec()), " from config.json");
-    jobs.push_back({p.value(), name, 0});
+    jobs.push_back({p.value(), name, 0, 0});
   }
   run_jobs(jobs, [&](const std::string& name, float* dst) { ckpt.read_f32(name, dst); });
 }
@@ -268,7 +261,10 @@ LoadedModel load_model(const std::string& spec, const LoadOptions& opts) {
     out.format = "hf";
     HfCheckpoint ckpt = HfCheckpoint::open(out.path);
     out.hparams = hparams_from_hf_config(ckpt.config(), out.path + "/config.json");
-    out.model = LlamaModel(out.hparams);
+    {
+      ParamDtypeScope scope(opts.dtype);
+      out.model = make_causal_lm(out.hparams);
+    }
     load_weights_hf(*out.model, ckpt);
     for (const auto& name : ckpt.tensor_names()) {
       const SafetensorsTensorInfo* t = ckpt.find_tensor(name);
@@ -290,7 +286,12 @@ LoadedModel load_model(const std::string& spec, const LoadOptions& opts) {
     gguf.emplace(GgufFile::open(out.path));
     const GgufFile& f = *gguf;
     out.hparams = hparams_from_gguf(f);
-    out.model = LlamaModel(out.hparams);
+    {
+      ParamDtypeScope scope(opts.dtype);
+      out.model = make_causal_lm(out.hparams);
+    }
+    // Inference only: the matrices the kernels read stay blocks in the mapping, never dense.
+    if (opts.inference_only && opts.device.is_cpu()) attach_gguf_blocks(*out.model, f, /*only_copy=*/true);
     load_weights_gguf(*out.model, f);
     for (const auto& t : f.tensors()) out.tensors.push_back({t.name, t.shape(), ggml_type_name(t.type), t.nbytes});
     out.chat_template = f.find_string("tokenizer.chat_template").value_or("");
@@ -305,9 +306,9 @@ LoadedModel load_model(const std::string& spec, const LoadOptions& opts) {
   eos.erase(std::unique(eos.begin(), eos.end()), eos.end());
   out.eos_ids = eos;
 
-  if (opts.device != torch::Device(torch::kCPU) || opts.dtype != torch::kFloat32)
-    out.model->to(opts.device, opts.dtype);
-  if (gguf && opts.quantized_decode && opts.device.is_cpu()) attach_quantized_gguf(*out.model, *gguf);
+  if (opts.device != torch::Device(torch::kCPU)) out.model->to(opts.device, opts.dtype);
+  if (gguf && opts.quantized_decode && !opts.inference_only && opts.device.is_cpu())
+    attach_gguf_blocks(*out.model, *gguf, /*only_copy=*/false);
   out.model->eval();
   out.load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return out;

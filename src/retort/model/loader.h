@@ -1,9 +1,12 @@
 // retort/model/loader.h — find a checkpoint (GGUF file or Hugging Face dir), read its
-// hyperparameters, weights, tokenizer, chat template and generation defaults.
+// hyperparameters, weights, tokenizer, chat template and generation defaults, and build the model of
+// its family (make_causal_lm).
 //
 // GGUF tensors of any supported quant type are dequantized to float32 at load, then cast to
-// LoadOptions::dtype. llama.cpp's converter permutes attn_q/attn_k rows of "llama"/"mistral"
-// models for interleaved RoPE; the loader undoes that so one rotate-half RoPE serves both.
+// LoadOptions::dtype — except, on an inference-only load, the matrices the CPU kernels read straight
+// from their ggml blocks, which stay in the file's mapping and are never made dense. The family says
+// how its parameters are named and stored in GGUF (CausalLMImpl::gguf_name, gguf_permuted_heads for
+// llama.cpp's q/k row permutation, gguf_offset for Gemma's 1 + w norms).
 #pragma once
 
 #include <cstdint>
@@ -14,8 +17,8 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
+#include "retort/model/causal_lm.h"
 #include "retort/model/hparams.h"
-#include "retort/model/llama.h"
 
 namespace retort {
 
@@ -27,16 +30,21 @@ struct LoadOptions {
   torch::Device device = torch::kCPU;
   torch::ScalarType dtype = torch::kFloat32;
   bool load_tokenizer = true;
-  // GGUF on the CPU: keep the Q8_0/Q4_1 blocks of the matrix weights for the decode step
-  // (LlamaModelImpl::attach_quantized; ~0.6-1.1 bytes per weight more memory, 3-6x fewer bytes read
-  // per decode step). False: decode from the dense parameters only.
+  // GGUF on the CPU, not inference_only: also keep the blocks of those matrices beside the dense
+  // parameters, for the CPU kernels (~0.6-1.1 bytes per weight more memory, 3-6x fewer bytes read per
+  // decode step). False: the kernels read the dense parameters.
   bool quantized_decode = true;
+  // GGUF on the CPU, for generation only (generate, chat, serve, capture): matrices stored in a block
+  // format the CPU kernels read (cpu::WeightFormat) stay as the file's blocks and get no dense copy —
+  // resident memory is about the file's size. The model then runs forward_cached only (on the CPU
+  // kernels) and refuses libtorch passes (training, forward_hidden); CausalLMImpl::dense() is false.
+  bool inference_only = false;
 };
 
 struct LoadedModel {
   std::string path, format;  // resolved path; "gguf" | "hf"
   ModelHParams hparams;
-  LlamaModel model{nullptr};
+  CausalLM model;
   std::shared_ptr<Tokenizer> tokenizer;  // null if the checkpoint has none (or !load_tokenizer)
   std::string chat_template;             // Jinja source ("" if none)
   std::vector<int32_t> eos_ids;          // tokenizer eog ids ∪ generation_config/config eos_token_id, sorted
@@ -61,14 +69,13 @@ LoadedModel load_model(const std::string& spec, const LoadOptions& = {});
 
 // Lower level: copy a checkpoint's weights into `model` (whose hparams must come from it).
 // Missing tensor or shape mismatch -> retort::Error naming the file, tensor, expected and found shape.
-void load_weights_gguf(LlamaModelImpl& model, const GgufFile& f);
-void load_weights_hf(LlamaModelImpl& model, const HfCheckpoint& ckpt);
-// Attach to `model` (already loaded from f) the Q8_0/Q4_1 blocks of every matrix weight stored so,
-// rows reordered like the dense copy. Returns how many were attached.
-int64_t attach_quantized_gguf(LlamaModelImpl& model, const GgufFile& f);
-
-// The GGUF name of a Hugging Face parameter name ("model.layers.3.mlp.up_proj.weight" ->
-// "blk.3.ffn_up.weight"); "" when there is none.
-std::string gguf_tensor_name(const std::string& hf_name);
+// Parameters that already have only-copy kernel blocks (inference-only loads) are skipped.
+void load_weights_gguf(CausalLMImpl& model, const GgufFile& f);
+void load_weights_hf(CausalLMImpl& model, const HfCheckpoint& ckpt);
+// Attach to `model` the blocks of every matrix weight stored in a format the CPU kernels read, rows
+// reordered like the dense parameter (CausalLMImpl::attach_kernel_weight). only_copy: the blocks
+// replace the dense values (before load_weights_gguf, which then skips them); else a copy of a loaded
+// parameter. Returns how many were attached.
+int64_t attach_gguf_blocks(CausalLMImpl& model, const GgufFile& f, bool only_copy);
 
 }  // namespace retort
