@@ -45,15 +45,20 @@ bool cpu_avx512_bf16() {
 // ------------------------------------------------------------------------------------------------
 // Vector helpers.
 
-// Sum and max of the 16 lanes. (GCC 12's _mm512_reduce_* trip -Wuninitialized in its own header.)
+// The sum of the 16 lanes l0..l15, in the canonical tree every float32 product uses:
+//   S_p = (l_p + l_{p+8}) + (l_{p+4} + l_{p+12}) for p < 4, sum = (S_0 + S_1) + (S_2 + S_3),
+// the tree reduce16 below computes for 16 vectors at once. A result must not depend on which of the two
+// reduced it (a tile's shape follows the batch size): see "Batch invariance" in cpu_kernels.h.
+// (Not _mm512_reduce_add_ps: its order is the compiler's, and GCC 12's header trips -Wuninitialized.)
 RETORT_AVX512 inline float hsum(__m512 v) {
-  v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(1, 0, 3, 2)));
-  v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(2, 3, 0, 1)));
-  v = _mm512_add_ps(v, _mm512_permute_ps(v, _MM_SHUFFLE(1, 0, 3, 2)));
-  v = _mm512_add_ps(v, _mm512_permute_ps(v, _MM_SHUFFLE(2, 3, 0, 1)));
+  v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(1, 0, 3, 2)));  // lane p: l_p + l_{p+8}
+  v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(2, 3, 0, 1)));  // lane p < 4: S_p
+  v = _mm512_add_ps(v, _mm512_permute_ps(v, _MM_SHUFFLE(2, 3, 0, 1)));        // lane 0: S_0 + S_1, 2: S_2 + S_3
+  v = _mm512_add_ps(v, _mm512_permute_ps(v, _MM_SHUFFLE(1, 0, 3, 2)));        // lane 0: the sum
   return _mm512_cvtss_f32(v);
 }
 
+// Max of the 16 lanes.
 RETORT_AVX512 inline float hmax(__m512 v) {
   v = _mm512_max_ps(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(1, 0, 3, 2)));
   v = _mm512_max_ps(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(2, 3, 0, 1)));
@@ -63,7 +68,8 @@ RETORT_AVX512 inline float hmax(__m512 v) {
 }
 
 // Sixteen horizontal sums at once: out[4 (i % 4) + i / 4] = sum of the 16 lanes of a[i] (a transpose
-// of the index), in 30 shuffles and 15 adds instead of 16 separate reductions of ~8 dependent steps.
+// of the index), in 30 shuffles and 15 adds instead of 16 separate reductions of ~8 dependent steps;
+// each sum in hsum's tree, bit for bit.
 RETORT_AVX512 inline __m512 reduce16(const __m512* a) {
   __m512 c[8], e[4], g[2];
   for (int i = 0; i < 8; ++i)  // 128-bit lanes: [a0 l0+l2, a0 l1+l3, a1 l0+l2, a1 l1+l3]
@@ -256,7 +262,12 @@ RETORT_AVX512BF16 void to_bf16(const float* x, int64_t n, uint16_t* out) {
   int64_t i = 0;
   for (; i + 32 <= n; i += 32)
     _mm512_storeu_si512(out + i, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(x + i)));
-  for (; i < n; ++i) out[i] = f32_to_bf16(x[i]);
+  // The tail through the same instruction (vcvtneps2bf16 flushes denormals, f32_to_bf16 does not): a
+  // row's bf16 copy must not depend on where the batch ends.
+  for (; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - i)) - 1);
+    _mm256_mask_storeu_epi16(out + i, m, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, x + i)));
+  }
 }
 
 // Rows [r0, r1) of one weight (r0 a multiple of kPanelCols) from its panels, against all M rows of xb,
@@ -293,7 +304,7 @@ void block_panels(const uint16_t* xb, int64_t M, int64_t K, const uint16_t* pane
   }
 }
 
-// Portable fallback: float32 accumulation, x not rounded.
+// Portable fallback: float32 accumulation, x not rounded; one output at a time, k ascending.
 void block_scalar(const float* x, int64_t M, int64_t K, const WeightRef& wr, int64_t r0, int64_t r1, float* y,
                   int64_t ldy, bool acc) {
   std::vector<float> row(static_cast<size_t>(K));

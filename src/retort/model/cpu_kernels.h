@@ -27,6 +27,20 @@ float bf16_to_f32(uint16_t b);
 //   Q4_1, 20 bytes: fp16 d | fp16 m | u8 qs[16];     w_j = (qs[j] & 15) * d + m, w_{16+j} = (qs[j] >> 4) * d + m
 enum class WeightFormat : uint8_t { kF32, kBF16, kQ8_0, kQ4_1 };
 
+// Batch invariance. On the float32 paths every output is computed in one canonical order, whatever M,
+// the other rows of x, the tile shape or the work split: 16 lanes, lane i accumulating x[m, k] w[c, k]
+// for k = i mod 16 in ascending k with FMA, then the lanes summed in one fixed tree, then added to y
+// when accumulating. So y[m, c] is bit-identical whatever the batch holds, for
+//   - F32 weights (vector and scalar paths);
+//   - quantized weights with bf16_math = false (M < 4 dots blocks dequantized in registers, M >= 4
+//     dequantizes into tiles: same weights, same order);
+//   - BF16 weights without panels (x rounded to bf16 at every M; vdpbf16ps tiles in the same order);
+//   - the scalar fallback (set_force_scalar), every format: one row at a time, k ascending (a different
+//     order from the vector paths, so scalar and vector results may differ in the last bits).
+// Not batch-invariant: quantized weights with bf16_math on an AVX512-BF16 CPU (M < 4 runs in float32,
+// M >= 4 in bf16), and weights with panels (M >= kPanelMinRows reads the bf16 panels, fewer rows the
+// dense operand), so a row's result there changes when the batch size crosses 4.
+
 // One weight matrix W [rows, K], row-major contiguous.
 struct WeightRef {
   const void* data = nullptr;
@@ -34,8 +48,9 @@ struct WeightRef {
   WeightFormat format = WeightFormat::kF32;
   // Quantized formats only. With few rows of x (M < 4) every block is dequantized to float32 and dotted
   // in float32 (the product of the dequantized matrix, as a float32 model computes it). With more rows
-  // a block of weight rows is dequantized once and shared by all M: in float32, or, when bf16_math is
-  // set and the CPU has AVX512-BF16, rounded to bf16 with x rounded too (the numerics of --dtype bf16).
+  // 4 weight rows are dequantized at a time and shared by all M: in float32 (the same result as M < 4,
+  // bit for bit), or, when bf16_math is set and the CPU has AVX512-BF16, rounded to bf16 with x rounded
+  // too (the numerics of --dtype bf16).
   bool bf16_math = false;
   // Optional: the same matrix in bf16, packed by pack_bf16_panels. With at least kPanelMinRows rows of x
   // on the AVX512-BF16 path the product reads these panels (bf16 math, x rounded to bf16) and ignores data.
