@@ -138,8 +138,10 @@ struct QuantFormat {
 const std::vector<QuantFormat>& quant_formats() {
   using F = cpu::WeightFormat;
   static const std::vector<QuantFormat> v = {
-      {F::kQ8_0, GgmlType::Q8_0, {0}, {32, 64, 640}},
-      {F::kQ4_1, GgmlType::Q4_1, {0, 2}, {32, 64, 640}},
+      {F::kQ8_0, GgmlType::Q8_0, {0}, {32, 64, 640}},        {F::kQ4_0, GgmlType::Q4_0, {0}, {32, 64, 640}},
+      {F::kQ4_1, GgmlType::Q4_1, {0, 2}, {32, 64, 640}},     {F::kQ5_0, GgmlType::Q5_0, {0}, {32, 64, 640}},
+      {F::kQ5_1, GgmlType::Q5_1, {0, 2}, {32, 64, 640}},     {F::kQ4_K, GgmlType::Q4_K, {0, 2}, {256, 512, 1024}},
+      {F::kQ5_K, GgmlType::Q5_K, {0, 2}, {256, 512, 1024}},  {F::kQ6_K, GgmlType::Q6_K, {208}, {256, 512, 1024}},
   };
   return v;
 }
@@ -151,7 +153,7 @@ std::vector<uint8_t> random_blocks(const QuantFormat& qf, int64_t rows, int64_t 
   std::uniform_real_distribution<float> scale(0.002f, 0.02f);
   std::vector<uint8_t> b(size_t(rows * cpu::weight_row_bytes(qf.format, K)));
   for (auto& v : b) v = uint8_t(byte(rng));
-  const int64_t bb = cpu::weight_row_bytes(qf.format, 32);
+  const int64_t bb = cpu::weight_row_bytes(qf.format, cpu::weight_block_elems(qf.format));
   for (size_t o = 0; o < b.size(); o += size_t(bb))
     for (int at : qf.fp16_at) {
       const bool neg = byte(rng) < 128;
@@ -162,81 +164,108 @@ std::vector<uint8_t> random_blocks(const QuantFormat& qf, int64_t rows, int64_t 
   return b;
 }
 
-const char* name(cpu::WeightFormat f) {
-  switch (f) {
-    case cpu::WeightFormat::kF32: return "F32";
-    case cpu::WeightFormat::kBF16: return "BF16";
-    case cpu::WeightFormat::kQ8_0: return "Q8_0";
-    case cpu::WeightFormat::kQ4_1: return "Q4_1";
-  }
-  return "?";
+std::vector<float> dequantized(const QuantFormat& qf, const std::vector<uint8_t>& blocks, int64_t rows, int64_t K) {
+  std::vector<float> d(size_t(rows * K));
+  dequantize(qf.type, blocks.data(), d.data(), rows * K);
+  return d;
 }
+
+const char* name(cpu::WeightFormat f) { return cpu::weight_format_name(f); }
 
 }  // namespace
 
-// Weights in ggml blocks (Q4_1, Q8_0; random scales, offsets and codes) against the float64 product of
-// the dequantized matrix (retort::dequantize, itself checked against the gguf package in test_gguf):
-// the few-rows path (M < 4) and the shared-tile path, in float32 and with bf16 math.
+// Weights in ggml blocks (every format; random scales, offsets and codes) against the float64 product of
+// the dequantized matrix (retort::dequantize, itself checked against the gguf package in test_gguf): the
+// few-rows path (M < 4) and the shared-tile path, in float32 and with bf16 math, for M = 1..33. The
+// format sits side by side with a Q8_0 matrix in one call (fused q|k|v with mixed formats).
 TEST_P(MatmulWt, QuantizedMatchesFloat64OfDequantized) {
   ScalarMode mode(GetParam());
   std::mt19937 rng(42);
-  std::uniform_int_distribution<int> byte(0, 255);
-  std::uniform_real_distribution<float> scale(0.002f, 0.02f), offset(-0.12f, 0.0f);
-  auto make_blocks = [&](cpu::WeightFormat f, int64_t rows, int64_t K) {
-    std::vector<uint8_t> b(size_t(rows * cpu::weight_row_bytes(f, K)));
-    for (auto& v : b) v = uint8_t(byte(rng));
-    const int64_t bb = f == cpu::WeightFormat::kQ4_1 ? 20 : 34;
-    for (size_t o = 0; o < b.size(); o += size_t(bb)) {  // finite fp16 scale (and offset)
-      const uint16_t d = f32_to_fp16(scale(rng)), m = f32_to_fp16(offset(rng));
-      std::memcpy(&b[o], &d, 2);
-      if (f == cpu::WeightFormat::kQ4_1) std::memcpy(&b[o + 2], &m, 2);
-    }
-    return b;
-  };
-  const std::vector<cpu::WeightFormat> formats = {cpu::WeightFormat::kQ4_1, cpu::WeightFormat::kQ8_0,
-                                                  cpu::WeightFormat::kQ4_1};
+  const QuantFormat& q8 = quant_formats()[0];
   const std::vector<int64_t> rows = {37, 8, 64};
-  for (int64_t K : {576, 64, 32}) {
-    std::vector<std::vector<uint8_t>> blocks;
-    std::vector<std::vector<float>> dense;
-    for (size_t i = 0; i < rows.size(); ++i) {
-      blocks.push_back(make_blocks(formats[i], rows[i], K));
-      dense.emplace_back(size_t(rows[i] * K));
-      dequantize(formats[i] == cpu::WeightFormat::kQ4_1 ? GgmlType::Q4_1 : GgmlType::Q8_0, blocks.back().data(),
-                 dense.back().data(), rows[i] * K);
-    }
-    for (int64_t M : {1, 2, 3, 4, 9, 32}) {
-      for (bool bf16_math : {false, true}) {
-        std::vector<cpu::WeightRef> refs;
-        int64_t N = 0;
-        for (size_t i = 0; i < rows.size(); ++i) {
-          refs.push_back({blocks[i].data(), rows[i], formats[i], bf16_math});
-          N += rows[i];
-        }
-        auto x = randn(size_t(M * K), 2);
-        const int64_t ldy = N + 1;
-        std::vector<float> y(size_t(M * ldy), 0.25f);
-        cpu::matmul_wt(x.data(), M, K, refs.data(), int(refs.size()), y.data(), ldy, /*accumulate=*/M % 2 == 1);
-        // bf16 math rounds x and the dequantized weights to bf16: relative error per product <= 2 * 2^-8.
-        const bool rounded = bf16_math && M >= 4 && cpu::has_avx512_bf16();
-        for (int64_t m = 0; m < M; ++m) {
-          int64_t col = 0;
-          for (size_t i = 0; i < rows.size(); ++i) {
-            for (int64_t r = 0; r < rows[i]; ++r) {
-              double ref = M % 2 == 1 ? 0.25 : 0.0, mag = 0;
-              for (int64_t k = 0; k < K; ++k) {
-                const double p = double(x[size_t(m * K + k)]) * dense[i][size_t(r * K + k)];
-                ref += p;
-                mag += std::abs(p);
-              }
-              const double tol = (rounded ? 8e-3 : 1e-5) * mag + 1e-6;
-              ASSERT_NEAR(y[size_t(m * ldy + col + r)], ref, tol)
-                  << "K=" << K << " M=" << M << " bf16_math=" << bf16_math << " m=" << m << " matrix " << i
-                  << " row " << r;
+  const int64_t N = 37 + 8 + 64, kMaxM = 33, ldy = N + 1;
+  for (const QuantFormat& qf : quant_formats()) {
+    for (int64_t K : qf.Ks) {
+      const std::vector<const QuantFormat*> fmts = {&qf, &q8, &qf};
+      std::vector<std::vector<uint8_t>> blocks;
+      std::vector<std::vector<float>> dense;
+      for (size_t i = 0; i < rows.size(); ++i) {
+        blocks.push_back(random_blocks(*fmts[i], rows[i], K, rng));
+        dense.push_back(dequantized(*fmts[i], blocks.back(), rows[i], K));
+      }
+      // float64 products (and sums of |products|, for the bound) of all kMaxM rows of x.
+      const auto x = randn(size_t(kMaxM * K), 2);
+      std::vector<double> ref(size_t(kMaxM * N)), mag(size_t(kMaxM * N));
+      for (int64_t m = 0; m < kMaxM; ++m) {
+        int64_t col = 0;
+        for (size_t i = 0; i < rows.size(); ++i)
+          for (int64_t r = 0; r < rows[i]; ++r, ++col)
+            for (int64_t k = 0; k < K; ++k) {
+              const double p = double(x[size_t(m * K + k)]) * dense[i][size_t(r * K + k)];
+              ref[size_t(m * N + col)] += p;
+              mag[size_t(m * N + col)] += std::abs(p);
             }
-            col += rows[i];
+      }
+      for (int64_t M = 1; M <= kMaxM; ++M) {
+        for (bool bf16_math : {false, true}) {
+          std::vector<cpu::WeightRef> refs;
+          for (size_t i = 0; i < rows.size(); ++i) refs.push_back({blocks[i].data(), rows[i], fmts[i]->format, bf16_math});
+          std::vector<float> y(size_t(M * ldy), 0.25f);
+          const bool acc = M % 2 == 1;
+          cpu::matmul_wt(x.data(), M, K, refs.data(), int(refs.size()), y.data(), ldy, acc);
+          // bf16 math rounds x and the dequantized weights to bf16: relative error per product <= 2 * 2^-8.
+          const bool rounded = bf16_math && M >= 4 && cpu::has_avx512_bf16();
+          for (int64_t m = 0; m < M; ++m) {
+            for (int64_t c = 0; c < N; ++c) {
+              const double tol = (rounded ? 8e-3 : 1e-5) * mag[size_t(m * N + c)] + 1e-6;
+              ASSERT_NEAR(y[size_t(m * ldy + c)], (acc ? 0.25 : 0.0) + ref[size_t(m * N + c)], tol)
+                  << name(qf.format) << " K=" << K << " M=" << M << " bf16_math=" << bf16_math << " m=" << m
+                  << " column " << c;
+            }
+            ASSERT_EQ(y[size_t(m * ldy + N)], 0.25f) << "wrote past the output columns";
           }
-          EXPECT_EQ(y[size_t(m * ldy + N)], 0.25f) << "wrote past the output columns";
+        }
+      }
+    }
+  }
+}
+
+// The weights the kernels dequantize are retort::dequantize's, bit for bit: x = unit vectors e_k makes
+// y[., c] = W[c, k] exactly (one product by 1, every other term a zero). Checked on each path that
+// dequantizes: the few-rows dot products (M = 1, 2, 3), the float32 tiles (M = K) and the bf16 tiles
+// (bf16 math: y = W rounded to bf16). A swapped nibble, bit or scale fails here even where the float64
+// test's tolerance would not notice.
+TEST_P(MatmulWt, DequantizedWeightsBitExact) {
+  ScalarMode mode(GetParam());
+  std::mt19937 rng(7);
+  const int64_t R = 9;  // two 4-row tiles and a single row
+  for (const QuantFormat& qf : quant_formats()) {
+    for (int64_t K : {qf.Ks.front(), qf.Ks.back()}) {
+      const auto blocks = random_blocks(qf, R, K, rng);
+      const auto W = dequantized(qf, blocks, R, K);
+      for (int64_t M : {int64_t(1), int64_t(2), int64_t(3), K}) {
+        for (bool bf16_math : {false, true}) {
+          if (bf16_math && M < K) continue;  // M < 4 runs in float32 whatever bf16_math says
+          const bool rounded = bf16_math && cpu::has_avx512_bf16();
+          const cpu::WeightRef w{blocks.data(), R, qf.format, bf16_math};
+          int64_t bad = 0;
+          for (int64_t k0 = 0; k0 < K; k0 += M) {
+            // row i of x is e_{(k0 + i) mod K}
+            std::vector<float> x(size_t(M * K), 0.0f), y(size_t(M * R));
+            for (int64_t i = 0; i < M; ++i) x[size_t(i * K + (k0 + i) % K)] = 1.0f;
+            cpu::matmul_wt(x.data(), M, K, &w, 1, y.data(), R, false);
+            for (int64_t i = 0; i < M; ++i)
+              for (int64_t c = 0; c < R; ++c) {
+                const int64_t k = (k0 + i) % K;
+                float want = W[size_t(c * K + k)];
+                if (rounded) want = cpu::bf16_to_f32(cpu::f32_to_bf16(want));
+                if (y[size_t(i * R + c)] != want && bad++ < 3)
+                  ADD_FAILURE() << name(qf.format) << " K=" << K << " M=" << M << " bf16_math=" << bf16_math
+                                << ": W[" << c << ", " << k << "] read as " << y[size_t(i * R + c)] << ", dequantize gives "
+                                << want;
+              }
+          }
+          EXPECT_EQ(bad, 0) << name(qf.format) << " K=" << K << " M=" << M << " bf16_math=" << bf16_math;
         }
       }
     }
@@ -306,10 +335,23 @@ TEST_P(MatmulWt, BatchInvariant) {
 }
 
 TEST(Kernels, QuantizedWeightNeedsWholeBlocks) {
-  std::vector<uint8_t> b(200);
-  const cpu::WeightRef w{b.data(), 2, cpu::WeightFormat::kQ8_0};
-  std::vector<float> x(48), y(2);
-  EXPECT_THROW(cpu::matmul_wt(x.data(), 1, 48, &w, 1, y.data(), 2, false), Error);
+  std::vector<uint8_t> b(4096);
+  std::vector<float> x(2 * 640), y(2);
+  const cpu::WeightRef q8{b.data(), 2, cpu::WeightFormat::kQ8_0};
+  EXPECT_THROW(cpu::matmul_wt(x.data(), 1, 48, &q8, 1, y.data(), 2, false), Error);
+  // Gemma 3's K = 640 is whole Q5_0 blocks but not whole K-quant super-blocks.
+  EXPECT_EQ(cpu::weight_row_bytes(cpu::WeightFormat::kQ5_0, 640), 20 * 22);
+  EXPECT_EQ(cpu::weight_row_bytes(cpu::WeightFormat::kQ4_K, 512), 2 * 144);
+  EXPECT_EQ(cpu::weight_row_bytes(cpu::WeightFormat::kQ6_K, 256), 210);
+  EXPECT_THROW(cpu::weight_row_bytes(cpu::WeightFormat::kQ4_K, 640), Error);
+  EXPECT_THROW(cpu::weight_row_bytes(cpu::WeightFormat::kQ5_1, 48), Error);
+  const cpu::WeightRef q4k{b.data(), 2, cpu::WeightFormat::kQ4_K};
+  EXPECT_THROW(cpu::matmul_wt(x.data(), 1, 640, &q4k, 1, y.data(), 2, false), Error);
+  try {
+    cpu::matmul_wt(x.data(), 1, 640, &q4k, 1, y.data(), 2, false);
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("multiple of 256"), std::string::npos) << e.what();
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Kernels, MatmulWt, ::testing::Values(false, true));
