@@ -15,6 +15,14 @@
 #include "retort/io/ggml_quants.h"
 #include "retort/util/error.h"
 
+// GCC 12's AVX512 headers pass _mm512_undefined_ps() (a self-initialized variable) as the unused source
+// operand of unmasked intrinsics, and -W(maybe-)uninitialized reports it at every inlined use: over a
+// thousand warnings once the kernels are instantiated per format, none about this file's own code.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
 namespace retort::cpu {
 
 namespace {
