@@ -1,14 +1,16 @@
 // bench/bench_kernels.cpp — the decode-step matrix products, kernel by kernel, as JSON.
 //
 //   build/bench_kernels [--threads N] [--rows 1,32] [--reps 20] [--sections dense,quant]
+//                       [--models smollm2_135m,gemma3_270m]
 //
 // dense: for each weight shape of one SmolLM2-135M decode step (q|k|v, o, gate|up, down; the 576 x 49152
 // output head) and each batch size M: retort's decode kernel (cpu::matmul_wt, bf16 and f32 weights) next to
 // libtorch's torch::linear on the same bf16 / f32 weights (oneDNN / BLAS), best of --reps, in GFLOP/s, and
 // the whole step's matrix time (30 layers + head). The anchor runs in the same process, interleaved.
-// quant: the same for weights kept in their GGUF blocks, with the formats each GGUF stores them in (random
-// blocks with finite scales: the speed does not depend on the values): retort in float32 math and with
-// bf16_math, next to torch::linear on the dequantized matrix in f32 and bf16.
+// quant: the same for weights kept in their GGUF blocks, with the formats each GGUF stores them in
+// (SmolLM2-135M Q4_1/Q8_0, Gemma 3 270M Q5_0/Q4_K/Q6_K/Q8_0; random blocks with finite scales: the speed
+// does not depend on the values): retort in float32 math and with bf16_math, next to torch::linear on the
+// dequantized matrix in f32 and bf16.
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -63,7 +65,13 @@ struct FormatInfo {
 const FormatInfo& format_info(WeightFormat f) {
   static const std::vector<FormatInfo> infos = {
       {WeightFormat::kQ8_0, retort::GgmlType::Q8_0, 32, 34, {0}},
+      {WeightFormat::kQ4_0, retort::GgmlType::Q4_0, 32, 18, {0}},
       {WeightFormat::kQ4_1, retort::GgmlType::Q4_1, 32, 20, {0, 2}},
+      {WeightFormat::kQ5_0, retort::GgmlType::Q5_0, 32, 22, {0}},
+      {WeightFormat::kQ5_1, retort::GgmlType::Q5_1, 32, 24, {0, 2}},
+      {WeightFormat::kQ4_K, retort::GgmlType::Q4_K, 256, 144, {0, 2}},
+      {WeightFormat::kQ5_K, retort::GgmlType::Q5_K, 256, 176, {0, 2}},
+      {WeightFormat::kQ6_K, retort::GgmlType::Q6_K, 256, 210, {208}},
   };
   for (const auto& i : infos)
     if (i.format == f) return i;
@@ -101,13 +109,14 @@ double best_seconds(int reps, F&& f) {
 
 int main(int argc, char** argv) {
   int threads = 0, reps = 20;
-  std::string rows_s = "1,32", sections = "dense,quant";
+  std::string rows_s = "1,32", sections = "dense,quant", model_names = "smollm2_135m,gemma3_270m";
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i], v = argv[i + 1];
     if (k == "--threads") threads = std::stoi(v);
     else if (k == "--rows") rows_s = v;
     else if (k == "--reps") reps = std::stoi(v);
     else if (k == "--sections") sections = v;
+    else if (k == "--models") model_names = v;
     else { std::fprintf(stderr, "unknown option %s\n", k.c_str()); return 2; }
   }
   if (threads <= 0) threads = int(std::thread::hardware_concurrency());
@@ -205,10 +214,22 @@ int main(int argc, char** argv) {
         {"gate_up", 576, {{1536, WeightFormat::kQ4_1}, {1536, WeightFormat::kQ4_1}}, 30},
         {"down", 1536, {{576, WeightFormat::kQ4_1}}, 30},
         {"head", 576, {{49152, WeightFormat::kQ8_0}}, 1}}},
+      // Gemma 3 270M's Q4_K_M GGUF (18 layers, E 640, 4 heads x 256 = q 1024, 1 kv head = k, v 256, FFN 2048,
+      // vocab 262144): q, k, gate, up Q5_0; v Q8_0 in 9 layers and Q5_0 in 9; o Q4_K; down Q6_K in 9 layers
+      // and Q4_K in 9; the output head is the tied Q8_0 embedding.
+      {"gemma3_270m",
+       {{"qkv_v8", 640, {{1024, WeightFormat::kQ5_0}, {256, WeightFormat::kQ5_0}, {256, WeightFormat::kQ8_0}}, 9},
+        {"qkv_v5", 640, {{1024, WeightFormat::kQ5_0}, {256, WeightFormat::kQ5_0}, {256, WeightFormat::kQ5_0}}, 9},
+        {"o", 1024, {{640, WeightFormat::kQ4_K}}, 18},
+        {"gate_up", 640, {{2048, WeightFormat::kQ5_0}, {2048, WeightFormat::kQ5_0}}, 18},
+        {"down_q6k", 2048, {{640, WeightFormat::kQ6_K}}, 9},
+        {"down_q4k", 2048, {{640, WeightFormat::kQ4_K}}, 9},
+        {"head", 640, {{262144, WeightFormat::kQ8_0}}, 1}}},
   };
   std::mt19937 rng(7);
   for (const auto& model : models) {
     if (sections.find("quant") == std::string::npos) break;
+    if (model_names.find(model.name) == std::string::npos) continue;
     for (int64_t M : ms) {
       nlohmann::json row;
       double step_f32 = 0, step_bf16 = 0, step_torch_f32 = 0, step_torch_bf16 = 0;
