@@ -124,80 +124,234 @@ TEST_P(MatmulWt, MatchesFloat64) {
   }
 }
 
-// Weights in ggml blocks (Q4_1, Q8_0; random scales, offsets and codes) against the float64 product of
-// the dequantized matrix (retort::dequantize, itself checked against the gguf package in test_gguf):
-// the few-rows path (M < 4) and the shared-tile path, in float32 and with bf16 math.
+namespace {
+
+// Quantized formats under test: where each block keeps its fp16 scales (every other byte is a code or a
+// packed 6-/8-bit scale, valid at any value), and K values of one, two and several (super-)blocks.
+struct QuantFormat {
+  cpu::WeightFormat format;
+  GgmlType type;
+  std::vector<int> fp16_at;  // byte offsets of d and m / dmin in a block
+  std::vector<int64_t> Ks;
+};
+
+const std::vector<QuantFormat>& quant_formats() {
+  using F = cpu::WeightFormat;
+  static const std::vector<QuantFormat> v = {
+      {F::kQ8_0, GgmlType::Q8_0, {0}, {32, 64, 640}},        {F::kQ4_0, GgmlType::Q4_0, {0}, {32, 64, 640}},
+      {F::kQ4_1, GgmlType::Q4_1, {0, 2}, {32, 64, 640}},     {F::kQ5_0, GgmlType::Q5_0, {0}, {32, 64, 640}},
+      {F::kQ5_1, GgmlType::Q5_1, {0, 2}, {32, 64, 640}},     {F::kQ4_K, GgmlType::Q4_K, {0, 2}, {256, 512, 1024}},
+      {F::kQ5_K, GgmlType::Q5_K, {0, 2}, {256, 512, 1024}},  {F::kQ6_K, GgmlType::Q6_K, {208}, {256, 512, 1024}},
+  };
+  return v;
+}
+
+// rows x K valid blocks: random bytes, then finite fp16 scales of either sign at the scale offsets, 0.002
+// to 0.02 in magnitude, one in 16 an fp16 subnormal (the widening must handle those exactly too).
+std::vector<uint8_t> random_blocks(const QuantFormat& qf, int64_t rows, int64_t K, std::mt19937& rng) {
+  std::uniform_int_distribution<int> byte(0, 255), sub(1, 0x3ff);
+  std::uniform_real_distribution<float> scale(0.002f, 0.02f);
+  std::vector<uint8_t> b(size_t(rows * cpu::weight_row_bytes(qf.format, K)));
+  for (auto& v : b) v = uint8_t(byte(rng));
+  const int64_t bb = cpu::weight_row_bytes(qf.format, cpu::weight_block_elems(qf.format));
+  for (size_t o = 0; o < b.size(); o += size_t(bb))
+    for (int at : qf.fp16_at) {
+      const bool neg = byte(rng) < 128;
+      uint16_t h = byte(rng) < 16 ? uint16_t(sub(rng)) : f32_to_fp16(scale(rng));
+      if (neg) h |= 0x8000;
+      std::memcpy(&b[o + size_t(at)], &h, 2);
+    }
+  return b;
+}
+
+std::vector<float> dequantized(const QuantFormat& qf, const std::vector<uint8_t>& blocks, int64_t rows, int64_t K) {
+  std::vector<float> d(size_t(rows * K));
+  dequantize(qf.type, blocks.data(), d.data(), rows * K);
+  return d;
+}
+
+const char* name(cpu::WeightFormat f) { return cpu::weight_format_name(f); }
+
+}  // namespace
+
+// Weights in ggml blocks (every format; random scales, offsets and codes) against the float64 product of
+// the dequantized matrix (retort::dequantize, itself checked against the gguf package in test_gguf): the
+// few-rows path (M < 4) and the shared-tile path, in float32 and with bf16 math, for M = 1..33. The
+// format sits side by side with a Q8_0 matrix in one call (fused q|k|v with mixed formats).
 TEST_P(MatmulWt, QuantizedMatchesFloat64OfDequantized) {
   ScalarMode mode(GetParam());
   std::mt19937 rng(42);
-  std::uniform_int_distribution<int> byte(0, 255);
-  std::uniform_real_distribution<float> scale(0.002f, 0.02f), offset(-0.12f, 0.0f);
-  auto make_blocks = [&](cpu::WeightFormat f, int64_t rows, int64_t K) {
-    std::vector<uint8_t> b(size_t(rows * cpu::weight_row_bytes(f, K)));
-    for (auto& v : b) v = uint8_t(byte(rng));
-    const int64_t bb = f == cpu::WeightFormat::kQ4_1 ? 20 : 34;
-    for (size_t o = 0; o < b.size(); o += size_t(bb)) {  // finite fp16 scale (and offset)
-      const uint16_t d = f32_to_fp16(scale(rng)), m = f32_to_fp16(offset(rng));
-      std::memcpy(&b[o], &d, 2);
-      if (f == cpu::WeightFormat::kQ4_1) std::memcpy(&b[o + 2], &m, 2);
-    }
-    return b;
-  };
-  const std::vector<cpu::WeightFormat> formats = {cpu::WeightFormat::kQ4_1, cpu::WeightFormat::kQ8_0,
-                                                  cpu::WeightFormat::kQ4_1};
+  const QuantFormat& q8 = quant_formats()[0];
   const std::vector<int64_t> rows = {37, 8, 64};
-  for (int64_t K : {576, 64, 32}) {
-    std::vector<std::vector<uint8_t>> blocks;
-    std::vector<std::vector<float>> dense;
-    for (size_t i = 0; i < rows.size(); ++i) {
-      blocks.push_back(make_blocks(formats[i], rows[i], K));
-      dense.emplace_back(size_t(rows[i] * K));
-      dequantize(formats[i] == cpu::WeightFormat::kQ4_1 ? GgmlType::Q4_1 : GgmlType::Q8_0, blocks.back().data(),
-                 dense.back().data(), rows[i] * K);
-    }
-    for (int64_t M : {1, 2, 3, 4, 9, 32}) {
-      for (bool bf16_math : {false, true}) {
-        std::vector<cpu::WeightRef> refs;
-        int64_t N = 0;
-        for (size_t i = 0; i < rows.size(); ++i) {
-          refs.push_back({blocks[i].data(), rows[i], formats[i], bf16_math});
-          N += rows[i];
-        }
-        auto x = randn(size_t(M * K), 2);
-        const int64_t ldy = N + 1;
-        std::vector<float> y(size_t(M * ldy), 0.25f);
-        cpu::matmul_wt(x.data(), M, K, refs.data(), int(refs.size()), y.data(), ldy, /*accumulate=*/M % 2 == 1);
-        // bf16 math rounds x and the dequantized weights to bf16: relative error per product <= 2 * 2^-8.
-        const bool rounded = bf16_math && M >= 4 && cpu::has_avx512_bf16();
-        for (int64_t m = 0; m < M; ++m) {
-          int64_t col = 0;
-          for (size_t i = 0; i < rows.size(); ++i) {
-            for (int64_t r = 0; r < rows[i]; ++r) {
-              double ref = M % 2 == 1 ? 0.25 : 0.0, mag = 0;
-              for (int64_t k = 0; k < K; ++k) {
-                const double p = double(x[size_t(m * K + k)]) * dense[i][size_t(r * K + k)];
-                ref += p;
-                mag += std::abs(p);
-              }
-              const double tol = (rounded ? 8e-3 : 1e-5) * mag + 1e-6;
-              ASSERT_NEAR(y[size_t(m * ldy + col + r)], ref, tol)
-                  << "K=" << K << " M=" << M << " bf16_math=" << bf16_math << " m=" << m << " matrix " << i
-                  << " row " << r;
+  const int64_t N = 37 + 8 + 64, kMaxM = 33, ldy = N + 1;
+  for (const QuantFormat& qf : quant_formats()) {
+    for (int64_t K : qf.Ks) {
+      const std::vector<const QuantFormat*> fmts = {&qf, &q8, &qf};
+      std::vector<std::vector<uint8_t>> blocks;
+      std::vector<std::vector<float>> dense;
+      for (size_t i = 0; i < rows.size(); ++i) {
+        blocks.push_back(random_blocks(*fmts[i], rows[i], K, rng));
+        dense.push_back(dequantized(*fmts[i], blocks.back(), rows[i], K));
+      }
+      // float64 products (and sums of |products|, for the bound) of all kMaxM rows of x.
+      const auto x = randn(size_t(kMaxM * K), 2);
+      std::vector<double> ref(size_t(kMaxM * N)), mag(size_t(kMaxM * N));
+      for (int64_t m = 0; m < kMaxM; ++m) {
+        int64_t col = 0;
+        for (size_t i = 0; i < rows.size(); ++i)
+          for (int64_t r = 0; r < rows[i]; ++r, ++col)
+            for (int64_t k = 0; k < K; ++k) {
+              const double p = double(x[size_t(m * K + k)]) * dense[i][size_t(r * K + k)];
+              ref[size_t(m * N + col)] += p;
+              mag[size_t(m * N + col)] += std::abs(p);
             }
-            col += rows[i];
+      }
+      for (int64_t M = 1; M <= kMaxM; ++M) {
+        for (bool bf16_math : {false, true}) {
+          std::vector<cpu::WeightRef> refs;
+          for (size_t i = 0; i < rows.size(); ++i) refs.push_back({blocks[i].data(), rows[i], fmts[i]->format, bf16_math});
+          std::vector<float> y(size_t(M * ldy), 0.25f);
+          const bool acc = M % 2 == 1;
+          cpu::matmul_wt(x.data(), M, K, refs.data(), int(refs.size()), y.data(), ldy, acc);
+          // bf16 math rounds x and the dequantized weights to bf16: relative error per product <= 2 * 2^-8.
+          const bool rounded = bf16_math && M >= 4 && cpu::has_avx512_bf16();
+          for (int64_t m = 0; m < M; ++m) {
+            for (int64_t c = 0; c < N; ++c) {
+              const double tol = (rounded ? 8e-3 : 1e-5) * mag[size_t(m * N + c)] + 1e-6;
+              ASSERT_NEAR(y[size_t(m * ldy + c)], (acc ? 0.25 : 0.0) + ref[size_t(m * N + c)], tol)
+                  << name(qf.format) << " K=" << K << " M=" << M << " bf16_math=" << bf16_math << " m=" << m
+                  << " column " << c;
+            }
+            ASSERT_EQ(y[size_t(m * ldy + N)], 0.25f) << "wrote past the output columns";
           }
-          EXPECT_EQ(y[size_t(m * ldy + N)], 0.25f) << "wrote past the output columns";
         }
       }
     }
   }
 }
 
+// The weights the kernels dequantize are retort::dequantize's, bit for bit: x = unit vectors e_k makes
+// y[., c] = W[c, k] exactly (one product by 1, every other term a zero). Checked on each path that
+// dequantizes: the few-rows dot products (M = 1, 2, 3), the float32 tiles (M = K) and the bf16 tiles
+// (bf16 math: y = W rounded to bf16). A swapped nibble, bit or scale fails here even where the float64
+// test's tolerance would not notice.
+TEST_P(MatmulWt, DequantizedWeightsBitExact) {
+  ScalarMode mode(GetParam());
+  std::mt19937 rng(7);
+  const int64_t R = 9;  // two 4-row tiles and a single row
+  for (const QuantFormat& qf : quant_formats()) {
+    for (int64_t K : {qf.Ks.front(), qf.Ks.back()}) {
+      const auto blocks = random_blocks(qf, R, K, rng);
+      const auto W = dequantized(qf, blocks, R, K);
+      for (int64_t M : {int64_t(1), int64_t(2), int64_t(3), K}) {
+        for (bool bf16_math : {false, true}) {
+          if (bf16_math && M < K) continue;  // M < 4 runs in float32 whatever bf16_math says
+          const bool rounded = bf16_math && cpu::has_avx512_bf16();
+          const cpu::WeightRef w{blocks.data(), R, qf.format, bf16_math};
+          int64_t bad = 0;
+          for (int64_t k0 = 0; k0 < K; k0 += M) {
+            // row i of x is e_{(k0 + i) mod K}
+            std::vector<float> x(size_t(M * K), 0.0f), y(size_t(M * R));
+            for (int64_t i = 0; i < M; ++i) x[size_t(i * K + (k0 + i) % K)] = 1.0f;
+            cpu::matmul_wt(x.data(), M, K, &w, 1, y.data(), R, false);
+            for (int64_t i = 0; i < M; ++i)
+              for (int64_t c = 0; c < R; ++c) {
+                const int64_t k = (k0 + i) % K;
+                float want = W[size_t(c * K + k)];
+                if (rounded) want = cpu::bf16_to_f32(cpu::f32_to_bf16(want));
+                if (y[size_t(i * R + c)] != want && bad++ < 3)
+                  ADD_FAILURE() << name(qf.format) << " K=" << K << " M=" << M << " bf16_math=" << bf16_math
+                                << ": W[" << c << ", " << k << "] read as " << y[size_t(i * R + c)] << ", dequantize gives "
+                                << want;
+              }
+          }
+          EXPECT_EQ(bad, 0) << name(qf.format) << " K=" << K << " M=" << M << " bf16_math=" << bf16_math;
+        }
+      }
+    }
+  }
+}
+
+// Batch invariance (cpu_kernels.h): on the float32 paths a row's outputs are bit-identical whatever the
+// batch size and whatever the other rows hold: row r computed in a batch of M equals row r computed alone
+// (M = 1: the few-rows path; M >= 4: tiles of up to 4 x 4 with remainders). F32 weights (K = 70: masked
+// tails), BF16 weights without panels, and every block format with bf16_math off; accumulating into y.
+TEST_P(MatmulWt, BatchInvariant) {
+  ScalarMode mode(GetParam());
+  std::mt19937 rng(11);
+  struct Case {
+    cpu::WeightFormat format;
+    int64_t K;
+    const QuantFormat* qf;  // null for F32 / BF16
+  };
+  std::vector<Case> cases = {{cpu::WeightFormat::kF32, 70, nullptr},
+                             {cpu::WeightFormat::kF32, 576, nullptr},
+                             {cpu::WeightFormat::kBF16, 70, nullptr},
+                             {cpu::WeightFormat::kBF16, 576, nullptr}};
+  for (const QuantFormat& qf : quant_formats()) {
+    cases.push_back({qf.format, qf.Ks.front(), &qf});
+    cases.push_back({qf.format, qf.Ks.back(), &qf});
+  }
+  const std::vector<int64_t> rows = {37, 8, 64};
+  const int64_t N = 37 + 8 + 64, kMaxM = 33;
+  for (const Case& cs : cases) {
+    const int64_t K = cs.K;
+    std::vector<std::vector<uint8_t>> data;  // the three matrices' bytes
+    std::vector<cpu::WeightRef> refs;
+    for (size_t i = 0; i < rows.size(); ++i) {
+      if (cs.qf != nullptr) {
+        data.push_back(random_blocks(*cs.qf, rows[i], K, rng));
+      } else {
+        const auto w = randn(size_t(rows[i] * K), uint32_t(20 + i), 0.1f);
+        if (cs.format == cpu::WeightFormat::kF32) {
+          data.emplace_back(w.size() * 4);
+          std::memcpy(data.back().data(), w.data(), w.size() * 4);
+        } else {
+          const auto wb = to_bf16(w);
+          data.emplace_back(wb.size() * 2);
+          std::memcpy(data.back().data(), wb.data(), wb.size() * 2);
+        }
+      }
+    }
+    for (size_t i = 0; i < rows.size(); ++i) refs.push_back({data[i].data(), rows[i], cs.format, /*bf16_math=*/false});
+    const auto x = randn(size_t(kMaxM * K), 3);
+    const auto y0 = randn(size_t(kMaxM * N), 4);  // accumulated into
+    // Each row alone.
+    std::vector<float> alone(size_t(kMaxM * N));
+    for (int64_t r = 0; r < kMaxM; ++r) {
+      std::memcpy(&alone[size_t(r * N)], &y0[size_t(r * N)], size_t(N) * 4);
+      cpu::matmul_wt(&x[size_t(r * K)], 1, K, refs.data(), int(refs.size()), &alone[size_t(r * N)], N, true);
+    }
+    for (int64_t M : {1, 2, 3, 4, 5, 8, 17, 33}) {
+      std::vector<float> y(y0.begin(), y0.begin() + M * N);
+      cpu::matmul_wt(x.data(), M, K, refs.data(), int(refs.size()), y.data(), N, true);
+      for (int64_t r = 0; r < M; ++r)
+        for (int64_t c = 0; c < N; ++c)
+          ASSERT_EQ(std::memcmp(&y[size_t(r * N + c)], &alone[size_t(r * N + c)], 4), 0)
+              << name(cs.format) << " K=" << K << ": row " << r << " column " << c << " is "
+              << y[size_t(r * N + c)] << " in a batch of " << M << " and " << alone[size_t(r * N + c)] << " alone";
+    }
+  }
+}
+
 TEST(Kernels, QuantizedWeightNeedsWholeBlocks) {
-  std::vector<uint8_t> b(200);
-  const cpu::WeightRef w{b.data(), 2, cpu::WeightFormat::kQ8_0};
-  std::vector<float> x(48), y(2);
-  EXPECT_THROW(cpu::matmul_wt(x.data(), 1, 48, &w, 1, y.data(), 2, false), Error);
+  std::vector<uint8_t> b(4096);
+  std::vector<float> x(2 * 640), y(2);
+  const cpu::WeightRef q8{b.data(), 2, cpu::WeightFormat::kQ8_0};
+  EXPECT_THROW(cpu::matmul_wt(x.data(), 1, 48, &q8, 1, y.data(), 2, false), Error);
+  // Gemma 3's K = 640 is whole Q5_0 blocks but not whole K-quant super-blocks.
+  EXPECT_EQ(cpu::weight_row_bytes(cpu::WeightFormat::kQ5_0, 640), 20 * 22);
+  EXPECT_EQ(cpu::weight_row_bytes(cpu::WeightFormat::kQ4_K, 512), 2 * 144);
+  EXPECT_EQ(cpu::weight_row_bytes(cpu::WeightFormat::kQ6_K, 256), 210);
+  EXPECT_THROW(cpu::weight_row_bytes(cpu::WeightFormat::kQ4_K, 640), Error);
+  EXPECT_THROW(cpu::weight_row_bytes(cpu::WeightFormat::kQ5_1, 48), Error);
+  const cpu::WeightRef q4k{b.data(), 2, cpu::WeightFormat::kQ4_K};
+  EXPECT_THROW(cpu::matmul_wt(x.data(), 1, 640, &q4k, 1, y.data(), 2, false), Error);
+  try {
+    cpu::matmul_wt(x.data(), 1, 640, &q4k, 1, y.data(), 2, false);
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("multiple of 256"), std::string::npos) << e.what();
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Kernels, MatmulWt, ::testing::Values(false, true));
@@ -359,8 +513,9 @@ INSTANTIATE_TEST_SUITE_P(Kernels, Elementwise, ::testing::Values(false, true));
 // float32 log-probabilities (tests/data/model/smollm2_golden.safetensors, made by
 // tests/data/model/make_golden.py), for each weight path: the GGUF's Q4_1/Q8_0 blocks (batch 1:
 // float32 dot products of the exact weights; batch 4: dequantized tiles in bf16) and the dense bf16
-// parameters. Stated tolerance: top-20 logprobs within 0.4 nats (measured 0.12 with blocks at batch 1,
-// 0.21-0.22 on the bf16 paths); the top-1 token agrees wherever transformers' top-2 gap exceeds 0.5 nats.
+// parameters. Stated tolerance: top-20 logprobs within 0.4 nats (measured 0.12-0.14 with blocks at batch 1,
+// 0.21-0.33 on the bf16 paths: the worst case moves by ~0.1 with the last-bit order of the float32 sums,
+// e.g. the lane-sum tree); the top-1 token agrees wherever transformers' top-2 gap exceeds 0.5 nats.
 TEST(Bf16Parity, SmolLM2DecodeMatchesTransformersF32) {
   const std::string path = model_cache_dir() + "/smollm2-135m-instruct.gguf";
   if (!std::filesystem::exists(path)) GTEST_SKIP() << "SmolLM2 GGUF not found at " << path << " (run scripts/setup.sh)";

@@ -343,9 +343,8 @@ void CausalLMImpl::attach_kernel_weight(const torch::Tensor& param, cpu::WeightF
                                         std::shared_ptr<const void> owner, bool only_copy) {
   check(param.dim() == 2, "attach_kernel_weight: weight of shape ", param.sizes(), " (need [rows, K])");
   const int64_t K = param.size(1);
-  check(cpu::weight_block_size(format) > 0 && K % cpu::weight_block_size(format) == 0,
-        "attach_kernel_weight: K = ", K, " is not a multiple of the format's block (", cpu::weight_block_size(format),
-        ")");
+  check(K % cpu::weight_block_elems(format) == 0, "attach_kernel_weight: K = ", K, " is not a multiple of the ",
+        cpu::weight_format_name(format), " block (", cpu::weight_block_elems(format), ")");
   Blocks b;
   b.format = format;
   b.data = data;

@@ -15,6 +15,14 @@
 #include "retort/io/ggml_quants.h"
 #include "retort/util/error.h"
 
+// GCC 12's AVX512 headers pass _mm512_undefined_ps() (a self-initialized variable) as the unused source
+// operand of unmasked intrinsics, and -W(maybe-)uninitialized reports it at every inlined use: over a
+// thousand warnings once the kernels are instantiated per format, none about this file's own code.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
 namespace retort::cpu {
 
 namespace {
@@ -45,15 +53,20 @@ bool cpu_avx512_bf16() {
 // ------------------------------------------------------------------------------------------------
 // Vector helpers.
 
-// Sum and max of the 16 lanes. (GCC 12's _mm512_reduce_* trip -Wuninitialized in its own header.)
+// The sum of the 16 lanes l0..l15, in the canonical tree every float32 product uses:
+//   S_p = (l_p + l_{p+8}) + (l_{p+4} + l_{p+12}) for p < 4, sum = (S_0 + S_1) + (S_2 + S_3),
+// the tree reduce16 below computes for 16 vectors at once. A result must not depend on which of the two
+// reduced it (a tile's shape follows the batch size): see "Batch invariance" in cpu_kernels.h.
+// (Not _mm512_reduce_add_ps: its order is the compiler's, and GCC 12's header trips -Wuninitialized.)
 RETORT_AVX512 inline float hsum(__m512 v) {
-  v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(1, 0, 3, 2)));
-  v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(2, 3, 0, 1)));
-  v = _mm512_add_ps(v, _mm512_permute_ps(v, _MM_SHUFFLE(1, 0, 3, 2)));
-  v = _mm512_add_ps(v, _mm512_permute_ps(v, _MM_SHUFFLE(2, 3, 0, 1)));
+  v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(1, 0, 3, 2)));  // lane p: l_p + l_{p+8}
+  v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(2, 3, 0, 1)));  // lane p < 4: S_p
+  v = _mm512_add_ps(v, _mm512_permute_ps(v, _MM_SHUFFLE(2, 3, 0, 1)));        // lane 0: S_0 + S_1, 2: S_2 + S_3
+  v = _mm512_add_ps(v, _mm512_permute_ps(v, _MM_SHUFFLE(1, 0, 3, 2)));        // lane 0: the sum
   return _mm512_cvtss_f32(v);
 }
 
+// Max of the 16 lanes.
 RETORT_AVX512 inline float hmax(__m512 v) {
   v = _mm512_max_ps(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(1, 0, 3, 2)));
   v = _mm512_max_ps(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(2, 3, 0, 1)));
@@ -63,7 +76,8 @@ RETORT_AVX512 inline float hmax(__m512 v) {
 }
 
 // Sixteen horizontal sums at once: out[4 (i % 4) + i / 4] = sum of the 16 lanes of a[i] (a transpose
-// of the index), in 30 shuffles and 15 adds instead of 16 separate reductions of ~8 dependent steps.
+// of the index), in 30 shuffles and 15 adds instead of 16 separate reductions of ~8 dependent steps;
+// each sum in hsum's tree, bit for bit.
 RETORT_AVX512 inline __m512 reduce16(const __m512* a) {
   __m512 c[8], e[4], g[2];
   for (int i = 0; i < 8; ++i)  // 128-bit lanes: [a0 l0+l2, a0 l1+l3, a1 l0+l2, a1 l1+l3]
@@ -118,6 +132,52 @@ RETORT_AVX512 inline void store_tile(__m512 (&s)[MT][NT], float* y, int64_t ldy,
         y[i * ldy + j] = acc ? y[i * ldy + j] + v : v;
       }
   }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Weight formats: values and bytes per block (cpu_kernels.h), and the matching GGUF type.
+
+constexpr int64_t block_elems_of(WeightFormat f) {
+  switch (f) {
+    case WeightFormat::kF32:
+    case WeightFormat::kBF16: return 1;
+    case WeightFormat::kQ4_K:
+    case WeightFormat::kQ5_K:
+    case WeightFormat::kQ6_K: return 256;
+    default: return 32;
+  }
+}
+
+constexpr int64_t block_bytes_of(WeightFormat f) {
+  switch (f) {
+    case WeightFormat::kF32: return 4;
+    case WeightFormat::kBF16: return 2;
+    case WeightFormat::kQ8_0: return 34;
+    case WeightFormat::kQ4_0: return 18;
+    case WeightFormat::kQ4_1: return 20;
+    case WeightFormat::kQ5_0: return 22;
+    case WeightFormat::kQ5_1: return 24;
+    case WeightFormat::kQ4_K: return 144;
+    case WeightFormat::kQ5_K: return 176;
+    case WeightFormat::kQ6_K: return 210;
+  }
+  return 0;
+}
+
+GgmlType ggml_type_of(WeightFormat f) {
+  switch (f) {
+    case WeightFormat::kF32: return GgmlType::F32;
+    case WeightFormat::kBF16: return GgmlType::BF16;
+    case WeightFormat::kQ8_0: return GgmlType::Q8_0;
+    case WeightFormat::kQ4_0: return GgmlType::Q4_0;
+    case WeightFormat::kQ4_1: return GgmlType::Q4_1;
+    case WeightFormat::kQ5_0: return GgmlType::Q5_0;
+    case WeightFormat::kQ5_1: return GgmlType::Q5_1;
+    case WeightFormat::kQ4_K: return GgmlType::Q4_K;
+    case WeightFormat::kQ5_K: return GgmlType::Q5_K;
+    case WeightFormat::kQ6_K: return GgmlType::Q6_K;
+  }
+  return GgmlType::F32;
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -256,7 +316,12 @@ RETORT_AVX512BF16 void to_bf16(const float* x, int64_t n, uint16_t* out) {
   int64_t i = 0;
   for (; i + 32 <= n; i += 32)
     _mm512_storeu_si512(out + i, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(x + i)));
-  for (; i < n; ++i) out[i] = f32_to_bf16(x[i]);
+  // The tail through the same instruction (vcvtneps2bf16 flushes denormals, f32_to_bf16 does not): a
+  // row's bf16 copy must not depend on where the batch ends.
+  for (; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - i)) - 1);
+    _mm256_mask_storeu_epi16(out + i, m, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, x + i)));
+  }
 }
 
 // Rows [r0, r1) of one weight (r0 a multiple of kPanelCols) from its panels, against all M rows of xb,
@@ -293,7 +358,7 @@ void block_panels(const uint16_t* xb, int64_t M, int64_t K, const uint16_t* pane
   }
 }
 
-// Portable fallback: float32 accumulation, x not rounded.
+// Portable fallback: float32 accumulation, x not rounded; one output at a time, k ascending.
 void block_scalar(const float* x, int64_t M, int64_t K, const WeightRef& wr, int64_t r0, int64_t r1, float* y,
                   int64_t ldy, bool acc) {
   std::vector<float> row(static_cast<size_t>(K));
@@ -301,14 +366,10 @@ void block_scalar(const float* x, int64_t M, int64_t K, const WeightRef& wr, int
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* src = static_cast<const uint8_t*>(wr.data) + r * row_bytes;
     const float* wrow = row.data();
-    switch (wr.format) {
-      case WeightFormat::kF32: wrow = reinterpret_cast<const float*>(src); break;
-      case WeightFormat::kBF16:
-        for (int64_t k = 0; k < K; ++k) row[size_t(k)] = bf16_to_f32(reinterpret_cast<const uint16_t*>(src)[k]);
-        break;
-      case WeightFormat::kQ8_0: dequantize(GgmlType::Q8_0, src, row.data(), K); break;
-      case WeightFormat::kQ4_1: dequantize(GgmlType::Q4_1, src, row.data(), K); break;
-    }
+    if (wr.format == WeightFormat::kF32) wrow = reinterpret_cast<const float*>(src);
+    else if (wr.format == WeightFormat::kBF16)
+      for (int64_t k = 0; k < K; ++k) row[size_t(k)] = bf16_to_f32(reinterpret_cast<const uint16_t*>(src)[k]);
+    else dequantize(ggml_type_of(wr.format), src, row.data(), K);  // the reference itself
     for (int64_t m = 0; m < M; ++m) {
       const float* xr = x + m * K;
       float s = 0;
@@ -320,52 +381,152 @@ void block_scalar(const float* x, int64_t M, int64_t K, const WeightRef& wr, int
 }
 
 // ------------------------------------------------------------------------------------------------
-// Quantized weights (ggml blocks of 32 along K). Dequantization is the reference's arithmetic
-// (q * d, or q * d + m, each rounded to float32), so a float32 product sees exactly the weights a
-// dense float32 model loaded from the same file holds.
+// Quantized weights: ggml blocks along K (layouts and formulas in cpu_kernels.h). Dequantization is the
+// reference's arithmetic, each product and sum one float32 rounding in retort::dequantize's order, so a
+// float32 product sees exactly the weights a dense float32 model loaded from the same file holds. The
+// _round_ intrinsics keep a product and the sum after it two roundings: GCC's _mm512_mul_ps / add_ps are
+// plain vector operators, which -ffp-contract may fuse into one FMA (one rounding, a different last bit).
+//
+// Every kernel reads the weights through one primitive, dequant32<F>(block, sub): the 32 values of
+// sub-block `sub` of one block, i.e. columns [k, k + 32) of a row for k = (block index) E + 32 sub, E the
+// block size (32: sub = 0; 256: sub < 8, with its own scale and min). The few-rows dot products and the
+// shared tiles are thus one code path for every format, and both see bit-identical weights.
 
-constexpr int64_t kQ4_1Bytes = 20, kQ8_0Bytes = 34;
+constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
 
-// The 32 weights of one block as two float32 vectors (elements 0..15, 16..31).
-RETORT_AVX512 inline void dequant_block(WeightFormat f, const uint8_t* b, __m512& lo, __m512& hi) {
-  uint16_t dh;
-  std::memcpy(&dh, b, 2);
-  const __m512 d = _mm512_set1_ps(_cvtsh_ss(dh));
-  if (f == WeightFormat::kQ4_1) {
-    uint16_t mh;
-    std::memcpy(&mh, b + 2, 2);
-    const __m512 m = _mm512_set1_ps(_cvtsh_ss(mh));
-    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 4));
-    const __m128i nib = _mm_set1_epi8(0x0f);
-    const __m128i ql = _mm_and_si128(q, nib), qh = _mm_and_si128(_mm_srli_epi16(q, 4), nib);
-    // The _round_ forms keep q*d and +m two roundings: the compiler may not fuse them into one FMA.
-    constexpr int rn = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
-    lo = _mm512_add_round_ps(_mm512_mul_round_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(ql)), d, rn), m, rn);
-    hi = _mm512_add_round_ps(_mm512_mul_round_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(qh)), d, rn), m, rn);
-  } else {  // Q8_0
-    const __m128i q0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 2));
-    const __m128i q1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 18));
-    lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q0)), d);
-    hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q1)), d);
+RETORT_AVX512 inline float load_fp16(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return _cvtsh_ss(h);
+}
+
+// 16 integer codes -> float32 weights: d q; d q + m; d q - m (each operation rounded on its own).
+RETORT_AVX512 inline __m512 mul_q(__m512i q, float d) {
+  return _mm512_mul_round_ps(_mm512_cvtepi32_ps(q), _mm512_set1_ps(d), kRound);
+}
+RETORT_AVX512 inline __m512 mul_q_add(__m512i q, float d, float m) {
+  return _mm512_add_round_ps(mul_q(q, d), _mm512_set1_ps(m), kRound);
+}
+RETORT_AVX512 inline __m512 mul_q_sub(__m512i q, float d, float m) {
+  return _mm512_sub_round_ps(mul_q(q, d), _mm512_set1_ps(m), kRound);
+}
+
+// Bytes of v (16-bit lanes) shifted right by n, then masked: (byte >> n) & mask.
+RETORT_AVX512 inline __m256i bytes_shift_mask(__m256i v, int n, uint8_t mask) {
+  return _mm256_and_si256(_mm256_srl_epi16(v, _mm_cvtsi32_si128(n)), _mm256_set1_epi8(char(mask)));
+}
+
+// The 6-bit scale and min of K-quant sub-block j < 8, packed in 12 bytes (layout in cpu_kernels.h).
+inline void k_scale_min(const uint8_t* s, int j, int& sc, int& mn) {
+  if (j < 4) {
+    sc = s[j] & 63;
+    mn = s[j + 4] & 63;
+  } else {
+    sc = (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4);
+    mn = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
   }
 }
 
-// Few rows of x: y[m, r] for r in [r0, r1), each block dequantized in registers and dotted with MT
-// rows of x, NT weight rows at a time (independent accumulators keep the FMA pipes busy while the
-// weight stream is the bottleneck).
-template <int MT, int NT>
-RETORT_AVX512 void quant_direct(WeightFormat f, const uint8_t* w, int64_t row_bytes, int64_t K, const float* x,
-                                float* y, int64_t ldy, bool acc) {
+// The 32 weights of sub-block `sub` of block b (columns 32 sub .. 32 sub + 31 of the block) as two
+// float32 vectors: lo = the first 16, hi = the next 16.
+template <WeightFormat F>
+RETORT_AVX512 inline void dequant32(const uint8_t* b, int sub, __m512& lo, __m512& hi) {
+  if constexpr (F == WeightFormat::kQ8_0) {  // d | int8 q[32]
+    const float d = load_fp16(b);
+    lo = mul_q(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 2))), d);
+    hi = mul_q(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 18))), d);
+  } else if constexpr (F == WeightFormat::kQ4_0 || F == WeightFormat::kQ4_1 || F == WeightFormat::kQ5_0 ||
+                       F == WeightFormat::kQ5_1) {
+    // d [| m] [| u32 qh] | qs[16]: value j < 16 is the low nibble of qs[j], value 16 + j the high one;
+    // Q5 adds bit i of qh as the 5th bit of value i.
+    constexpr bool has_m = F == WeightFormat::kQ4_1 || F == WeightFormat::kQ5_1;
+    constexpr bool has_qh = F == WeightFormat::kQ5_0 || F == WeightFormat::kQ5_1;
+    constexpr int qs_at = 2 + (has_m ? 2 : 0) + (has_qh ? 4 : 0);
+    const float d = load_fp16(b);
+    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + qs_at));
+    const __m128i nib = _mm_set1_epi8(0x0f);
+    __m512i ql = _mm512_cvtepu8_epi32(_mm_and_si128(q, nib));
+    __m512i qh = _mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(q, 4), nib));
+    if constexpr (has_qh) {
+      uint32_t h;
+      std::memcpy(&h, b + (has_m ? 4 : 2), 4);
+      const __m512i sixteen = _mm512_set1_epi32(16);
+      if constexpr (has_m) {  // Q5_1: q = nibble + 16 bit
+        ql = _mm512_mask_add_epi32(ql, __mmask16(h), ql, sixteen);
+        qh = _mm512_mask_add_epi32(qh, __mmask16(h >> 16), qh, sixteen);
+      } else {  // Q5_0: q - 16 = nibble + 16 bit - 16 = nibble - 16 where the bit is clear
+        ql = _mm512_mask_sub_epi32(ql, __mmask16(~h), ql, sixteen);
+        qh = _mm512_mask_sub_epi32(qh, __mmask16(~h >> 16), qh, sixteen);
+      }
+    } else if constexpr (!has_m) {  // Q4_0: q - 8
+      ql = _mm512_sub_epi32(ql, _mm512_set1_epi32(8));
+      qh = _mm512_sub_epi32(qh, _mm512_set1_epi32(8));
+    }
+    if constexpr (has_m) {
+      const float m = load_fp16(b + 2);
+      lo = mul_q_add(ql, d, m);
+      hi = mul_q_add(qh, d, m);
+    } else {
+      lo = mul_q(ql, d);
+      hi = mul_q(qh, d);
+    }
+  } else if constexpr (F == WeightFormat::kQ4_K || F == WeightFormat::kQ5_K) {
+    // d | dmin | scales[12] [| qh[32]] | qs[128]: value l of sub-block s is nibble s % 2 of qs[32 (s / 2) + l]
+    // (Q5_K: plus bit s of qh[l] as the 5th bit); w = (d sc) q - (dmin mn).
+    constexpr bool q5 = F == WeightFormat::kQ5_K;
+    int sc, mn;
+    k_scale_min(b + 4, sub, sc, mn);
+    const float d1 = load_fp16(b) * float(sc), m1 = load_fp16(b + 2) * float(mn);
+    __m256i q = bytes_shift_mask(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + (q5 ? 48 : 16) + 32 * (sub / 2))),
+                                 4 * (sub % 2), 0x0f);
+    if constexpr (q5) {
+      const __mmask32 bit = _mm256_test_epi8_mask(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 16)),
+                                                  _mm256_set1_epi8(char(1 << sub)));
+      q = _mm256_mask_add_epi8(q, bit, q, _mm256_set1_epi8(16));
+    }
+    lo = mul_q_sub(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(q)), d1, m1);
+    hi = mul_q_sub(_mm512_cvtepu8_epi32(_mm256_extracti128_si256(q, 1)), d1, m1);
+  } else {
+    static_assert(F == WeightFormat::kQ6_K);
+    // ql[128] | qh[64] | int8 scales[16] | d: sub-block s = 4 h + t; the low 4 bits of value l are nibble
+    // t / 2 of ql[64 h + 32 (t % 2) + l], the high 2 bits are bits 2t, 2t+1 of qh[32 h + l]; q - 32 is an
+    // int8, and each half of the sub-block has its own scale: w = (d scales[2 s + l / 16]) (q - 32).
+    const int h = sub / 4, t = sub % 4;
+    const __m256i low = bytes_shift_mask(
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 64 * h + 32 * (t % 2))), 4 * (t / 2), 0x0f);
+    const __m256i high =
+        bytes_shift_mask(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 128 + 32 * h)), 2 * t, 0x03);
+    // (high << 4 stays inside each byte: high < 4.)
+    const __m256i q = _mm256_sub_epi8(_mm256_or_si256(low, _mm256_slli_epi16(high, 4)), _mm256_set1_epi8(32));
+    const float d = load_fp16(b + 208);
+    const int8_t* scales = reinterpret_cast<const int8_t*>(b + 192);
+    lo = mul_q(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(q)), d * float(scales[2 * sub]));
+    hi = mul_q(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(q, 1)), d * float(scales[2 * sub + 1]));
+  }
+}
+
+// Few rows of x: y[m, r] for NT weight rows at w (row stride row_bytes), each sub-block dequantized in
+// registers and dotted with MT rows of x (row stride K). Independent accumulators keep the FMA pipes busy
+// while the weight stream, read once, is the bottleneck. Lane i accumulates k = i mod 16 in ascending k,
+// as tile_f32 does on the dequantized rows: the same sums, bit for bit.
+template <WeightFormat F, int MT, int NT>
+RETORT_AVX512 void quant_direct(const uint8_t* w, int64_t row_bytes, int64_t K, const float* x, float* y,
+                                int64_t ldy, bool acc) {
+  constexpr int64_t E = block_elems_of(F), BB = block_bytes_of(F);
   __m512 s[MT][NT];
   for (int i = 0; i < MT; ++i)
     for (int j = 0; j < NT; ++j) s[i][j] = _mm512_setzero_ps();
-  const int64_t bb = f == WeightFormat::kQ4_1 ? kQ4_1Bytes : kQ8_0Bytes;
-  for (int64_t b = 0, k = 0; k < K; ++b, k += 32) {
-    __m512 lo[NT], hi[NT];
-    for (int j = 0; j < NT; ++j) dequant_block(f, w + j * row_bytes + b * bb, lo[j], hi[j]);
-    for (int i = 0; i < MT; ++i) {
-      const __m512 xl = _mm512_loadu_ps(x + i * K + k), xh = _mm512_loadu_ps(x + i * K + k + 16);
-      for (int j = 0; j < NT; ++j) s[i][j] = _mm512_fmadd_ps(hi[j], xh, _mm512_fmadd_ps(lo[j], xl, s[i][j]));
+  for (int64_t kb = 0; kb < K; kb += E) {
+    const uint8_t* wb = w + kb / E * BB;
+#pragma GCC unroll 8
+    for (int sub = 0; sub < int(E / 32); ++sub) {
+      const int64_t k = kb + 32 * sub;
+      __m512 lo[NT], hi[NT];
+      for (int j = 0; j < NT; ++j) dequant32<F>(wb + j * row_bytes, sub, lo[j], hi[j]);
+      for (int i = 0; i < MT; ++i) {
+        const __m512 xl = _mm512_loadu_ps(x + i * K + k), xh = _mm512_loadu_ps(x + i * K + k + 16);
+        for (int j = 0; j < NT; ++j) s[i][j] = _mm512_fmadd_ps(hi[j], xh, _mm512_fmadd_ps(lo[j], xl, s[i][j]));
+      }
     }
   }
   store_tile<MT, NT>(s, y, ldy, acc);
@@ -373,45 +534,53 @@ RETORT_AVX512 void quant_direct(WeightFormat f, const uint8_t* w, int64_t row_by
 
 // n rows of quantized weights -> float32 [n, K]; dequant_rows_bf16: the same rounded to bf16 (nearest
 // even). Two functions, not one template, because only the second may use the AVX512-BF16 target.
-RETORT_AVX512 void dequant_rows_f32(WeightFormat f, const uint8_t* w, int64_t row_bytes, int64_t n, int64_t K,
-                                    float* out) {
-  const int64_t bb = f == WeightFormat::kQ4_1 ? kQ4_1Bytes : kQ8_0Bytes;
+template <WeightFormat F>
+RETORT_AVX512 void dequant_rows_f32(const uint8_t* w, int64_t row_bytes, int64_t n, int64_t K, float* out) {
+  constexpr int64_t E = block_elems_of(F), BB = block_bytes_of(F);
   for (int64_t r = 0; r < n; ++r)
-    for (int64_t b = 0, k = 0; k < K; ++b, k += 32) {
-      __m512 lo, hi;
-      dequant_block(f, w + r * row_bytes + b * bb, lo, hi);
-      _mm512_storeu_ps(out + r * K + k, lo);
-      _mm512_storeu_ps(out + r * K + k + 16, hi);
+    for (int64_t kb = 0; kb < K; kb += E) {
+      const uint8_t* wb = w + r * row_bytes + kb / E * BB;
+#pragma GCC unroll 8
+      for (int sub = 0; sub < int(E / 32); ++sub) {
+        __m512 lo, hi;
+        dequant32<F>(wb, sub, lo, hi);
+        _mm512_storeu_ps(out + r * K + kb + 32 * sub, lo);
+        _mm512_storeu_ps(out + r * K + kb + 32 * sub + 16, hi);
+      }
     }
 }
 
-RETORT_AVX512BF16 void dequant_rows_bf16(WeightFormat f, const uint8_t* w, int64_t row_bytes, int64_t n, int64_t K,
-                                         uint16_t* out) {
-  const int64_t bb = f == WeightFormat::kQ4_1 ? kQ4_1Bytes : kQ8_0Bytes;
+template <WeightFormat F>
+RETORT_AVX512BF16 void dequant_rows_bf16(const uint8_t* w, int64_t row_bytes, int64_t n, int64_t K, uint16_t* out) {
+  constexpr int64_t E = block_elems_of(F), BB = block_bytes_of(F);
   for (int64_t r = 0; r < n; ++r)
-    for (int64_t b = 0, k = 0; k < K; ++b, k += 32) {
-      __m512 lo, hi;
-      dequant_block(f, w + r * row_bytes + b * bb, lo, hi);
-      _mm512_storeu_si512(out + r * K + k, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+    for (int64_t kb = 0; kb < K; kb += E) {
+      const uint8_t* wb = w + r * row_bytes + kb / E * BB;
+#pragma GCC unroll 8
+      for (int sub = 0; sub < int(E / 32); ++sub) {
+        __m512 lo, hi;
+        dequant32<F>(wb, sub, lo, hi);
+        _mm512_storeu_si512(out + r * K + kb + 32 * sub, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+      }
     }
 }
 
 // Rows [r0, r1) of one quantized weight against all M rows of x (vector paths). xb: x in bf16 (used
 // when bf16 math is on). scratch: thread-local space for 4 dequantized rows.
+template <WeightFormat F>
 void block_quant(const float* x, const uint16_t* xb, int64_t M, int64_t K, const WeightRef& wr, bool bf16_math,
                  int64_t r0, int64_t r1, float* y, int64_t ldy, bool acc, std::vector<float>& scratch) {
-  const int64_t row_bytes = weight_row_bytes(wr.format, K);
+  const int64_t row_bytes = weight_row_bytes(F, K);
   const uint8_t* w = static_cast<const uint8_t*>(wr.data);
-  const WeightFormat f = wr.format;
   if (M < 4) {
     int64_t r = r0;
     for (; r + 4 <= r1; r += 4)
       tile_dispatch_m<4>(int(M), [&](auto mt) {
-        quant_direct<decltype(mt)::value, 4>(f, w + r * row_bytes, row_bytes, K, x, y + r, ldy, acc);
+        quant_direct<F, decltype(mt)::value, 4>(w + r * row_bytes, row_bytes, K, x, y + r, ldy, acc);
       });
     for (; r < r1; ++r)
       tile_dispatch_m<1>(int(M), [&](auto mt) {
-        quant_direct<decltype(mt)::value, 1>(f, w + r * row_bytes, row_bytes, K, x, y + r, ldy, acc);
+        quant_direct<F, decltype(mt)::value, 1>(w + r * row_bytes, row_bytes, K, x, y + r, ldy, acc);
       });
     return;
   }
@@ -420,7 +589,7 @@ void block_quant(const float* x, const uint16_t* xb, int64_t M, int64_t K, const
     const int64_t n = std::min<int64_t>(4, r1 - r);
     if (bf16_math) {
       auto* wb = reinterpret_cast<uint16_t*>(scratch.data());
-      dequant_rows_bf16(f, w + r * row_bytes, row_bytes, n, K, wb);
+      dequant_rows_bf16<F>(w + r * row_bytes, row_bytes, n, K, wb);
       for (int64_t m = 0; m < M; m += 4)
         tile_dispatch_m<4>(int(std::min<int64_t>(4, M - m)), [&](auto mt) {
           if (n == 4) tile_bf16<decltype(mt)::value, 4>(xb + m * K, K, wb, K, y + m * ldy + r, ldy, acc);
@@ -430,7 +599,7 @@ void block_quant(const float* x, const uint16_t* xb, int64_t M, int64_t K, const
         });
     } else {
       float* wf = scratch.data();
-      dequant_rows_f32(f, w + r * row_bytes, row_bytes, n, K, wf);
+      dequant_rows_f32<F>(w + r * row_bytes, row_bytes, n, K, wf);
       for (int64_t m = 0; m < M; m += 4)
         tile_dispatch_m<4>(int(std::min<int64_t>(4, M - m)), [&](auto mt) {
           if (n == 4) tile_f32<decltype(mt)::value, 4>(x + m * K, K, wf, K, y + m * ldy + r, ldy, acc);
@@ -440,6 +609,27 @@ void block_quant(const float* x, const uint16_t* xb, int64_t M, int64_t K, const
         });
     }
   }
+}
+
+// The format's instance of block_quant.
+void block_quant_any(const float* x, const uint16_t* xb, int64_t M, int64_t K, const WeightRef& wr, bool bf16_math,
+                     int64_t r0, int64_t r1, float* y, int64_t ldy, bool acc, std::vector<float>& scratch) {
+  switch (wr.format) {
+#define RETORT_QUANT_CASE(F) \
+  case F: return block_quant<F>(x, xb, M, K, wr, bf16_math, r0, r1, y, ldy, acc, scratch);
+    RETORT_QUANT_CASE(WeightFormat::kQ8_0)
+    RETORT_QUANT_CASE(WeightFormat::kQ4_0)
+    RETORT_QUANT_CASE(WeightFormat::kQ4_1)
+    RETORT_QUANT_CASE(WeightFormat::kQ5_0)
+    RETORT_QUANT_CASE(WeightFormat::kQ5_1)
+    RETORT_QUANT_CASE(WeightFormat::kQ4_K)
+    RETORT_QUANT_CASE(WeightFormat::kQ5_K)
+    RETORT_QUANT_CASE(WeightFormat::kQ6_K)
+#undef RETORT_QUANT_CASE
+    case WeightFormat::kF32:
+    case WeightFormat::kBF16: break;
+  }
+  fail("block_quant: ", weight_format_name(wr.format), " is not a block format");
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -712,25 +902,34 @@ void pack_bf16_panels(const uint16_t* w, int64_t rows, int64_t K, uint16_t* out)
   });
 }
 
-int64_t weight_row_bytes(WeightFormat format, int64_t K) {
+const char* weight_format_name(WeightFormat format) {
   switch (format) {
-    case WeightFormat::kF32: return 4 * K;
-    case WeightFormat::kBF16: return 2 * K;
-    case WeightFormat::kQ8_0: return K / 32 * kQ8_0Bytes;
-    case WeightFormat::kQ4_1: return K / 32 * kQ4_1Bytes;
+    case WeightFormat::kF32: return "F32";
+    case WeightFormat::kBF16: return "BF16";
+    case WeightFormat::kQ8_0: return "Q8_0";
+    case WeightFormat::kQ4_0: return "Q4_0";
+    case WeightFormat::kQ4_1: return "Q4_1";
+    case WeightFormat::kQ5_0: return "Q5_0";
+    case WeightFormat::kQ5_1: return "Q5_1";
+    case WeightFormat::kQ4_K: return "Q4_K";
+    case WeightFormat::kQ5_K: return "Q5_K";
+    case WeightFormat::kQ6_K: return "Q6_K";
   }
-  return 0;
+  return "unknown";
 }
 
-int64_t weight_block_size(WeightFormat format) {
-  switch (format) {
-    case WeightFormat::kF32:
-    case WeightFormat::kBF16: return 1;
-    case WeightFormat::kQ8_0:
-    case WeightFormat::kQ4_1: return 32;
-  }
-  return 0;
+int64_t weight_block_elems(WeightFormat format) { return block_elems_of(format); }
+
+bool is_quantized(WeightFormat format) { return block_elems_of(format) > 1; }
+
+int64_t weight_row_bytes(WeightFormat format, int64_t K) {
+  const int64_t e = block_elems_of(format);
+  if (K % e != 0)
+    fail("weight_row_bytes: a ", weight_format_name(format), " row holds whole blocks of ", e, " values, and K = ", K,
+         " is not a multiple of ", e);
+  return K / e * block_bytes_of(format);
 }
+
 
 void matmul_wt(const float* x, int64_t M, int64_t K, const WeightRef* w, int n_w, float* y, int64_t ldy,
                bool accumulate) {
@@ -739,8 +938,11 @@ void matmul_wt(const float* x, int64_t M, int64_t K, const WeightRef* w, int n_w
   const bool f32_vec = has_avx512f();
   bool need_xb = false;
   for (int i = 0; i < n_w; ++i) {
-    const bool quant = w[i].format == WeightFormat::kQ8_0 || w[i].format == WeightFormat::kQ4_1;
-    if (quant && K % 32 != 0) fail("matmul_wt: quantized weight with K = ", K, " (not a multiple of 32)");
+    const bool quant = is_quantized(w[i].format);
+    const int64_t e = block_elems_of(w[i].format);
+    if (K % e != 0)
+      fail("matmul_wt: weight ", i, " is ", weight_format_name(w[i].format), " (blocks of ", e, " values along K), and K = ",
+           K, " is not a multiple of ", e, "; keep such a matrix dense (F32 or BF16)");
     need_xb = need_xb || w[i].format == WeightFormat::kBF16 || (quant && w[i].bf16_math && M >= 4) ||
               (w[i].panels != nullptr && M >= kPanelMinRows);
   }
@@ -785,10 +987,10 @@ void matmul_wt(const float* x, int64_t M, int64_t K, const WeightRef* w, int n_w
             continue;
           }
           break;
-        case WeightFormat::kQ8_0:
-        case WeightFormat::kQ4_1:
+        default:  // the block formats
           if (f32_vec) {
-            block_quant(x, xb.data(), M, K, wr, wr.bf16_math && bf16_vec, b.r0, b.r1, yc, ldy, accumulate, scratch);
+            block_quant_any(x, xb.data(), M, K, wr, wr.bf16_math && bf16_vec, b.r0, b.r1, yc, ldy, accumulate,
+                            scratch);
             continue;
           }
           break;
@@ -958,8 +1160,7 @@ void dequant_row(const WeightRef& w, int64_t r, int64_t K, float* out) {
     case WeightFormat::kBF16:
       for (int64_t k = 0; k < K; ++k) out[k] = bf16_to_f32(reinterpret_cast<const uint16_t*>(src)[k]);
       return;
-    case WeightFormat::kQ8_0: dequantize(GgmlType::Q8_0, src, out, K); return;
-    case WeightFormat::kQ4_1: dequantize(GgmlType::Q4_1, src, out, K); return;
+    default: dequantize(ggml_type_of(w.format), src, out, K); return;  // the reference's arithmetic
   }
 }
 

@@ -22,11 +22,47 @@ void set_force_scalar(bool on);
 uint16_t f32_to_bf16(float f);
 float bf16_to_f32(uint16_t b);
 
-// How a weight matrix is stored. Quantized formats are ggml blocks of 32 values along K (K % 32 == 0),
-// as GGUF stores them, one row after another:
-//   Q8_0, 34 bytes: fp16 d | int8 q[32];             w = q * d
-//   Q4_1, 20 bytes: fp16 d | fp16 m | u8 qs[16];     w_j = (qs[j] & 15) * d + m, w_{16+j} = (qs[j] >> 4) * d + m
-enum class WeightFormat : uint8_t { kF32, kBF16, kQ8_0, kQ4_1 };
+// How a weight matrix is stored. Quantized formats are ggml blocks along K, as GGUF stores them, one row
+// after another; K must be a multiple of the block size (32 values, or 256 for the K-quants). fp16 d, m,
+// dmin are the block's scales; q are the codes; every product and sum below is one float32 rounding,
+// in this order (retort::dequantize, bit-exact with the `gguf` Python package):
+//   Q4_0, 32 values, 18 bytes: fp16 d | u8 qs[16]             q_j = qs[j] & 15, q_{16+j} = qs[j] >> 4;  w = d (q - 8)
+//   Q4_1, 32 values, 20 bytes: fp16 d | fp16 m | u8 qs[16]    q as Q4_0;                                 w = d q + m
+//   Q5_0, 32 values, 22 bytes: fp16 d | u32 qh | u8 qs[16]    q_i = (nibble as Q4_0) | ((qh >> i) & 1) << 4;  w = d (q - 16)
+//   Q5_1, 32 values, 24 bytes: fp16 d | fp16 m | u32 qh | u8 qs[16]   q as Q5_0;                         w = d q + m
+//   Q8_0, 32 values, 34 bytes: fp16 d | int8 q[32];                                                       w = d q
+//   Q4_K, 256 values, 144 bytes: fp16 d | fp16 dmin | u8 scales[12] | u8 qs[128]. Sub-block s < 8 of 32
+//         values has a 6-bit scale sc_s and min mn_s packed in scales[12] (s < 4: sc = scales[s] & 63,
+//         mn = scales[s + 4] & 63; s >= 4: sc = (scales[s + 4] & 15) | (scales[s - 4] >> 6) << 4,
+//         mn = (scales[s + 4] >> 4) | (scales[s] >> 6) << 4); value l < 32 of sub-block s:
+//         q = (qs[32 (s / 2) + l] >> 4 (s % 2)) & 15;                     w = (d sc_s) q - (dmin mn_s)
+//   Q5_K, 256 values, 176 bytes: fp16 d | fp16 dmin | u8 scales[12] | u8 qh[32] | u8 qs[128]
+//         as Q4_K with a 5th bit: q |= ((qh[l] >> s) & 1) << 4;          w = (d sc_s) q - (dmin mn_s)
+//   Q6_K, 256 values, 210 bytes: u8 ql[128] | u8 qh[64] | int8 scales[16] | fp16 d. Value l < 32 of
+//         sub-block s = 4 h + t (h < 2, t < 4): q = ((ql[64 h + 32 (t % 2) + l] >> 4 (t / 2)) & 15)
+//         | ((qh[32 h + l] >> 2 t) & 3) << 4;                             w = (d scales[2 s + l / 16]) (q - 32)
+enum class WeightFormat : uint8_t { kF32, kBF16, kQ8_0, kQ4_1, kQ4_0, kQ5_0, kQ5_1, kQ4_K, kQ5_K, kQ6_K };
+
+// "Q4_K", "F32", ... (the GGUF type names).
+const char* weight_format_name(WeightFormat format);
+// Values per block along K: 1 (F32, BF16), 32, or 256 (the K-quants).
+int64_t weight_block_elems(WeightFormat format);
+// True for the ggml block formats.
+bool is_quantized(WeightFormat format);
+
+// Batch invariance. On the float32 paths every output is computed in one canonical order, whatever M,
+// the other rows of x, the tile shape or the work split: 16 lanes, lane i accumulating x[m, k] w[c, k]
+// for k = i mod 16 in ascending k with FMA, then the lanes summed in one fixed tree, then added to y
+// when accumulating. So y[m, c] is bit-identical whatever the batch holds, for
+//   - F32 weights (vector and scalar paths);
+//   - quantized weights with bf16_math = false (M < 4 dots blocks dequantized in registers, M >= 4
+//     dequantizes into tiles: same weights, same order);
+//   - BF16 weights without panels (x rounded to bf16 at every M; vdpbf16ps tiles in the same order);
+//   - the scalar fallback (set_force_scalar), every format: one row at a time, k ascending (a different
+//     order from the vector paths, so scalar and vector results may differ in the last bits).
+// Not batch-invariant: quantized weights with bf16_math on an AVX512-BF16 CPU (M < 4 runs in float32,
+// M >= 4 in bf16), and weights with panels (M >= kPanelMinRows reads the bf16 panels, fewer rows the
+// dense operand), so a row's result there changes when the batch size crosses 4.
 
 // One weight matrix W [rows, K], row-major contiguous.
 struct WeightRef {
@@ -35,8 +71,9 @@ struct WeightRef {
   WeightFormat format = WeightFormat::kF32;
   // Quantized formats only. With few rows of x (M < 4) every block is dequantized to float32 and dotted
   // in float32 (the product of the dequantized matrix, as a float32 model computes it). With more rows
-  // a block of weight rows is dequantized once and shared by all M: in float32, or, when bf16_math is
-  // set and the CPU has AVX512-BF16, rounded to bf16 with x rounded too (the numerics of --dtype bf16).
+  // 4 weight rows are dequantized at a time and shared by all M: in float32 (the same result as M < 4,
+  // bit for bit), or, when bf16_math is set and the CPU has AVX512-BF16, rounded to bf16 with x rounded
+  // too (the numerics of --dtype bf16).
   bool bf16_math = false;
   // Optional: the same matrix in bf16, packed by pack_bf16_panels. With at least kPanelMinRows rows of x
   // on the AVX512-BF16 path the product reads these panels (bf16 math, x rounded to bf16) and ignores data.
@@ -51,16 +88,16 @@ constexpr int64_t kPanelMinRows = 4;
 int64_t bf16_panels_size(int64_t rows, int64_t K);  // in uint16_t elements
 void pack_bf16_panels(const uint16_t* w, int64_t rows, int64_t K, uint16_t* out);
 
-// Bytes of one row of K values in `format` (K a multiple of weight_block_size(format)).
+// Bytes of one row of K values in `format`. Throws retort::Error when K is not a multiple of the
+// format's block size (a quantized row holds whole blocks).
 int64_t weight_row_bytes(WeightFormat format, int64_t K);
-// Values per block: 1 for F32/BF16, 32 for Q8_0/Q4_1.
-int64_t weight_block_size(WeightFormat format);
 
 // y[m, c] (+)= x[m, :] · W_i[r, :] where output column c = (rows of W_0..W_{i-1}) + r: the
 // matrices' outputs side by side (fused q|k|v or gate|up). x float32 [M, K] (row stride K), y float32
 // with row stride ldy; accumulate adds to y instead of overwriting. With bf16 weights on the
 // AVX512-BF16 path x is rounded to bf16 (products and sums are float32), as a bf16 matmul does;
-// quantized weights as WeightRef::bf16_math says. Parallel over output columns.
+// quantized weights as WeightRef::bf16_math says. Parallel over output columns. Throws retort::Error
+// when K is not a multiple of a quantized weight's block size.
 void matmul_wt(const float* x, int64_t M, int64_t K, const WeightRef* w, int n_w, float* y, int64_t ldy,
                bool accumulate);
 

@@ -82,11 +82,17 @@ void run_jobs(std::vector<WeightJob>& jobs, const std::function<void(const std::
     if (e) std::rethrow_exception(e);
 }
 
-// The kernels' format for a ggml type, if they read it.
+// The kernels' format for a ggml block type, if they read it.
 std::optional<cpu::WeightFormat> kernel_format(uint32_t ggml_type) {
   switch (GgmlType(ggml_type)) {
     case GgmlType::Q8_0: return cpu::WeightFormat::kQ8_0;
+    case GgmlType::Q4_0: return cpu::WeightFormat::kQ4_0;
     case GgmlType::Q4_1: return cpu::WeightFormat::kQ4_1;
+    case GgmlType::Q5_0: return cpu::WeightFormat::kQ5_0;
+    case GgmlType::Q5_1: return cpu::WeightFormat::kQ5_1;
+    case GgmlType::Q4_K: return cpu::WeightFormat::kQ4_K;
+    case GgmlType::Q5_K: return cpu::WeightFormat::kQ5_K;
+    case GgmlType::Q6_K: return cpu::WeightFormat::kQ6_K;
     default: return std::nullopt;
   }
 }
@@ -129,7 +135,7 @@ int64_t attach_gguf_blocks(CausalLMImpl& model, const GgufFile& f, bool only_cop
     const GgufTensorInfo* t = f.find_tensor(model.gguf_name(p.key()));
     if (t == nullptr) continue;
     const auto format = kernel_format(t->type);
-    if (!format || w.size(1) % cpu::weight_block_size(*format) != 0) continue;
+    if (!format || w.size(1) % cpu::weight_block_elems(*format) != 0) continue;
     const int64_t rows = w.size(0), row_bytes = cpu::weight_row_bytes(*format, w.size(1));
     check(int64_t(t->nbytes) == rows * row_bytes, "gguf ", f.path(), ": tensor ", t->name, " has ", t->nbytes,
           " bytes, expected ", rows * row_bytes);
