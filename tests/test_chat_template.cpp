@@ -1,15 +1,20 @@
 // Chat templates against transformers' apply_chat_template renders
-// (tests/data/tokenizer/gen_golden.py writes chat/golden.jsonl and the .jinja sources).
+// (tests/data/tokenizer/gen_golden.py writes chat/golden.jsonl and the .jinja sources;
+// gen_golden_gemma3.py writes chat/gemma_golden.jsonl and chat/gemma3.jinja).
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 
+#include "retort/io/gguf.h"
 #include "retort/text/chat_template.h"
 #include "retort/text/tokenizer.h"
 #include "retort/util/error.h"
 #include "retort/util/file.h"
+#include "test_util.h"
 
 using namespace retort;
 using nlohmann::json;
@@ -73,7 +78,7 @@ TEST(ChatTemplate, RenderedPromptTokenizesWithSpecialTokens) {
 
 TEST(ChatTemplate, UnsupportedTemplatesAreErrors) {
   const Tokenizer& tok = tokenizer("llama3");
-  for (const char* name : {"mistral", "gemma"}) {
+  for (const char* name : {"mistral"}) {
     try {
       ChatTemplate::from_jinja(jinja(name), tok);
       ADD_FAILURE() << name << " was accepted";
@@ -93,4 +98,79 @@ TEST(ChatTemplate, UnsupportedTemplatesAreErrors) {
   // Qwen2.5 renders tool messages its own way: refused rather than rendered as plain ChatML.
   const auto qwen = ChatTemplate::from_jinja(jinja("qwen25"), tokenizer("qwen2"));
   EXPECT_THROW(qwen.render({{"user", "x"}, {"tool", "42"}}), Error);
+}
+
+namespace {
+
+// Gemma's turn markers and <bos> without the model: the hand-made SentencePiece vocabulary.
+const Tokenizer& spm_tiny() {
+  static const Tokenizer tok = Tokenizer::from_gguf(GgufFile::open(kDir + "/spm_tiny/tokenizer.gguf"));
+  return tok;
+}
+
+std::vector<ChatMessage> messages(const json& g) {
+  std::vector<ChatMessage> msgs;
+  for (const auto& m : g["messages"]) msgs.push_back({m["role"], m["content"]});
+  return msgs;
+}
+
+}  // namespace
+
+// Gemma 3 (system message prepended to the first turn, roles alternate) and Gemma 1/2 (no system
+// message); a render transformers refuses with an exception is an error here too. With the model
+// present, the ids of each render are checked against transformers' as well.
+TEST(ChatTemplate, GemmaMatchesTransformersRenders) {
+  std::unique_ptr<Tokenizer> gemma;
+  if (std::filesystem::exists(retort_test::gemma3_path()))
+    gemma = std::make_unique<Tokenizer>(Tokenizer::from_gguf(GgufFile::open(retort_test::gemma3_path())));
+  std::ifstream f(kDir + "/chat/gemma_golden.jsonl");
+  std::string line;
+  int n = 0, errors = 0;
+  while (std::getline(f, line)) {
+    const json g = json::parse(line);
+    const std::string name = g["template"];
+    const bool gen = g["add_generation_prompt"];
+    SCOPED_TRACE(name + ": " + g["messages"].dump() + " gen=" + (gen ? "1" : "0"));
+    const auto t = ChatTemplate::from_jinja(jinja(name), spm_tiny());
+    EXPECT_EQ(t.name(), "gemma");
+    EXPECT_EQ(t.end_of_turn(), "<end_of_turn>");
+    ++n;
+    if (g.contains("error")) {
+      EXPECT_THROW(t.render(messages(g), gen), Error);
+      ++errors;
+      continue;
+    }
+    const std::string render = t.render(messages(g), gen);
+    EXPECT_EQ(render, g["render"].get<std::string>());
+    if (gemma) EXPECT_EQ(gemma->encode(render, /*parse_special=*/true), g["ids"].get<std::vector<int32_t>>());
+  }
+  EXPECT_GE(n, 50);
+  EXPECT_GE(errors, 8);
+}
+
+// A Gemma GGUF without a template (the base models) gets the Gemma 3 format; other vocabularies do not.
+TEST(ChatTemplate, GemmaVocabularyWithoutTemplate) {
+  EXPECT_TRUE(ChatTemplate::available("", spm_tiny()));
+  EXPECT_FALSE(ChatTemplate::available("", tokenizer("qwen2")));
+  EXPECT_TRUE(ChatTemplate::available(jinja("chatml"), tokenizer("qwen2")));
+  EXPECT_THROW(ChatTemplate::from_jinja("", tokenizer("qwen2")), Error);
+  const auto builtin = ChatTemplate::from_jinja("", spm_tiny());
+  const auto official = ChatTemplate::from_jinja(jinja("gemma3"), spm_tiny());
+  EXPECT_EQ(builtin.name(), "gemma");
+  const std::vector<std::vector<ChatMessage>> convs = {
+      {{"user", "Hello!"}},
+      {{"system", " Be brief. "}, {"user", " Hi "}, {"assistant", "Hello.\n"}, {"user", "Bye"}},
+      {{"system", "only"}}};
+  for (const auto& c : convs)
+    for (bool gen : {true, false}) EXPECT_EQ(builtin.render(c, gen), official.render(c, gen));
+  EXPECT_EQ(builtin.render({{"system", "S"}, {"user", "u"}}),
+            "<bos><start_of_turn>user\nS\n\nu<end_of_turn>\n<start_of_turn>model\n");
+  EXPECT_THROW(builtin.render({{"assistant", "first"}}), Error);
+  // Gemma 1/2 refuses a system message with a message that says what to do.
+  try {
+    ChatTemplate::from_jinja(jinja("gemma"), spm_tiny()).render({{"system", "S"}, {"user", "u"}});
+    ADD_FAILURE() << "system message accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("first user message"), std::string::npos) << e.what();
+  }
 }

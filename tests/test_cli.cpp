@@ -27,6 +27,7 @@
 
 #include "retort/protect/keys.h"
 #include "retort/util/file.h"
+#include "test_util.h"
 
 extern char** environ;
 
@@ -285,6 +286,35 @@ TEST(CliTokenize, NormalizesNfc) {
                          "cafe\u0301 re\u0301sume\u0301 nai\u0308ve Zu\u0308rich Dvor\u030ca\u0301k", "--json"});
   expect_ok(r);
   EXPECT_EQ(parse_one(r)["ids"], g["ids"]);
+}
+
+// A byte-level BPE drops bytes it has no token for, as HF does (SmolLM2 lacks 0xFF); the CLI says so.
+TEST(CliTokenize, WarnsAboutBytesWithoutToken) {
+  const CliRun& r = cached({"tokenize", "-m", kSmolDir, "a\xff\xff" "b", "--json"});
+  expect_ok(r);
+  EXPECT_NE(r.err.find("warning: 2 bytes of the input have no token in this vocabulary"), std::string::npos) << show(r);
+  EXPECT_NE(r.err.find("will not give the input back"), std::string::npos) << show(r);
+  EXPECT_EQ(parse_one(r)["ids"].size(), 2u);  // "a", "b"
+  const CliRun& clean = cached({"tokenize", "-m", kSmolDir, kHello, "--json"});
+  EXPECT_EQ(clean.err.find("warning"), std::string::npos) << show(clean);
+}
+
+// Gemma 3's SentencePiece tokenizer keeps any bytes: each invalid one is its <0xXX> token.
+TEST(CliTokenize, GemmaKeepsInvalidBytes) {
+  if (!fs::exists(retort_test::gemma3_path()))
+    GTEST_SKIP() << "Gemma 3 270M not found at " << retort_test::gemma3_path();
+  const std::string input = "\xff\xfe abc";
+  const CliRun& r = cached({"tokenize", "--model", "gemma3-270m", input, "--json"});
+  expect_ok(r);
+  EXPECT_EQ(r.err.find("warning"), std::string::npos) << show(r);
+  const json j = parse_one(r);
+  ASSERT_GE(j["ids"].size(), 3u);
+  std::string hex;
+  for (const auto& p : j["pieces_hex"]) hex += p.get<std::string>();
+  EXPECT_EQ(hex, "fffe20616263");
+  const CliRun& d = cached({"tokenize", "--model", "gemma3-270m", "--decode", j["ids"].dump()});
+  expect_ok(d);
+  EXPECT_EQ(d.out, input + "\n");
 }
 
 // ---- inspect --------------------------------------------------------------------------------

@@ -1,8 +1,13 @@
 // Byte-level BPE tokenizer against Hugging Face `tokenizers` golden ids
-// (tests/data/tokenizer/gen_golden.py writes them; see that script for the references).
+// (tests/data/tokenizer/gen_golden.py writes them; see that script for the references), and
+// SentencePiece BPE (Gemma 3) against the `sentencepiece` library and transformers
+// (tests/data/tokenizer/gen_golden_gemma3.py).
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <bit>
+#include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -12,6 +17,7 @@
 #include "retort/text/tokenizer.h"
 #include "retort/util/error.h"
 #include "retort/util/file.h"
+#include "test_util.h"
 
 using namespace retort;
 using nlohmann::json;
@@ -130,13 +136,15 @@ class SmolLM2 : public ::testing::Test {
     delete gguf_tok_;
     delete gguf_;
   }
-  void need_gguf() {
-    if (!gguf_tok_) GTEST_SKIP() << "default model not found at " << model_path() << " (run scripts/setup.sh)";
-  }
   static Tokenizer* json_tok_;
   static Tokenizer* gguf_tok_;
   static GgufFile* gguf_;
 };
+// A macro: GTEST_SKIP returns only from the function it is written in (a helper method skipped
+// nothing, and the test then dereferenced the null tokenizer).
+#define NEED_GGUF()   \
+  if (!gguf_tok_)     \
+  GTEST_SKIP() << "default model not found at " << model_path() << " (run scripts/setup.sh)"
 Tokenizer* SmolLM2::json_tok_ = nullptr;
 Tokenizer* SmolLM2::gguf_tok_ = nullptr;
 GgufFile* SmolLM2::gguf_ = nullptr;
@@ -144,12 +152,12 @@ GgufFile* SmolLM2::gguf_ = nullptr;
 TEST_F(SmolLM2, JsonMatchesHfGolden) { check_golden(*json_tok_, "smollm2", false); }
 
 TEST_F(SmolLM2, GgufMatchesHfGolden) {
-  need_gguf();
+  NEED_GGUF();
   check_golden(*gguf_tok_, "smollm2", false);
 }
 
 TEST_F(SmolLM2, GgufAndJsonAgree) {
-  need_gguf();
+  NEED_GGUF();
   const Tokenizer& g = *gguf_tok_;
   const Tokenizer& j = *json_tok_;
   EXPECT_EQ(g.n_vocab(), 49152);
@@ -470,4 +478,347 @@ TEST(TokenizerErrors, BadGguf) {
   const auto t = Tokenizer::from_gguf(f);
   EXPECT_EQ(t.encode("abba"), (std::vector<int32_t>{2, 1, 0}));
   EXPECT_FALSE(t.bos_id().has_value());
+}
+
+// ---- SentencePiece BPE (Gemma 3) -------------------------------------------------------------
+// References: the `sentencepiece` library and transformers' GGUF conversion
+// (tests/data/tokenizer/gen_golden_gemma3.py; see there for where they differ and which one `ids` follow).
+
+namespace {
+
+std::vector<json> jsonl(const std::string& path) {
+  std::vector<json> out;
+  std::ifstream f(path);
+  std::string line;
+  while (std::getline(f, line)) out.push_back(json::parse(line));
+  return out;
+}
+
+std::string replace_all(std::string s, const std::string& from, const std::string& to) {
+  for (size_t at = s.find(from); at != std::string::npos; at = s.find(from, at + to.size()))
+    s.replace(at, from.size(), to);
+  return s;
+}
+
+// decode(encode(b)) for SentencePiece: b itself, except that a literal "▁" comes back as a space.
+std::string spm_round_trip(const std::string& b) { return replace_all(b, "\u2581", " "); }
+
+std::string random_bytes(uint64_t& x, int len) {  // xorshift64, biased to bytes that matter
+  std::string s;
+  for (int k = 0; k < len; ++k) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    const int pick = static_cast<int>(x % 5);
+    s += static_cast<char>(pick == 0 ? 0x20 + (x >> 8) % 95 : pick == 1 ? 0x80 + (x >> 8) % 64 : pick == 2 ? ' '
+                                                                                                : (x >> 8) % 256);
+  }
+  return s;
+}
+
+const std::string kTinySpm = kDir + "/spm_tiny/tokenizer.gguf";
+
+}  // namespace
+
+// The hand-made vocabulary of spm_tiny (gen_golden_gemma3.py TINY_*): merges checkable by hand.
+TEST(SpmTiny, MergesByScoreLeftmostOnTies) {
+  const auto f = GgufFile::open(kTinySpm);
+  const auto t = Tokenizer::from_gguf(f);
+  auto id = [&](const char* s) { return *t.token_id(s); };
+  EXPECT_EQ(t.model_type(), "spm");
+  EXPECT_EQ(t.pre_tokenizer_name(), "spm");
+  // "bc" (score -2) merges before "ab" (-3); there is no "abc".
+  EXPECT_EQ(t.encode("abc"), (std::vector<int32_t>{id("a"), id("bc")}));
+  EXPECT_EQ(t.encode("aaa"), (std::vector<int32_t>{id("aa"), id("a")}));  // equal scores: leftmost first
+  EXPECT_EQ(t.encode(" a"), (std::vector<int32_t>{id("\u2581a")}));       // space -> "▁", no prefix space
+  // The user-defined "  " is matched in the normalized text first, so "▁▁a" (a better piece) never forms.
+  EXPECT_EQ(t.encode("   a"), (std::vector<int32_t>{id("  "), id("\u2581a")}));
+  EXPECT_EQ(t.encode("a   b"), (std::vector<int32_t>{id("a"), id("  "), id("\u2581"), id("b")}));
+  // Byte fallback: "x" and "é" are no pieces.
+  EXPECT_EQ(t.encode("x\u00e9"), (std::vector<int32_t>{id("<0x78>"), id("<0xC3>"), id("<0xA9>")}));
+  EXPECT_EQ(t.token_bytes(id("<0xC3>")), "\xC3");
+  EXPECT_EQ(t.token_bytes(id("\u2581a")), " a");
+  EXPECT_EQ(t.token_bytes(id("  ")), "  ");
+  EXPECT_EQ(t.token_text(id("\u2581a")), "\u2581a");
+  // Control tokens: parsed, or (parse_special=false) bytes like any text; <unk> (token_type 2) is special.
+  EXPECT_EQ(t.encode("<eos>e"), (std::vector<int32_t>{id("<eos>"), id("e")}));
+  EXPECT_EQ(t.encode("<eos>", false).size(), 5u);
+  EXPECT_TRUE(t.is_special(id("<unk>")));
+  EXPECT_EQ(t.unk_id(), t.token_id("<unk>"));
+  EXPECT_FALSE(t.is_special(id("<0x41>")));
+  EXPECT_FALSE(t.is_added(id("<0x41>")));
+  EXPECT_TRUE(t.is_added(id("<b>")));
+  EXPECT_FALSE(t.is_special(id("<b>")));
+  EXPECT_EQ(t.encode("hi", true, /*add_bos=*/true).front(), id("<bos>"));
+  EXPECT_EQ(t.decode(t.encode("<start_of_turn>user\n  a<end_of_turn>"), /*skip_special=*/true), "user\n  a");
+}
+
+TEST(SpmTiny, MatchesSentencePieceGolden) {
+  const auto f = GgufFile::open(kTinySpm);
+  const auto t = Tokenizer::from_gguf(f);
+  const auto gold = jsonl(kDir + "/spm_tiny/golden.jsonl");
+  ASSERT_GE(gold.size(), 20u);
+  for (const json& g : gold) {
+    const std::string text = g["text"];
+    SCOPED_TRACE(text);
+    EXPECT_EQ(ids_str(t.encode(text, true)), ids_str(g["ids"].get<std::vector<int32_t>>()));
+    EXPECT_EQ(ids_str(t.encode(text, false)), ids_str(g["ids_raw"].get<std::vector<int32_t>>()));
+    EXPECT_EQ(t.decode(g["ids"].get<std::vector<int32_t>>()), spm_round_trip(text));
+  }
+}
+
+namespace {
+
+// A SentencePiece vocabulary as llama.cpp lays it out in GGUF, for the cases the fixture cannot show.
+struct SpmGguf {
+  std::vector<std::string> tokens = {"<unk>", "<bos>", "a", "b", "ab", "\u2581"};
+  std::vector<int32_t> types = {2, 3, 1, 1, 1, 1};
+  std::vector<float> scores = {0, 0, -1, -2, -0.5f, -3};
+  std::optional<bool> add_space_prefix = false;
+  bool with_unk = true, with_scores = true;
+  int skip_byte = -1;  // a byte left without its <0xXX> token
+
+  std::string bytes() const {
+    auto toks = tokens;
+    auto tys = types;
+    auto scs = scores;
+    for (int b = 0; b < 256; ++b) {
+      if (b == skip_byte) continue;
+      char name[8];
+      std::snprintf(name, sizeof name, "<0x%02X>", b);
+      toks.push_back(name);
+      tys.push_back(6);
+      scs.push_back(0);
+    }
+    GgufBytes g;
+    g.b = "GGUF";
+    g.u32(3);
+    g.u64(0);
+    g.u64(3 + int(with_scores) + int(add_space_prefix.has_value()) + int(with_unk));
+    g.kv_string("tokenizer.ggml.model", "llama");
+    g.kv_strings("tokenizer.ggml.tokens", toks);
+    g.str("tokenizer.ggml.token_type");
+    g.u32(9);  // ARRAY
+    g.u32(5);  // of INT32
+    g.u64(tys.size());
+    for (int32_t v : tys) g.u32(static_cast<uint32_t>(v));
+    if (with_scores) {
+      g.str("tokenizer.ggml.scores");
+      g.u32(9);  // ARRAY
+      g.u32(6);  // of FLOAT32
+      g.u64(scs.size());
+      for (float v : scs) g.u32(std::bit_cast<uint32_t>(v));
+    }
+    if (add_space_prefix) {
+      g.str("tokenizer.ggml.add_space_prefix");
+      g.u32(7);  // BOOL
+      g.b += static_cast<char>(*add_space_prefix);
+    }
+    if (with_unk) {
+      g.str("tokenizer.ggml.unknown_token_id");
+      g.u32(4);  // UINT32
+      g.u32(0);
+    }
+    return g.b;
+  }
+};
+
+Tokenizer spm_tokenizer(const SpmGguf& s) {
+  const std::string b = s.bytes();
+  const auto f = GgufFile::parse(reinterpret_cast<const uint8_t*>(b.data()), b.size(), "spm.gguf");
+  return Tokenizer::from_gguf(f);
+}
+
+}  // namespace
+
+TEST(SpmTiny, MissingByteTokenGivesUnkOrIsCounted) {
+  SpmGguf s;
+  s.skip_byte = 0xFE;
+  const auto with_unk = spm_tokenizer(s);
+  size_t dropped = 0;
+  // U+00FE is C3 BE: both byte tokens exist. A lone 0xFE has none, so it is unk.
+  EXPECT_EQ(with_unk.encode("\xFE" "ab", true, false, &dropped),
+            (std::vector<int32_t>{0, *with_unk.token_id("ab")}));
+  EXPECT_EQ(dropped, 0u);
+  s.with_unk = false;
+  const auto no_unk = spm_tokenizer(s);
+  EXPECT_EQ(no_unk.encode("a\xFE\xFE", true, false, &dropped), (std::vector<int32_t>{*no_unk.token_id("a")}));
+  EXPECT_EQ(dropped, 2u);
+}
+
+TEST(SpmTiny, BadGgufIsAnError) {
+  auto expect = [](const SpmGguf& s, std::initializer_list<std::string> parts) {
+    try {
+      spm_tokenizer(s);
+      ADD_FAILURE() << "no error";
+    } catch (const Error& e) {
+      for (const auto& p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what();
+    }
+  };
+  SpmGguf s;
+  s.with_scores = false;
+  expect(s, {"spm.gguf", "\"llama\"", "tokenizer.ggml.scores is missing"});
+  s = SpmGguf();
+  s.add_space_prefix = true;
+  expect(s, {"spm.gguf", "tokenizer.ggml.add_space_prefix is true"});
+  s.add_space_prefix.reset();
+  expect(s, {"tokenizer.ggml.add_space_prefix is absent"});
+  s = SpmGguf();
+  s.tokens.push_back("<0xZZ>");
+  s.types.push_back(6);
+  s.scores.push_back(0);
+  expect(s, {"<0xZZ>", "token_type 6"});
+  s = SpmGguf();
+  s.scores.pop_back();
+  expect(s, {"tokenizer.ggml.scores has"});
+  EXPECT_NO_THROW(spm_tokenizer(SpmGguf()));
+}
+
+class Gemma3 : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    if (std::filesystem::exists(retort_test::gemma3_path())) {
+      gguf_ = new GgufFile(GgufFile::open(retort_test::gemma3_path()));
+      tok_ = new Tokenizer(Tokenizer::from_gguf(*gguf_));
+    }
+  }
+  static void TearDownTestSuite() {
+    delete tok_;
+    delete gguf_;
+  }
+  void SetUp() override {
+    if (!tok_)
+      GTEST_SKIP() << "Gemma 3 270M not found at " << retort_test::gemma3_path()
+                   << " (put gemma3-270m.gguf there to run the Gemma tokenizer tests)";
+  }
+  static Tokenizer* tok_;
+  static GgufFile* gguf_;
+};
+Tokenizer* Gemma3::tok_ = nullptr;
+GgufFile* Gemma3::gguf_ = nullptr;
+
+TEST_F(Gemma3, MatchesGoldenCorpus) { check_golden(*tok_, "gemma3", false); }
+
+TEST_F(Gemma3, MatchesGoldenGemmaCases) {
+  const auto gold = jsonl(kDir + "/gemma3/cases.jsonl");
+  ASSERT_GE(gold.size(), 70u);
+  for (const json& g : gold) {
+    const bool valid = g.contains("text");
+    const std::string text = valid ? g["text"].get<std::string>() : unhex(g["hex"]);
+    SCOPED_TRACE(valid ? text : "hex " + g["hex"].get<std::string>());
+    const auto ids = g["ids"].get<std::vector<int32_t>>();
+    size_t dropped = 0;
+    EXPECT_EQ(ids_str(tok_->encode(text, true, false, &dropped)), ids_str(ids));
+    EXPECT_EQ(dropped, 0u);
+    EXPECT_EQ(ids_str(tok_->encode(text, false)), ids_str(g["ids_raw"].get<std::vector<int32_t>>()));
+    EXPECT_EQ(tok_->decode(ids), spm_round_trip(text));
+    if (valid) {
+      EXPECT_EQ(tok_->decode(ids), g["decode"].get<std::string>());
+      EXPECT_EQ(tok_->decode(ids, /*skip_special=*/true), g["decode_skip"].get<std::string>());
+    }
+    StreamDecoder sd(*tok_);
+    std::string streamed;
+    for (int32_t id : ids) streamed += sd.push(id);
+    EXPECT_EQ(streamed + sd.flush(), g["decode"].get<std::string>());
+  }
+}
+
+TEST_F(Gemma3, Vocabulary) {
+  const Tokenizer& t = *tok_;
+  EXPECT_EQ(t.n_vocab(), 262144);
+  EXPECT_EQ(t.model_type(), "spm");
+  EXPECT_EQ(t.pre_tokenizer_name(), "spm");
+  EXPECT_EQ(t.bos_id(), std::optional<int32_t>(2));
+  EXPECT_EQ(t.eos_id(), std::optional<int32_t>(1));
+  EXPECT_EQ(t.pad_id(), std::optional<int32_t>(0));
+  EXPECT_EQ(t.unk_id(), std::optional<int32_t>(3));
+  EXPECT_TRUE(t.add_bos_token());
+  EXPECT_EQ(t.encode("Hello", true, /*add_bos=*/true), (std::vector<int32_t>{2, 9259}));
+  EXPECT_EQ(t.eog_ids(), (std::vector<int32_t>{1, 106}));  // <eos>, <end_of_turn>
+  EXPECT_EQ(t.token_text(106), "<end_of_turn>");
+  EXPECT_TRUE(t.is_special(105));
+  EXPECT_TRUE(t.is_special(2));
+  EXPECT_FALSE(t.is_special(107));  // "\n": user-defined, an added token that is not special
+  EXPECT_TRUE(t.is_added(107));
+  EXPECT_EQ(t.token_bytes(107), "\n");
+  EXPECT_EQ(t.token_bytes(138), "  ");
+  EXPECT_EQ(t.token_text(238), "<0x00>");
+  EXPECT_EQ(t.token_bytes(238), std::string(1, '\0'));
+  EXPECT_EQ(t.token_bytes(493), "\xFF");
+  EXPECT_FALSE(t.is_special(493));
+  EXPECT_EQ(t.token_text(236743), "\u2581");
+  EXPECT_EQ(t.token_bytes(236743), " ");
+  EXPECT_EQ(t.token_bytes(*t.token_id("\u2581world")), " world");
+  EXPECT_EQ(t.chat_template(), "");  // the base model's GGUF carries none
+  EXPECT_EQ(t.hash().size(), 16u);
+  EXPECT_EQ(t.hash(), Tokenizer::from_gguf(*gguf_).hash());
+  EXPECT_NE(t.hash(), Tokenizer::from_gguf(GgufFile::open(kTinySpm)).hash());
+  EXPECT_TRUE(t.merges().empty());
+}
+
+// Any bytes round-trip; each byte that is not part of valid UTF-8 is its own <0xXX> token.
+TEST_F(Gemma3, AnyBytesRoundTrip) {
+  const Tokenizer& t = *tok_;
+  auto byte_token = [&](int b) {
+    char name[8];
+    std::snprintf(name, sizeof name, "<0x%02X>", b);
+    return t.token_id(name).value();
+  };
+  for (int b = 0x80; b < 0x100; ++b)  // never valid alone
+    EXPECT_EQ(t.encode(std::string(1, static_cast<char>(b))), std::vector<int32_t>{byte_token(b)}) << b;
+  EXPECT_EQ(t.encode("\xFF\xFE abc"),
+            (std::vector<int32_t>{byte_token(0xFF), byte_token(0xFE), *t.token_id("\u2581abc")}));
+  // A truncated 4-byte sequence between pieces: three byte tokens, nothing merged across them.
+  EXPECT_EQ(t.encode("a\xF0\x9F\x98" "a"),
+            (std::vector<int32_t>{*t.token_id("a"), byte_token(0xF0), byte_token(0x9F), byte_token(0x98),
+                                  *t.token_id("a")}));
+  std::string all;
+  for (int b = 0; b < 256; ++b) all += static_cast<char>(b);
+  EXPECT_EQ(t.decode(t.encode(all)), all);
+  EXPECT_EQ(t.decode(t.encode(all, false)), all);
+  uint64_t x = 88172645463325252ull;
+  for (int rep = 0; rep < 2000; ++rep) {
+    const std::string s = random_bytes(x, rep % 64);
+    size_t dropped = 0;
+    const auto ids = t.encode(s, rep % 2 == 0, false, &dropped);
+    ASSERT_EQ(t.decode(ids), spm_round_trip(s)) << rep;
+    ASSERT_EQ(dropped, 0u);
+  }
+}
+
+TEST_F(Gemma3, StreamHoldsPartialCharactersAcrossByteTokens) {
+  const Tokenizer& t = *tok_;
+  const std::string text = "a\U0001FAE8b";  // U+1FAE8 is no piece: four byte tokens
+  const auto ids = t.encode(text);
+  ASSERT_EQ(ids.size(), 6u);
+  StreamDecoder sd(t);
+  std::vector<std::string> pieces;
+  for (int32_t id : ids) pieces.push_back(sd.push(id));
+  EXPECT_EQ(pieces, (std::vector<std::string>{"a", "", "", "", "\U0001FAE8", "b"}));
+  EXPECT_EQ(sd.flush(), "");
+}
+
+// Encoding is O(n log n) in the length of a word: text without whitespace is one BPE run (no user-defined
+// token cuts it, no "▁" splits it into cached words).
+TEST_F(Gemma3, EncodeIsFast) {
+  std::string text, one_word;
+  for (const Case& c : corpus())
+    if (c.valid) text += c.text + " ";
+  for (char c : text)
+    if (c != ' ' && c != '\n' && c != '\t' && c != '\r') one_word += c;
+  while (text.size() < 300000) text += text;
+  while (one_word.size() < 300000) one_word += one_word;
+  text.resize(300000);  // may end inside a character: any bytes round-trip
+  one_word.resize(300000);
+  for (const std::string* s : {&text, &one_word}) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto ids = tok_->encode(*s);
+    const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::printf("encode %zu bytes: %zu tokens in %.3f s (%.1f MB/s)\n", s->size(), ids.size(), sec,
+                s->size() / sec / 1e6);
+    EXPECT_EQ(tok_->decode(ids), *s);
+#ifdef NDEBUG
+    EXPECT_LT(sec, 1.0);
+#endif
+  }
 }

@@ -44,5 +44,7 @@ struct TempDir {
 
 // The default teacher in the model cache (tests GTEST_SKIP when it is absent).
 inline std::string smollm2_path() { return retort::model_cache_dir() + "/smollm2-135m-instruct.gguf"; }
+// Gemma 3 270M (SentencePiece tokenizer; tests GTEST_SKIP when it is absent).
+inline std::string gemma3_path() { return retort::model_cache_dir() + "/gemma3-270m.gguf"; }
 
 }  // namespace retort_test

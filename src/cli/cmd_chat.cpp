@@ -22,7 +22,8 @@ struct ChatArgs {
 void run(ChatArgs& a) {
   LoadedModel m = load_for_cli(a.model);
   check(m.tokenizer != nullptr, m.path, ": this checkpoint has no tokenizer; chat needs one");
-  check(!m.chat_template.empty(), m.path, ": the model has no chat template; use `retort generate --prompt` instead");
+  check(ChatTemplate::available(m.chat_template, *m.tokenizer), m.path,
+        ": the model has no chat template; use `retort generate --prompt` instead");
   ChatTemplate tpl = ChatTemplate::from_jinja(m.chat_template, *m.tokenizer);
   const bool tty = isatty(STDIN_FILENO);
   if (tty)

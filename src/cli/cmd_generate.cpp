@@ -27,7 +27,7 @@ std::vector<int32_t> prompt_ids(const LoadedModel& m, const std::vector<ChatMess
                                 bool chat) {
   check(m.tokenizer != nullptr, m.path, ": this checkpoint has no tokenizer, so text prompts cannot be encoded");
   if (!chat) return m.tokenizer->encode(raw, /*parse_special=*/true, /*add_bos=*/true);
-  check(!m.chat_template.empty(), m.path,
+  check(ChatTemplate::available(m.chat_template, *m.tokenizer), m.path,
         ": the model has no chat template; drop --chat (or the JSONL \"messages\" field) and give a raw prompt");
   ChatTemplate tpl = ChatTemplate::from_jinja(m.chat_template, *m.tokenizer);
   return m.tokenizer->encode(tpl.render(messages, /*add_generation_prompt=*/true), /*parse_special=*/true,

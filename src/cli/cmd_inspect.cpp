@@ -81,14 +81,14 @@ void run(InspectArgs& a) {
     json eog = json::array();
     for (int32_t id : tok.eog_ids()) eog.push_back({{"id", id}, {"text", tok.token_text(id)}});
     special["end_of_generation"] = eog;
-    j["tokenizer"] = {{"type", "byte-level BPE"},
+    j["tokenizer"] = {{"type", tok.model_type() == "spm" ? "SentencePiece BPE" : "byte-level BPE"},
                       {"pre_tokenizer", tok.pre_tokenizer_name()},
                       {"n_vocab", tok.n_vocab()},
                       {"hash", tok.hash()},
                       {"special", special}};
   }
   std::string chat_format = "none";
-  if (!m.chat_template.empty() && m.tokenizer) {
+  if (m.tokenizer && ChatTemplate::available(m.chat_template, *m.tokenizer)) {
     try {
       chat_format = ChatTemplate::from_jinja(m.chat_template, *m.tokenizer).name();
     } catch (const Error& e) {
@@ -152,7 +152,8 @@ void run(InspectArgs& a) {
   std::printf("\n");
   if (m.tokenizer) {
     const Tokenizer& tok = *m.tokenizer;
-    std::printf("tokenizer    byte-level BPE, pre-tokenizer %s, %d tokens, hash %s\n", tok.pre_tokenizer_name().c_str(),
+    std::printf("tokenizer    %s, pre-tokenizer %s, %d tokens, hash %s\n",
+                tok.model_type() == "spm" ? "SentencePiece BPE" : "byte-level BPE", tok.pre_tokenizer_name().c_str(),
                 tok.n_vocab(), tok.hash().c_str());
     std::printf("             bos %s, eos %s, end of generation:",
                 tok.bos_id() ? tok.token_text(*tok.bos_id()).c_str() : "-",

@@ -86,11 +86,29 @@ void run(const TokenizeArgs& a) {
     ss << std::cin.rdbuf();
     text = ss.str();
   }
-  std::vector<int32_t> ids = tok->encode(text, /*parse_special=*/!a.no_special, /*add_bos=*/a.add_bos);
+  size_t dropped = 0;
+  std::vector<int32_t> ids = tok->encode(text, /*parse_special=*/!a.no_special, /*add_bos=*/a.add_bos, &dropped);
+  if (dropped > 0) {
+    std::cerr << "warning: " << dropped << (dropped == 1 ? " byte of the input has" : " bytes of the input have")
+              << " no token in this vocabulary and " << (dropped == 1 ? "was" : "were")
+              << " left out (as Hugging Face tokenizers does); decoding these ids will not give the input back\n";
+  }
   if (a.json) {
-    json pieces = json::array();
-    for (int32_t id : ids) pieces.push_back(tok->token_bytes(id));
-    std::cout << dump(json{{"ids", ids}, {"pieces", pieces}, {"n_tokens", ids.size()}}) << "\n";
+    // pieces: each token's bytes as text (invalid UTF-8 shown as U+FFFD); pieces_hex: the exact bytes,
+    // since a JSON string cannot hold invalid UTF-8.
+    json pieces = json::array(), pieces_hex = json::array();
+    for (int32_t id : ids) {
+      const std::string b = tok->token_bytes(id);
+      pieces.push_back(b);
+      std::string hex;
+      for (unsigned char c : b) {
+        hex += "0123456789abcdef"[c >> 4];
+        hex += "0123456789abcdef"[c & 15];
+      }
+      pieces_hex.push_back(hex);
+    }
+    std::cout << dump(json{{"ids", ids}, {"pieces", pieces}, {"pieces_hex", pieces_hex}, {"n_tokens", ids.size()}})
+              << "\n";
     return;
   }
   for (size_t i = 0; i < ids.size(); ++i) std::cout << (i ? " " : "") << ids[i];

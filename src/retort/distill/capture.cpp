@@ -139,7 +139,7 @@ std::vector<PromptLine> read_prompt_lines(const std::string& path, const Capture
 
 std::vector<int32_t> encode_prompt(const LoadedModel& m, const PromptLine& p, const std::string& path) {
   if (!p.chat) return m.tokenizer->encode(p.raw, /*parse_special=*/true, /*add_bos=*/true);
-  check(!m.chat_template.empty(), path, ":", p.line, ": ", m.path,
+  check(ChatTemplate::available(m.chat_template, *m.tokenizer), path, ":", p.line, ": ", m.path,
         " has no chat template; use --no-chat with \"prompt\" lines (\"messages\" need a template)");
   ChatTemplate tpl = ChatTemplate::from_jinja(m.chat_template, *m.tokenizer);
   return m.tokenizer->encode(tpl.render(p.messages, /*add_generation_prompt=*/true), /*parse_special=*/true,

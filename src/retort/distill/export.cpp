@@ -328,6 +328,8 @@ void export_hf(const CausalLMImpl& model, const Tokenizer& tok, const ExportInfo
   check(dtype == "f32" || dtype == "bf16" || dtype == "f16", "export hf: --dtype must be f32, bf16 or f16, got \"",
         dtype, "\"");
   check(!dir.empty(), "export hf: empty output directory");
+  check(tok.model_type() == "gpt2", "export hf: the tokenizer is SentencePiece BPE (Gemma); retort writes byte-level "
+        "BPE tokenizers only so far, so this model cannot be exported yet");
   const ModelHParams& hp = model.hparams();
   check(tok.n_vocab() <= hp.n_vocab, "export hf: the tokenizer has ", tok.n_vocab(),
         " tokens but the model's vocabulary is ", hp.n_vocab);
@@ -372,6 +374,8 @@ void export_gguf(const CausalLMImpl& model, const Tokenizer& tok, const ExportIn
   else if (gguf_type == "f16") wtype = GgmlType::F16, file_type = 1;
   else if (gguf_type == "q8_0") wtype = GgmlType::Q8_0, file_type = 7;
   else fail("export gguf: --type must be f32, f16 or q8_0, got \"", gguf_type, "\"");
+  check(tok.model_type() == "gpt2", "export gguf: the tokenizer is SentencePiece BPE (Gemma); retort writes "
+        "byte-level BPE tokenizers only so far, so this model cannot be exported yet");
   const ModelHParams& hp = model.hparams();
   check(tok.n_vocab() <= hp.n_vocab, "export gguf: the tokenizer has ", tok.n_vocab(),
         " tokens but the model's vocabulary is ", hp.n_vocab);

@@ -85,24 +85,73 @@ std::string unescape(const std::string& s) {
   return out;
 }
 
+// Gemma's turn markers as special tokens: a Gemma vocabulary, whose base models carry no template.
+bool gemma_vocab(const Tokenizer& tok) {
+  const auto start = tok.token_id("<start_of_turn>"), end = tok.token_id("<end_of_turn>");
+  return start && end && tok.is_special(*start) && tok.is_special(*end);
+}
+
 }  // namespace
+
+bool ChatTemplate::available(const std::string& src, const Tokenizer& tok) {
+  return !squash(src).empty() || gemma_vocab(tok);
+}
 
 ChatTemplate ChatTemplate::from_jinja(const std::string& src, const Tokenizer& tok) {
   const std::string sq = squash(src);
+  auto bos = [&]() {
+    check(tok.bos_id().has_value(), "chat template uses bos_token but the tokenizer has no BOS token");
+    return tok.token_bytes(*tok.bos_id());
+  };
+  if (sq.empty() && gemma_vocab(tok)) {  // Gemma 3's own template, as its instruction-tuned models carry it
+    ChatTemplate t;
+    t.name_ = "gemma";
+    t.trim_content_ = true;
+    t.bos_ = bos();
+    t.system_joiner_ = "\n\n";
+    t.alternate_roles_ = true;
+    return t;
+  }
   check(!sq.empty(), "chat template is empty: this model defines no chat format; use --no-chat and pass a raw prompt");
   auto unsupported = [&](const char* why) {
-    fail("chat template is not supported (", why, "); retort renders ChatML and Llama-3 templates only. "
+    fail("chat template is not supported (", why, "); retort renders ChatML, Llama-3 and Gemma templates only. "
          "Use --no-chat and pass a raw prompt. Template starts: ", src.substr(0, 120));
   };
   // Features that change the rendering in ways the two native formats do not model.
-  for (const char* marker : {"<think>", "reasoning_content", "Cutting Knowledge Date", "[INST]", "<start_of_turn>",
-                             "<|user|>", "<|assistant|>", "date_string", "strftime_now", "ipython"}) {
+  for (const char* marker : {"<think>", "reasoning_content", "Cutting Knowledge Date", "[INST]", "<|user|>",
+                             "<|assistant|>", "date_string", "strftime_now", "ipython"}) {
     if (has(src, marker)) unsupported(marker);
   }
   ChatTemplate t;
   const bool chatml = has(sq, "<|im_start|>") && has(sq, "<|im_end|>");
   const bool llama3 = has(sq, "<|start_header_id|>") && has(sq, "<|end_header_id|>") && has(sq, "<|eot_id|>");
+  const bool gemma = has(sq, "<start_of_turn>") && has(sq, "<end_of_turn>");
   const bool trims = has(sq, "trim");
+  if (gemma && !chatml && !llama3) {
+    // Both Gemma templates: role = 'model' for 'assistant', then '<start_of_turn>'+role+'\n', the content
+    // trimmed, '<end_of_turn>\n'.
+    const bool turn = has(sq, "'<start_of_turn>'+role+'\\n'");
+    const bool model_role = has(sq, "setrole='model'");
+    const bool content = has(sq, "message['content']|trim") || has(sq, "message.content|trim");
+    const bool end = has(sq, "'<end_of_turn>\\n'") || has(sq, "'<end_of_turn>'+'\\n'");
+    if (!turn || !model_role || !content || !end)
+      unsupported("Gemma markers, but not the <start_of_turn>role\\n content|trim<end_of_turn>\\n shape");
+    t.name_ = "gemma";
+    t.trim_content_ = true;
+    if (has(sq, "bos_token")) t.bos_ = bos();
+    // Gemma 3: {% set first_user_prefix = messages[0]['content'] + '\n\n' %}, the system message untrimmed.
+    static const std::regex re(R"(setfirst_user_prefix=messages\[0\]\['content'\]\+'([^']*)')");
+    std::smatch m;
+    if (std::regex_search(sq, m, re)) {
+      if (!has(sq, "(first_user_prefixifloop.firstelse'')"))
+        unsupported("a Gemma first_user_prefix used other than before the first turn's content");
+      t.system_joiner_ = unescape(m[1].str());
+    } else if (!has(src, "System role not supported")) {
+      unsupported("a Gemma template that neither prepends nor refuses a system message");
+    }
+    t.alternate_roles_ = has(sq, "(message['role']=='user')!=(loop.index0%2==0)");
+    return t;
+  }
   if (chatml && !llama3) {
     const bool role_line =
         has(sq, "'<|im_start|>'+message['role']+'\\n'") || has(sq, "'<|im_start|>'+message.role+'\\n'");
@@ -138,14 +187,12 @@ ChatTemplate ChatTemplate::from_jinja(const std::string& src, const Tokenizer& t
         unsupported("Llama-3 with `trim` applied to something other than the message content");
       t.trim_content_ = true;
     }
-    if (has(sq, "bos_token")) {
-      check(tok.bos_id().has_value(), "chat template uses bos_token but the tokenizer has no BOS token");
-      t.bos_ = tok.token_bytes(*tok.bos_id());
-    }
+    if (has(sq, "bos_token")) t.bos_ = bos();
     t.name_ = "llama3";
     return t;
   }
-  unsupported(chatml && llama3 ? "both ChatML and Llama-3 markers" : "no ChatML or Llama-3 markers");
+  unsupported(int(chatml) + int(llama3) + int(gemma) > 1 ? "markers of more than one format"
+                                                         : "no ChatML, Llama-3 or Gemma markers");
   return t;  // not reached: unsupported() throws
 }
 
@@ -162,6 +209,25 @@ std::string ChatTemplate::render(const std::vector<ChatMessage>& messages, bool 
     if (need_default) out += "<|im_start|>system\n" + *default_system_ + "<|im_end|>\n";
     for (const auto& m : messages) out += "<|im_start|>" + m.role + "\n" + content(m) + "<|im_end|>\n";
     if (add_generation_prompt) out += "<|im_start|>assistant\n";
+  } else if (name_ == "gemma") {
+    out += bos_;
+    size_t first = 0;
+    std::string prefix;
+    if (!messages.empty() && messages[0].role == "system") {
+      check(system_joiner_.has_value(), "chat template: this Gemma template refuses a system message (\"System role "
+            "not supported\"); put the instructions in the first user message");
+      prefix = messages[0].content + *system_joiner_;
+      first = 1;
+    }
+    for (size_t i = first; i < messages.size(); ++i) {
+      const ChatMessage& m = messages[i];
+      const size_t k = i - first;
+      check(!alternate_roles_ || (m.role == "user") == (k % 2 == 0), "chat template: Gemma needs the roles to "
+            "alternate user/assistant/user/... after the system message; message ", i, " is \"", m.role, "\"");
+      out += "<start_of_turn>" + (m.role == "assistant" ? std::string("model") : m.role) + "\n" +
+             (k == 0 ? prefix : std::string()) + content(m) + "<end_of_turn>\n";
+    }
+    if (add_generation_prompt) out += "<start_of_turn>model\n";
   } else {
     for (size_t i = 0; i < messages.size(); ++i) {
       if (i == 0) out += bos_;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <queue>
@@ -66,7 +67,41 @@ std::string byte_level_encode(std::string_view bytes) {
   return out;
 }
 
-enum : uint8_t { kNormal = 0, kAddedText = 1, kSpecial = 2, kHole = 3 };
+// kByte: a SentencePiece byte-fallback token "<0xXX>" (GGUF token_type 6).
+enum : uint8_t { kNormal = 0, kAddedText = 1, kSpecial = 2, kHole = 3, kByte = 4 };
+
+// SentencePiece's whitespace: U+2581 LOWER ONE EIGHTH BLOCK.
+constexpr std::string_view kSpmSpace = "\xE2\x96\x81";
+
+std::string spm_escape(std::string_view s) {  // every ' ' -> "▁"
+  std::string out;
+  out.reserve(s.size());
+  for (char c : s) {
+    if (c == ' ') out += kSpmSpace;
+    else out += c;
+  }
+  return out;
+}
+
+std::string spm_unescape(std::string_view s) {  // every "▁" -> ' '
+  std::string out;
+  for (size_t i = 0; i < s.size();) {
+    if (s.compare(i, kSpmSpace.size(), kSpmSpace) == 0) {
+      out += ' ';
+      i += kSpmSpace.size();
+    } else {
+      out += s[i++];
+    }
+  }
+  return out;
+}
+
+// "<0xAB>" -> 0xAB; -1 if `s` is not of that form.
+int parse_byte_token(std::string_view s) {
+  auto hex = [](char c) { return c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1; };
+  if (s.size() != 6 || s.substr(0, 3) != "<0x" || s[5] != '>' || hex(s[3]) < 0 || hex(s[4]) < 0) return -1;
+  return hex(s[3]) * 16 + hex(s[4]);
+}
 
 struct AddedToken {
   std::string content;
@@ -93,18 +128,27 @@ struct Tokenizer::Impl {
   std::string what;                 // "gguf <path>" / "tokenizer.json <path>", for messages
   std::vector<std::string> texts;   // [n_vocab] vocab strings
   std::vector<std::string> bytes;   // [n_vocab] raw bytes of each token
-  std::vector<uint8_t> kind;        // [n_vocab] kNormal / kAddedText / kSpecial / kHole
+  std::vector<uint8_t> kind;        // [n_vocab] kNormal / kAddedText / kSpecial / kHole / kByte
   std::unordered_map<std::string, int32_t> text_to_id;
   std::vector<std::pair<int32_t, int32_t>> merge_list;  // rank order, as (left id, right id)
   std::unordered_map<uint64_t, Merge> merges;           // (left, right) -> rank, merged id
-  std::array<int32_t, 256> byte_id{};                    // byte -> id of its one-character token, -1 if none
+  std::array<int32_t, 256> byte_id{};                    // byte -> id of its one-character token (SentencePiece:
+                                                         // its <0xXX> token), -1 if none
   bool ignore_merges = false;                            // a pre-token found whole in the vocab is one token
   std::vector<AddedToken> added;
   AddedTable added_raw;   // tokens with normalized=false: cut out of the raw text first
   AddedTable added_norm;  // tokens with normalized=true: cut out of each normalized stretch
   bool nfc = false;       // normalizer NFC (tokenizer.json), applied to the text between raw added tokens
   PreTokenizer pre;
-  std::optional<int32_t> bos, eos, pad;
+  std::optional<int32_t> bos, eos, pad, unk;
+
+  // SentencePiece BPE (GGUF model "llama"); its normalizer is ' ' -> "▁".
+  bool spm = false;
+  std::vector<float> scores;                             // [n_vocab] merge priority: the higher merges first
+  std::unordered_map<std::string_view, int32_t> pieces;  // normal token text -> id (views into texts)
+  size_t max_piece = 0;                                  // longest piece, in bytes
+  std::array<bool, 256> joins_space{};                   // bytes that precede an inner "▁" in some piece
+  bool spm_drops = false;                                // a byte has no <0xXX> token and there is no unk
   bool add_bos = false;
   std::string chat_template;
 
@@ -113,7 +157,13 @@ struct Tokenizer::Impl {
 
   void finish(const std::vector<std::pair<std::string, std::string>>& merge_strings);
   void bpe(std::string_view word, std::vector<int32_t>& out) const;
-  void encode_text(std::string_view text, std::vector<int32_t>& out) const;
+  void spm_bpe(std::string_view text, std::vector<int32_t>& out, size_t* n_dropped) const;
+  void encode_word(std::string_view word, std::vector<int32_t>& out) const;
+  void encode_text(std::string_view text, std::vector<int32_t>& out, size_t* n_dropped) const;
+  bool normalizes() const { return nfc || spm; }
+  std::string normalize(std::string_view s) const {
+    return spm ? spm_escape(s) : nfc ? retort::nfc(s) : std::string(s);
+  }
   template <class F>
   void split_added(std::string_view text, const AddedTable& table, bool parse_special, std::vector<int32_t>& out,
                    F&& stretch) const;
@@ -133,13 +183,18 @@ void Tokenizer::Impl::finish(const std::vector<std::pair<std::string, std::strin
   for (int32_t i = 0; i < n; ++i) {
     if (kind[i] == kHole) continue;
     text_to_id.emplace(texts[i], i);  // first id wins on duplicates
-    bytes[i] = kind[i] == kNormal ? byte_level_decode(texts[i]) : texts[i];
+    if (kind[i] == kByte) bytes[i] = std::string(1, static_cast<char>(parse_byte_token(texts[i])));
+    else if (kind[i] != kNormal) bytes[i] = texts[i];
+    else bytes[i] = spm ? spm_unescape(texts[i]) : byte_level_decode(texts[i]);
   }
   for (auto& a : added) {
     check(!a.content.empty(), what, ": added token ", a.id, " has empty content");
     text_to_id[a.content] = a.id;
   }
-  for (int b = 0; b < 256; ++b) {
+  byte_id.fill(-1);
+  for (int32_t i = n - 1; spm && i >= 0; --i)  // descending, so the first id wins
+    if (kind[i] == kByte) byte_id[parse_byte_token(texts[i])] = i;
+  for (int b = 0; b < 256 && !spm; ++b) {
     std::string s;
     utf8_append(s, kByteToCp[b]);
     auto it = text_to_id.find(s);
@@ -157,7 +212,7 @@ void Tokenizer::Impl::finish(const std::vector<std::pair<std::string, std::strin
     merge_list.emplace_back(ia->second, ib->second);
     merges.emplace(pair_key(ia->second, ib->second), Merge{static_cast<int32_t>(r), im->second});  // first rank wins
   }
-  for (auto& a : added) a.match = a.normalized && nfc ? retort::nfc(a.content) : a.content;
+  for (auto& a : added) a.match = a.normalized ? normalize(a.content) : a.content;
   std::sort(added.begin(), added.end(), [](const AddedToken& x, const AddedToken& y) {
     return x.match.size() != y.match.size() ? x.match.size() > y.match.size() : x.id < y.id;
   });
@@ -220,27 +275,124 @@ void Tokenizer::Impl::bpe(std::string_view word, std::vector<int32_t>& out) cons
   }
 }
 
-void Tokenizer::Impl::encode_text(std::string_view text, std::vector<int32_t>& out) const {
-  if (text.empty()) return;
-  std::vector<std::string_view> pieces;
-  pre.split(text, pieces);
+// SentencePiece BPE over one normalized stretch (spaces already "▁"). Symbols are spans of `text`, so
+// a pair's concatenation is a substring and is looked up without copying. A max-heap holds candidate
+// pairs keyed by (score of the merged piece, -position of the left symbol): highest score first,
+// leftmost on ties. An entry is stale unless its left symbol is alive and still spans, with its right
+// neighbour, the same bytes -- then it is the same piece at the same place, so still valid.
+void Tokenizer::Impl::spm_bpe(std::string_view text, std::vector<int32_t>& out, size_t* n_dropped) const {
+  struct Sym {
+    uint32_t start, len;  // len 0: merged into its left neighbour
+    int32_t prev, next;
+  };
+  check(text.size() < (1ull << 31), "encode: ", text.size(), " bytes between special tokens are too many for one "
+        "SentencePiece stretch (the limit is 2 GiB)");
+  std::vector<Sym> syms;
+  syms.reserve(text.size());
+  for (size_t i = 0; i < text.size();) {
+    size_t len = 0;
+    uint32_t cp = 0;
+    if (utf8_next(text.substr(i), &len, &cp) != Utf8Status::valid) len = 1;  // an invalid byte stands alone
+    const auto k = static_cast<int32_t>(syms.size());
+    syms.push_back({static_cast<uint32_t>(i), static_cast<uint32_t>(len), k - 1, -1});
+    if (k > 0) syms[k - 1].next = k;
+    i += len;
+  }
+  struct Cand {
+    float score;
+    int32_t left;
+    uint32_t len;  // bytes of the merged piece
+    bool operator<(const Cand& o) const { return score != o.score ? score < o.score : left > o.left; }
+  };
+  std::priority_queue<Cand> heap;
+  auto consider = [&](int32_t l) {
+    if (l < 0 || syms[l].next < 0) return;
+    const uint32_t len = syms[l].len + syms[syms[l].next].len;
+    if (len > max_piece) return;
+    auto it = pieces.find(text.substr(syms[l].start, len));
+    if (it != pieces.end()) heap.push({scores[it->second], l, len});
+  };
+  for (int32_t k = 0; k + 1 < static_cast<int32_t>(syms.size()); ++k) consider(k);
+  while (!heap.empty()) {
+    const Cand c = heap.top();
+    heap.pop();
+    Sym& s = syms[c.left];
+    if (s.len == 0 || s.next < 0 || s.len + syms[s.next].len != c.len) continue;  // stale
+    const int32_t r = s.next;
+    s.len = c.len;
+    syms[r].len = 0;
+    s.next = syms[r].next;
+    if (s.next >= 0) syms[s.next].prev = c.left;
+    consider(s.prev);
+    consider(c.left);
+  }
+  for (int32_t k = syms.empty() ? -1 : 0; k >= 0; k = syms[k].next) {
+    const std::string_view sym = text.substr(syms[k].start, syms[k].len);
+    if (auto it = pieces.find(sym); it != pieces.end()) {
+      out.push_back(it->second);
+      continue;
+    }
+    // Byte fallback; without a token for every byte, the whole character is unk (HF's byte_fallback).
+    bool all = true;
+    for (unsigned char b : sym) all = all && byte_id[b] >= 0;
+    if (all) {
+      for (unsigned char b : sym) out.push_back(byte_id[b]);
+    } else if (unk) {
+      out.push_back(*unk);
+    } else if (n_dropped) {
+      *n_dropped += sym.size();
+    }
+  }
+}
+
+// One word through the cache: byte-level BPE of a pre-token, or SentencePiece BPE of a word.
+void Tokenizer::Impl::encode_word(std::string_view word, std::vector<int32_t>& out) const {
+  std::string key(word);
+  {
+    std::lock_guard<std::mutex> lock(cache_mu);
+    auto it = cache.find(key);
+    if (it != cache.end()) {
+      out.insert(out.end(), it->second.begin(), it->second.end());
+      return;
+    }
+  }
   std::vector<int32_t> ids;
-  for (std::string_view p : pieces) {
-    std::string key(p);
-    {
-      std::lock_guard<std::mutex> lock(cache_mu);
-      auto it = cache.find(key);
-      if (it != cache.end()) {
-        out.insert(out.end(), it->second.begin(), it->second.end());
-        continue;
+  if (spm) spm_bpe(word, ids, nullptr);
+  else bpe(word, ids);
+  out.insert(out.end(), ids.begin(), ids.end());
+  std::lock_guard<std::mutex> lock(cache_mu);
+  if (cache.size() >= kCacheMaxEntries) cache.clear();
+  cache.emplace(std::move(key), std::move(ids));
+}
+
+void Tokenizer::Impl::encode_text(std::string_view text, std::vector<int32_t>& out, size_t* n_dropped) const {
+  if (text.empty()) return;
+  if (spm) {
+    if (n_dropped && spm_drops) {  // the cache keeps no count of dropped bytes
+      spm_bpe(text, out, n_dropped);
+      return;
+    }
+    // SentencePiece merges over the whole stretch, but no merge crosses a "▁" at p whose preceding
+    // byte text[p-1] never precedes an inner "▁" in a piece (a piece across p would hold that pair),
+    // so the stretch is cut there into words, each BPE-merged alone and cached.
+    size_t start = 0;
+    for (size_t p = 1; p < text.size(); ++p) {
+      if (text[p] == kSpmSpace[0] && text.compare(p, kSpmSpace.size(), kSpmSpace) == 0 &&
+          !joins_space[static_cast<unsigned char>(text[p - 1])]) {
+        encode_word(text.substr(start, p - start), out);
+        start = p;
       }
     }
-    ids.clear();
-    bpe(p, ids);
-    out.insert(out.end(), ids.begin(), ids.end());
-    std::lock_guard<std::mutex> lock(cache_mu);
-    if (cache.size() >= kCacheMaxEntries) cache.clear();
-    cache.emplace(std::move(key), ids);
+    encode_word(text.substr(start), out);
+    return;
+  }
+  std::vector<std::string_view> words;
+  pre.split(text, words);
+  for (std::string_view p : words) {
+    if (n_dropped) {
+      for (unsigned char c : p) *n_dropped += byte_id[c] < 0;  // exactly the bytes bpe() skips
+    }
+    encode_word(p, out);
   }
 }
 
@@ -299,16 +451,18 @@ void Tokenizer::Impl::split_added(std::string_view text, const AddedTable& table
 
 // HF order: cut out the non-normalized added tokens from the raw text; normalize each stretch
 // between them; cut out the normalized added tokens; pre-tokenize and BPE what is left.
-std::vector<int32_t> Tokenizer::encode(std::string_view text, bool parse_special, bool add_bos) const {
+// (SentencePiece: control tokens are the non-normalized ones, user-defined the normalized ones.)
+std::vector<int32_t> Tokenizer::encode(std::string_view text, bool parse_special, bool add_bos,
+                                      size_t* n_dropped) const {
   const Impl& m = *impl_;
   std::vector<int32_t> out;
   out.reserve(text.size() / 3 + 2);
   if (add_bos && m.add_bos && m.bos) out.push_back(*m.bos);
-  auto plain = [&](std::string_view s) { m.encode_text(s, out); };
+  auto plain = [&](std::string_view s) { m.encode_text(s, out, n_dropped); };
   m.split_added(text, m.added_raw, parse_special, out, [&](std::string_view s) {
     if (s.empty()) return;
-    if (m.nfc) {
-      const std::string n = nfc(s);
+    if (m.normalizes()) {
+      const std::string n = m.normalize(s);
       m.split_added(n, m.added_norm, parse_special, out, plain);
     } else {
       m.split_added(s, m.added_norm, parse_special, out, plain);
@@ -345,12 +499,14 @@ int32_t Tokenizer::n_vocab() const { return static_cast<int32_t>(impl_->texts.si
 std::optional<int32_t> Tokenizer::bos_id() const { return impl_->bos; }
 std::optional<int32_t> Tokenizer::eos_id() const { return impl_->eos; }
 std::optional<int32_t> Tokenizer::pad_id() const { return impl_->pad; }
+std::optional<int32_t> Tokenizer::unk_id() const { return impl_->unk; }
 bool Tokenizer::add_bos_token() const { return impl_->add_bos && impl_->bos.has_value(); }
 bool Tokenizer::is_special(int32_t id) const { return id >= 0 && id < n_vocab() && impl_->kind[id] == kSpecial; }
 bool Tokenizer::is_added(int32_t id) const {
   return id >= 0 && id < n_vocab() && (impl_->kind[id] == kSpecial || impl_->kind[id] == kAddedText);
 }
-std::string Tokenizer::pre_tokenizer_name() const { return impl_->pre.name(); }
+std::string Tokenizer::model_type() const { return impl_->spm ? "spm" : "gpt2"; }
+std::string Tokenizer::pre_tokenizer_name() const { return impl_->spm ? "spm" : impl_->pre.name(); }
 const std::string& Tokenizer::chat_template() const { return impl_->chat_template; }
 
 std::vector<int32_t> Tokenizer::eog_ids() const {
@@ -374,12 +530,24 @@ std::string Tokenizer::hash() const {
   };
   const Impl& m = *impl_;
   feed("pre:");
-  feed(m.pre.name());
+  feed(pre_tokenizer_name());
   feed("\n");
   if (m.nfc) feed("normalizer:nfc\n");  // absent otherwise, so hashes of unnormalized tokenizers are unchanged
   for (size_t i = 0; i < m.texts.size(); ++i) {
     feed(m.texts[i]);
     feed(std::string_view("\0", 1));
+  }
+  if (m.spm) {  // absent otherwise, so hashes of byte-level tokenizers are unchanged
+    feed("scores\n");
+    for (float sc : m.scores) {  // the 4 bytes of the float, little-endian
+      const auto bits = std::bit_cast<uint32_t>(sc);
+      const char b[4] = {char(bits), char(bits >> 8), char(bits >> 16), char(bits >> 24)};
+      feed(std::string_view(b, 4));
+    }
+    feed("bytes\n");
+    for (size_t i = 0; i < m.kind.size(); ++i)
+      if (m.kind[i] == kByte) feed(cat(i, "\n"));
+    if (m.unk) feed(cat("unk ", *m.unk, "\n"));
   }
   feed("merges\n");
   for (const auto& [a, b] : m.merge_list) {
@@ -425,21 +593,38 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& gguf) {
   m->what = "gguf " + gguf.path();
   const auto model = gguf.find_string("tokenizer.ggml.model");
   check(model.has_value(), m->what, ": no tokenizer.ggml.model; this file carries no tokenizer");
-  check(*model == "gpt2", m->what, ": tokenizer.ggml.model is \"", *model,
-        "\"; retort supports only byte-level BPE (\"gpt2\"), not SentencePiece/WordPiece-style tokenizers");
-  const auto pre = gguf.find_string("tokenizer.ggml.pre");
-  check(pre.has_value(), m->what, ": no tokenizer.ggml.pre, so the pre-tokenizer is unknown; re-convert the model "
-        "with a recent llama.cpp convert_hf_to_gguf.py");
-  std::string pre_name;
-  if (*pre == "gpt2" || *pre == "gpt-2") pre_name = "gpt2";
-  else if (*pre == "smollm" || *pre == "starcoder" || *pre == "refact" || *pre == "codeshell") pre_name = "smollm";
-  else if (*pre == "llama-bpe" || *pre == "llama3") pre_name = "llama3";
-  else if (*pre == "qwen2" || *pre == "deepseek-r1-qwen") pre_name = "qwen2";
-  else fail(m->what, ": tokenizer.ggml.pre \"", *pre, "\" is not supported (known: smollm, starcoder, gpt2, llama-bpe, qwen2)");
-  m->pre = PreTokenizer::named(pre_name);
-  m->ignore_merges = pre_name == "llama3";
-  // GGUF has no normalizer field; Qwen2's tokenizer.json (the source of pre "qwen2") has NFC, and HF applies it.
-  m->nfc = *pre == "qwen2";
+  check(*model == "gpt2" || *model == "llama", m->what, ": tokenizer.ggml.model is \"", *model,
+        "\"; retort supports byte-level BPE (\"gpt2\") and SentencePiece BPE (\"llama\"), not WordPiece or "
+        "Unigram tokenizers");
+  m->spm = *model == "llama";
+  if (m->spm) {
+    // tokenizer.ggml.pre ("default") means nothing for SentencePiece; llama.cpp ignores it too.
+    check(gguf.find("tokenizer.ggml.scores"), m->what, ": tokenizer.ggml.model is \"llama\" (SentencePiece BPE) but "
+          "tokenizer.ggml.scores is missing, so the merge order is unknown; re-convert the model with llama.cpp's "
+          "convert_hf_to_gguf.py");
+    check(gguf.find("tokenizer.ggml.token_type"), m->what, ": tokenizer.ggml.model is \"llama\" (SentencePiece BPE) "
+          "but tokenizer.ggml.token_type is missing, so the byte and control tokens are unknown");
+    // llama.cpp prepends a space when the key is absent.
+    const auto prefix = gguf.find_bool("tokenizer.ggml.add_space_prefix");
+    check(prefix.has_value() && !*prefix, m->what, ": tokenizer.ggml.add_space_prefix is ",
+          prefix ? "true" : "absent (llama.cpp then prepends a space)",
+          "; retort supports SentencePiece BPE (\"llama\") without a prefix space only, as Gemma uses");
+  } else {
+    const auto pre = gguf.find_string("tokenizer.ggml.pre");
+    check(pre.has_value(), m->what, ": no tokenizer.ggml.pre, so the pre-tokenizer is unknown; re-convert the model "
+          "with a recent llama.cpp convert_hf_to_gguf.py");
+    std::string pre_name;
+    if (*pre == "gpt2" || *pre == "gpt-2") pre_name = "gpt2";
+    else if (*pre == "smollm" || *pre == "starcoder" || *pre == "refact" || *pre == "codeshell") pre_name = "smollm";
+    else if (*pre == "llama-bpe" || *pre == "llama3") pre_name = "llama3";
+    else if (*pre == "qwen2" || *pre == "deepseek-r1-qwen") pre_name = "qwen2";
+    else fail(m->what, ": tokenizer.ggml.pre \"", *pre,
+              "\" is not supported (known: smollm, starcoder, gpt2, llama-bpe, qwen2)");
+    m->pre = PreTokenizer::named(pre_name);
+    m->ignore_merges = pre_name == "llama3";
+    // GGUF has no normalizer field; Qwen2's tokenizer.json (the source of pre "qwen2") has NFC, and HF applies it.
+    m->nfc = *pre == "qwen2";
+  }
 
   const GgufValue* tokens = gguf.find("tokenizer.ggml.tokens");
   check(tokens && tokens->is_array() && tokens->array_type() == GgufValueType::STRING, m->what,
@@ -454,17 +639,40 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& gguf) {
   }
   m->texts.resize(n);
   m->kind.assign(n, kNormal);
+  // llama.cpp token types: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte.
   for (size_t i = 0; i < n; ++i) {
     m->texts[i] = std::string(tokens->string_at(i));
-    const int64_t t = types.empty() ? 1 : types[i];
+    int64_t t = types.empty() ? 1 : types[i];
+    if (m->spm && t == 2) t = 3;  // <unk>: special, and cut out of the text like control tokens (llama.cpp)
     if (t == 3 || t == 4) {  // control / user-defined: matched in the text before pre-tokenization
       m->kind[i] = t == 3 ? kSpecial : kAddedText;
       check(!m->texts[i].empty(), m->what, ": token ", i, " (type ", t, ") is empty");
-      m->added.push_back({m->texts[i], static_cast<int32_t>(i), t == 3, false, false, /*normalized=*/false, ""});
+      // SentencePiece matches user-defined pieces in the normalized text (spaces as "▁").
+      m->added.push_back({m->texts[i], static_cast<int32_t>(i), t == 3, false, false, /*normalized=*/m->spm && t == 4,
+                          ""});
+    } else if (m->spm && t == 6) {
+      check(parse_byte_token(m->texts[i]) >= 0, m->what, ": token ", i, " \"", m->texts[i],
+            "\" has token_type 6 (byte) but is not of the form <0xXX>");
+      m->kind[i] = kByte;
+    }
+  }
+  if (m->spm) {
+    const std::vector<double> scores = gguf.get_float_array("tokenizer.ggml.scores");
+    check(scores.size() == n, m->what, ": tokenizer.ggml.scores has ", scores.size(), " entries but there are ", n,
+          " tokens");
+    m->scores.assign(scores.begin(), scores.end());
+    // Merge results: normal pieces only (SentencePiece never merges into control, byte or unused pieces).
+    for (size_t i = 0; i < n; ++i) {
+      if (types[i] != 1) continue;
+      const std::string& t = m->texts[i];
+      m->pieces.emplace(t, static_cast<int32_t>(i));  // first id wins on duplicates
+      m->max_piece = std::max(m->max_piece, t.size());
+      for (size_t at = t.find(kSpmSpace, 1); at != std::string::npos; at = t.find(kSpmSpace, at + 1))
+        m->joins_space[static_cast<unsigned char>(t[at - 1])] = true;
     }
   }
   std::vector<std::pair<std::string, std::string>> merges;
-  if (gguf.find("tokenizer.ggml.merges")) {
+  if (!m->spm && gguf.find("tokenizer.ggml.merges")) {  // SentencePiece merges by score, never by a merge list
     const GgufValue& mv = gguf.get("tokenizer.ggml.merges");
     check(mv.is_array() && mv.array_type() == GgufValueType::STRING, m->what,
           ": tokenizer.ggml.merges is not an array of strings");
@@ -485,9 +693,11 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& gguf) {
   m->bos = opt_id("tokenizer.ggml.bos_token_id");
   m->eos = opt_id("tokenizer.ggml.eos_token_id");
   m->pad = opt_id("tokenizer.ggml.padding_token_id");
+  if (m->spm) m->unk = opt_id("tokenizer.ggml.unknown_token_id");
   m->add_bos = gguf.find_bool("tokenizer.ggml.add_bos_token").value_or(false);
   m->chat_template = gguf.find_string("tokenizer.chat_template").value_or("");
   m->finish(merges);
+  m->spm_drops = m->spm && !m->unk && std::find(m->byte_id.begin(), m->byte_id.end(), -1) != m->byte_id.end();
   return Tokenizer(std::move(m));
 }
 
