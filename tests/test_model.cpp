@@ -35,61 +35,15 @@ const std::string kData = RETORT_TEST_DATA;
   if (!fs::exists(smollm2_path()))                                                                 \
   GTEST_SKIP() << "SmolLM2 GGUF not found at " << smollm2_path() << " (run scripts/setup.sh)"
 
-torch::Tensor read_i64(const SafetensorsFile& f, const std::string& name) {
-  const auto* t = f.find(name);
-  if (t == nullptr) throw std::runtime_error("golden tensor missing: " + name);
-  auto out = torch::empty(t->shape, torch::kInt64);
-  f.read_i64(*t, out.data_ptr<int64_t>());
-  return out;
-}
-
-torch::Tensor read_f32(const SafetensorsFile& f, const std::string& name) {
-  const auto* t = f.find(name);
-  if (t == nullptr) throw std::runtime_error("golden tensor missing: " + name);
-  auto out = torch::empty(t->shape, torch::kFloat32);
-  f.read_f32(*t, out.data_ptr<float>());
-  return out;
-}
-
 // The SmolLM2 model, loaded once for all tests that need it.
 LoadedModel& smollm2() {
   static LoadedModel m = load_model(smollm2_path(), {torch::kCPU, torch::kFloat32, /*load_tokenizer=*/false});
   return m;
 }
 
-// Greedy decoding through forward_cached: rows of different prompt lengths in one batch,
-// right-padded prefill, then one token per step. Returns the n_steps new ids per row.
-std::vector<std::vector<int64_t>> greedy_batch(CausalLMImpl& model, const std::vector<std::vector<int64_t>>& prompts,
-                                               int64_t n_steps) {
-  const int64_t B = int64_t(prompts.size());
-  int64_t T = 0;
-  for (const auto& p : prompts) T = std::max<int64_t>(T, int64_t(p.size()));
-  KvCache cache(model.hparams(), B, T + n_steps, torch::kCPU, torch::kFloat32);
-  auto tokens = torch::zeros({B, T}, torch::kInt64);
-  std::vector<int64_t> slots, n_new;
-  for (int64_t b = 0; b < B; ++b) {
-    for (size_t t = 0; t < prompts[b].size(); ++t) tokens[b][int64_t(t)] = prompts[b][t];
-    slots.push_back(b);
-    n_new.push_back(int64_t(prompts[b].size()));
-  }
-  std::vector<std::vector<int64_t>> out(static_cast<size_t>(B));
-  auto logits = model.forward_cached(tokens, slots, n_new, cache, /*last_only=*/true);  // [B, V]
-  for (int64_t step = 0; step < n_steps; ++step) {
-    auto next = logits.argmax(-1);  // [B]
-    for (int64_t b = 0; b < B; ++b) out[size_t(b)].push_back(next[b].item<int64_t>());
-    if (step + 1 == n_steps) break;
-    logits = model.forward_cached(next.view({B, 1}), slots, std::vector<int64_t>(size_t(B), 1), cache, true);
-  }
-  return out;
-}
-
 // The Llama-family module of a loaded model (its layers by name).
 LlamaModelImpl& llama(LoadedModel& m) { return dynamic_cast<LlamaModelImpl&>(*m.model); }
 
-std::vector<int64_t> to_vec(const torch::Tensor& t) {
-  auto c = t.contiguous();
-  return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
-}
 
 }  // namespace
 

@@ -67,7 +67,7 @@ void run(CaptureArgs& a) {
   c.chat = !a.no_chat;
   c.progress = !a.quiet;
   check_prompts_file(c);  // a bad line fails before the (slow) teacher load
-  LoadedModel m = load_for_cli(a.model);
+  LoadedModel m = load_for_cli(a.model, /*load_tokenizer=*/true, /*inference_only=*/true);
   if (!a.watermark.scheme.empty()) {
     check(c.mode == "generate", "--watermark applies to --mode generate only");
     a.watermark.synthid_seed = c.sampling.seed;  // as in `retort generate`

@@ -20,7 +20,7 @@ struct ChatArgs {
 };
 
 void run(ChatArgs& a) {
-  LoadedModel m = load_for_cli(a.model);
+  LoadedModel m = load_for_cli(a.model, /*load_tokenizer=*/true, /*inference_only=*/true);
   check(m.tokenizer != nullptr, m.path, ": this checkpoint has no tokenizer; chat needs one");
   check(ChatTemplate::available(m.chat_template, *m.tokenizer), m.path,
         ": the model has no chat template; use `retort generate --prompt` instead");

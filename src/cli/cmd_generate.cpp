@@ -139,7 +139,7 @@ void run(GenerateArgs& a) {
     inputs.push_back(std::move(x));
   }
 
-  LoadedModel m = load_for_cli(a.model);
+  LoadedModel m = load_for_cli(a.model, /*load_tokenizer=*/true, /*inference_only=*/true);
   a.watermark.synthid_seed = a.sampling.seed;  // SynthID's tournament draws follow --seed like plain sampling
   std::shared_ptr<LogitsProcessor> watermark = make_watermark_processor(a.watermark, m.hparams.n_vocab);
   std::vector<GenerationRequest> reqs;

@@ -21,7 +21,9 @@ struct ModelOptions {
 
 void add_model_options(CLI::App& sub, ModelOptions& o);
 // Sets the thread count (libtorch intra-op) and resolves device/dtype, then loads the model.
-LoadedModel load_for_cli(const ModelOptions& o, bool load_tokenizer = true);
+// inference_only: for commands that only generate or score (generate, chat, capture): a GGUF's matrices
+// stay as its blocks, with no dense copy (LoadOptions::inference_only).
+LoadedModel load_for_cli(const ModelOptions& o, bool load_tokenizer = true, bool inference_only = false);
 // Loads only the tokenizer of a model (no weights): for `retort tokenize`.
 std::shared_ptr<Tokenizer> load_tokenizer_only(const std::string& spec);
 // Applies --threads (0 = all cores; Debian's libtorch otherwise starts with one intra-op thread).

@@ -25,7 +25,7 @@ void apply_threads(int threads) {
   torch::set_num_threads(n);
 }
 
-LoadedModel load_for_cli(const ModelOptions& o, bool load_tokenizer) {
+LoadedModel load_for_cli(const ModelOptions& o, bool load_tokenizer, bool inference_only) {
   apply_threads(o.threads);
   LoadOptions lo;
   try {
@@ -40,6 +40,7 @@ LoadedModel load_for_cli(const ModelOptions& o, bool load_tokenizer) {
   else
     lo.dtype = torch::kFloat32;
   lo.load_tokenizer = load_tokenizer;
+  lo.inference_only = inference_only;
   return load_model(o.model, lo);
 }
 

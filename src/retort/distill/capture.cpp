@@ -286,7 +286,12 @@ void score_group(LoadedModel& m, const CaptureOptions& o, const std::vector<Scor
     }
   }
   const torch::Device dev = m.model->device();
-  torch::Tensor hidden = m.model->forward_hidden(tok.to(dev));  // [B, T, E] float32
+  // The cached pass (the CPU kernels where they run): the same numbers generation computes for these
+  // positions, and it works on an inference-only (blocks) load.
+  std::vector<int64_t> slots(static_cast<size_t>(B)), n_new(static_cast<size_t>(B));
+  for (int64_t b = 0; b < B; ++b) slots[size_t(b)] = b, n_new[size_t(b)] = int64_t(items[size_t(b)].tokens.size());
+  KvCache cache(m.hparams, B, T, dev, m.model->dtype());
+  torch::Tensor hidden = m.model->cached_hidden(tok.to(dev), slots, n_new, cache);  // [B, T, E] float32
   hidden = hidden.reshape({B * T, hidden.size(2)});
   const int64_t N = static_cast<int64_t>(rows.size());
   torch::Tensor row_idx = torch::tensor(rows, torch::kInt64).to(dev);

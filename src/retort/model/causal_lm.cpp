@@ -231,7 +231,18 @@ torch::Tensor CausalLMImpl::lm_logits(const torch::Tensor& hidden) {
 
 torch::Tensor CausalLMImpl::forward_cached(const torch::Tensor& tokens, const std::vector<int64_t>& slots,
                                            const std::vector<int64_t>& n_new, KvCache& cache, bool last_only) {
+  return run_cached(tokens, slots, n_new, cache, last_only ? CachedOut::kLastLogits : CachedOut::kAllLogits);
+}
+
+torch::Tensor CausalLMImpl::cached_hidden(const torch::Tensor& tokens, const std::vector<int64_t>& slots,
+                                          const std::vector<int64_t>& n_new, KvCache& cache) {
+  return run_cached(tokens, slots, n_new, cache, CachedOut::kAllHidden);
+}
+
+torch::Tensor CausalLMImpl::run_cached(const torch::Tensor& tokens, const std::vector<int64_t>& slots,
+                                       const std::vector<int64_t>& n_new, KvCache& cache, CachedOut what) {
   torch::NoGradGuard no_grad;
+  const bool last_only = what == CachedOut::kLastLogits;
   check(tokens.dim() == 2, "forward_cached: tokens must be [B, T], got ", tokens.sizes());
   const int64_t B = tokens.size(0), T = tokens.size(1);
   check(B > 0 && T > 0, "forward_cached: empty batch ", tokens.sizes());
@@ -288,23 +299,27 @@ torch::Tensor CausalLMImpl::forward_cached(const torch::Tensor& tokens, const st
         std::memcpy(hidden.data_ptr<float>() + int64_t(w) * E, chunk.data_ptr<float>() + (want[w] - r0) * E,
                     size_t(E) * 4);
     }
-    auto logits = torch::empty({int64_t(want.size()), V}, torch::kFloat32);
-    const cpu::WeightRef head = kernel_weight(output_weight());
-    cpu::matmul_wt(hidden.data_ptr<float>(), int64_t(want.size()), E, &head, 1, logits.data_ptr<float>(), V, false);
+    torch::Tensor rows_out = hidden;  // [n_want, E], or their logits [n_want, V]
+    if (what != CachedOut::kAllHidden) {
+      rows_out = torch::empty({int64_t(want.size()), V}, torch::kFloat32);
+      const cpu::WeightRef head = kernel_weight(output_weight());
+      cpu::matmul_wt(hidden.data_ptr<float>(), int64_t(want.size()), E, &head, 1, rows_out.data_ptr<float>(), V, false);
+    }
     if (last_only) {
-      out = logits;
+      out = rows_out;
     } else {
       std::vector<int64_t> at;
       for (int64_t i : want) at.push_back(rows.batch_row[size_t(i)] * T + rows.col[size_t(i)]);
-      out = torch::zeros({B * T, V}, torch::kFloat32).index_copy_(0, torch::tensor(at, torch::kInt64), logits);
-      out = out.view({B, T, V});
+      const int64_t C = rows_out.size(1);
+      out = torch::zeros({B * T, C}, torch::kFloat32).index_copy_(0, torch::tensor(at, torch::kInt64), rows_out);
+      out = out.view({B, T, C});
     }
   } else {
     check(dense(), "forward_cached: this model was loaded for inference only (GGUF blocks) and the CPU kernels ",
           "cannot run here (", device().is_cpu() ? "see can_run_cpu_kernels" : "not on the CPU",
           "); load it with LoadOptions::inference_only = false");
     auto hidden = cached_hidden_torch(tokens.to(device(), torch::kInt64), rows, cache, last_only);
-    out = lm_logits(hidden);
+    out = what == CachedOut::kAllHidden ? hidden : lm_logits(hidden);
     if (!last_only) {
       // Padding positions: zeros, as on the kernel path.
       auto valid = torch::arange(T, torch::kInt64).view({1, T}) <

@@ -67,6 +67,11 @@ class CausalLMImpl : public torch::nn::Module {
   // paths hold this; bf16 weights with 4+ rows do not).
   torch::Tensor forward_cached(const torch::Tensor& tokens, const std::vector<int64_t>& slots,
                                const std::vector<int64_t>& n_new, KvCache& cache, bool last_only);
+  // The same pass, returning the final hidden states (after the output norm) of every position instead
+  // of logits: [B, T, n_embd] float32 (padding positions zero). For scoring many positions against a
+  // large vocabulary without materializing [B, T, V]: project chunks of rows with lm_logits.
+  torch::Tensor cached_hidden(const torch::Tensor& tokens, const std::vector<int64_t>& slots,
+                              const std::vector<int64_t>& n_new, KvCache& cache);
 
   // Normal(0, std) matrices, zero biases, norm weights at norm_identity(). Deterministic in seed.
   void init_weights(uint64_t seed, double std = 0.02);
@@ -145,6 +150,9 @@ class CausalLMImpl : public torch::nn::Module {
  private:
   bool can_run_cpu_kernels(const KvCache& cache) const;
   void ensure_panels();
+  enum class CachedOut { kLastLogits, kAllLogits, kAllHidden };
+  torch::Tensor run_cached(const torch::Tensor& tokens, const std::vector<int64_t>& slots,
+                           const std::vector<int64_t>& n_new, KvCache& cache, CachedOut what);
 
   struct Blocks {
     cpu::WeightFormat format;
