@@ -3,7 +3,7 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
-#include "cli/common.h"
+#include "cli/torch_common.h"
 #include "cli/watermark_options.h"
 #include "retort/distill/capture.h"
 #include "retort/distill/signal_store.h"

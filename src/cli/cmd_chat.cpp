@@ -20,7 +20,8 @@ struct ChatArgs {
 };
 
 void run(ChatArgs& a) {
-  LoadedModel m = load_for_cli(a.model, /*load_tokenizer=*/true, /*inference_only=*/true);
+  CliModel cm = load_cli_model(a.model);
+  const CheckpointInfo& m = *cm;
   check(m.tokenizer != nullptr, m.path, ": this checkpoint has no tokenizer; chat needs one");
   check(ChatTemplate::available(m.chat_template, *m.tokenizer), m.path,
         ": the model has no chat template; use `retort generate --prompt` instead");
@@ -75,7 +76,7 @@ void run(ChatArgs& a) {
       std::fwrite(piece.data(), 1, piece.size(), stdout);
       std::fflush(stdout);
     };
-    std::vector<GenerationResult> res = generate(m, {r}, opts);
+    std::vector<GenerationResult> res = generate(m, *cm.lm, {r}, opts);
     std::printf("\n");
     std::fflush(stdout);
     history.push_back({"assistant", res[0].text});

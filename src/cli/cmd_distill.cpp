@@ -4,7 +4,7 @@
 #include <filesystem>
 #include <unistd.h>
 
-#include "cli/common.h"
+#include "cli/torch_common.h"
 #include "retort/distill/pipeline.h"
 #include "retort/distill/signal_store.h"
 #include "retort/distill/student.h"

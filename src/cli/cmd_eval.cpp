@@ -9,7 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "cli/common.h"
+#include "cli/torch_common.h"
 #include "retort/decode/generate.h"
 #include "retort/distill/evaluate.h"
 #include "retort/distill/signal_store.h"

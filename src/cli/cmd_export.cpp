@@ -5,7 +5,7 @@
 #include <filesystem>
 #include <iostream>
 
-#include "cli/common.h"
+#include "cli/torch_common.h"
 #include "retort/distill/export.h"
 #include "retort/util/error.h"
 

@@ -23,7 +23,7 @@ void add_sampling_options(CLI::App& sub, SamplingParams& s, int64_t& max_tokens)
   sub.add_option("--seed", s.seed, "random seed: the same seed gives the same text")->capture_default_str();
 }
 
-std::vector<int32_t> prompt_ids(const LoadedModel& m, const std::vector<ChatMessage>& messages, const std::string& raw,
+std::vector<int32_t> prompt_ids(const CheckpointInfo& m, const std::vector<ChatMessage>& messages, const std::string& raw,
                                 bool chat) {
   check(m.tokenizer != nullptr, m.path, ": this checkpoint has no tokenizer, so text prompts cannot be encoded");
   if (!chat) return m.tokenizer->encode(raw, /*parse_special=*/true, /*add_bos=*/true);
@@ -139,7 +139,8 @@ void run(GenerateArgs& a) {
     inputs.push_back(std::move(x));
   }
 
-  LoadedModel m = load_for_cli(a.model, /*load_tokenizer=*/true, /*inference_only=*/true);
+  CliModel cm = load_cli_model(a.model);
+  const CheckpointInfo& m = *cm;
   a.watermark.synthid_seed = a.sampling.seed;  // SynthID's tournament draws follow --seed like plain sampling
   std::shared_ptr<LogitsProcessor> watermark = make_watermark_processor(a.watermark, m.hparams.n_vocab);
   std::vector<GenerationRequest> reqs;
@@ -165,7 +166,7 @@ void run(GenerateArgs& a) {
       std::fflush(stdout);
     };
   auto t0 = std::chrono::steady_clock::now();
-  std::vector<GenerationResult> results = generate(m, reqs, opts);
+  std::vector<GenerationResult> results = generate(m, *cm.lm, reqs, opts);
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   int64_t n_gen = 0;
   for (const auto& r : results) n_gen += static_cast<int64_t>(r.tokens.size());

@@ -32,7 +32,8 @@ std::string human_bytes(double b) {
 
 void run(InspectArgs& a) {
   using nlohmann::json;
-  LoadedModel m = load_for_cli(a.model);
+  apply_threads(a.model.threads);
+  RuntimeLoaded m = load_runtime_model(a.model.model);
   const ModelHParams& hp = m.hparams;
   namespace fs = std::filesystem;
 
@@ -43,15 +44,13 @@ void run(InspectArgs& a) {
   } else {
     file_bytes = fs::file_size(m.path);
   }
-  int64_t n_params = 0;
-  for (const auto& p : m.model->parameters()) n_params += p.numel();
-  uint64_t resident = 0;
-  for (const auto& p : m.model->parameters()) resident += p.numel() * p.element_size();
-  const uint64_t decode_blocks = uint64_t(m.model->quantized_bytes());  // the GGUF's blocks kept for decoding
-  resident += decode_blocks;
-  // K and V per token: 2 * layers * kv_heads * head_dim values in the cache dtype.
-  int64_t cache_elem = (m.model->parameters().empty() ? 4 : m.model->parameters()[0].element_size());
-  uint64_t kv_per_token = 2ull * hp.n_layer * hp.n_head_kv * hp.head_dim * cache_elem;
+  const int64_t n_params = hp.n_params();
+  // What generation keeps resident: the weights read in place from the file's mapping, plus copies
+  // (vectors, permuted q/k rows, tensors in formats the kernels do not read).
+  const uint64_t mapped = uint64_t(m.model->mapped_bytes()), copied = uint64_t(m.model->copied_bytes());
+  const uint64_t resident = mapped + copied;
+  // K and V per token: 2 * layers * kv_heads * head_dim float32 values.
+  const uint64_t kv_per_token = 2ull * hp.n_layer * hp.n_head_kv * hp.head_dim * 4;
 
   std::map<std::string, std::pair<int64_t, uint64_t>> by_type;  // type -> (count, bytes)
   for (const auto& t : m.tensors) {
@@ -67,7 +66,8 @@ void run(InspectArgs& a) {
   j["parameters"] = n_params;
   j["memory"] = {{"file_bytes", file_bytes},
                  {"weights_resident_bytes", resident},
-                 {"decode_blocks_bytes", decode_blocks},
+                 {"weights_in_place_bytes", mapped},
+                 {"weights_copied_bytes", copied},
                  {"kv_cache_bytes_per_token", kv_per_token},
                  {"load_seconds", m.load_seconds}};
   json types = json::object();
@@ -143,10 +143,10 @@ void run(InspectArgs& a) {
               hp.rope_theta, hp.rope_scaling.type.c_str(), hp.rms_eps, (long long)hp.max_position,
               hp.qkv_bias ? "yes" : "no", hp.tie_embeddings ? "yes" : "no");
   std::printf("parameters   %.1fM\n", n_params / 1e6);
-  std::printf("memory       file %s, weights in memory %s%s, KV cache %s per token, loaded in %.2f s\n",
-              human_bytes(file_bytes).c_str(), human_bytes(resident).c_str(),
-              decode_blocks ? (" (" + human_bytes(decode_blocks) + " of it quantized blocks for decoding)").c_str() : "",
-              human_bytes(kv_per_token).c_str(), m.load_seconds);
+  std::printf("memory       file %s, weights for generation %s (%s read in place from the file, %s copied), "
+              "KV cache %s per token (f32), loaded in %.2f s\n",
+              human_bytes(file_bytes).c_str(), human_bytes(resident).c_str(), human_bytes(mapped).c_str(),
+              human_bytes(copied).c_str(), human_bytes(kv_per_token).c_str(), m.load_seconds);
   std::printf("tensors      %zu:", m.tensors.size());
   for (auto& [t, e] : by_type) std::printf(" %s×%lld (%s)", t.c_str(), (long long)e.first, human_bytes(e.second).c_str());
   std::printf("\n");

@@ -4,8 +4,8 @@
 #include <CLI/CLI.hpp>
 #include <string>
 
-#include "retort/model/loader.h"
 #include "retort/decode/generate.h"
+#include "retort/model/runtime_model.h"
 #include "retort/text/chat_template.h"
 #include "retort/text/tokenizer.h"
 
@@ -20,22 +20,34 @@ struct ModelOptions {
 };
 
 void add_model_options(CLI::App& sub, ModelOptions& o);
-// Sets the thread count (libtorch intra-op) and resolves device/dtype, then loads the model.
-// inference_only: for commands that only generate or score (generate, chat, capture): a GGUF's matrices
-// stay as its blocks, with no dense copy (LoadOptions::inference_only).
-LoadedModel load_for_cli(const ModelOptions& o, bool load_tokenizer = true, bool inference_only = false);
+
+// A model to generate with: its metadata and its forward pass, whichever runtime loaded it. `retort`
+// loads it without libtorch (runtime_model.h; CPU); `retort-torch` also runs it on a GPU through libtorch.
+struct CliModel {
+  std::shared_ptr<CheckpointInfo> info;  // path, hparams, tokenizer, chat template, eos ids
+  CachedLM* lm = nullptr;                // owned by *info
+  const CheckpointInfo& operator*() const { return *info; }
+  const CheckpointInfo* operator->() const { return info.get(); }
+};
+// Applies --threads, resolves --device/--dtype and loads. Defined once per binary: cli/load_runtime.cpp
+// (`retort`) and cli/load_torch.cpp (`retort-torch`).
+CliModel load_cli_model(const ModelOptions& o, bool load_tokenizer = true);
+// True when `o` asks for something only retort-torch runs (a GPU device).
+bool needs_torch(const ModelOptions& o);
 // Loads only the tokenizer of a model (no weights): for `retort tokenize`.
 std::shared_ptr<Tokenizer> load_tokenizer_only(const std::string& spec);
-// Applies --threads (0 = all cores; Debian's libtorch otherwise starts with one intra-op thread).
+// Applies --threads (0 = all cores) to OpenMP (and, in retort-torch, to libtorch).
 void apply_threads(int threads);
 
 // --max-tokens, --temperature, --top-k, --top-p, --min-p, --seed.
 void add_sampling_options(CLI::App& sub, SamplingParams& s, int64_t& max_tokens);
 // Token ids for a raw prompt (BOS added when the tokenizer asks for it) or a chat (rendered with the model's template).
-std::vector<int32_t> prompt_ids(const LoadedModel& m, const std::vector<ChatMessage>& messages, const std::string& raw,
+std::vector<int32_t> prompt_ids(const CheckpointInfo& m, const std::vector<ChatMessage>& messages, const std::string& raw,
                                 bool chat);
 
-// Subcommand registration: each lives in its own file (cmd_<name>.cpp).
+// Subcommand registration: each lives in its own file (cmd_<name>.cpp). `retort` registers the ones
+// that run without libtorch and hands the others (capture, distill, eval, export; anything on a GPU) to
+// retort-torch beside it (main.cpp).
 void register_inspect(CLI::App& app);
 void register_tokenize(CLI::App& app);
 void register_generate(CLI::App& app);

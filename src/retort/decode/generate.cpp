@@ -7,11 +7,11 @@
 #include <mutex>
 #include <optional>
 
-#include "retort/model/kv_cache.h"
-#include "retort/model/causal_lm.h"
-#include "retort/model/loader.h"
+#include "retort/model/cpu_model.h"
+#include "retort/model/runtime_model.h"
 #include "retort/text/tokenizer.h"
 #include "retort/util/error.h"
+#include "retort/util/parallel.h"
 
 namespace retort {
 
@@ -62,8 +62,9 @@ size_t find_stop(const std::string& text, size_t from, const std::vector<std::st
 
 class Generator {
  public:
-  Generator(LoadedModel& m, const std::vector<GenerationRequest>& reqs, const GenerateOptions& opts)
-      : m_(m), reqs_(reqs), opts_(opts), results_(reqs.size()) {}
+  Generator(const CheckpointInfo& m, CachedLM& lm, const std::vector<GenerationRequest>& reqs,
+            const GenerateOptions& opts)
+      : m_(m), lm_(lm), reqs_(reqs), opts_(opts), results_(reqs.size()) {}
 
   std::vector<GenerationResult> run();
 
@@ -73,28 +74,28 @@ class Generator {
   void decode_step();
   // Samples the next token of each sequence from its logits row ([rows, V] float32 CPU),
   // then updates text, streams and finishes them in row order.
-  void advance_rows(const std::vector<Sequence*>& rows, const torch::Tensor& logits);
+  void advance_rows(const std::vector<Sequence*>& rows, const float* logits);
   void advance(Sequence& s, GeneratedToken g);
   void finish(Sequence& s, const char* reason);
   void retire_finished();
 
-  LoadedModel& m_;
+  const CheckpointInfo& m_;
+  CachedLM& lm_;
   const std::vector<GenerationRequest>& reqs_;
   const GenerateOptions& opts_;
   std::vector<GenerationResult> results_;
   std::vector<int64_t> limits_;
   int64_t n_vocab_ = 0;
-  std::optional<KvCache> cache_;
+  std::unique_ptr<KvSlots> cache_;
   std::vector<int64_t> free_slots_;
   std::deque<std::unique_ptr<Sequence>> active_;
-  torch::Device device_ = torch::kCPU;
+  std::vector<float> logits_;  // [rows, V] of the last forward
 };
 
 void Generator::validate() {
-  check(!m_.model.is_empty(), "generate: the model has no weights loaded");
   check(opts_.max_batch >= 1, "generate: max_batch must be at least 1, got ", opts_.max_batch);
   check(opts_.prefill_chunk >= 1, "generate: prefill_chunk must be at least 1, got ", opts_.prefill_chunk);
-  const ModelHParams& hp = m_.model->hparams();
+  const ModelHParams& hp = lm_.hparams();
   n_vocab_ = hp.n_vocab;
   const int64_t max_pos = hp.max_position;
   limits_.resize(reqs_.size());
@@ -129,7 +130,6 @@ void Generator::validate() {
 
 std::vector<GenerationResult> Generator::run() {
   validate();
-  torch::NoGradGuard no_grad;
   std::deque<size_t> queue;
   int64_t max_len = 1;
   for (size_t i = 0; i < reqs_.size(); ++i) {
@@ -142,10 +142,8 @@ std::vector<GenerationResult> Generator::run() {
   }
   if (queue.empty()) return std::move(results_);
 
-  CausalLMImpl& model = *m_.model;
-  device_ = model.device();
   const int64_t n_slots = std::min<int64_t>(opts_.max_batch, static_cast<int64_t>(queue.size()));
-  cache_.emplace(model.hparams(), n_slots, max_len, device_, model.dtype());
+  cache_ = lm_.new_cache(n_slots, max_len);
   for (int64_t s = n_slots - 1; s >= 0; --s) free_slots_.push_back(s);
 
   while (!queue.empty() || !active_.empty()) {
@@ -178,7 +176,6 @@ std::vector<GenerationResult> Generator::run() {
 }
 
 void Generator::prefill(std::vector<Sequence*>& seqs) {
-  CausalLMImpl& model = *m_.model;
   std::vector<Sequence*> pending = seqs;
   while (!pending.empty()) {
     int64_t t_len = 1;
@@ -193,9 +190,8 @@ void Generator::prefill(std::vector<Sequence*>& seqs) {
       slots[b] = s->slot;
       for (int64_t t = 0; t < n_new[b]; ++t) flat[b * t_len + t] = s->context[s->prefilled + t];
     }
-    torch::Tensor tokens = torch::from_blob(flat.data(), {int64_t(n_rows), t_len}, torch::kInt64).to(device_);
-    torch::Tensor logits = model.forward_cached(tokens, slots, n_new, *cache_, /*last_only=*/true);
-    logits = logits.to(torch::kCPU, torch::kFloat32).contiguous();  // [n_rows, V]
+    logits_.resize(n_rows * size_t(n_vocab_));
+    lm_.forward_last(flat.data(), int64_t(n_rows), t_len, slots, n_new, *cache_, logits_.data());  // [n_rows, V]
     std::vector<Sequence*> rest, ready;
     std::vector<int64_t> ready_rows;
     for (size_t b = 0; b < n_rows; ++b) {
@@ -208,8 +204,14 @@ void Generator::prefill(std::vector<Sequence*>& seqs) {
         rest.push_back(s);
       }
     }
-    if (!ready.empty())
-      advance_rows(ready, logits.index_select(0, torch::tensor(ready_rows, torch::kInt64)).contiguous());
+    if (!ready.empty()) {
+      // The ready rows' logits, in order, at the front of logits_ (ready_rows ascend, so moving each row
+      // down never overwrites one still to move).
+      for (size_t i = 0; i < ready_rows.size(); ++i)
+        if (ready_rows[i] != int64_t(i))
+          std::copy_n(logits_.data() + ready_rows[i] * n_vocab_, n_vocab_, logits_.data() + int64_t(i) * n_vocab_);
+      advance_rows(ready, logits_.data());
+    }
     rest.insert(rest.end(), pending.begin() + n_rows, pending.end());
     pending.swap(rest);
   }
@@ -222,19 +224,14 @@ void Generator::decode_step() {
     flat[b] = active_[b]->context.back();
     slots[b] = active_[b]->slot;
   }
-  torch::Tensor tokens = torch::from_blob(flat.data(), {int64_t(n_rows), 1}, torch::kInt64).to(device_);
-  torch::Tensor logits = m_.model->forward_cached(tokens, slots, n_new, *cache_, /*last_only=*/true);
-  logits = logits.to(torch::kCPU, torch::kFloat32).contiguous();  // [n_rows, V]
-  check(logits.dim() == 2 && logits.size(0) == int64_t(n_rows) && logits.size(1) == n_vocab_,
-        "generate: forward_cached returned logits of shape ", logits.sizes(), ", expected [", n_rows, ", ",
-        n_vocab_, "]");
+  logits_.resize(n_rows * size_t(n_vocab_));
+  lm_.forward_last(flat.data(), int64_t(n_rows), 1, slots, n_new, *cache_, logits_.data());  // [n_rows, V]
   std::vector<Sequence*> rows;
   for (auto& s : active_) rows.push_back(s.get());
-  advance_rows(rows, logits);
+  advance_rows(rows, logits_.data());
 }
 
-void Generator::advance_rows(const std::vector<Sequence*>& rows, const torch::Tensor& logits) {
-  const float* base = logits.data_ptr<float>();
+void Generator::advance_rows(const std::vector<Sequence*>& rows, const float* base) {
   std::vector<GeneratedToken> picked(rows.size());
   auto sample_row = [&](size_t b) {
     Sequence& s = *rows[b];
@@ -248,7 +245,7 @@ void Generator::advance_rows(const std::vector<Sequence*>& rows, const torch::Te
   // contract in logits_processor.h).
   std::exception_ptr error;
   std::mutex error_mutex;
-  at::parallel_for(0, int64_t(rows.size()), 1, [&](int64_t lo, int64_t hi) {
+  parallel_for(0, int64_t(rows.size()), 1, [&](int64_t lo, int64_t hi) {
     for (int64_t b = lo; b < hi; ++b) {
       try {
         sample_row(size_t(b));
@@ -324,10 +321,15 @@ void Generator::retire_finished() {
 
 }  // namespace
 
-std::vector<GenerationResult> generate(LoadedModel& model, const std::vector<GenerationRequest>& requests,
-                                       const GenerateOptions& opts) {
-  Generator g(model, requests, opts);
+std::vector<GenerationResult> generate(const CheckpointInfo& model, CachedLM& lm,
+                                       const std::vector<GenerationRequest>& requests, const GenerateOptions& opts) {
+  Generator g(model, lm, requests, opts);
   return g.run();
+}
+
+std::vector<GenerationResult> generate(RuntimeLoaded& model, const std::vector<GenerationRequest>& requests,
+                                       const GenerateOptions& opts) {
+  return generate(model, *model.model, requests, opts);
 }
 
 }  // namespace retort

@@ -6,10 +6,10 @@
 // and samples each row on CPU (see sampling.h). A finished sequence frees its slot and the
 // next queued request is prefilled into it.
 //
-// Determinism: request i's token at step s uses rng_uniform(seed_i, s) only, so the same
-// request yields the same tokens alone or in any batch, at any position. (Batched float
-// matmuls can differ from single-row ones in the last bits; that can flip a choice only
-// where two tokens are equally likely to within ~1e-6.)
+// Determinism: request i's token at step s uses rng_uniform(seed_i, s) only, and on the float32 CPU
+// kernel path a row's logits do not depend on the batch (cpu_kernels.h), so the same request yields the
+// same tokens alone or in any batch, at any position. (bf16 batched paths can differ from single-row
+// ones in the last bits; that can flip a choice only where two tokens are equally likely to ~1e-3.)
 #pragma once
 
 #include <cstdint>
@@ -23,7 +23,9 @@
 
 namespace retort {
 
-struct LoadedModel;
+struct CheckpointInfo;
+struct RuntimeLoaded;
+class CachedLM;
 
 struct GenerationRequest {
   std::vector<int32_t> prompt;  // already tokenized (chat formatting is the caller's job); not empty
@@ -60,10 +62,14 @@ struct GenerateOptions {
   std::function<void(size_t request_index, const GeneratedToken&, const std::string& text_piece)> on_token;
 };
 
-// Runs every request to completion; results[i] belongs to requests[i]. Throws retort::Error
-// for bad requests (empty prompt, token id out of range, prompt longer than the model's
-// context, invalid sampling params) before any work starts.
-std::vector<GenerationResult> generate(LoadedModel& model, const std::vector<GenerationRequest>& requests,
+// Runs every request to completion on `lm`; results[i] belongs to requests[i]. `model` gives the
+// tokenizer (may be null: no text, no stop strings), the end-of-generation ids and the path for
+// messages. Throws retort::Error for bad requests (empty prompt, token id out of range, prompt longer
+// than the model's context, invalid sampling params) before any work starts.
+std::vector<GenerationResult> generate(const CheckpointInfo& model, CachedLM& lm,
+                                       const std::vector<GenerationRequest>& requests, const GenerateOptions& opts = {});
+// A model loaded for inference without libtorch (runtime_model.h). (A libtorch LoadedModel: loader.h.)
+std::vector<GenerationResult> generate(RuntimeLoaded& model, const std::vector<GenerationRequest>& requests,
                                        const GenerateOptions& opts = {});
 
 }  // namespace retort

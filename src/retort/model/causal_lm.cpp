@@ -171,20 +171,6 @@ torch::Tensor TorchCachedBatch::last_rows(const torch::Tensor& x) const {
   return x.reshape(flat_shape).index_select(0, last_);
 }
 
-std::string gguf_name_by_role(const std::string& hf, const char* const (*roles)[2], size_t n_roles) {
-  if (hf == "model.embed_tokens.weight") return "token_embd.weight";
-  if (hf == "model.norm.weight") return "output_norm.weight";
-  if (hf == "lm_head.weight") return "output.weight";
-  const std::string pre = "model.layers.";
-  if (hf.rfind(pre, 0) != 0) return "";
-  const size_t dot = hf.find('.', pre.size());
-  if (dot == std::string::npos) return "";
-  const std::string layer = hf.substr(pre.size(), dot - pre.size()), rest = hf.substr(dot + 1);
-  for (size_t i = 0; i < n_roles; ++i)
-    if (rest == roles[i][0]) return "blk." + layer + "." + roles[i][1];
-  return "";
-}
-
 CausalLM make_causal_lm(const ModelHParams& hp) {
   if (hp.arch == "llama" || hp.arch == "mistral" || hp.arch == "qwen2") return make_llama_family(hp);
   if (hp.arch == "gemma3") return make_gemma3(hp);
@@ -201,11 +187,47 @@ bool kernel_ok(const torch::Tensor& t) {
          (t.scalar_type() == torch::kFloat32 || t.scalar_type() == torch::kBFloat16);
 }
 
-// Rows of new tokens per pass of the CPU kernels: bounds the scratch (rows x (2 n_ff + ...) floats)
-// while giving the matrix kernels enough rows to reuse each weight tile. Results do not depend on it.
-constexpr int64_t kChunkRows = 512;
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+bool is_matrix(LayerTensor t) {
+  switch (t) {
+    case LayerTensor::kQ: case LayerTensor::kK: case LayerTensor::kV: case LayerTensor::kO:
+    case LayerTensor::kGate: case LayerTensor::kUp: case LayerTensor::kDown: return true;
+    default: return false;
+  }
+}
 
 }  // namespace
+
+CausalLMImpl::CausalLMImpl(const ModelHParams& hp)
+    : hp_(hp), family_(family_info(hp.arch)), cpu_rope_(std::make_unique<CpuRopeTables>(hp)) {}
+
+std::unique_ptr<KvSlots> CausalLMImpl::new_cache(int64_t n_slots, int64_t max_len) {
+  return std::make_unique<KvCache>(hp_, n_slots, max_len, device(), dtype());
+}
+
+void CausalLMImpl::forward_last(const int64_t* tokens, int64_t B, int64_t T, const std::vector<int64_t>& slots,
+                                const std::vector<int64_t>& n_new, KvSlots& cache, float* logits) {
+  auto* kv = dynamic_cast<KvCache*>(&cache);
+  check(kv != nullptr, "forward_last: a libtorch model runs on its own KvCache (make it with new_cache)");
+  auto t = torch::from_blob(const_cast<int64_t*>(tokens), {B, T}, torch::kInt64).to(device());
+  auto out = forward_cached(t, slots, n_new, *kv, /*last_only=*/true).to(torch::kCPU, torch::kFloat32).contiguous();
+  std::memcpy(logits, out.data_ptr<float>(), size_t(out.numel()) * 4);
+}
+
+int64_t CausalLMImpl::gguf_permuted_heads(const std::string& name) const {
+  const auto& archs = family_.gguf_permuted_archs;
+  if (std::find(archs.begin(), archs.end(), hp_.arch) == archs.end()) return 0;
+  if (name.find("self_attn.q_proj.") != std::string::npos) return hp_.n_head;
+  if (name.find("self_attn.k_proj.") != std::string::npos) return hp_.n_head_kv;
+  return 0;
+}
+
+float CausalLMImpl::gguf_offset(const std::string& name) const {
+  return family_.norm_plus_one && ends_with(name, "norm.weight") ? -1.0f : 0.0f;
+}
 
 torch::Device CausalLMImpl::device() const { return embedding_weight().device(); }
 torch::ScalarType CausalLMImpl::dtype() const { return embedding_weight().scalar_type(); }
@@ -245,42 +267,10 @@ torch::Tensor CausalLMImpl::run_cached(const torch::Tensor& tokens, const std::v
   const bool last_only = what == CachedOut::kLastLogits;
   check(tokens.dim() == 2, "forward_cached: tokens must be [B, T], got ", tokens.sizes());
   const int64_t B = tokens.size(0), T = tokens.size(1);
-  check(B > 0 && T > 0, "forward_cached: empty batch ", tokens.sizes());
-  check(int64_t(slots.size()) == B && int64_t(n_new.size()) == B, "forward_cached: ", B, " rows but ", slots.size(),
-        " slots and ", n_new.size(), " n_new");
   check(int64_t(cache.k.size()) == hp_.n_layer, "forward_cached: cache has ", cache.k.size(), " layers, model has ",
         hp_.n_layer);
-
   auto tok = tokens.to(torch::kCPU, torch::kInt64).contiguous();
-  const int64_t* tp = tok.data_ptr<int64_t>();
-  CachedRows rows;
-  rows.B = B;
-  rows.T = T;
-  rows.slots = slots;
-  rows.old_len.resize(size_t(B));
-  rows.new_len.resize(size_t(B));
-  std::vector<char> used(size_t(cache.n_slots()), 0);
-  for (int64_t b = 0; b < B; ++b) {
-    const int64_t s = slots[size_t(b)];
-    check(s >= 0 && s < cache.n_slots(), "forward_cached: slot ", s, " out of range [0, ", cache.n_slots(), ")");
-    check(!used[size_t(s)], "forward_cached: slot ", s, " appears twice in one batch");
-    used[size_t(s)] = 1;
-    check(n_new[size_t(b)] >= 1 && n_new[size_t(b)] <= T, "forward_cached: n_new[", b, "] = ", n_new[size_t(b)],
-          " must be in 1..", T);
-    rows.old_len[size_t(b)] = cache.lengths[size_t(s)];
-    rows.new_len[size_t(b)] = rows.old_len[size_t(b)] + n_new[size_t(b)];
-    check(rows.new_len[size_t(b)] <= cache.max_len(), "forward_cached: slot ", s, " would hold ",
-          rows.new_len[size_t(b)], " tokens, cache max_len is ", cache.max_len());
-    for (int64_t t = 0; t < n_new[size_t(b)]; ++t) {
-      const int64_t id = tp[b * T + t];
-      check(id >= 0 && id < hp_.n_vocab, "forward_cached: token id out of range [0, ", hp_.n_vocab, "): ", id);
-      rows.tok.push_back(id);
-      rows.slot.push_back(s);
-      rows.pos.push_back(rows.old_len[size_t(b)] + t);
-      rows.batch_row.push_back(b);
-      rows.col.push_back(t);
-    }
-  }
+  const CachedRows rows = make_cached_rows(tok.data_ptr<int64_t>(), B, T, slots, n_new, cache, hp_.n_vocab);
 
   torch::Tensor out;
   if (can_run_cpu_kernels(cache)) {
@@ -289,22 +279,11 @@ torch::Tensor CausalLMImpl::run_cached(const torch::Tensor& tokens, const std::v
     std::vector<int64_t> want;
     for (int64_t i = 0; i < N; ++i)
       if (!last_only || i + 1 == N || rows.batch_row[size_t(i + 1)] != rows.batch_row[size_t(i)]) want.push_back(i);
-    auto hidden = torch::empty({int64_t(want.size()), E}, torch::kFloat32);
-    auto chunk = torch::empty({std::min(N, kChunkRows), E}, torch::kFloat32);
-    size_t w = 0;
-    for (int64_t r0 = 0; r0 < N; r0 += kChunkRows) {
-      const int64_t r1 = std::min(N, r0 + kChunkRows);
-      cached_hidden_cpu(rows, r0, r1, cache, chunk.data_ptr<float>());
-      for (; w < want.size() && want[w] < r1; ++w)
-        std::memcpy(hidden.data_ptr<float>() + int64_t(w) * E, chunk.data_ptr<float>() + (want[w] - r0) * E,
-                    size_t(E) * 4);
-    }
-    torch::Tensor rows_out = hidden;  // [n_want, E], or their logits [n_want, V]
-    if (what != CachedOut::kAllHidden) {
-      rows_out = torch::empty({int64_t(want.size()), V}, torch::kFloat32);
-      const cpu::WeightRef head = kernel_weight(output_weight());
-      cpu::matmul_wt(hidden.data_ptr<float>(), int64_t(want.size()), E, &head, 1, rows_out.data_ptr<float>(), V, false);
-    }
+    const bool hidden_only = what == CachedOut::kAllHidden;
+    if (N >= cpu::kPanelMinRows && cpu::has_avx512_bf16() && dtype() == torch::kBFloat16) ensure_panels();
+    auto rows_out = torch::empty({int64_t(want.size()), hidden_only ? E : V}, torch::kFloat32);
+    run_cached_rows(hp_, family_, cpu_weights(), *cpu_rope_, rows, want, cache.view(), hidden_only,
+                    rows_out.data_ptr<float>());
     if (last_only) {
       out = rows_out;
     } else {
@@ -316,7 +295,7 @@ torch::Tensor CausalLMImpl::run_cached(const torch::Tensor& tokens, const std::v
     }
   } else {
     check(dense(), "forward_cached: this model was loaded for inference only (GGUF blocks) and the CPU kernels ",
-          "cannot run here (", device().is_cpu() ? "see can_run_cpu_kernels" : "not on the CPU",
+          "cannot run here (", device().is_cpu() ? "a weight or the cache is in a form they do not read" : "not on the CPU",
           "); load it with LoadOptions::inference_only = false");
     auto hidden = cached_hidden_torch(tokens.to(device(), torch::kInt64), rows, cache, last_only);
     out = what == CachedOut::kAllHidden ? hidden : lm_logits(hidden);
@@ -418,15 +397,6 @@ cpu::WeightRef CausalLMImpl::kernel_weight(const torch::Tensor& w) const {
   return ref;
 }
 
-void CausalLMImpl::embed_rows_cpu(const int64_t* tok, int64_t n, float* out) const {
-  const torch::Tensor& e = embedding_weight();
-  const cpu::WeightRef ref = kernel_weight(e);
-  const int64_t E = hp_.n_embd;
-  at::parallel_for(0, n, 64, [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; ++i) cpu::dequant_row(ref, tok[i], E, out + i * E);
-  });
-}
-
 const float* CausalLMImpl::f32_vector(const torch::Tensor& p, float offset) {
   std::lock_guard<std::mutex> lock(g_panels_mutex);
   VectorCopy& c = vectors_[p.unsafeGetTensorImpl()];
@@ -457,17 +427,13 @@ void CausalLMImpl::ensure_panels() {
   }
 }
 
-void CausalLMImpl::prepare_kernel_pass(int64_t rows) {
-  if (rows >= cpu::kPanelMinRows && cpu::has_avx512_bf16() && dtype() == torch::kBFloat16) ensure_panels();
-}
-
 int64_t CausalLMImpl::panel_bytes() const {
   int64_t n = 0;
   for (const auto& [impl, pc] : panels_) n += pc.packed.defined() ? pc.packed.nbytes() : 0;
   return n;
 }
 
-bool CausalLMImpl::can_run_cpu_kernels(const KvCache& cache) const {
+bool CausalLMImpl::can_run_cpu_kernels(const KvCache& cache) {
   if (!cpu_kernels_ || !device().is_cpu() || hp_.head_dim % 2 != 0 || c10::GradMode::is_enabled()) return false;
   for (size_t l = 0; l < cache.k.size(); ++l)
     if (!kernel_ok(cache.k[l]) || !kernel_ok(cache.v[l]) || cache.k[l].scalar_type() != cache.v[l].scalar_type())
@@ -477,6 +443,46 @@ bool CausalLMImpl::can_run_cpu_kernels(const KvCache& cache) const {
   for (const torch::Tensor* w : ws)
     if (valid_blocks(*w) == nullptr && !kernel_ok(*w)) return false;
   return true;
+}
+
+const torch::Tensor& CausalLMImpl::param(const std::string& name) {
+  if (params_by_name_.empty())
+    for (const auto& p : named_parameters()) params_by_name_[p.key()] = p.value();
+  static const torch::Tensor none;
+  auto it = params_by_name_.find(name);
+  return it == params_by_name_.end() ? none : it->second;
+}
+
+std::vector<const torch::Tensor*> CausalLMImpl::kernel_matrices() {
+  std::vector<const torch::Tensor*> out;
+  for (int64_t l = 0; l < hp_.n_layer; ++l)
+    for (const FamilyTensor& t : family_.layer_tensors)
+      if (is_matrix(t.role)) {
+        const torch::Tensor& p = param("model.layers." + std::to_string(l) + "." + t.hf);
+        if (p.defined()) out.push_back(&p);
+      }
+  out.push_back(&output_weight());
+  return out;
+}
+
+CpuWeights CausalLMImpl::cpu_weights() {
+  CpuWeights w;
+  w.bf16 = dtype() == torch::kBFloat16;
+  w.embedding = kernel_weight(embedding_weight());
+  w.output = kernel_weight(output_weight());
+  const float norm_offset = family_.norm_plus_one ? 1.0f : 0.0f;  // the kernels multiply by 1 + w
+  w.final_norm = f32_vector(param("model.norm.weight"), norm_offset);
+  w.layers.resize(size_t(hp_.n_layer));
+  for (int64_t l = 0; l < hp_.n_layer; ++l) {
+    CpuLayerWeights& L = w.layers[size_t(l)];
+    for (const FamilyTensor& t : family_.layer_tensors) {
+      const torch::Tensor& p = param("model.layers." + std::to_string(l) + "." + t.hf);
+      if (!p.defined()) continue;  // e.g. biases of a model without them
+      if (is_matrix(t.role)) L.matrix[int(t.role)] = kernel_weight(p);
+      else L.vector[int(t.role)] = f32_vector(p, ends_with(t.hf, "norm.weight") ? norm_offset : 0.0f);
+    }
+  }
+  return w;
 }
 
 }  // namespace retort

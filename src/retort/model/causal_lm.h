@@ -26,24 +26,15 @@
 #include <torch/torch.h>
 
 #include "retort/model/cpu_kernels.h"
+#include "retort/model/cpu_model.h"
 #include "retort/model/hparams.h"
 #include "retort/model/kv_cache.h"
 
 namespace retort {
 
-// One batch of new tokens for forward_cached, flattened: row i is token tok[i] of the batch's
-// row b = batch_row[i] (at column t = col[i] of the padded [B, T] input), going to cache slot
-// slot[i] at position pos[i]. Rows are ordered by (b, t), so each slot's positions ascend.
-struct CachedRows {
-  int64_t B = 0, T = 0;
-  std::vector<int64_t> tok, slot, pos, batch_row, col;
-  std::vector<int64_t> slots, old_len, new_len;  // per batch row b
-  int64_t n() const { return int64_t(tok.size()); }
-};
-
-class CausalLMImpl : public torch::nn::Module {
+class CausalLMImpl : public torch::nn::Module, public CachedLM {
  public:
-  explicit CausalLMImpl(const ModelHParams& hp) : hp_(hp) {}
+  explicit CausalLMImpl(const ModelHParams& hp);
   ~CausalLMImpl() override = default;
 
   // ---- the passes --------------------------------------------------------------------------------
@@ -73,20 +64,26 @@ class CausalLMImpl : public torch::nn::Module {
   torch::Tensor cached_hidden(const torch::Tensor& tokens, const std::vector<int64_t>& slots,
                               const std::vector<int64_t>& n_new, KvCache& cache);
 
+  // CachedLM (generation): forward_cached on a KvCache of this model's device and dtype.
+  std::unique_ptr<KvSlots> new_cache(int64_t n_slots, int64_t max_len) override;
+  void forward_last(const int64_t* tokens, int64_t B, int64_t T, const std::vector<int64_t>& slots,
+                    const std::vector<int64_t>& n_new, KvSlots& cache, float* logits) override;
+
   // Normal(0, std) matrices, zero biases, norm weights at norm_identity(). Deterministic in seed.
   void init_weights(uint64_t seed, double std = 0.02);
   // The norm weight that makes a norm the plain RMS normalization: 1 (x·w), Gemma 0 (x·(1 + w)).
-  virtual float norm_identity() const { return 1.0f; }
+  float norm_identity() const { return family_.norm_plus_one ? 0.0f : 1.0f; }
 
-  // ---- checkpoints -------------------------------------------------------------------------------
+  // ---- checkpoints (from the family's FamilyInfo, cpu_model.h) ----------------------------------------
   // The GGUF tensor of a parameter ("model.layers.3.mlp.up_proj.weight" -> "blk.3.ffn_up.weight"),
   // "" if it has none.
-  virtual std::string gguf_name(const std::string& param_name) const = 0;
-  // llama.cpp's converter permutes the q/k rows of some families for interleaved RoPE; > 0: the
+  std::string gguf_name(const std::string& param_name) const { return gguf_tensor_name(family_, param_name); }
+  // llama.cpp's converter permutes the q/k rows of some architectures for interleaved RoPE; > 0: the
   // parameter's rows are so permuted in GGUF files, in this many heads (the loader undoes it).
-  virtual int64_t gguf_permuted_heads(const std::string& param_name) const { return 0; }
+  int64_t gguf_permuted_heads(const std::string& param_name) const;
   // A GGUF may store a transformed value: parameter = stored + offset (Gemma's norms store 1 + w).
-  virtual float gguf_offset(const std::string& param_name) const { return 0.0f; }
+  float gguf_offset(const std::string& param_name) const;
+  const FamilyInfo& family() const { return family_; }
 
   // ---- weights the kernels read in another form -----------------------------------------------------
   // The embedding table [V, E] and the output head [V, E] (the embedding when tied).
@@ -120,7 +117,7 @@ class CausalLMImpl : public torch::nn::Module {
   // path is checked against).
   void set_cpu_kernels(bool on) { cpu_kernels_ = on; }
 
-  const ModelHParams& hparams() const { return hp_; }
+  const ModelHParams& hparams() const override { return hp_; }
   torch::Device device() const;
   torch::ScalarType dtype() const;  // of the weights (the first floating parameter's)
 
@@ -129,27 +126,25 @@ class CausalLMImpl : public torch::nn::Module {
   // the rows asked for: hidden [B, T, E] float32 (last_only: [B, E]).
   virtual torch::Tensor cached_hidden_torch(const torch::Tensor& tokens, const CachedRows& rows, KvCache& cache,
                                             bool last_only) = 0;
-  // The CPU kernel pass over rows [r0, r1) of `rows` (their K/V go to the cache): final hidden states
-  // after the output norm, float32 [r1 - r0, n_embd] into `out`.
-  virtual void cached_hidden_cpu(const CachedRows& rows, int64_t r0, int64_t r1, KvCache& cache, float* out) = 0;
-  // The matrices the CPU pass multiplies (for panels and the kernel check); the output head last.
-  virtual std::vector<const torch::Tensor*> kernel_matrices() const = 0;
-
   // The operand the kernels read for matrix w: its blocks when attached and valid, else w itself
   // (with its panels when packed and valid).
   cpu::WeightRef kernel_weight(const torch::Tensor& w) const;
-  // Call at the start of a CPU pass over `rows` rows (packs bf16 panels for batched bf16 passes).
-  void prepare_kernel_pass(int64_t rows);
-  // Embedding rows, float32 [n, E]: tok[i]'s row of embedding_weight(), from blocks or dense values.
-  void embed_rows_cpu(const int64_t* tok, int64_t n, float* out) const;
-  // A small float32 CPU copy of a vector parameter (norm weights, biases), cached while unchanged.
-  const float* f32_vector(const torch::Tensor& p, float offset = 0.0f);
 
   ModelHParams hp_;
+  const FamilyInfo& family_;
 
  private:
-  bool can_run_cpu_kernels(const KvCache& cache) const;
+  bool can_run_cpu_kernels(const KvCache& cache);
   void ensure_panels();
+  // The parameter named `name` (cached name lookup); undefined when absent.
+  const torch::Tensor& param(const std::string& name);
+  // Every parameter's place in the CPU pass: CpuWeights pointing at the parameters (their blocks, their
+  // dense values, float32 copies of vectors). Cheap: pointers and cached small copies.
+  CpuWeights cpu_weights();
+  // The matrices the CPU pass multiplies (for panels and the kernel check).
+  std::vector<const torch::Tensor*> kernel_matrices();
+  // A small float32 CPU copy of a vector parameter (norm weights, biases), cached while unchanged.
+  const float* f32_vector(const torch::Tensor& p, float offset = 0.0f);
   enum class CachedOut { kLastLogits, kAllLogits, kAllHidden };
   torch::Tensor run_cached(const torch::Tensor& tokens, const std::vector<int64_t>& slots,
                            const std::vector<int64_t>& n_new, KvCache& cache, CachedOut what);
@@ -180,6 +175,8 @@ class CausalLMImpl : public torch::nn::Module {
   };
   std::unordered_map<const c10::TensorImpl*, VectorCopy> vectors_;
   bool cpu_kernels_ = true;
+  std::unordered_map<std::string, torch::Tensor> params_by_name_;
+  std::unique_ptr<CpuRopeTables> cpu_rope_;
 };
 
 // A model of any family: TORCH_MODULE-style holder (m->forward(...), *m, m.ptr()).

@@ -10,7 +10,7 @@
 #include <cstring>
 #include <vector>
 
-#include <ATen/Parallel.h>
+#include "retort/util/parallel.h"
 
 #include "retort/io/ggml_quants.h"
 #include "retort/util/error.h"
@@ -889,7 +889,7 @@ void pack_bf16_panels(const uint16_t* w, int64_t rows, int64_t K, uint16_t* out)
   if (K % 2 != 0) fail("pack_bf16_panels: K = ", K, " (must be even: panels hold k in pairs)");
   const int64_t K2 = K / 2, n_panels = (rows + kPanelCols - 1) / kPanelCols;
   // out[((p K2 + kk) kPanelCols + c) 2 + t] = w[p kPanelCols + c, 2 kk + t], zero past the last row.
-  at::parallel_for(0, n_panels, 1, [&](int64_t lo, int64_t hi) {
+  parallel_for(0, n_panels, 1, [&](int64_t lo, int64_t hi) {
     for (int64_t p = lo; p < hi; ++p)
       for (int64_t c = 0; c < kPanelCols; ++c) {
         const int64_t n = p * kPanelCols + c;
@@ -964,7 +964,7 @@ void matmul_wt(const float* x, int64_t M, int64_t K, const WeightRef* w, int n_w
     for (int64_t r = 0; r < w[i].rows; r += kRows) blocks.push_back({i, r, std::min(w[i].rows, r + kRows), col});
     col += w[i].rows;
   }
-  at::parallel_for(0, int64_t(blocks.size()), 1, [&](int64_t lo, int64_t hi) {
+  parallel_for(0, int64_t(blocks.size()), 1, [&](int64_t lo, int64_t hi) {
     std::vector<float> scratch;
     for (int64_t bi = lo; bi < hi; ++bi) {
       const Block& b = blocks[size_t(bi)];
@@ -1002,7 +1002,7 @@ void matmul_wt(const float* x, int64_t M, int64_t K, const WeightRef* w, int n_w
 
 void rope_rows(float* qkv, int64_t n, int64_t H, int64_t Hkv, int64_t D, const float* cos, const float* sin) {
   const int64_t ldq = (H + 2 * Hkv) * D;
-  at::parallel_for(0, n, 16, [&](int64_t lo, int64_t hi) {
+  parallel_for(0, n, 16, [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i)
       for (int64_t h = 0; h < H + Hkv; ++h) rope_head(qkv + i * ldq + h * D, cos + i * (D / 2), sin + i * (D / 2), D);
   });
@@ -1020,7 +1020,7 @@ void attention_rows(const float* qkv, int64_t n, const AttentionShape& shape, vo
   auto first_key = [&](int64_t i) { return shape.window > 0 ? std::max<int64_t>(0, pos[i] - shape.window + 1) : 0; };
 
   // 1. Every row's k and v into the cache.
-  at::parallel_for(0, n, 16, [&](int64_t lo, int64_t hi) {
+  parallel_for(0, n, 16, [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i)
       for (int64_t kh = 0; kh < Hkv; ++kh) {
         const float* kn = qkv + i * ldq + (H + kh) * D;
@@ -1037,7 +1037,7 @@ void attention_rows(const float* qkv, int64_t n, const AttentionShape& shape, vo
       }
   });
   // 2. Each (row, kv head): its G query heads attend to the visible keys.
-  at::parallel_for(0, n * Hkv, 1, [&](int64_t lo, int64_t hi) {
+  parallel_for(0, n * Hkv, 1, [&](int64_t lo, int64_t hi) {
     std::vector<float> scores;
     std::vector<uint16_t> q16;
     for (int64_t w = lo; w < hi; ++w) {
@@ -1072,7 +1072,7 @@ void rms_norm(const float* x, const float* w, int64_t M, int64_t n, double eps, 
   if (ldx == 0) ldx = n;
   if (ldy == 0) ldy = n;
   // Rows are independent; small batches stay on the calling thread (a parallel region costs more).
-  at::parallel_for(0, M, std::max<int64_t>(1, 16384 / std::max<int64_t>(n, 1)), [&](int64_t lo, int64_t hi) {
+  parallel_for(0, M, std::max<int64_t>(1, 16384 / std::max<int64_t>(n, 1)), [&](int64_t lo, int64_t hi) {
     for (int64_t m = lo; m < hi; ++m) {
       const float* xr = x + m * ldx;
       float ss = 0;
@@ -1104,7 +1104,7 @@ RETORT_AVX512 void silu_mul_avx(const float* gu, int64_t M, int64_t F, float* ou
 }  // namespace
 
 void silu_mul(const float* gu, int64_t M, int64_t F, float* out) {
-  at::parallel_for(0, M, std::max<int64_t>(1, 8192 / std::max<int64_t>(F, 1)), [&](int64_t lo, int64_t hi) {
+  parallel_for(0, M, std::max<int64_t>(1, 8192 / std::max<int64_t>(F, 1)), [&](int64_t lo, int64_t hi) {
     if (has_avx512f()) return silu_mul_avx(gu + lo * 2 * F, hi - lo, F, out + lo * F);
     for (int64_t m = lo; m < hi; ++m) {
       const float* g = gu + m * 2 * F;
@@ -1141,7 +1141,7 @@ RETORT_AVX512 void gelu_tanh_mul_avx(const float* gu, int64_t M, int64_t F, floa
 }  // namespace
 
 void gelu_tanh_mul(const float* gu, int64_t M, int64_t F, float* out) {
-  at::parallel_for(0, M, std::max<int64_t>(1, 8192 / std::max<int64_t>(F, 1)), [&](int64_t lo, int64_t hi) {
+  parallel_for(0, M, std::max<int64_t>(1, 8192 / std::max<int64_t>(F, 1)), [&](int64_t lo, int64_t hi) {
     if (has_avx512f()) return gelu_tanh_mul_avx(gu + lo * 2 * F, hi - lo, F, out + lo * F);
     for (int64_t m = lo; m < hi; ++m) {
       const float* g = gu + m * 2 * F;
@@ -1151,6 +1151,17 @@ void gelu_tanh_mul(const float* gu, int64_t M, int64_t F, float* out) {
         o[i] = 0.5f * g[i] * (1.0f + std::tanh(kGeluC * (g[i] + 0.044715f * g[i] * g[i] * g[i]))) * u[i];
     }
   });
+}
+
+bool weight_format_of_ggml(uint32_t ggml_type, WeightFormat* out) {
+  for (WeightFormat f : {WeightFormat::kF32, WeightFormat::kBF16, WeightFormat::kQ8_0, WeightFormat::kQ4_0,
+                         WeightFormat::kQ4_1, WeightFormat::kQ5_0, WeightFormat::kQ5_1, WeightFormat::kQ4_K,
+                         WeightFormat::kQ5_K, WeightFormat::kQ6_K})
+    if (uint32_t(ggml_type_of(f)) == ggml_type) {
+      *out = f;
+      return true;
+    }
+  return false;
 }
 
 void dequant_row(const WeightRef& w, int64_t r, int64_t K, float* out) {

@@ -88,6 +88,10 @@ constexpr int64_t kPanelMinRows = 4;
 int64_t bf16_panels_size(int64_t rows, int64_t K);  // in uint16_t elements
 void pack_bf16_panels(const uint16_t* w, int64_t rows, int64_t K, uint16_t* out);
 
+// The format the kernels read a ggml tensor type (GgmlType id) in, if they read it: F32, BF16 and the
+// block types above. False for F16 and the types not listed (Q2_K, Q3_K, IQ*: dequantize them).
+bool weight_format_of_ggml(uint32_t ggml_type, WeightFormat* out);
+
 // Bytes of one row of K values in `format`. Throws retort::Error when K is not a multiple of the
 // format's block size (a quantized row holds whole blocks).
 int64_t weight_row_bytes(WeightFormat format, int64_t K);

@@ -2,8 +2,6 @@
 
 #include <cmath>
 
-#include <ATen/Parallel.h>
-
 #include "retort/model/cpu_kernels.h"
 #include "retort/util/error.h"
 
@@ -81,38 +79,6 @@ Gemma3ModelImpl::Gemma3ModelImpl(const ModelHParams& hp)
 
 CausalLM make_gemma3(const ModelHParams& hp) { return CausalLM(std::make_shared<Gemma3ModelImpl>(hp)); }
 
-namespace {
-
-const char* const kRole[][2] = {
-    {"input_layernorm.weight", "attn_norm.weight"},
-    {"self_attn.q_proj.weight", "attn_q.weight"},
-    {"self_attn.k_proj.weight", "attn_k.weight"},
-    {"self_attn.v_proj.weight", "attn_v.weight"},
-    {"self_attn.o_proj.weight", "attn_output.weight"},
-    {"self_attn.q_norm.weight", "attn_q_norm.weight"},
-    {"self_attn.k_norm.weight", "attn_k_norm.weight"},
-    {"post_attention_layernorm.weight", "post_attention_norm.weight"},
-    {"pre_feedforward_layernorm.weight", "ffn_norm.weight"},
-    {"post_feedforward_layernorm.weight", "post_ffw_norm.weight"},
-    {"mlp.gate_proj.weight", "ffn_gate.weight"},
-    {"mlp.up_proj.weight", "ffn_up.weight"},
-    {"mlp.down_proj.weight", "ffn_down.weight"},
-};
-
-bool is_norm(const std::string& name) {
-  const std::string suffix = "norm.weight";
-  return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
-}  // namespace
-
-std::string Gemma3ModelImpl::gguf_name(const std::string& hf) const {
-  return gguf_name_by_role(hf, kRole, sizeof(kRole) / sizeof(kRole[0]));
-}
-
-// llama.cpp's converter (Gemma3Model.modify_tensors) stores every norm weight as 1 + w.
-float Gemma3ModelImpl::gguf_offset(const std::string& name) const { return is_norm(name) ? -1.0f : 0.0f; }
-
 float Gemma3ModelImpl::embed_scale() const { return float(std::sqrt(double(hp_.n_embd))); }
 
 torch::Tensor Gemma3ModelImpl::layer_torch(int64_t l, const torch::Tensor& x, const TorchPass& pass) {
@@ -177,106 +143,6 @@ torch::Tensor Gemma3ModelImpl::cached_hidden_torch(const torch::Tensor& tokens, 
   auto x = (torch::embedding(e, tokens) * torch::tensor(embed_scale(), e.options().device(dev))).to(torch::kFloat32);
   for (int64_t l = 0; l < hp_.n_layer; ++l) x = layer_torch(l, x, pass);
   return model->norm(last_only ? batch.last_rows(x) : x);
-}
-
-std::vector<const torch::Tensor*> Gemma3ModelImpl::kernel_matrices() const {
-  std::vector<const torch::Tensor*> out;
-  for (const auto& layer : model->layers) {
-    const auto& at = layer->self_attn;
-    for (const auto* w : {&at->q_proj->weight, &at->k_proj->weight, &at->v_proj->weight, &at->o_proj->weight,
-                          &layer->mlp->gate_proj->weight, &layer->mlp->up_proj->weight, &layer->mlp->down_proj->weight})
-      out.push_back(w);
-  }
-  out.push_back(&output_weight());
-  return out;
-}
-
-namespace {
-
-// x[i] += y[i], i < n.
-void add_into(float* x, const float* y, int64_t n) {
-  at::parallel_for(0, n, 1 << 14, [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; ++i) x[i] += y[i];
-  });
-}
-
-}  // namespace
-
-void Gemma3ModelImpl::cached_hidden_cpu(const CachedRows& rows, int64_t r0, int64_t r1, KvCache& cache, float* out) {
-  const int64_t n = r1 - r0, E = hp_.n_embd, H = hp_.n_head, Hkv = hp_.n_head_kv, D = hp_.head_dim;
-  const int64_t F = hp_.n_ff, nq = (H + 2 * Hkv) * D;
-  const double eps = hp_.rms_eps;
-  prepare_kernel_pass(n);
-  const auto f32 = torch::TensorOptions().dtype(torch::kFloat32);
-  // Scratch, float32: x [n, E] residual stream, hn [n, E] normed input of a block, y [n, E] a block's
-  // output, qkv [n, nq] q | k | v, att [n, H*D], gu [n, 2F] gate | up, act [n, F].
-  auto x = torch::empty({n, E}, f32), hn = torch::empty({n, E}, f32), y = torch::empty({n, E}, f32);
-  auto qkv = torch::empty({n, nq}, f32), att = torch::empty({n, H * D}, f32);
-  auto gu = torch::empty({n, 2 * F}, f32), act = torch::empty({n, F}, f32);
-  float *xp = x.data_ptr<float>(), *hp = hn.data_ptr<float>(), *yp = y.data_ptr<float>();
-  float *qp = qkv.data_ptr<float>(), *ap = att.data_ptr<float>(), *gp = gu.data_ptr<float>();
-  float* actp = act.data_ptr<float>();
-  const int64_t* slot = rows.slot.data() + r0;
-  const int64_t* pos = rows.pos.data() + r0;
-
-  embed_rows_cpu(rows.tok.data() + r0, n, xp);
-  {
-    // transformers multiplies in the embedding's dtype by a float32 scale: bf16 weights give a bf16
-    // product (rounded), float32 weights a float32 one.
-    const float s = embed_scale();
-    const bool bf16 = embedding_weight().scalar_type() == torch::kBFloat16;
-    for (int64_t i = 0; i < n * E; ++i) xp[i] = bf16 ? cpu::bf16_to_f32(cpu::f32_to_bf16(xp[i] * s)) : xp[i] * s;
-  }
-  int64_t max_pos = 0;
-  for (int64_t i = 0; i < n; ++i) max_pos = std::max(max_pos, pos[i]);
-  auto pos_t = torch::from_blob(const_cast<int64_t*>(pos), {n}, torch::kInt64);
-  torch::Tensor cos[2], sin[2];
-  RopeTable* tables[2] = {&rope_global_, &rope_local_};
-  for (int kind = 0; kind < 2; ++kind) {
-    auto [c, s] = tables[kind]->get(max_pos + 1, torch::kCPU, std::min<int64_t>(hp_.max_position, 8192));
-    cos[kind] = c.index_select(0, pos_t).contiguous();
-    sin[kind] = s.index_select(0, pos_t).contiguous();
-  }
-
-  for (int64_t l = 0; l < hp_.n_layer; ++l) {
-    auto& layer = model->layers[size_t(l)];
-    auto& at = layer->self_attn;
-    auto& mlp = layer->mlp;
-    const int kind = hp_.is_local(l) ? 1 : 0;
-    // x += post_attn_norm(o_proj(attn(rope(q_norm(q)), rope(k_norm(k)), v))), q|k|v = in_norm(x) W
-    cpu::rms_norm(xp, f32_vector(layer->input_layernorm->weight, 1.0f), n, E, eps, hp);
-    const cpu::WeightRef w_qkv[3] = {kernel_weight(at->q_proj->weight), kernel_weight(at->k_proj->weight),
-                                     kernel_weight(at->v_proj->weight)};
-    cpu::matmul_wt(hp, n, E, w_qkv, 3, qp, nq, /*accumulate=*/false);
-    const float* wq = f32_vector(at->q_norm->weight, 1.0f);
-    const float* wk = f32_vector(at->k_norm->weight, 1.0f);
-    at::parallel_for(0, n, 16, [&](int64_t lo, int64_t hi) {
-      for (int64_t i = lo; i < hi; ++i) {
-        float* r = qp + i * nq;
-        cpu::rms_norm(r, wq, H, D, eps, r);
-        cpu::rms_norm(r + H * D, wk, Hkv, D, eps, r + H * D);
-      }
-    });
-    cpu::rope_rows(qp, n, H, Hkv, D, cos[kind].data_ptr<float>(), sin[kind].data_ptr<float>());
-    const cpu::AttentionShape shape{H, Hkv, D, float(hp_.query_scale()), kind == 1 ? hp_.sliding_window : 0};
-    auto& ck = cache.k[size_t(l)];
-    cpu::attention_rows(qp, n, shape, ck.data_ptr(), cache.v[size_t(l)].data_ptr(), ck.scalar_type() == torch::kBFloat16,
-                        cache.max_len(), slot, pos, ap);
-    const cpu::WeightRef w_o = kernel_weight(at->o_proj->weight);
-    cpu::matmul_wt(ap, n, H * D, &w_o, 1, yp, E, /*accumulate=*/false);
-    cpu::rms_norm(yp, f32_vector(layer->post_attention_layernorm->weight, 1.0f), n, E, eps, yp);
-    add_into(xp, yp, n * E);
-    // x += post_ffn_norm(down(gelu_tanh(gate(h)) * up(h))), h = pre_ffn_norm(x)
-    cpu::rms_norm(xp, f32_vector(layer->pre_feedforward_layernorm->weight, 1.0f), n, E, eps, hp);
-    const cpu::WeightRef w_gu[2] = {kernel_weight(mlp->gate_proj->weight), kernel_weight(mlp->up_proj->weight)};
-    cpu::matmul_wt(hp, n, E, w_gu, 2, gp, 2 * F, /*accumulate=*/false);
-    cpu::gelu_tanh_mul(gp, n, F, actp);
-    const cpu::WeightRef w_down = kernel_weight(mlp->down_proj->weight);
-    cpu::matmul_wt(actp, n, F, &w_down, 1, yp, E, /*accumulate=*/false);
-    cpu::rms_norm(yp, f32_vector(layer->post_feedforward_layernorm->weight, 1.0f), n, E, eps, yp);
-    add_into(xp, yp, n * E);
-  }
-  cpu::rms_norm(xp, f32_vector(model->norm->weight, 1.0f), n, E, eps, out);
 }
 
 }  // namespace retort

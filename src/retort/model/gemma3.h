@@ -1,4 +1,6 @@
-// retort/model/gemma3.h — Gemma 3 (text): Hugging Face Gemma3ForCausalLM / llama.cpp LLM_ARCH_GEMMA3.
+// retort/model/gemma3.h — Gemma 3 (text), the libtorch modules (training, GPU): Hugging Face
+// Gemma3ForCausalLM / llama.cpp LLM_ARCH_GEMMA3. Its CPU inference pass and tensor names are in
+// gemma3_rows.cpp.
 //
 //   x = embed(tokens) * sqrt(n_embd)
 //   per layer l:
@@ -71,9 +73,6 @@ class Gemma3ModelImpl : public CausalLMImpl {
   explicit Gemma3ModelImpl(const ModelHParams& hp);
 
   torch::Tensor forward_hidden(const torch::Tensor& tokens) override;
-  std::string gguf_name(const std::string& param_name) const override;
-  float gguf_offset(const std::string& param_name) const override;
-  float norm_identity() const override { return 0.0f; }
   const torch::Tensor& embedding_weight() const override { return model->embed_tokens; }
   const torch::Tensor& output_weight() const override { return lm_head ? lm_head->weight : model->embed_tokens; }
 
@@ -83,8 +82,6 @@ class Gemma3ModelImpl : public CausalLMImpl {
  protected:
   torch::Tensor cached_hidden_torch(const torch::Tensor& tokens, const CachedRows& rows, KvCache& cache,
                                     bool last_only) override;
-  void cached_hidden_cpu(const CachedRows& rows, int64_t r0, int64_t r1, KvCache& cache, float* out) override;
-  std::vector<const torch::Tensor*> kernel_matrices() const override;
 
  private:
   // The embedding scale sqrt(n_embd), rounded to float32 as transformers' buffer holds it.

@@ -1,5 +1,6 @@
-// retort/model/llama.h — the Llama family: Llama 2/3 (incl. llama3 RoPE scaling), SmolLM/SmolLM2,
-// Mistral, Qwen2/2.5 (q/k/v bias); grouped-query attention; tied or separate output embedding.
+// retort/model/llama.h — the Llama family's libtorch modules (training, GPU): Llama 2/3 (incl. llama3 RoPE
+// scaling), SmolLM/SmolLM2, Mistral, Qwen2/2.5 (q/k/v bias); grouped-query attention; tied or separate
+// output embedding. Its CPU inference pass and tensor names are in llama_rows.cpp.
 //
 //   x = embed(tokens)
 //   per layer:  h = x + o_proj(attn(rms_norm(x)))
@@ -66,8 +67,6 @@ class LlamaModelImpl : public CausalLMImpl {
   explicit LlamaModelImpl(const ModelHParams& hp);
 
   torch::Tensor forward_hidden(const torch::Tensor& tokens) override;
-  std::string gguf_name(const std::string& param_name) const override;
-  int64_t gguf_permuted_heads(const std::string& param_name) const override;
   const torch::Tensor& embedding_weight() const override { return model->embed_tokens; }
   const torch::Tensor& output_weight() const override { return lm_head ? lm_head->weight : model->embed_tokens; }
 
@@ -77,8 +76,6 @@ class LlamaModelImpl : public CausalLMImpl {
  protected:
   torch::Tensor cached_hidden_torch(const torch::Tensor& tokens, const CachedRows& rows, KvCache& cache,
                                     bool last_only) override;
-  void cached_hidden_cpu(const CachedRows& rows, int64_t r0, int64_t r1, KvCache& cache, float* out) override;
-  std::vector<const torch::Tensor*> kernel_matrices() const override;
 
  private:
   RopeTable rope_;

@@ -82,19 +82,11 @@ void run_jobs(std::vector<WeightJob>& jobs, const std::function<void(const std::
     if (e) std::rethrow_exception(e);
 }
 
-// The kernels' format for a ggml block type, if they read it.
+// The kernels' format for a ggml block type, if they read it (dense F32/BF16 stay dense parameters).
 std::optional<cpu::WeightFormat> kernel_format(uint32_t ggml_type) {
-  switch (GgmlType(ggml_type)) {
-    case GgmlType::Q8_0: return cpu::WeightFormat::kQ8_0;
-    case GgmlType::Q4_0: return cpu::WeightFormat::kQ4_0;
-    case GgmlType::Q4_1: return cpu::WeightFormat::kQ4_1;
-    case GgmlType::Q5_0: return cpu::WeightFormat::kQ5_0;
-    case GgmlType::Q5_1: return cpu::WeightFormat::kQ5_1;
-    case GgmlType::Q4_K: return cpu::WeightFormat::kQ4_K;
-    case GgmlType::Q5_K: return cpu::WeightFormat::kQ5_K;
-    case GgmlType::Q6_K: return cpu::WeightFormat::kQ6_K;
-    default: return std::nullopt;
-  }
+  cpu::WeightFormat f;
+  if (!cpu::weight_format_of_ggml(ggml_type, &f) || !cpu::is_quantized(f)) return std::nullopt;
+  return f;
 }
 
 }  // namespace
@@ -179,139 +171,23 @@ void load_weights_hf(CausalLMImpl& model, const HfCheckpoint& ckpt) {
   run_jobs(jobs, [&](const std::string& name, float* dst) { ckpt.read_f32(name, dst); });
 }
 
-std::string model_cache_dir() {
-  if (const char* h = std::getenv("RETORT_HOME"); h && *h) return std::string(h) + "/models";
-  const char* home = std::getenv("HOME");
-  return std::string(home && *home ? home : ".") + "/.cache/retort/models";
-}
-
-std::string resolve_model_path(const std::string& spec) {
-  check(!spec.empty(), "model: empty model name or path");
-  std::error_code ec;
-  if (fs::is_regular_file(spec, ec)) return spec;
-  if (fs::is_directory(spec, ec)) return spec;
-  const std::string dir = model_cache_dir();
-  const bool plain_name = spec.find('/') == std::string::npos;
-  if (plain_name) {
-    if (fs::is_regular_file(dir + "/" + spec + ".gguf", ec)) return dir + "/" + spec + ".gguf";
-    if (fs::is_directory(dir + "/" + spec, ec)) return dir + "/" + spec;
-    if (fs::is_regular_file(dir + "/" + spec, ec)) return dir + "/" + spec;
-  }
-  std::vector<std::string> have;
-  if (fs::is_directory(dir, ec))
-    for (const auto& e : fs::directory_iterator(dir, ec)) {
-      std::string n = e.path().filename().string();
-      if (e.is_directory()) have.push_back(n + "/");
-      else if (n.size() > 5 && n.compare(n.size() - 5, 5, ".gguf") == 0) have.push_back(n.substr(0, n.size() - 5));
-    }
-  std::sort(have.begin(), have.end());
-  std::string list;
-  for (const auto& h : have) list += (list.empty() ? "" : ", ") + h;
-  fail("model \"", spec, "\" not found: it is not an existing file or directory",
-       plain_name ? ", nor a model in the cache " + dir : "",
-       have.empty() ? std::string(" (the cache holds no models)") : " (the cache holds: " + list + ")",
-       "; run scripts/setup.sh to install the default model, or pass a .gguf file or a Hugging Face directory");
-}
-
-namespace {
-
-void add_eos(std::vector<int32_t>& out, const nlohmann::json* j) {
-  if (j == nullptr) return;
-  if (j->is_number_integer()) out.push_back(j->get<int32_t>());
-  if (j->is_array())
-    for (const auto& e : *j)
-      if (e.is_number_integer()) out.push_back(e.get<int32_t>());
-}
-
-const nlohmann::json* field(const nlohmann::json* obj, const char* key) {
-  if (obj == nullptr || !obj->is_object()) return nullptr;
-  auto it = obj->find(key);
-  return it == obj->end() ? nullptr : &*it;
-}
-
-// tokenizer_config.json "chat_template": a string, or a list of {"name", "template"}
-// (the one named "default", else the first); else a chat_template.jinja file beside it.
-std::string hf_chat_template(const HfCheckpoint& ckpt) {
-  if (const nlohmann::json* ct = field(ckpt.tokenizer_config(), "chat_template")) {
-    if (ct->is_string()) return ct->get<std::string>();
-    if (ct->is_array()) {
-      std::string first;
-      for (const auto& e : *ct) {
-        if (!e.is_object() || !e.contains("template") || !e["template"].is_string()) continue;
-        std::string t = e["template"].get<std::string>();
-        if (e.value("name", "") == "default") return t;
-        if (first.empty()) first = t;
-      }
-      return first;
-    }
-  }
-  std::error_code ec;
-  std::string jinja = ckpt.dir() + "/chat_template.jinja";
-  if (fs::is_regular_file(jinja, ec)) return read_file(jinja);
-  return "";
-}
-
-}  // namespace
-
 LoadedModel load_model(const std::string& spec, const LoadOptions& opts) {
   auto t0 = std::chrono::steady_clock::now();
   LoadedModel out;
-  out.path = resolve_model_path(spec);
-  std::error_code ec;
-  std::vector<int32_t> eos;
-  std::optional<GgufFile> gguf;
-
-  if (fs::is_directory(out.path, ec)) {
-    check(fs::is_regular_file(out.path + "/config.json", ec), "model directory ", out.path,
-          " has no config.json: expected a Hugging Face checkpoint (config.json + *.safetensors)");
-    out.format = "hf";
-    HfCheckpoint ckpt = HfCheckpoint::open(out.path);
-    out.hparams = hparams_from_hf_config(ckpt.config(), out.path + "/config.json");
-    {
-      ParamDtypeScope scope(opts.dtype);
-      out.model = make_causal_lm(out.hparams);
-    }
-    load_weights_hf(*out.model, ckpt);
-    for (const auto& name : ckpt.tensor_names()) {
-      const SafetensorsTensorInfo* t = ckpt.find_tensor(name);
-      out.tensors.push_back({name, t->shape, dtype_name(t->dtype), t->end - t->begin});
-    }
-    if (const nlohmann::json* g = ckpt.generation_config()) {
-      out.generation_defaults = *g;
-      add_eos(eos, field(g, "eos_token_id"));
-    }
-    add_eos(eos, field(&ckpt.config(), "eos_token_id"));
-    out.chat_template = hf_chat_template(ckpt);
-    if (opts.load_tokenizer && !ckpt.tokenizer_json_path().empty()) {
-      std::string tc = out.path + "/tokenizer_config.json";
-      if (!fs::is_regular_file(tc, ec)) tc.clear();
-      out.tokenizer = std::make_shared<Tokenizer>(Tokenizer::from_hf_json(ckpt.tokenizer_json_path(), tc));
-    }
-  } else {
-    out.format = "gguf";
-    gguf.emplace(GgufFile::open(out.path));
-    const GgufFile& f = *gguf;
-    out.hparams = hparams_from_gguf(f);
-    {
-      ParamDtypeScope scope(opts.dtype);
-      out.model = make_causal_lm(out.hparams);
-    }
-    // Inference only: the matrices the kernels read stay blocks in the mapping, never dense.
-    if (opts.inference_only && opts.device.is_cpu()) attach_gguf_blocks(*out.model, f, /*only_copy=*/true);
-    load_weights_gguf(*out.model, f);
-    for (const auto& t : f.tensors()) out.tensors.push_back({t.name, t.shape(), ggml_type_name(t.type), t.nbytes});
-    out.chat_template = f.find_string("tokenizer.chat_template").value_or("");
-    if (auto id = f.find_int("tokenizer.ggml.eos_token_id")) eos.push_back(int32_t(*id));
-    if (opts.load_tokenizer && f.find("tokenizer.ggml.model") != nullptr)
-      out.tokenizer = std::make_shared<Tokenizer>(Tokenizer::from_gguf(f));
+  static_cast<CheckpointInfo&>(out) = read_checkpoint_info(spec, opts.load_tokenizer);
+  {
+    ParamDtypeScope scope(opts.dtype);
+    out.model = make_causal_lm(out.hparams);
   }
-
-  if (out.tokenizer)
-    for (auto id : out.tokenizer->eog_ids()) eos.push_back(int32_t(id));
-  std::sort(eos.begin(), eos.end());
-  eos.erase(std::unique(eos.begin(), eos.end()), eos.end());
-  out.eos_ids = eos;
-
+  std::optional<GgufFile> gguf;
+  if (out.format == "hf") {
+    load_weights_hf(*out.model, HfCheckpoint::open(out.path));
+  } else {
+    gguf.emplace(GgufFile::open(out.path));
+    // Inference only: the matrices the kernels read stay blocks in the mapping, never dense.
+    if (opts.inference_only && opts.device.is_cpu()) attach_gguf_blocks(*out.model, *gguf, /*only_copy=*/true);
+    load_weights_gguf(*out.model, *gguf);
+  }
   if (opts.device != torch::Device(torch::kCPU)) out.model->to(opts.device, opts.dtype);
   if (gguf && opts.quantized_decode && !opts.inference_only && opts.device.is_cpu())
     attach_gguf_blocks(*out.model, *gguf, /*only_copy=*/false);

@@ -17,12 +17,13 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
+#include "retort/decode/generate.h"
 #include "retort/model/causal_lm.h"
 #include "retort/model/hparams.h"
+#include "retort/model/runtime_model.h"
 
 namespace retort {
 
-class Tokenizer;
 class GgufFile;
 class HfCheckpoint;
 
@@ -41,29 +42,17 @@ struct LoadOptions {
   bool inference_only = false;
 };
 
-struct LoadedModel {
-  std::string path, format;  // resolved path; "gguf" | "hf"
-  ModelHParams hparams;
+// A checkpoint loaded as a libtorch model: its metadata (runtime_model.h) and the model.
+struct LoadedModel : CheckpointInfo {
   CausalLM model;
-  std::shared_ptr<Tokenizer> tokenizer;  // null if the checkpoint has none (or !load_tokenizer)
-  std::string chat_template;             // Jinja source ("" if none)
-  std::vector<int32_t> eos_ids;          // tokenizer eog ids ∪ generation_config/config eos_token_id, sorted
-  nlohmann::json generation_defaults = nlohmann::json::object();  // generation_config.json or {}
-  struct TensorEntry {
-    std::string name;
-    std::vector<int64_t> shape;
-    std::string type;  // ggml type name ("Q4_1") or safetensors dtype ("BF16")
-    uint64_t bytes;
-  };
-  std::vector<TensorEntry> tensors;  // as stored in the checkpoint, for `retort inspect`
   double load_seconds = 0;
 };
 
-// $RETORT_HOME (default ~/.cache/retort) + "/models".
-std::string model_cache_dir();
-// An existing .gguf file | an existing directory | a short name in the cache (<name>.gguf or
-// <name>/). Otherwise retort::Error listing what the cache holds and pointing to scripts/setup.sh.
-std::string resolve_model_path(const std::string& spec);
+// Generation on a libtorch model (decode/generate.h).
+inline std::vector<GenerationResult> generate(LoadedModel& model, const std::vector<GenerationRequest>& requests,
+                                              const GenerateOptions& opts = {}) {
+  return generate(model, *model.model, requests, opts);
+}
 
 LoadedModel load_model(const std::string& spec, const LoadOptions& = {});
 

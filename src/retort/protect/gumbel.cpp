@@ -5,7 +5,7 @@
 #include <limits>
 #include <vector>
 
-#include <ATen/Parallel.h>
+#include "retort/util/parallel.h"
 
 #include "retort/util/error.h"
 
@@ -60,7 +60,7 @@ int32_t GumbelProcessor::choose(std::span<const int32_t> context, const float* p
   thread_local std::vector<uint8_t> keep_buffer;  // one per sampling thread
   keep_buffer.resize(static_cast<size_t>(n_vocab));
   uint8_t* keep = keep_buffer.data();
-  at::parallel_for(0, n_vocab, 8192, [&](int64_t lo, int64_t hi) { gumbel_candidates(S, probs, bound, lo, hi - lo, keep + lo); });
+  parallel_for(0, n_vocab, 8192, [&](int64_t lo, int64_t hi) { gumbel_candidates(S, probs, bound, lo, hi - lo, keep + lo); });
   // Exact values for the survivors, in id order (ties, of measure zero, to the lower id).
   int32_t best = static_cast<int32_t>(m);
   double best_val = value(m);

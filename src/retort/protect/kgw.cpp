@@ -4,7 +4,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include <ATen/Parallel.h>
+#include "retort/util/parallel.h"
 
 #include "retort/util/error.h"
 
@@ -96,12 +96,12 @@ void kgw_green_mask(const HashKey& key, const KgwConfig& c, std::span<const int3
   const uint64_t thr = green_threshold(c.gamma);
   if (c.context == "lefthash") {
     const uint64_t S = keyed_seed(key, kDomainKgwLeftSeed, prev);
-    at::parallel_for(0, n_vocab, kGrain, [&](int64_t lo, int64_t hi) { left_green(S, thr, lo, hi - lo, green + lo); });
+    parallel_for(0, n_vocab, kGrain, [&](int64_t lo, int64_t hi) { left_green(S, thr, lo, hi - lo, green + lo); });
     return;
   }
   const std::vector<uint64_t> anchors = prev_anchors(key, prev);
   const uint64_t g = keyed_seed(key, kDomainKgwSelfGreenSeed, {});
-  at::parallel_for(0, n_vocab, kGrain, [&](int64_t lo, int64_t hi) {
+  parallel_for(0, n_vocab, kGrain, [&](int64_t lo, int64_t hi) {
     std::vector<uint64_t> self(static_cast<size_t>(hi - lo));
     self_pair_table(key, lo, hi, self.data());
     self_green(anchors.data(), int(anchors.size()), self.data(), g, thr, lo, hi - lo, green + lo);
@@ -125,7 +125,7 @@ void KgwProcessor::process(std::span<const int32_t> context, float* logits, int6
   uint8_t* green = green_buffer.data();  // (a thread_local is not captured: pass the pointer)
   if (config_.context == "lefthash") {
     const uint64_t S = keyed_seed(key_, kDomainKgwLeftSeed, prev);
-    at::parallel_for(0, n_vocab, kGrain, [&](int64_t lo, int64_t hi) {
+    parallel_for(0, n_vocab, kGrain, [&](int64_t lo, int64_t hi) {
       left_green(S, threshold_, lo, hi - lo, green + lo);
       add_where(green + lo, delta, hi - lo, logits + lo);
     });
@@ -134,12 +134,12 @@ void KgwProcessor::process(std::span<const int32_t> context, float* logits, int6
   // selfhash: P(v, v) does not depend on the context: one table per processor.
   std::call_once(self_pair_once_, [&] {
     self_pair_.resize(static_cast<size_t>(n_vocab));
-    at::parallel_for(0, n_vocab, kGrain, [&](int64_t lo, int64_t hi) { self_pair_table(key_, lo, hi, self_pair_.data() + lo); });
+    parallel_for(0, n_vocab, kGrain, [&](int64_t lo, int64_t hi) { self_pair_table(key_, lo, hi, self_pair_.data() + lo); });
   });
   check(static_cast<int64_t>(self_pair_.size()) == n_vocab, "kgw: processor built for a vocabulary of ",
         self_pair_.size(), " tokens used with ", n_vocab, "; use one processor per model");
   const std::vector<uint64_t> anchors = prev_anchors(key_, prev);
-  at::parallel_for(0, n_vocab, kGrain, [&](int64_t lo, int64_t hi) {
+  parallel_for(0, n_vocab, kGrain, [&](int64_t lo, int64_t hi) {
     self_green(anchors.data(), int(anchors.size()), self_pair_.data() + lo, green_seed_, threshold_, lo, hi - lo,
                green + lo);
     add_where(green + lo, delta, hi - lo, logits + lo);
