@@ -493,6 +493,7 @@ void add_tokenizer_gguf(GgufWriter& w, const Tokenizer& tok, const ExportInfo& i
 // 10000, query scale 1/sqrt(head_dim) (27B, 62 layers: 1/sqrt(n_embd / n_head)). A model that departs from
 // that also gets the keys retort reads for it (attention.sliding_window_pattern, rope.freq_base_swa,
 // attention.scale); llama.cpp ignores them, so such a file runs as trained in retort only, and this warns.
+// It warns too under 6 layers: llama.cpp then has no global layer and aborts (checked with llama-cli).
 void add_gemma3_gguf(GgufWriter& w, const ModelHParams& hp) {
   check(hp.rope_scaling.type == "none" || hp.rope_scaling.type == "linear",
         "export gguf: Gemma 3 with ", hp.rope_scaling.type, " RoPE scaling has no GGUF form (llama.cpp's gemma3 reads "
@@ -527,6 +528,11 @@ void add_gemma3_gguf(GgufWriter& w, const ModelHParams& hp) {
     w.add_float32("gemma3.attention.scale", float(hp.query_scale()));
     departs.push_back(cat("query scale ", hp.query_scale()));
   }
+  if (hp.n_layer < 6)
+    std::fprintf(stderr, "[export] warning: this Gemma 3 has %lld layers; llama.cpp's gemma3 takes every 6th layer as "
+                 "global, finds none, and aborts on the first batch (GGML_ASSERT(buffer) in its KV cache, llama.cpp "
+                 "0.9.4); retort runs the file. Give a student 6 or more layers to run it in llama.cpp\n",
+                 static_cast<long long>(hp.n_layer));
   if (!departs.empty()) {
     std::string list;
     for (const auto& d : departs) list += (list.empty() ? "" : ", ") + d;
