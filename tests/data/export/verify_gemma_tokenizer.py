@@ -129,7 +129,7 @@ def main():
     with open(os.path.join(TOK, "chat/gemma_golden.jsonl")) as f:
         for line in f:
             g = json.loads(line)
-            if g["template"] != "gemma3" or "render" not in g:
+            if g["template"] != "gemma3" or "render" not in g or not tok.chat_template:
                 continue
             n += 1
             r = tok.apply_chat_template(g["messages"], tokenize=False, add_generation_prompt=g["add_generation_prompt"])
