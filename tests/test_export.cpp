@@ -6,7 +6,12 @@
 //   round trips through the loaders (whose own tests compare against transformers / gguf-py):
 //     export -> load_model -> the same logits (exact in float32, close for f16 / q8_0), and
 //     tokenizer.json written from our Tokenizer -> Tokenizer::from_hf_json -> the same ids on the
-//     tokenizer test corpus, which tests/data/tokenizer/gen_golden.py checked against HF tokenizers.
+//     tokenizer test corpus, which tests/data/tokenizer/gen_golden.py checked against HF tokenizers;
+//   Gemma 3: tests/data/tokenizer/spm_tiny/tokenizer.json (the SentencePiece tokenizer.json form built in
+//     Python with transformers' merges; HF tokenizers on it = `sentencepiece`) and the Gemma goldens.
+// Checked outside CI (numbers in the commit messages): tests/data/export/verify_transformers.py (HF dirs,
+// Gemma included), verify_gemma_tokenizer.py (HF tokenizers on retort's Gemma tokenizer.json),
+// verify_llamacpp.sh (GGUF).
 #include <gtest/gtest.h>
 
 #include <unistd.h>
@@ -24,7 +29,9 @@
 #include "retort/io/ggml_quants.h"
 #include "retort/io/gguf.h"
 #include "retort/io/gguf_writer.h"
+#include "retort/io/safetensors.h"
 #include "retort/model/loader.h"
+#include "retort/text/chat_template.h"
 #include "retort/text/tokenizer.h"
 #include "retort/util/error.h"
 #include "retort/util/file.h"
@@ -33,6 +40,7 @@
 namespace fs = std::filesystem;
 using namespace retort;
 using retort_test::expect_error;
+using retort_test::gemma3_path;
 using retort_test::smollm2_path;
 
 namespace {
@@ -397,4 +405,311 @@ TEST(ExportDefault, GgufQ8IsClose) {
   EXPECT_LT(kl, 0.02);
   EXPECT_GT(kl, 0.0);  // it was quantized
   EXPECT_EQ(ref.argmax(-1).eq(got.argmax(-1)).sum().item<int64_t>() >= 14, true);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gemma 3: config.json as transformers 5 writes it, norms stored 1 + w in GGUF, and the SentencePiece
+// tokenizer in Hugging Face's form (its reference: tests/data/tokenizer/spm_tiny, which
+// gen_golden_gemma3.py checked against `sentencepiece` and HF `tokenizers`).
+
+namespace {
+
+const std::string kTinySpm = kData + "/tokenizer/spm_tiny/tokenizer.gguf";
+
+std::vector<nlohmann::json> jsonl(const std::string& path) {
+  std::vector<nlohmann::json> out;
+  std::ifstream f(path);
+  std::string line;
+  while (std::getline(f, line))
+    if (!line.empty()) out.push_back(nlohmann::json::parse(line));
+  return out;
+}
+
+std::string unhex(const std::string& h) {
+  std::string b;
+  for (size_t i = 0; i + 1 < h.size(); i += 2) b += char(std::stoi(h.substr(i, 2), nullptr, 16));
+  return b;
+}
+
+// A tiny Gemma 3. `llamacpp_defaults`: what llama.cpp assumes for gemma3 (every 6th layer global, local
+// RoPE base 10000, query scale 1/sqrt(head_dim)); otherwise tiny-gemma3's kind of departures (layers
+// L L G L, query_pre_attn_scalar 24). Both: sliding window 6, linear RoPE scaling on global layers.
+ModelHParams tiny_gemma3_hp(int64_t vocab, bool llamacpp_defaults) {
+  ModelHParams hp = tiny_hp("gemma3", vocab);
+  hp.tie_embeddings = true;
+  hp.rope_theta = 1e6;
+  hp.rope_scaling.type = "linear";
+  hp.rope_scaling.factor = 2;
+  hp.sliding_window = 6;
+  hp.rope_theta_local = 1e4;
+  if (llamacpp_defaults) {
+    hp.n_layer = 6;
+    hp.local_layers = {1, 1, 1, 1, 1, 0};
+  } else {
+    hp.n_layer = 4;
+    hp.local_layers = {1, 1, 0, 1};
+    hp.attn_scale = 1.0 / std::sqrt(24.0);
+  }
+  return hp;
+}
+
+// Gemma's norms are x·(1 + w); GGUF stores 1 + w in float32, which keeps w exactly only when 1 + w is a
+// float32 (|w| < 1 loses its last bits, as llama.cpp's converter does too). The tiny model's norm weights are
+// multiples of 2^-12, so its f32 GGUF round trip is exact.
+CausalLM tiny_gemma3(const ModelHParams& hp, uint64_t seed) {
+  CausalLM m = tiny_model(hp, seed);
+  torch::NoGradGuard ng;
+  for (auto& p : m->named_parameters())
+    if (p.key().find("norm") != std::string::npos) p.value().mul_(4096).round_().div_(4096);
+  return m;
+}
+
+ExportInfo gemma_info() {
+  ExportInfo info;
+  info.eos_ids = {1, 5};  // <eos>, <end_of_turn>
+  info.provenance = {{"teacher", "unit test"}};
+  return info;
+}
+
+}  // namespace
+
+TEST(ExportHf, TinyGemma3RoundTripExactLogitsAndSentencePieceTokenizer) {
+  Tokenizer tok = Tokenizer::from_gguf(GgufFile::open(kTinySpm));
+  for (bool standard : {false, true}) {
+    SCOPED_TRACE(standard ? "llama.cpp's defaults" : "layers LLGL, query_pre_attn_scalar 24");
+    TempDir tmp;
+    ModelHParams hp = tiny_gemma3_hp(tok.n_vocab(), standard);
+    CausalLM m = tiny_gemma3(hp, 11);
+    const std::string dir = tmp.path + "/hf";
+    export_hf(*m, tok, gemma_info(), dir);
+    LoadedModel back = load_model(dir);
+    ModelHParams want = hp;
+    want.attn_scale = hp.query_scale();  // config.json always states the scale (query_pre_attn_scalar)
+    EXPECT_EQ(back.hparams.to_json(), want.to_json());
+    auto t = tokens(hp.n_vocab, 2, 11, 3);  // 11 > the sliding window
+    EXPECT_TRUE(torch::equal(logits(*m, t), logits(*back.model, t)));
+
+    auto cfg = nlohmann::json::parse(read_file(dir + "/config.json"));
+    EXPECT_EQ(cfg["architectures"], nlohmann::json::array({"Gemma3ForCausalLM"}));
+    EXPECT_EQ(cfg["model_type"], "gemma3_text");
+    EXPECT_EQ(cfg["hidden_activation"], "gelu_pytorch_tanh");
+    EXPECT_EQ(cfg["query_pre_attn_scalar"], standard ? 16 : 24);
+    EXPECT_TRUE(cfg["query_pre_attn_scalar"].is_number_integer());  // Gemma3TextConfig types it int
+    EXPECT_EQ(cfg["sliding_window"], 6);
+    EXPECT_EQ(cfg["layer_types"][2], standard ? "sliding_attention" : "full_attention");
+    EXPECT_EQ(cfg["rope_parameters"]["full_attention"],
+              nlohmann::json({{"factor", 2.0}, {"rope_theta", 1e6}, {"rope_type", "linear"}}));
+    EXPECT_EQ(cfg["rope_parameters"]["sliding_attention"],
+              nlohmann::json({{"rope_theta", 1e4}, {"rope_type", "default"}}));
+    EXPECT_TRUE(cfg["final_logit_softcapping"].is_null());
+    EXPECT_TRUE(cfg["attn_logit_softcapping"].is_null());
+    EXPECT_EQ(cfg["tie_word_embeddings"], true);
+    EXPECT_EQ(cfg["eos_token_id"], nlohmann::json::array({1, 5}));
+    EXPECT_EQ(cfg["retort"]["teacher"], "unit test");
+    auto st = SafetensorsFile::open(dir + "/model.safetensors");
+    EXPECT_EQ(st.find("lm_head.weight"), nullptr);  // tied
+    EXPECT_NE(st.find("model.layers.0.self_attn.q_norm.weight"), nullptr);
+
+    // The tokenizer: SentencePiece in Hugging Face's form, read back to the same encoder.
+    ASSERT_TRUE(back.tokenizer);
+    EXPECT_EQ(back.tokenizer->model_type(), "spm");
+    EXPECT_EQ(back.tokenizer->hash(), tok.hash());
+    EXPECT_EQ(back.tokenizer->unk_id(), tok.unk_id());
+    EXPECT_EQ(back.tokenizer->add_bos_token(), true);
+    for (const auto& g : jsonl(kData + "/tokenizer/spm_tiny/golden.jsonl"))
+      EXPECT_EQ(back.tokenizer->encode(g["text"].get<std::string>()), g["ids"].get<std::vector<int32_t>>());
+    for (const auto& text : corpus()) EXPECT_EQ(back.tokenizer->encode(text, true, true), tok.encode(text, true, true));
+    // The file equals the committed reference built in Python (same vocabulary, transformers' merges).
+    auto ours = nlohmann::json::parse(read_file(dir + "/tokenizer.json"));
+    auto ref = nlohmann::json::parse(read_file(kData + "/tokenizer/spm_tiny/tokenizer.json"));
+    EXPECT_EQ(ours, ref);
+
+    // A Gemma vocabulary without a template gets Gemma 3's, rendered natively as before.
+    auto tc = nlohmann::json::parse(read_file(dir + "/tokenizer_config.json"));
+    EXPECT_EQ(tc["chat_template"], read_file(kData + "/tokenizer/chat/gemma3.jinja"));
+    EXPECT_EQ(tc["unk_token"], "<unk>");
+    EXPECT_EQ(back.chat_template, tc["chat_template"].get<std::string>());
+    const std::vector<ChatMessage> msgs = {{"system", "Be brief."}, {"user", " hi "}, {"assistant", "ab"}};
+    EXPECT_EQ(ChatTemplate::from_jinja(back.chat_template, tok).render(msgs),
+              ChatTemplate::from_jinja("", tok).render(msgs));
+  }
+}
+
+TEST(ExportGguf, TinyGemma3RoundTrip) {
+  Tokenizer tok = Tokenizer::from_gguf(GgufFile::open(kTinySpm));
+  TempDir tmp;
+  ModelHParams hp = tiny_gemma3_hp(tok.n_vocab(), /*llamacpp_defaults=*/true);
+  CausalLM m = tiny_gemma3(hp, 12);
+  auto t = tokens(hp.n_vocab, 2, 11, 5);
+  for (std::string type : {"f32", "f16", "q8_0"}) {
+    SCOPED_TRACE(type);
+    // What the file holds: every matrix through the format and back (norms stay F32).
+    const GgmlType gt = type == "f32" ? GgmlType::F32 : type == "f16" ? GgmlType::F16 : GgmlType::Q8_0;
+    CausalLM in_file = tiny_gemma3(hp, 12);
+    {
+      torch::NoGradGuard ng;
+      for (auto& p : in_file->parameters()) {
+        if (p.dim() != 2) continue;
+        auto x = p.detach().contiguous();
+        std::vector<uint8_t> blocks(size_t(ggml_row_bytes(gt, x.size(1)) * x.size(0)));
+        quantize(gt, x.data_ptr<float>(), blocks.data(), x.numel());
+        dequantize(gt, blocks.data(), x.data_ptr<float>(), x.numel());
+      }
+    }
+    auto ref = logits(*in_file, t);
+    const std::string path = tmp.path + "/m." + type + ".gguf";
+    export_gguf(*m, tok, gemma_info(), path, type);
+    GgufFile f = GgufFile::open(path);
+    EXPECT_EQ(f.get_string("general.architecture"), "gemma3");
+    // llama.cpp's converter's keys, and nothing llama.cpp would not read for a model with its defaults.
+    EXPECT_EQ(f.get_int("gemma3.attention.sliding_window"), 6);
+    EXPECT_EQ(f.get_int("gemma3.attention.key_length"), 16);
+    EXPECT_EQ(f.get_int("gemma3.attention.value_length"), 16);
+    EXPECT_EQ(f.get_string("gemma3.rope.scaling.type"), "linear");
+    EXPECT_EQ(f.find("gemma3.attention.scale"), nullptr);
+    EXPECT_EQ(f.find("gemma3.attention.sliding_window_pattern"), nullptr);
+    EXPECT_EQ(f.find("gemma3.rope.freq_base_swa"), nullptr);
+    EXPECT_EQ(f.find_tensor("output.weight"), nullptr);  // tied
+    EXPECT_EQ(f.get_string("tokenizer.ggml.model"), "llama");
+    EXPECT_EQ(f.get_bool("tokenizer.ggml.add_space_prefix"), false);
+    EXPECT_EQ(f.get_int("tokenizer.ggml.unknown_token_id"), *tok.unk_id());
+    // Norms are stored as 1 + w.
+    std::vector<float> stored(size_t(hp.n_embd));
+    f.read_f32(*f.find_tensor("blk.0.post_attention_norm.weight"), stored.data());
+    auto w = m->named_parameters()["model.layers.0.post_attention_layernorm.weight"];
+    for (int64_t i = 0; i < hp.n_embd; ++i) EXPECT_EQ(stored[size_t(i)], w[i].item<float>() + 1.0f);
+
+    LoadedModel back = load_model(path);
+    ModelHParams want = hp;
+    EXPECT_EQ(back.hparams.to_json(), want.to_json());
+    EXPECT_EQ(back.tokenizer->hash(), tok.hash());
+    EXPECT_EQ(back.chat_template, read_file(kData + "/tokenizer/chat/gemma3.jinja"));
+    // Exact in every format: the loaded weights are the stored values (norms: (1 + w) - 1 = w).
+    EXPECT_TRUE(torch::equal(logits(*back.model, t), ref));
+    auto pa = in_file->named_parameters(), pb = back.model->named_parameters();
+    for (const auto& kv : pa) EXPECT_TRUE(torch::equal(kv.value(), pb[kv.key()])) << kv.key();
+    for (const auto& g : jsonl(kData + "/tokenizer/spm_tiny/golden.jsonl"))
+      EXPECT_EQ(back.tokenizer->encode(g["text"].get<std::string>()), g["ids"].get<std::vector<int32_t>>());
+  }
+}
+
+// What llama.cpp assumes for gemma3 but this model departs from is written in the keys retort reads (so the
+// round trip stays exact); layer types no "every P-th layer global" can say are refused.
+TEST(ExportGguf, Gemma3DeparturesFromLlamaCppDefaults) {
+  Tokenizer tok = Tokenizer::from_gguf(GgufFile::open(kTinySpm));
+  TempDir tmp;
+  ModelHParams hp = tiny_gemma3_hp(tok.n_vocab(), /*llamacpp_defaults=*/false);
+  hp.local_layers = {1, 0, 1, 1};
+  expect_error([&] { export_gguf(*tiny_gemma3(hp, 13), tok, {}, tmp.path + "/x.gguf", "f32"); },
+               {"layer types LGLL", "Hugging Face"});
+  EXPECT_FALSE(fs::exists(tmp.path + "/x.gguf"));
+  hp.n_layer = 6;
+  hp.local_layers = {1, 1, 0, 1, 1, 0};  // every 3rd layer global
+  hp.attn_scale = 0.125;                 // query_pre_attn_scalar 64: exact in float32
+  hp.rope_theta_local = 20000;
+  CausalLM m = tiny_gemma3(hp, 13);
+  const std::string path = tmp.path + "/m.gguf";
+  export_gguf(*m, tok, {}, path, "f32");
+  GgufFile f = GgufFile::open(path);
+  EXPECT_EQ(f.get_int("gemma3.attention.sliding_window_pattern"), 3);
+  EXPECT_EQ(f.get_float("gemma3.attention.scale"), 0.125);
+  EXPECT_EQ(f.get_float("gemma3.rope.freq_base_swa"), 20000.0);
+  LoadedModel back = load_model(path);
+  EXPECT_EQ(back.hparams.to_json(), hp.to_json());
+  auto t = tokens(hp.n_vocab, 1, 13, 6);
+  EXPECT_TRUE(torch::equal(logits(*m, t), logits(*back.model, t)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gemma 3 270M (GGUF Q4_K_M; skipped when absent)
+
+namespace {
+
+#define SKIP_WITHOUT_GEMMA3() \
+  if (!fs::exists(gemma3_path())) GTEST_SKIP() << "Gemma 3 GGUF not found at " << gemma3_path()
+
+LoadedModel& gemma3_dense() {
+  static LoadedModel m = [] {
+    LoadOptions o;
+    o.quantized_decode = false;
+    return load_model(gemma3_path(), o);
+  }();
+  return m;
+}
+
+// Every case of the Gemma golden files (tests/data/tokenizer/gemma3: `sentencepiece`'s ids) through `tok`:
+// the number that differ (0 expected), with the first few named.
+int gemma_golden_mismatches(const Tokenizer& tok) {
+  int bad = 0, n = 0;
+  auto check_case = [&](const std::string& text, const nlohmann::json& g) {
+    for (auto [key, special] : {std::pair<const char*, bool>{"ids", true}, {"ids_raw", false}}) {
+      ++n;
+      if (tok.encode(text, special) != g[key].get<std::vector<int32_t>>() && ++bad <= 3)
+        ADD_FAILURE() << key << " differ for " << nlohmann::json(text).dump(-1, ' ', false,
+                                                                              nlohmann::json::error_handler_t::replace);
+    }
+  };
+  const auto texts = corpus();
+  const auto golden = jsonl(kData + "/tokenizer/gemma3/golden.jsonl");
+  EXPECT_EQ(golden.size(), texts.size());
+  for (size_t i = 0; i < golden.size() && i < texts.size(); ++i) check_case(texts[i], golden[i]);
+  for (const auto& g : jsonl(kData + "/tokenizer/gemma3/cases.jsonl"))
+    check_case(g.contains("text") ? g["text"].get<std::string>() : unhex(g["hex"]), g);
+  EXPECT_GT(n, 500);
+  return bad;
+}
+
+}  // namespace
+
+TEST(ExportGemma3, HfF32ReloadsToTheSameLogitsAndTokenizer) {
+  SKIP_WITHOUT_GEMMA3();
+  TempDir tmp;
+  LoadedModel& src = gemma3_dense();
+  ExportInfo info = info_of(src);
+  export_hf(*src.model, *src.tokenizer, info, tmp.path + "/hf");
+  LoadedModel hf = load_model(tmp.path + "/hf");
+  auto t = tokens(src.hparams.n_vocab, 1, 16, 6);
+  EXPECT_TRUE(torch::equal(logits(*hf.model, t), logits(*src.model, t)));
+  EXPECT_EQ(hf.eos_ids, src.eos_ids);
+  // The tokenizer.json read alone, as HF would: the GGUF's encoder, hash and all.
+  Tokenizer alone = Tokenizer::from_hf_json(tmp.path + "/hf/tokenizer.json", tmp.path + "/hf/tokenizer_config.json");
+  EXPECT_EQ(alone.hash(), src.tokenizer->hash());
+  EXPECT_EQ(alone.n_vocab(), 262144);
+  EXPECT_EQ(alone.unk_id(), src.tokenizer->unk_id());
+  EXPECT_EQ(alone.eos_id(), src.tokenizer->eos_id());
+  EXPECT_EQ(alone.pad_id(), src.tokenizer->pad_id());
+  EXPECT_EQ(alone.eog_ids(), src.tokenizer->eog_ids());
+  EXPECT_EQ(gemma_golden_mismatches(alone), 0);
+  EXPECT_EQ(hf.chat_template, read_file(kData + "/tokenizer/chat/gemma3.jinja"));
+}
+
+TEST(ExportGemma3, GgufF32IsExactQ8IsClose) {
+  SKIP_WITHOUT_GEMMA3();
+  TempDir tmp;
+  LoadedModel& src = gemma3_dense();
+  auto t = tokens(src.hparams.n_vocab, 1, 16, 7);
+  auto ref = torch::log_softmax(logits(*src.model, t), -1);
+  export_gguf(*src.model, *src.tokenizer, info_of(src), tmp.path + "/m.gguf", "f32");
+  {
+    LoadedModel g = load_model(tmp.path + "/m.gguf");
+    EXPECT_TRUE(torch::equal(torch::log_softmax(logits(*g.model, t), -1), ref));
+    EXPECT_EQ(g.tokenizer->hash(), src.tokenizer->hash());
+    GgufFile a = GgufFile::open(gemma3_path()), b = GgufFile::open(tmp.path + "/m.gguf");
+    for (const auto& k : a.keys())
+      if (k.rfind("gemma3.", 0) == 0 || k.rfind("tokenizer.ggml.", 0) == 0) {
+        ASSERT_NE(b.find(k), nullptr) << k;
+        if (k != "tokenizer.ggml.tokens" && k != "tokenizer.ggml.scores" && k != "tokenizer.ggml.token_type")
+          EXPECT_EQ(a.value_to_string(k), b.value_to_string(k)) << k;
+      }
+    EXPECT_EQ(a.get_string_array("tokenizer.ggml.tokens"), b.get_string_array("tokenizer.ggml.tokens"));
+    EXPECT_EQ(a.get_int_array("tokenizer.ggml.token_type"), b.get_int_array("tokenizer.ggml.token_type"));
+    EXPECT_EQ(a.get_float_array("tokenizer.ggml.scores"), b.get_float_array("tokenizer.ggml.scores"));
+  }
+  export_gguf(*src.model, *src.tokenizer, {}, tmp.path + "/q8.gguf", "q8_0");
+  LoadedModel q = load_model(tmp.path + "/q8.gguf");
+  auto got = torch::log_softmax(logits(*q.model, t), -1);
+  const double kl = (ref.exp() * (ref - got)).sum(-1).max().item<double>();
+  std::cout << "Gemma 3 270M re-exported as Q8_0: max KL over 16 positions " << kl << "\n";
+  EXPECT_LT(kl, 0.05);
+  EXPECT_GE(ref.argmax(-1).eq(got.argmax(-1)).sum().item<int64_t>(), 14);
 }

@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "retort/io/gguf.h"
@@ -567,6 +568,81 @@ TEST(SpmTiny, MatchesSentencePieceGolden) {
   }
 }
 
+// The same vocabulary in Hugging Face's tokenizer.json form (gen_golden_gemma3.py hf_tokenizer_json: merges
+// from transformers' generate_merges; the script checks HF `tokenizers` on it gives SentencePiece's ids).
+TEST(SpmTiny, HfJsonFormEqualsGguf) {
+  const auto g = Tokenizer::from_gguf(GgufFile::open(kTinySpm));
+  const auto j = Tokenizer::from_hf_json(kDir + "/spm_tiny/tokenizer.json");
+  auto id = [&](const char* s) { return *j.token_id(s); };
+  EXPECT_EQ(j.model_type(), "spm");
+  EXPECT_EQ(j.pre_tokenizer_name(), "spm");
+  // The merges retort derives from the GGUF's scores are transformers' generate_merges, rank for rank.
+  using Merges = std::vector<std::pair<std::string, std::string>>;
+  EXPECT_EQ(g.merges(), (Merges{{"\u2581", "a"}, {"b", "c"}, {"a", "b"}, {"\u2581", "\u2581a"}, {"a", "a"}}));
+  EXPECT_EQ(j.merges(), g.merges());
+  EXPECT_EQ(j.hash(), g.hash());
+  EXPECT_EQ(j.unk_id(), g.unk_id());
+  EXPECT_EQ(j.bos_id(), g.bos_id());
+  EXPECT_TRUE(j.add_bos_token());
+  for (int32_t i = 0; i < g.n_vocab(); ++i) {
+    EXPECT_EQ(j.token_text(i), g.token_text(i));
+    EXPECT_EQ(j.token_bytes(i), g.token_bytes(i));
+    EXPECT_EQ(j.is_special(i), g.is_special(i)) << i;
+    EXPECT_EQ(j.is_added(i), g.is_added(i)) << i;
+    EXPECT_EQ(j.is_byte(i), g.is_byte(i)) << i;
+  }
+  // Scores from ranks: minus the rank of the first merge that makes a piece; none for a piece no merge makes.
+  EXPECT_EQ(j.score(id("\u2581a")), -0.0f);
+  EXPECT_EQ(j.score(id("\u2581\u2581a")), -3.0f);
+  EXPECT_EQ(j.score(id("a")), -std::numeric_limits<float>::infinity());
+  EXPECT_EQ(g.score(id("\u2581\u2581a")), -4.0f);
+  for (const json& c : jsonl(kDir + "/spm_tiny/golden.jsonl")) {
+    const std::string text = c["text"];
+    SCOPED_TRACE(text);
+    EXPECT_EQ(ids_str(j.encode(text, true)), ids_str(c["ids"].get<std::vector<int32_t>>()));
+    EXPECT_EQ(ids_str(j.encode(text, false)), ids_str(c["ids_raw"].get<std::vector<int32_t>>()));
+    EXPECT_EQ(j.decode(c["ids"].get<std::vector<int32_t>>()), spm_round_trip(text));
+  }
+}
+
+// Only Gemma's SentencePiece pipeline is read; others are refused by the field that differs.
+TEST(SpmTiny, HfJsonOtherShapesAreRefused) {
+  const json base = json::parse(read_file(kDir + "/spm_tiny/tokenizer.json"));
+  auto expect = [&](const json& j, std::initializer_list<std::string> parts) {
+    const std::string path = tmp_file("spm_shape.json", j.dump());
+    try {
+      Tokenizer::from_hf_json(path);
+      ADD_FAILURE() << "expected an error for " << j.dump().substr(0, 80);
+    } catch (const Error& e) {
+      for (const auto& p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what();
+    }
+  };
+  json j = base;  // Llama 2: a prefix space from the normalizer
+  j["normalizer"] = json::parse(R"({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "\u2581"},
+      {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]})");
+  expect(j, {"spm_shape.json", "normalizer", "Prepend", "no prefix space"});
+  j = base;
+  j["pre_tokenizer"] = json::parse(R"({"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first"})");
+  expect(j, {"pre_tokenizer", "Metaspace"});
+  j = base;
+  j["decoder"]["decoders"].push_back(json::parse(R"({"type": "Strip", "content": " ", "start": 1, "stop": 0})"));
+  expect(j, {"decoder", "Strip"});
+  j = base;
+  j["model"]["ignore_merges"] = true;
+  expect(j, {"ignore_merges"});
+  j = base;
+  j["model"]["unk_token"] = "<nope>";
+  expect(j, {"unk_token", "<nope>"});
+  j = base;
+  j["normalizer"] = json::parse(R"({"type": "Sequence", "normalizers": [
+      {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]})");
+  EXPECT_EQ(Tokenizer::from_hf_json(tmp_file("spm_seq.json", j.dump())).hash(),
+            Tokenizer::from_gguf(GgufFile::open(kTinySpm)).hash());
+  j["pre_tokenizer"] = nullptr;  // transformers' newest GemmaTokenizer has none
+  EXPECT_EQ(Tokenizer::from_hf_json(tmp_file("spm_nopre.json", j.dump())).encode("a  b"),
+            Tokenizer::from_gguf(GgufFile::open(kTinySpm)).encode("a  b"));
+}
+
 namespace {
 
 // A SentencePiece vocabulary as llama.cpp lays it out in GGUF, for the cases the fixture cannot show.
@@ -753,7 +829,14 @@ TEST_F(Gemma3, Vocabulary) {
   EXPECT_EQ(t.hash().size(), 16u);
   EXPECT_EQ(t.hash(), Tokenizer::from_gguf(*gguf_).hash());
   EXPECT_NE(t.hash(), Tokenizer::from_gguf(GgufFile::open(kTinySpm)).hash());
-  EXPECT_TRUE(t.merges().empty());
+  // Merges derived from the scores as Hugging Face derives them (checked against transformers'
+  // generate_merges on this vocabulary by tests/data/export/verify_gemma_tokenizer.py).
+  const auto merges = t.merges();
+  ASSERT_EQ(merges.size(), 513511u);
+  using Merge = std::pair<std::string, std::string>;
+  EXPECT_EQ(merges[0], Merge("\u2581", "t"));
+  EXPECT_EQ(merges[1], Merge("i", "n"));
+  EXPECT_EQ(merges.back(), Merge("\u2581\u0926", "\u093f\u0932\u093e\u0908"));
 }
 
 // Any bytes round-trip; each byte that is not part of valid UTF-8 is its own <0xXX> token.

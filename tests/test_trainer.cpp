@@ -8,11 +8,13 @@
 // checks Python interop of the store format.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 
+#include "retort/distill/capture.h"
 #include "retort/distill/signal_store.h"
 #include "retort/distill/student.h"
 #include "retort/distill/trainer.h"
@@ -327,4 +329,123 @@ TEST(Trainer, FailedCheckpointWriteLeavesNothingHalfWritten) {
     for ([[maybe_unused]] const auto& e : fs::directory_iterator(d / "checkpoints")) ++entries;
   EXPECT_EQ(entries, 0);
   EXPECT_EQ(latest_checkpoint(d.path.string()), "");
+}
+
+// ---------------------------------------------------------------------------------------------
+// A Gemma 3 student, end to end as `retort distill --teacher T --data STORE --student ...,init=random` runs it:
+// capture from the teacher, a random student of the teacher's family, a few steps with checkpoints, each
+// checkpoint (an HF directory written by export_hf) loading back to the trained weights and the store's
+// tokenizer.
+
+namespace {
+
+// Capture `prompts` raw (no chat template) from `teacher` into `dir`: 2 samples each, 12 tokens, top-8.
+SignalStore capture_store(LoadedModel& teacher, const std::string& spec, const std::vector<std::string>& prompts,
+                          const std::string& dir) {
+  std::string lines;
+  for (const auto& p : prompts) lines += nlohmann::json({{"prompt", p}}).dump() + "\n";
+  write_file_atomic(dir + ".jsonl", lines);
+  CaptureOptions o;
+  o.prompts_path = dir + ".jsonl";
+  o.out_dir = dir;
+  o.samples_per_prompt = 2;
+  o.max_tokens = 12;
+  o.k = 8;
+  o.chat = false;
+  o.sampling.seed = 3;
+  o.progress = false;
+  capture(teacher, spec, o);
+  return SignalStore::open(dir);
+}
+
+TrainerConfig gemma_config() {
+  TrainerConfig c = golden_config();
+  c.steps = 4;
+  c.batch = 2;
+  c.accum = 1;
+  c.max_seq = 32;
+  c.warmup = 1;
+  c.save_every = 2;
+  c.write_final = true;
+  return c;
+}
+
+// Trains a student of `teacher` (spec e.g. "layers=2,...,init=random") on `store`; checks that every
+// checkpoint and final/ load back as a Gemma 3 with the trained weights (final) and the store's tokenizer.
+void train_and_reload(LoadedModel& teacher, const SignalStore& store, const std::string& spec, const std::string& out) {
+  const ModelHParams hp = student_hparams(teacher.hparams, StudentConfig::parse(spec));
+  TrainerInputs in;
+  in.student = make_random_student(hp, /*seed=*/1);
+  in.tokenizer = teacher.tokenizer.get();
+  in.export_info.chat_template = teacher.chat_template;
+  in.export_info.eos_ids = teacher.eos_ids;
+  in.data = &store;
+  auto before = in.student->named_parameters()["model.embed_tokens.weight"].clone();
+  auto r = train(in, gemma_config(), out);
+  EXPECT_EQ(r.steps, 4);
+  EXPECT_TRUE(std::isfinite(r.last_loss));
+  EXPECT_GT((in.student->named_parameters()["model.embed_tokens.weight"] - before).abs().max().item<double>(), 0);
+
+  ASSERT_EQ(latest_checkpoint(out), out + "/checkpoints/step-000004");
+  for (const std::string dir : {out + "/checkpoints/step-000002", out + "/checkpoints/step-000004", out + "/final"}) {
+    SCOPED_TRACE(dir);
+    LoadedModel back = load_model(dir);
+    EXPECT_EQ(back.hparams.arch, "gemma3");
+    EXPECT_EQ(back.hparams.to_json()["layer_types"], hp.to_json()["layer_types"]);
+    EXPECT_DOUBLE_EQ(back.hparams.query_scale(), hp.query_scale());
+    EXPECT_EQ(back.hparams.n_params(), hp.n_params());
+    ASSERT_TRUE(back.tokenizer);
+    EXPECT_EQ(back.tokenizer->hash(), store.manifest().tokenizer_hash);  // a later run accepts the store
+  }
+  LoadedModel fin = load_model(out + "/final");
+  auto ids = torch::randint(0, hp.n_vocab, {2, 9}, torch::kInt64);
+  torch::NoGradGuard ng;
+  EXPECT_TRUE(torch::equal(in.student->forward(ids), fin.model->forward(ids)));
+}
+
+}  // namespace
+
+// Teacher: the tiny random Gemma 3 checkpoint (tests/data/hf/tiny-gemma3: 4 layers L L G L, byte-level
+// tokenizer). The student keeps the teacher's layer rule (every 3rd layer global) at 3 layers: L L G.
+TEST(TrainerGemma3, TinyRandomStudentTrainsAndCheckpointsLoadBack) {
+  TempDir d("gemma3_tiny");
+  LoadedModel teacher = load_model(std::string(RETORT_TEST_DATA) + "/hf/tiny-gemma3");
+  auto store = capture_store(teacher, "tiny-gemma3", {"abc", "hello there", "xyz 123", "a b c d"}, d / "store");
+  EXPECT_EQ(store.n_samples(), 8);
+  const std::string spec = "layers=3,hidden=32,heads=2,kv_heads=1,ffn=64,init=random";
+  EXPECT_EQ(student_hparams(teacher.hparams, StudentConfig::parse(spec)).to_json()["layer_types"], "LLG");
+  train_and_reload(teacher, store, spec, d / "run");
+  // init=prune is the Llama family's only: refused up front, naming what to use.
+  expect_error([&] { student_hparams(teacher.hparams, StudentConfig::parse("layers=2,init=prune")); },
+               {"init=prune", "gemma3", "init=random"});
+}
+
+// Teacher: Gemma 3 270M (GGUF, SentencePiece tokenizer; skipped when absent). The checkpoints carry the
+// tokenizer as tokenizer.json, which must read back to the GGUF's (same hash), or the run could not be
+// continued from a checkpoint on the same store.
+TEST(TrainerGemma3, StudentOfGemma3_270mKeepsTheTokenizerThroughCheckpoints) {
+  if (!fs::exists(retort_test::gemma3_path())) GTEST_SKIP() << "Gemma 3 GGUF not found at " << retort_test::gemma3_path();
+  TempDir d("gemma3_270m");
+  LoadOptions lo;
+  lo.inference_only = true;  // capture reads the blocks; the student is made fresh
+  LoadedModel teacher = load_model(retort_test::gemma3_path(), lo);
+  auto store = capture_store(teacher, "gemma3-270m", {"The capital of France is", "def f(x):\n    return"},
+                             d / "store");
+  const std::string spec = "layers=2,hidden=64,heads=2,kv_heads=1,ffn=128,init=random";
+  const ModelHParams hp = student_hparams(teacher.hparams, StudentConfig::parse(spec));
+  EXPECT_EQ(hp.to_json()["layer_types"], "LL");  // every 6th layer global, as the teacher's
+  EXPECT_EQ(hp.head_dim, 32);
+  EXPECT_DOUBLE_EQ(hp.query_scale(), 1.0 / std::sqrt(32.0));
+  train_and_reload(teacher, store, spec, d / "run");
+  // Continuing from a checkpoint (`--student DIR`): its tokenizer is accepted for the store.
+  LoadedModel ck = load_model(d / "run/checkpoints/step-000002");
+  TrainerInputs in;
+  in.student = ck.model;
+  in.tokenizer = ck.tokenizer.get();
+  in.data = &store;
+  auto c = gemma_config();
+  c.steps = 1;
+  c.save_every = 0;
+  c.write_final = false;
+  EXPECT_EQ(train(in, c, d / "more").steps, 1);
 }

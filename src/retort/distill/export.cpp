@@ -4,15 +4,18 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <map>
+#include <unordered_set>
 
 #include "retort/io/ggml_quants.h"
 #include "retort/io/gguf_writer.h"
 #include "retort/io/safetensors.h"
 #include "retort/model/causal_lm.h"
 #include "retort/model/loader.h"
+#include "retort/text/chat_template.h"
 #include "retort/text/pretokenize.h"
 #include "retort/text/tokenizer.h"
 #include "retort/util/error.h"
@@ -72,7 +75,81 @@ ojson added_token_json(const Tokenizer::AddedTokenInfo& a, bool with_id) {
   return j;
 }
 
+// BOS prepended by the post-processor, as Llama-3's and Gemma's tokenizer.json do.
+ojson bos_post_processor(const Tokenizer& tok) {
+  const std::string bos = tok.token_text(*tok.bos_id());
+  ojson a = {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}, b = {{"Sequence", {{"id", "B"}, {"type_id", 1}}}};
+  auto special = [&](int type_id) { return ojson{{"SpecialToken", {{"id", bos}, {"type_id", type_id}}}}; };
+  return {{"type", "TemplateProcessing"},
+          {"single", ojson::array({special(0), a})},
+          {"pair", ojson::array({special(0), a, special(1), b})},
+          {"special_tokens", {{bos, {{"id", bos}, {"ids", {*tok.bos_id()}}, {"tokens", {bos}}}}}}};
+}
+
+// The vocabulary {text: id} in id order. Appended to ordered_json's vector directly: its operator[] looks
+// every key up linearly, which is quadratic (minutes for Gemma's 262k tokens). A text held by several ids
+// keeps the first, as the tokenizer's own lookup does.
+ojson vocab_json(const Tokenizer& tok) {
+  ojson vocab = ojson::object();
+  auto& entries = vocab.get_ref<ojson::object_t&>();
+  entries.reserve(size_t(tok.n_vocab()));
+  std::unordered_set<std::string> seen;
+  for (int32_t id = 0; id < tok.n_vocab(); ++id) {
+    if (tok.is_hole(id)) continue;
+    std::string text = tok.token_text(id);
+    if (seen.insert(text).second) entries.ojson::object_t::Container::emplace_back(std::move(text), id);
+  }
+  return vocab;
+}
+
+ojson bpe_model_json(const Tokenizer& tok, bool sentencepiece) {
+  ojson vocab = vocab_json(tok);
+  ojson merges = ojson::array();
+  for (const auto& [a, b] : tok.merges()) merges.push_back(ojson::array({a, b}));  // not {a, b}: that is an object
+  const auto unk = tok.unk_id();
+  return {{"type", "BPE"},
+          {"dropout", nullptr},
+          {"unk_token", sentencepiece && unk ? ojson(tok.token_text(*unk)) : ojson(nullptr)},
+          {"continuing_subword_prefix", nullptr},
+          {"end_of_word_suffix", nullptr},
+          {"fuse_unk", sentencepiece},
+          {"byte_fallback", sentencepiece},
+          {"ignore_merges", tok.ignores_merges()},
+          {"vocab", std::move(vocab)},
+          {"merges", std::move(merges)}};
+}
+
+// SentencePiece BPE (Gemma) as Hugging Face's Gemma tokenizers are (transformers GemmaTokenizer, and its
+// conversion of this GGUF): BPE with byte_fallback, normalizer " " -> "▁", a Split on " " (a no-op after
+// that normalizer), decoder "▁" -> " " + ByteFallback + Fuse, BOS by the post-processor. Merges derived
+// from the scores (Tokenizer::merges). Two choices differ from transformers' GGUF conversion so that
+// HF encodes exactly as SentencePiece (and retort) do: every user-defined piece (Gemma's runs of
+// newlines, tabs and spaces, HTML tags) is an added token with normalized: true, matched whole in the
+// "▁" text, leftmost-longest (the conversion leaves the space runs to BPE: 40 spaces 16 + 24 where
+// SentencePiece gives 31 + 9); and a run of spaces keeps the GGUF's spelling ("  ", not "▁▁"), so its
+// only way in is that added token, and the tokenizer's hash stays the GGUF's.
+std::string spm_tokenizer_json(const Tokenizer& tok) {
+  ojson j;
+  j["version"] = "1.0";
+  j["truncation"] = nullptr;
+  j["padding"] = nullptr;
+  ojson added = ojson::array();
+  for (const auto& a : tok.added_tokens()) added.push_back(added_token_json(a, true));
+  j["added_tokens"] = added;
+  j["normalizer"] = {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", "\u2581"}};
+  j["pre_tokenizer"] = {{"type", "Split"}, {"pattern", {{"String", " "}}}, {"behavior", "MergedWithPrevious"},
+                        {"invert", false}};
+  j["post_processor"] = tok.add_bos_token() ? bos_post_processor(tok) : ojson(nullptr);
+  j["decoder"] = {{"type", "Sequence"},
+                  {"decoders", ojson::array({{{"type", "Replace"}, {"pattern", {{"String", "\u2581"}}}, {"content", " "}},
+                                             {{"type", "ByteFallback"}},
+                                             {{"type", "Fuse"}}})}};
+  j["model"] = bpe_model_json(tok, /*sentencepiece=*/true);
+  return j.dump(-1, ' ', false, ojson::error_handler_t::strict);
+}
+
 std::string tokenizer_json(const Tokenizer& tok) {
+  if (tok.model_type() == "spm") return spm_tokenizer_json(tok);
   ojson j;
   j["version"] = "1.0";
   j["truncation"] = nullptr;
@@ -83,33 +160,12 @@ std::string tokenizer_json(const Tokenizer& tok) {
   j["normalizer"] = tok.normalizes_nfc() ? ojson{{"type", "NFC"}} : ojson(nullptr);
   j["pre_tokenizer"] = pre_tokenizer_json(tok);
   if (tok.add_bos_token()) {
-    // BOS prepended by the post-processor, as Llama-3's tokenizer.json does.
-    const std::string bos = tok.token_text(*tok.bos_id());
-    ojson special = {{"SpecialToken", {{"id", bos}, {"type_id", 0}}}};
-    ojson a = {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}, b = {{"Sequence", {{"id", "B"}, {"type_id", 1}}}};
-    j["post_processor"] = {{"type", "TemplateProcessing"},
-                           {"single", ojson::array({special, a})},
-                           {"pair", ojson::array({special, a, special, b})},
-                           {"special_tokens", {{bos, {{"id", bos}, {"ids", {*tok.bos_id()}}, {"tokens", {bos}}}}}}};
+    j["post_processor"] = bos_post_processor(tok);
   } else {
     j["post_processor"] = {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", false}, {"use_regex", true}};
   }
   j["decoder"] = {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}};
-  ojson vocab = ojson::object();
-  for (int32_t id = 0; id < tok.n_vocab(); ++id)
-    if (!tok.is_hole(id)) vocab[tok.token_text(id)] = id;
-  ojson merges = ojson::array();
-  for (const auto& [a, b] : tok.merges()) merges.push_back(ojson::array({a, b}));  // not {a, b}: that is an object
-  j["model"] = {{"type", "BPE"},
-                {"dropout", nullptr},
-                {"unk_token", nullptr},
-                {"continuing_subword_prefix", nullptr},
-                {"end_of_word_suffix", nullptr},
-                {"fuse_unk", false},
-                {"byte_fallback", false},
-                {"ignore_merges", tok.ignores_merges()},
-                {"vocab", std::move(vocab)},
-                {"merges", std::move(merges)}};
+  j["model"] = bpe_model_json(tok, /*sentencepiece=*/false);
   // Compact: a 49k vocabulary pretty-printed is several MB of whitespace.
   return j.dump(-1, ' ', false, ojson::error_handler_t::strict);
 }
@@ -125,12 +181,13 @@ std::string tokenizer_config_json(const Tokenizer& tok, const ExportInfo& info, 
   c["bos_token"] = token(tok.bos_id());
   c["eos_token"] = token(tok.eos_id());
   c["pad_token"] = token(tok.pad_id());
-  c["unk_token"] = nullptr;
-  c["chat_template"] = info.chat_template.empty() ? ojson(tok.chat_template()) : ojson(info.chat_template);
-  if (c["chat_template"] == "") c.erase("chat_template");
+  c["unk_token"] = tok.model_type() == "spm" ? token(tok.unk_id()) : ojson(nullptr);
+  const std::string tmpl = export_chat_template(info.chat_template.empty() ? tok.chat_template() : info.chat_template, tok);
+  if (!tmpl.empty()) c["chat_template"] = tmpl;
   c["clean_up_tokenization_spaces"] = false;
   c["model_max_length"] = max_position;
-  c["tokenizer_class"] = "PreTrainedTokenizerFast";
+  // Gemma checkpoints name GemmaTokenizer (transformers 5 loads it from this tokenizer.json as written).
+  c["tokenizer_class"] = tok.model_type() == "spm" ? "GemmaTokenizer" : "PreTrainedTokenizerFast";
   return dump(c);
 }
 
@@ -141,6 +198,7 @@ const char* hf_architecture(const std::string& arch) {
   if (arch == "llama") return "LlamaForCausalLM";
   if (arch == "mistral") return "MistralForCausalLM";
   if (arch == "qwen2") return "Qwen2ForCausalLM";
+  if (arch == "gemma3") return "Gemma3ForCausalLM";
   fail("export: architecture \"", arch, "\" has no Hugging Face class (supported: ", supported_architectures(), ")");
 }
 
@@ -166,9 +224,75 @@ ojson eos_json(const Tokenizer& tok, const ExportInfo& info) {
   return ids;
 }
 
+// transformers-5 rope_parameters of one layer kind: {factor?, rope_theta, rope_type}.
+ojson rope_parameters(double theta, const RopeScaling& rs) {
+  ojson r;
+  if (rs.type == "linear") {
+    r["factor"] = rs.factor;
+  } else if (rs.type == "llama3") {
+    r["factor"] = rs.factor;
+    r["high_freq_factor"] = rs.high_freq_factor;
+    r["low_freq_factor"] = rs.low_freq_factor;
+    r["original_max_position_embeddings"] = rs.original_max_position;
+  }
+  r["rope_theta"] = theta;
+  r["rope_type"] = rs.type == "none" ? "default" : rs.type;
+  return r;
+}
+
+// Gemma 3's query_pre_attn_scalar: softmax scale = query_pre_attn_scalar^-1/2. Gemma3TextConfig types it
+// int, so a whole number is written as one (1/(1/sqrt(24))² is 24.000000000000004 in doubles).
+ojson query_pre_attn_scalar(const ModelHParams& hp) {
+  if (hp.attn_scale == 0) return hp.head_dim;
+  const double q = 1.0 / (hp.attn_scale * hp.attn_scale), whole = std::round(q);
+  if (std::fabs(q - whole) <= 1e-9 * whole) return int64_t(whole);
+  return q;
+}
+
+// Gemma3TextConfig as transformers 5 writes it (keys sorted): Gemma3ForCausalLM, model_type gemma3_text,
+// layer_types from the local layers, rope_parameters per layer kind (the global one carries the scaling).
+std::string gemma3_config_json(const ModelHParams& hp, const Tokenizer& tok, const ExportInfo& info,
+                               const std::string& dtype) {
+  ojson c;
+  c["architectures"] = {"Gemma3ForCausalLM"};
+  c["attention_bias"] = false;
+  c["attention_dropout"] = 0.0;
+  c["attn_logit_softcapping"] = nullptr;
+  c["bos_token_id"] = id_or_null(tok.bos_id());
+  c["dtype"] = torch_dtype_name(dtype);
+  c["eos_token_id"] = eos_json(tok, info);
+  c["final_logit_softcapping"] = nullptr;
+  c["head_dim"] = hp.head_dim;
+  c["hidden_activation"] = "gelu_pytorch_tanh";
+  c["hidden_size"] = hp.n_embd;
+  c["initializer_range"] = 0.02;
+  c["intermediate_size"] = hp.n_ff;
+  ojson types = ojson::array();
+  for (int64_t l = 0; l < hp.n_layer; ++l) types.push_back(hp.is_local(l) ? "sliding_attention" : "full_attention");
+  c["layer_types"] = types;
+  c["max_position_embeddings"] = hp.max_position;
+  c["model_type"] = "gemma3_text";
+  c["num_attention_heads"] = hp.n_head;
+  c["num_hidden_layers"] = hp.n_layer;
+  c["num_key_value_heads"] = hp.n_head_kv;
+  c["pad_token_id"] = id_or_null(tok.pad_id());
+  c["query_pre_attn_scalar"] = query_pre_attn_scalar(hp);
+  if (!info.provenance.empty()) c["retort"] = info.provenance;
+  c["rms_norm_eps"] = hp.rms_eps;
+  c["rope_parameters"] = {{"full_attention", rope_parameters(hp.rope_theta, hp.rope_scaling)},
+                          {"sliding_attention", rope_parameters(hp.rope_theta_local, RopeScaling{})}};
+  c["sliding_window"] = hp.sliding_window > 0 ? ojson(hp.sliding_window) : ojson(nullptr);
+  c["tie_word_embeddings"] = hp.tie_embeddings;
+  c["use_bidirectional_attention"] = false;
+  c["use_cache"] = true;
+  c["vocab_size"] = hp.n_vocab;
+  return dump(c);
+}
+
 std::string config_json(const ModelHParams& hp, const Tokenizer& tok, const ExportInfo& info, const std::string& dtype) {
   check(hp.rope_freq_factors.empty(), "export hf: this model stores per-frequency RoPE factors (GGUF rope_freqs.weight), "
         "which a Hugging Face config.json cannot express; export it as GGUF instead");
+  if (hp.arch == "gemma3") return gemma3_config_json(hp, tok, info, dtype);
   ojson c;
   c["architectures"] = {hf_architecture(hp.arch)};
   c["model_type"] = hp.arch;
@@ -292,7 +416,42 @@ std::vector<float> llama3_rope_factors(const ModelHParams& hp) {
   return out;
 }
 
-void add_tokenizer_gguf(GgufWriter& w, const Tokenizer& tok, const ExportInfo& info) {
+// SentencePiece BPE (Gemma) as llama.cpp's converter writes it (_set_vocab_sentencepiece): model "llama",
+// scores, token types 1 normal, 3 control, 4 user-defined, 6 byte, no prefix space. Scores the tokenizer
+// does not have (a piece no merge of a tokenizer.json makes) are written below every real one.
+void add_spm_tokenizer_gguf(GgufWriter& w, const Tokenizer& tok) {
+  w.add_string("tokenizer.ggml.model", "llama");
+  w.add_string("tokenizer.ggml.pre", "default");
+  const size_t n = size_t(tok.n_vocab());
+  std::vector<std::string> tokens(n);
+  std::vector<float> scores(n);
+  std::vector<int32_t> types(n);
+  float lowest = 0;
+  for (int32_t id = 0; id < tok.n_vocab(); ++id)
+    if (std::isfinite(tok.score(id))) lowest = std::min(lowest, tok.score(id));
+  for (int32_t id = 0; id < tok.n_vocab(); ++id) {
+    const size_t i = size_t(id);
+    if (tok.is_hole(id)) {
+      tokens[i] = "[PAD" + std::to_string(id) + "]";
+      types[i] = 5;
+      scores[i] = -1000;
+      continue;
+    }
+    tokens[i] = tok.token_text(id);
+    if (tok.is_special(id)) types[i] = 3, scores[i] = -1000;  // Gemma's GGUF: -1000 for control and user-defined
+    else if (tok.is_added(id)) types[i] = 4, scores[i] = -1000;
+    else if (tok.is_byte(id)) types[i] = 6, scores[i] = 0;
+    else types[i] = 1, scores[i] = std::isfinite(tok.score(id)) ? tok.score(id) : lowest - 1;
+  }
+  w.add_string_array("tokenizer.ggml.tokens", tokens);
+  w.add_float32_array("tokenizer.ggml.scores", scores);
+  w.add_int32_array("tokenizer.ggml.token_type", types);
+  if (auto id = tok.unk_id()) w.add_uint32("tokenizer.ggml.unknown_token_id", uint32_t(*id));
+  w.add_bool("tokenizer.ggml.add_sep_token", false);
+  w.add_bool("tokenizer.ggml.add_space_prefix", false);
+}
+
+void add_byte_level_tokenizer_gguf(GgufWriter& w, const Tokenizer& tok) {
   w.add_string("tokenizer.ggml.model", "gpt2");
   w.add_string("tokenizer.ggml.pre", gguf_pre_name(tok));
   std::vector<std::string> tokens(size_t(tok.n_vocab()));
@@ -312,13 +471,74 @@ void add_tokenizer_gguf(GgufWriter& w, const Tokenizer& tok, const ExportInfo& i
   std::vector<std::string> merges;
   for (const auto& [a, b] : tok.merges()) merges.push_back(a + " " + b);
   w.add_string_array("tokenizer.ggml.merges", merges);
+}
+
+void add_tokenizer_gguf(GgufWriter& w, const Tokenizer& tok, const ExportInfo& info) {
+  if (tok.model_type() == "spm") {
+    add_spm_tokenizer_gguf(w, tok);
+  } else {
+    add_byte_level_tokenizer_gguf(w, tok);
+  }
   if (auto id = tok.bos_id()) w.add_uint32("tokenizer.ggml.bos_token_id", uint32_t(*id));
   if (auto id = tok.eos_id()) w.add_uint32("tokenizer.ggml.eos_token_id", uint32_t(*id));
   if (auto id = tok.pad_id()) w.add_uint32("tokenizer.ggml.padding_token_id", uint32_t(*id));
   w.add_bool("tokenizer.ggml.add_bos_token", tok.add_bos_token());
   w.add_bool("tokenizer.ggml.add_eos_token", false);
-  const std::string& tmpl = info.chat_template.empty() ? tok.chat_template() : info.chat_template;
+  const std::string tmpl = export_chat_template(info.chat_template.empty() ? tok.chat_template() : info.chat_template, tok);
   if (!tmpl.empty()) w.add_string("tokenizer.chat_template", tmpl);
+}
+
+// Gemma 3's keys beyond the common ones (llama.cpp convert_hf_to_gguf.py Gemma3Model): the sliding window.
+// llama.cpp assumes the rest (llama-model.cpp LLM_ARCH_GEMMA3): every 6th layer global, local RoPE base
+// 10000, query scale 1/sqrt(head_dim) (27B, 62 layers: 1/sqrt(n_embd / n_head)). A model that departs from
+// that also gets the keys retort reads for it (attention.sliding_window_pattern, rope.freq_base_swa,
+// attention.scale); llama.cpp ignores them, so such a file runs as trained in retort only, and this warns.
+// It warns too under 6 layers: llama.cpp then has no global layer and aborts (checked with llama-cli).
+void add_gemma3_gguf(GgufWriter& w, const ModelHParams& hp) {
+  check(hp.rope_scaling.type == "none" || hp.rope_scaling.type == "linear",
+        "export gguf: Gemma 3 with ", hp.rope_scaling.type, " RoPE scaling has no GGUF form (llama.cpp's gemma3 reads "
+        "linear scaling only); export it as a Hugging Face directory instead");
+  check(hp.rope_freq_factors.empty(), "export gguf: Gemma 3 with per-frequency RoPE factors has no GGUF form; export it "
+        "as a Hugging Face directory instead");
+  w.add_uint32("gemma3.attention.sliding_window", uint32_t(hp.sliding_window));
+  std::vector<std::string> departs;
+  // The layer types as a period P, layer l global iff (l + 1) % P == 0 (P = 1: all global), as the GGUF says them.
+  auto period_fits = [&](int64_t p) {
+    for (int64_t l = 0; l < hp.n_layer; ++l)
+      if (hp.is_local(l) != (p > 1 && (l + 1) % p != 0)) return false;
+    return true;
+  };
+  if (!period_fits(6)) {
+    std::string types;
+    for (int64_t l = 0; l < hp.n_layer; ++l) types += hp.is_local(l) ? 'L' : 'G';
+    int64_t period = 1;
+    while (period <= hp.n_layer && !period_fits(period)) ++period;
+    check(period_fits(period), "export gguf: Gemma 3 layer types ", types, " (L local, G global) are not every P-th "
+          "layer global, which is all a GGUF can say; export it as a Hugging Face directory instead");
+    w.add_uint32("gemma3.attention.sliding_window_pattern", uint32_t(period));
+    departs.push_back(cat("layer types ", types));
+  }
+  if (hp.rope_theta_local != 10000.0) {
+    w.add_float32("gemma3.rope.freq_base_swa", float(hp.rope_theta_local));
+    departs.push_back(cat("local RoPE base ", hp.rope_theta_local));
+  }
+  const double llamacpp_scale =
+      1.0 / std::sqrt(double(hp.n_layer == 62 ? hp.n_embd / hp.n_head : hp.head_dim));
+  if (std::fabs(hp.query_scale() - llamacpp_scale) > 1e-7 * llamacpp_scale) {
+    w.add_float32("gemma3.attention.scale", float(hp.query_scale()));
+    departs.push_back(cat("query scale ", hp.query_scale()));
+  }
+  if (hp.n_layer < 6)
+    std::fprintf(stderr, "[export] warning: this Gemma 3 has %lld layers; llama.cpp's gemma3 takes every 6th layer as "
+                 "global, finds none, and aborts on the first batch (GGML_ASSERT(buffer) in its KV cache, llama.cpp "
+                 "0.9.4); retort runs the file. Give a student 6 or more layers to run it in llama.cpp\n",
+                 static_cast<long long>(hp.n_layer));
+  if (!departs.empty()) {
+    std::string list;
+    for (const auto& d : departs) list += (list.empty() ? "" : ", ") + d;
+    std::fprintf(stderr, "[export] warning: this Gemma 3 has %s; retort reads that from the GGUF, llama.cpp assumes "
+                 "Gemma 3's defaults and will not run it as trained\n", list.c_str());
+  }
 }
 
 }  // namespace
@@ -328,8 +548,6 @@ void export_hf(const CausalLMImpl& model, const Tokenizer& tok, const ExportInfo
   check(dtype == "f32" || dtype == "bf16" || dtype == "f16", "export hf: --dtype must be f32, bf16 or f16, got \"",
         dtype, "\"");
   check(!dir.empty(), "export hf: empty output directory");
-  check(tok.model_type() == "gpt2", "export hf: the tokenizer is SentencePiece BPE (Gemma); retort writes byte-level "
-        "BPE tokenizers only so far, so this model cannot be exported yet");
   const ModelHParams& hp = model.hparams();
   check(tok.n_vocab() <= hp.n_vocab, "export hf: the tokenizer has ", tok.n_vocab(),
         " tokens but the model's vocabulary is ", hp.n_vocab);
@@ -374,8 +592,6 @@ void export_gguf(const CausalLMImpl& model, const Tokenizer& tok, const ExportIn
   else if (gguf_type == "f16") wtype = GgmlType::F16, file_type = 1;
   else if (gguf_type == "q8_0") wtype = GgmlType::Q8_0, file_type = 7;
   else fail("export gguf: --type must be f32, f16 or q8_0, got \"", gguf_type, "\"");
-  check(tok.model_type() == "gpt2", "export gguf: the tokenizer is SentencePiece BPE (Gemma); retort writes "
-        "byte-level BPE tokenizers only so far, so this model cannot be exported yet");
   const ModelHParams& hp = model.hparams();
   check(tok.n_vocab() <= hp.n_vocab, "export gguf: the tokenizer has ", tok.n_vocab(),
         " tokens but the model's vocabulary is ", hp.n_vocab);
@@ -397,7 +613,7 @@ void export_gguf(const CausalLMImpl& model, const Tokenizer& tok, const ExportIn
   w.add_uint32(a + "attention.head_count_kv", uint32_t(hp.n_head_kv));
   w.add_float32(a + "rope.freq_base", float(hp.rope_theta));
   w.add_float32(a + "attention.layer_norm_rms_epsilon", float(hp.rms_eps));
-  if (hp.head_dim * hp.n_head != hp.n_embd) {
+  if (hp.head_dim * hp.n_head != hp.n_embd || hp.arch == "gemma3") {  // llama.cpp's converter always writes Gemma's
     w.add_uint32(a + "attention.key_length", uint32_t(hp.head_dim));
     w.add_uint32(a + "attention.value_length", uint32_t(hp.head_dim));
   }
@@ -407,6 +623,7 @@ void export_gguf(const CausalLMImpl& model, const Tokenizer& tok, const ExportIn
     w.add_string(a + "rope.scaling.type", "linear");
     w.add_float32(a + "rope.scaling.factor", float(hp.rope_scaling.factor));
   }
+  if (hp.arch == "gemma3") add_gemma3_gguf(w, hp);
   w.add_uint32("general.file_type", file_type);
   if (wtype == GgmlType::Q8_0) w.add_uint32("general.quantization_version", 2);
   add_tokenizer_gguf(w, tok, info);

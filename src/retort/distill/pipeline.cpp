@@ -317,6 +317,12 @@ nlohmann::json run_pipeline(const PipelineOptions& o) {
   std::fprintf(stderr, "[teacher] %s: %s parameters, loaded in %.1f s\n", teacher.path.c_str(),
                params_str(teacher.hparams.n_params()).c_str(), teacher.load_seconds);
 
+  // The student's sizes, checked before the long capture (an impossible size or init fails here).
+  StudentConfig scfg = (!o.student.empty() && o.student.front() == '{')
+                           ? StudentConfig::from_json(nlohmann::json::parse(o.student), "student")
+                           : StudentConfig::parse(o.student);
+  const ModelHParams shp = student_hparams(teacher.hparams, scfg);
+
   // 2. The teacher's signal on the train and held-out prompts.
   t = std::chrono::steady_clock::now();
   const std::string train_dir =
@@ -331,10 +337,6 @@ nlohmann::json run_pipeline(const PipelineOptions& o) {
 
   // 3. The student.
   t = std::chrono::steady_clock::now();
-  StudentConfig scfg = (!o.student.empty() && o.student.front() == '{')
-                           ? StudentConfig::from_json(nlohmann::json::parse(o.student), "student")
-                           : StudentConfig::parse(o.student);
-  const ModelHParams shp = student_hparams(teacher.hparams, scfg);
   CausalLM base;
   if (scfg.init == "prune") {
     torch::NoGradGuard no_grad;

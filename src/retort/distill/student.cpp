@@ -134,6 +134,33 @@ int64_t default_kv_heads(int64_t n_head, int64_t max_group) {
   return kv;
 }
 
+// n layer indices spread evenly over [0, L), first and last included.
+std::vector<int64_t> spread_layers(int64_t L, int64_t n) {
+  if (n == 1) return {0};
+  std::vector<int64_t> out;
+  for (int64_t i = 0; i < n; ++i) out.push_back(int64_t(std::llround(double(i) * double(L - 1) / double(n - 1))));
+  return out;
+}
+
+// Gemma 3: a student of n layers gets the teacher's rule for local (sliding-window) layers: when the teacher's
+// are "every P-th layer global" (Gemma 3: P = 6), the student's are too, so its GGUF says them as llama.cpp
+// expects; otherwise the student's layer i takes the type of the teacher layer a prune would keep for it.
+std::vector<uint8_t> student_local_layers(const ModelHParams& t, int64_t n) {
+  std::vector<int64_t> periods = {6};  // Gemma 3's, first: a teacher of under 6 layers, all local, fits 6 too
+  for (int64_t p = 1; p <= t.n_layer + 1; ++p) periods.push_back(p);
+  for (int64_t p : periods) {
+    bool fits = true;
+    for (int64_t l = 0; l < t.n_layer && fits; ++l) fits = t.is_local(l) == (p > 1 && (l + 1) % p != 0);
+    if (!fits) continue;
+    std::vector<uint8_t> out(size_t(n), 0);
+    for (int64_t l = 0; l < n; ++l) out[size_t(l)] = p > 1 && (l + 1) % p != 0;
+    return out;
+  }
+  std::vector<uint8_t> out;
+  for (int64_t l : spread_layers(t.n_layer, n)) out.push_back(t.is_local(l));
+  return out;
+}
+
 std::string divisors_of(int64_t n) {
   std::string s;
   for (int64_t d = 1; d <= n; ++d)
@@ -163,6 +190,8 @@ ModelHParams student_hparams(const ModelHParams& t, const StudentConfig& cfg) {
                                        : default_kv_heads(s.n_head, t_group);
 
   if (prune) {
+    check(t.arch == "llama" || t.arch == "mistral" || t.arch == "qwen2", "student: init=prune is implemented for the "
+          "Llama family (llama, mistral, qwen2); the teacher is ", t.arch, ": use init=random");
     // Pruning cuts whole heads out of the teacher: head_dim is the teacher's.
     auto not_larger = [&](int64_t v, int64_t tv, const char* key) {
       check(v <= tv, "student: ", key, "=", v, " is larger than the teacher's ", tv,
@@ -195,6 +224,9 @@ ModelHParams student_hparams(const ModelHParams& t, const StudentConfig& cfg) {
       fail("student: the teacher stores rope_freqs for head_dim ", t.head_dim, "; a student with head_dim ",
            s.head_dim, " cannot reuse them; choose heads=", s.n_embd / t.head_dim, " so head_dim stays ", t.head_dim);
   }
+  if (!t.local_layers.empty()) s.local_layers = student_local_layers(t, s.n_layer);
+  // Gemma 3's query scale: the teacher's while head_dim is, else 1/sqrt(head_dim) (Gemma 3's rule below 27B).
+  if (s.head_dim != t.head_dim) s.attn_scale = 0;
   return s;
 }
 
@@ -295,14 +327,6 @@ std::vector<int64_t> top_n(const torch::Tensor& scores, int64_t n) {
   idx.resize(size_t(n));
   std::sort(idx.begin(), idx.end());
   return idx;
-}
-
-// n layer indices spread evenly over [0, L), first and last included.
-std::vector<int64_t> spread_layers(int64_t L, int64_t n) {
-  if (n == 1) return {0};
-  std::vector<int64_t> out;
-  for (int64_t i = 0; i < n; ++i) out.push_back(int64_t(std::llround(double(i) * double(L - 1) / double(n - 1))));
-  return out;
 }
 
 // Row indices of whole heads: head h covers rows h*D .. h*D + D - 1.

@@ -32,7 +32,9 @@ struct StudentConfig {
 };
 
 // The student's hyperparameters: the teacher's (arch, vocab, RoPE, norm eps, tying, bias) with
-// the config's sizes. Impossible sizes (heads not dividing hidden, kv_heads not dividing heads,
+// the config's sizes. Gemma 3: local layers by the teacher's rule (every P-th layer global when the
+// teacher's are so, else the teacher's types at evenly spread layers), and the query scale
+// 1/sqrt(head_dim) when head_dim changes. Impossible sizes (heads not dividing hidden, kv_heads not dividing heads,
 // larger than the teacher when init = prune, zero/negative) -> retort::Error naming the field
 // and what would work.
 ModelHParams student_hparams(const ModelHParams& teacher, const StudentConfig& cfg);

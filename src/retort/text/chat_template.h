@@ -29,6 +29,11 @@ struct ChatMessage {
   std::string content;
 };
 
+// The Jinja source an export writes for a model: `source` when it has one; for a Gemma vocabulary
+// without one (the Gemma 3 base GGUFs, which retort renders in Gemma 3's format), Gemma 3's own
+// template (google/gemma-3-*-it tokenizer_config.json) so other tools render the same turns; else "".
+std::string export_chat_template(const std::string& source, const Tokenizer& tok);
+
 class ChatTemplate {
  public:
   static ChatTemplate from_jinja(const std::string& jinja_source, const Tokenizer& tok);

@@ -2,7 +2,7 @@
 
 #include <algorithm>
 #include <array>
-#include <bit>
+#include <limits>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <queue>
@@ -142,13 +142,20 @@ struct Tokenizer::Impl {
   PreTokenizer pre;
   std::optional<int32_t> bos, eos, pad, unk;
 
-  // SentencePiece BPE (GGUF model "llama"); its normalizer is ' ' -> "▁".
+  // SentencePiece BPE (GGUF model "llama", or a tokenizer.json BPE with byte_fallback); its normalizer is
+  // ' ' -> "▁".
   bool spm = false;
-  std::vector<float> scores;                             // [n_vocab] merge priority: the higher merges first
+  // [n_vocab] merge priority: the higher merges first; -inf: never the result of a merge (a tokenizer.json
+  // piece no merge makes).
+  std::vector<float> scores;
   std::unordered_map<std::string_view, int32_t> pieces;  // normal token text -> id (views into texts)
   size_t max_piece = 0;                                  // longest piece, in bytes
   std::array<bool, 256> joins_space{};                   // bytes that precede an inner "▁" in some piece
   bool spm_drops = false;                                // a byte has no <0xXX> token and there is no unk
+  // A GGUF SentencePiece vocabulary has scores but no merge list: merge_pairs() derives one on first use.
+  bool derive_merges = false;
+  mutable std::once_flag derive_once;
+  mutable std::vector<std::pair<int32_t, int32_t>> derived_merges;
   bool add_bos = false;
   std::string chat_template;
 
@@ -156,6 +163,8 @@ struct Tokenizer::Impl {
   mutable std::unordered_map<std::string, std::vector<int32_t>> cache;  // pre-token bytes -> ids
 
   void finish(const std::vector<std::pair<std::string, std::string>>& merge_strings);
+  void index_spm_pieces(const std::vector<int64_t>& gguf_types = {});
+  const std::vector<std::pair<int32_t, int32_t>>& merge_pairs() const;
   void bpe(std::string_view word, std::vector<int32_t>& out) const;
   void spm_bpe(std::string_view text, std::vector<int32_t>& out, size_t* n_dropped) const;
   void encode_word(std::string_view word, std::vector<int32_t>& out) const;
@@ -220,6 +229,65 @@ void Tokenizer::Impl::finish(const std::vector<std::pair<std::string, std::strin
     AddedTable& t = added[k].normalized ? added_norm : added_raw;
     t[static_cast<unsigned char>(added[k].match[0])].push_back(static_cast<int32_t>(k));
   }
+}
+
+// SentencePiece: the pieces merges make are the normal tokens (GGUF: token_type 1, not 5 "unused").
+// Call after finish(), with unk set.
+void Tokenizer::Impl::index_spm_pieces(const std::vector<int64_t>& gguf_types) {
+  for (size_t i = 0; i < texts.size(); ++i) {
+    if (kind[i] != kNormal || (!gguf_types.empty() && gguf_types[i] != 1)) continue;
+    const std::string& t = texts[i];
+    pieces.emplace(t, static_cast<int32_t>(i));  // first id wins on duplicates
+    max_piece = std::max(max_piece, t.size());
+    for (size_t at = t.find(kSpmSpace, 1); at != std::string::npos; at = t.find(kSpmSpace, at + 1))
+      joins_space[static_cast<unsigned char>(t[at - 1])] = true;
+  }
+  spm_drops = !unk && std::find(byte_id.begin(), byte_id.end(), -1) != byte_id.end();
+}
+
+// A SentencePiece vocabulary's merges as Hugging Face derives them (transformers
+// tokenization_utils_base.generate_merges, as SentencePieceExtractor does): every split of a normal
+// piece into two normal pieces, ranked by the piece's score (higher first), then by the left part's
+// length in characters (longer first), then the right part's; ties keep piece order, and within a
+// piece (left id, right id) order. HF BPE with these merges (lowest rank first) then merges what
+// SentencePiece does (highest score first): the ranks of one piece's splits are contiguous and in
+// score order, and only normal pieces are ever symbols of a word.
+const std::vector<std::pair<int32_t, int32_t>>& Tokenizer::Impl::merge_pairs() const {
+  if (!derive_merges) return merge_list;
+  std::call_once(derive_once, [this] {
+    struct Cand {
+      float score;
+      int32_t len_l, len_r;  // in characters (code points)
+      int32_t l, r;
+    };
+    auto chars = [](std::string_view s) {
+      int32_t n = 0;
+      for (unsigned char c : s) n += (c & 0xC0) != 0x80;
+      return n;
+    };
+    std::vector<Cand> cands;
+    for (size_t i = 0; i < texts.size(); ++i) {
+      const std::string_view t = texts[i];
+      if (auto self = pieces.find(t); self == pieces.end() || self->second != int32_t(i)) continue;  // no piece
+      const size_t first = cands.size();
+      for (size_t k = 1; k < t.size(); ++k) {
+        if ((static_cast<unsigned char>(t[k]) & 0xC0) == 0x80) continue;  // inside a character
+        auto l = pieces.find(t.substr(0, k)), r = pieces.find(t.substr(k));
+        if (l != pieces.end() && r != pieces.end())
+          cands.push_back({scores[i], chars(t.substr(0, k)), chars(t.substr(k)), l->second, r->second});
+      }
+      std::sort(cands.begin() + int64_t(first), cands.end(),
+                [](const Cand& a, const Cand& b) { return a.l != b.l ? a.l < b.l : a.r < b.r; });
+    }
+    std::stable_sort(cands.begin(), cands.end(), [](const Cand& a, const Cand& b) {
+      if (a.score != b.score) return a.score > b.score;
+      if (a.len_l != b.len_l) return a.len_l > b.len_l;
+      return a.len_r > b.len_r;
+    });
+    derived_merges.reserve(cands.size());
+    for (const Cand& c : cands) derived_merges.emplace_back(c.l, c.r);
+  });
+  return derived_merges;
 }
 
 // BPE over one pre-token. Symbols form a linked list; a min-heap holds candidate pairs keyed by
@@ -310,7 +378,8 @@ void Tokenizer::Impl::spm_bpe(std::string_view text, std::vector<int32_t>& out, 
     const uint32_t len = syms[l].len + syms[syms[l].next].len;
     if (len > max_piece) return;
     auto it = pieces.find(text.substr(syms[l].start, len));
-    if (it != pieces.end()) heap.push({scores[it->second], l, len});
+    if (it != pieces.end() && scores[it->second] != -std::numeric_limits<float>::infinity())
+      heap.push({scores[it->second], l, len});
   };
   for (int32_t k = 0; k + 1 < static_cast<int32_t>(syms.size()); ++k) consider(k);
   while (!heap.empty()) {
@@ -538,19 +607,15 @@ std::string Tokenizer::hash() const {
     feed(std::string_view("\0", 1));
   }
   if (m.spm) {  // absent otherwise, so hashes of byte-level tokenizers are unchanged
-    feed("scores\n");
-    for (float sc : m.scores) {  // the 4 bytes of the float, little-endian
-      const auto bits = std::bit_cast<uint32_t>(sc);
-      const char b[4] = {char(bits), char(bits >> 8), char(bits >> 16), char(bits >> 24)};
-      feed(std::string_view(b, 4));
-    }
+    // The scores enter through the merges derived from them (below), so a GGUF and a tokenizer.json of
+    // one SentencePiece vocabulary hash alike.
     feed("bytes\n");
     for (size_t i = 0; i < m.kind.size(); ++i)
       if (m.kind[i] == kByte) feed(cat(i, "\n"));
     if (m.unk) feed(cat("unk ", *m.unk, "\n"));
   }
   feed("merges\n");
-  for (const auto& [a, b] : m.merge_list) {
+  for (const auto& [a, b] : m.merge_pairs()) {
     feed(m.texts[a]);
     feed(" ");
     feed(m.texts[b]);
@@ -568,8 +633,9 @@ std::string Tokenizer::hash() const {
 
 std::vector<std::pair<std::string, std::string>> Tokenizer::merges() const {
   std::vector<std::pair<std::string, std::string>> out;
-  out.reserve(impl_->merge_list.size());
-  for (const auto& [a, b] : impl_->merge_list) out.emplace_back(impl_->texts[a], impl_->texts[b]);
+  const auto& pairs = impl_->merge_pairs();
+  out.reserve(pairs.size());
+  for (const auto& [a, b] : pairs) out.emplace_back(impl_->texts[a], impl_->texts[b]);
   return out;
 }
 
@@ -584,6 +650,11 @@ std::vector<std::string> Tokenizer::pre_tokenizer_patterns() const { return impl
 bool Tokenizer::normalizes_nfc() const { return impl_->nfc; }
 bool Tokenizer::ignores_merges() const { return impl_->ignore_merges; }
 bool Tokenizer::is_hole(int32_t id) const { return id >= 0 && id < n_vocab() && impl_->kind[id] == kHole; }
+bool Tokenizer::is_byte(int32_t id) const { return id >= 0 && id < n_vocab() && impl_->kind[id] == kByte; }
+float Tokenizer::score(int32_t id) const {
+  check(id >= 0 && id < n_vocab(), "token id ", id, " is outside the vocabulary [0, ", n_vocab(), ")");
+  return impl_->spm ? impl_->scores[size_t(id)] : 0.0f;
+}
 
 // ---------------------------------------------------------------------------------------------
 // GGUF
@@ -661,15 +732,7 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& gguf) {
     check(scores.size() == n, m->what, ": tokenizer.ggml.scores has ", scores.size(), " entries but there are ", n,
           " tokens");
     m->scores.assign(scores.begin(), scores.end());
-    // Merge results: normal pieces only (SentencePiece never merges into control, byte or unused pieces).
-    for (size_t i = 0; i < n; ++i) {
-      if (types[i] != 1) continue;
-      const std::string& t = m->texts[i];
-      m->pieces.emplace(t, static_cast<int32_t>(i));  // first id wins on duplicates
-      m->max_piece = std::max(m->max_piece, t.size());
-      for (size_t at = t.find(kSpmSpace, 1); at != std::string::npos; at = t.find(kSpmSpace, at + 1))
-        m->joins_space[static_cast<unsigned char>(t[at - 1])] = true;
-    }
+    m->derive_merges = true;
   }
   std::vector<std::pair<std::string, std::string>> merges;
   if (!m->spm && gguf.find("tokenizer.ggml.merges")) {  // SentencePiece merges by score, never by a merge list
@@ -697,7 +760,8 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& gguf) {
   m->add_bos = gguf.find_bool("tokenizer.ggml.add_bos_token").value_or(false);
   m->chat_template = gguf.find_string("tokenizer.chat_template").value_or("");
   m->finish(merges);
-  m->spm_drops = m->spm && !m->unk && std::find(m->byte_id.begin(), m->byte_id.end(), -1) != m->byte_id.end();
+  // Merge results: normal pieces only (SentencePiece never merges into control, byte or unused pieces).
+  if (m->spm) m->index_spm_pieces(types);
   return Tokenizer(std::move(m));
 }
 
@@ -785,50 +849,102 @@ std::optional<std::string> post_processor_bos(const json& pp) {
 
 }  // namespace
 
+namespace {
+
+bool is_string_pattern(const json& j, const char* value) {
+  return j.is_object() && j.contains("pattern") && j["pattern"].is_object() && j["pattern"].contains("String") &&
+         j["pattern"]["String"] == value;
+}
+
+// The SentencePiece pipeline retort reads: Gemma's (transformers GemmaTokenizer). Normalizer
+// Replace(" " -> "▁") alone (a Sequence of just it is fine); pre_tokenizer null or Split on " " (a no-op
+// once the spaces are "▁"); decoder null or a Sequence of Replace / ByteFallback / Fuse. Llama-2-style
+// files (a Prepend normalizer or Metaspace, a Strip decoder: a prefix space) are refused by name.
+void check_spm_pipeline(const json& j, const std::string& what) {
+  const std::string hint = "; retort reads SentencePiece-style BPE tokenizer.json files shaped like Gemma's "
+                           "(normalizer Replace \" \" -> \"\u2581\", no prefix space)";
+  const json* norm = j.contains("normalizer") ? &j["normalizer"] : nullptr;
+  if (norm && jtype(*norm) == "Sequence" && norm->contains("normalizers") && (*norm)["normalizers"].is_array() &&
+      (*norm)["normalizers"].size() == 1)
+    norm = &(*norm)["normalizers"][0];
+  check(norm && jtype(*norm) == "Replace" && is_string_pattern(*norm, " ") && norm->value("content", "") == "\u2581",
+        what, ": model.byte_fallback is true, but field normalizer is ", norm ? norm->dump().substr(0, 200) : "missing",
+        hint);
+  if (j.contains("pre_tokenizer") && !j["pre_tokenizer"].is_null()) {
+    const json& pre = j["pre_tokenizer"];
+    check(jtype(pre) == "Split" && is_string_pattern(pre, " ") && !pre.value("invert", false), what,
+          ": field pre_tokenizer is ", pre.dump().substr(0, 200), " (expected null or a Split on \" \")", hint);
+  }
+  if (j.contains("decoder") && !j["decoder"].is_null()) {
+    const json& d = j["decoder"];
+    std::vector<json> steps;
+    if (jtype(d) == "Sequence" && d.contains("decoders") && d["decoders"].is_array()) steps = d["decoders"].get<std::vector<json>>();
+    else steps = {d};
+    for (const json& step : steps) {
+      const std::string t = jtype(step);
+      check(t == "Replace" || t == "ByteFallback" || t == "Fuse", what, ": field decoder has a \"", t,
+            "\" step (retort decodes with Replace \"\u2581\" -> \" \", ByteFallback and Fuse only)", hint);
+    }
+  }
+  check(!j["model"].value("ignore_merges", false), what,
+        ": field model.ignore_merges is true, which SentencePiece BPE does not do", hint);
+}
+
+json parse_json_file(const std::string& path, const std::string& what) {
+  try {
+    return json::parse(read_file(path));
+  } catch (const json::exception& e) {
+    fail(what, ": not valid JSON (", e.what(), ")");
+  }
+}
+
+}  // namespace
+
+// Byte-level BPE (GPT-2 family), or SentencePiece BPE with byte fallback (model.byte_fallback: Gemma).
 Tokenizer Tokenizer::from_hf_json(const std::string& tokenizer_json_path, const std::string& tokenizer_config_path) {
   auto m = std::make_shared<Impl>();
   const std::string what = "tokenizer.json " + tokenizer_json_path;
   m->what = what;
-  json j;
-  try {
-    j = json::parse(read_file(tokenizer_json_path));
-  } catch (const json::exception& e) {
-    fail(what, ": not valid JSON (", e.what(), ")");
-  }
+  const json j = parse_json_file(tokenizer_json_path, what);
   check(j.is_object(), what, ": the top level is not a JSON object");
   check(j.contains("model") && j["model"].is_object(), what, ": field model is missing");
   const json& model = j["model"];
   const std::string mtype = model.contains("type") ? jtype(model) : "BPE";
-  check(mtype == "BPE", what, ": field model.type is \"", mtype, "\"; retort supports byte-level BPE only");
+  check(mtype == "BPE", what, ": field model.type is \"", mtype,
+        "\"; retort supports BPE only (byte-level, or SentencePiece-style with byte_fallback)");
   check(model.contains("vocab") && model["vocab"].is_object(), what, ": field model.vocab is missing or not an object");
   check(model.contains("merges") && model["merges"].is_array(), what, ": field model.merges is missing or not an array");
-  check(!model.value("byte_fallback", false), what,
-        ": field model.byte_fallback is true (a SentencePiece-style BPE); retort supports byte-level BPE only");
+  m->spm = model.value("byte_fallback", false);
   for (const char* k : {"continuing_subword_prefix", "end_of_word_suffix"}) {
     check(!model.contains(k) || model[k].is_null() || (model[k].is_string() && model[k].get<std::string>().empty()),
-          what, ": field model.", k, " is set; not supported for byte-level BPE");
+          what, ": field model.", k, " is set; not supported");
   }
   check(!model.contains("dropout") || model["dropout"].is_null() || model["dropout"] == 0.0, what,
         ": field model.dropout is set; retort encodes deterministically (remove it)");
-  m->ignore_merges = model.value("ignore_merges", false);
-  if (j.contains("normalizer")) collect_normalizer(j["normalizer"], what, "normalizer", &m->nfc);
 
-  check(j.contains("pre_tokenizer") && j["pre_tokenizer"].is_object(), what,
-        ": field pre_tokenizer is missing; a byte-level BPE needs a ByteLevel pre-tokenizer");
-  std::vector<std::string> patterns;
-  bool byte_level = false;
-  collect_pre(j["pre_tokenizer"], what, "pre_tokenizer", patterns, &byte_level);
-  check(byte_level, what, ": field pre_tokenizer has no ByteLevel step; retort supports byte-level BPE only");
-  if (j.contains("decoder") && !j["decoder"].is_null()) {
-    check(jtype(j["decoder"]) == "ByteLevel", what, ": field decoder.type is \"", jtype(j["decoder"]),
-          "\"; byte-level BPE needs the ByteLevel decoder");
+  if (m->spm) {
+    check_spm_pipeline(j, what);
+  } else {
+    m->ignore_merges = model.value("ignore_merges", false);
+    if (j.contains("normalizer")) collect_normalizer(j["normalizer"], what, "normalizer", &m->nfc);
+    check(j.contains("pre_tokenizer") && j["pre_tokenizer"].is_object(), what,
+          ": field pre_tokenizer is missing; a byte-level BPE needs a ByteLevel pre-tokenizer");
+    std::vector<std::string> patterns;
+    bool byte_level = false;
+    collect_pre(j["pre_tokenizer"], what, "pre_tokenizer", patterns, &byte_level);
+    check(byte_level, what, ": field pre_tokenizer has no ByteLevel step; retort supports byte-level BPE, or "
+          "SentencePiece-style BPE with model.byte_fallback");
+    if (j.contains("decoder") && !j["decoder"].is_null()) {
+      check(jtype(j["decoder"]) == "ByteLevel", what, ": field decoder.type is \"", jtype(j["decoder"]),
+            "\"; byte-level BPE needs the ByteLevel decoder");
+    }
+    std::string pre_name = "custom";
+    if (patterns == std::vector<std::string>{kGpt2Pattern}) pre_name = "gpt2";
+    else if (patterns == std::vector<std::string>{R"(\p{N})", kGpt2Pattern}) pre_name = "smollm";
+    else if (patterns == std::vector<std::string>{kLlama3Pattern}) pre_name = "llama3";
+    else if (patterns == std::vector<std::string>{kQwen2Pattern}) pre_name = "qwen2";
+    m->pre = PreTokenizer(pre_name, patterns, what);
   }
-  std::string pre_name = "custom";
-  if (patterns == std::vector<std::string>{kGpt2Pattern}) pre_name = "gpt2";
-  else if (patterns == std::vector<std::string>{R"(\p{N})", kGpt2Pattern}) pre_name = "smollm";
-  else if (patterns == std::vector<std::string>{kLlama3Pattern}) pre_name = "llama3";
-  else if (patterns == std::vector<std::string>{kQwen2Pattern}) pre_name = "qwen2";
-  m->pre = PreTokenizer(pre_name, patterns, what);
 
   // Vocabulary: model.vocab plus added_tokens (which may sit past the model's ids).
   int64_t n = 0;
@@ -858,7 +974,8 @@ Tokenizer Tokenizer::from_hf_json(const std::string& tokenizer_json_path, const 
   m->kind.assign(n, kHole);
   for (const auto& [k, v] : model["vocab"].items()) {
     m->texts[v.get<int64_t>()] = k;
-    m->kind[v.get<int64_t>()] = kNormal;
+    // HF's byte fallback looks bytes up as "<0xXX>".
+    m->kind[v.get<int64_t>()] = m->spm && parse_byte_token(k) >= 0 ? kByte : kNormal;
   }
   for (const auto& a : added) {
     m->texts[a.id] = a.content;
@@ -884,6 +1001,23 @@ Tokenizer Tokenizer::from_hf_json(const std::string& tokenizer_json_path, const 
   }
   m->finish(merges);
 
+  if (m->spm) {
+    if (model.contains("unk_token") && model["unk_token"].is_string()) {
+      m->unk = m->id_of(model["unk_token"].get<std::string>());
+      check(m->unk.has_value(), what, ": field model.unk_token \"", model["unk_token"].get<std::string>(),
+            "\" is not in the vocabulary");
+    }
+    // SentencePiece merges the highest-scoring piece first; HF BPE the lowest-ranked merge. A piece's
+    // score is minus the rank of the first merge that makes it; a piece no merge makes is never merged.
+    m->scores.assign(size_t(n), -std::numeric_limits<float>::infinity());
+    for (size_t r = 0; r < m->merge_list.size(); ++r) {
+      const auto [a, b] = m->merge_list[r];
+      const int32_t made = m->merges.at(pair_key(a, b)).id;
+      if (m->kind[made] == kNormal && m->scores[made] == -std::numeric_limits<float>::infinity())
+        m->scores[made] = -static_cast<float>(r);
+    }
+  }
+
   // BOS from the post-processor; the config (when given) overrides.
   if (j.contains("post_processor") && !j["post_processor"].is_null()) {
     if (auto b = post_processor_bos(j["post_processor"])) {
@@ -893,12 +1027,7 @@ Tokenizer Tokenizer::from_hf_json(const std::string& tokenizer_json_path, const 
   }
   if (!tokenizer_config_path.empty()) {
     const std::string cwhat = "tokenizer_config.json " + tokenizer_config_path;
-    json c;
-    try {
-      c = json::parse(read_file(tokenizer_config_path));
-    } catch (const json::exception& e) {
-      fail(cwhat, ": not valid JSON (", e.what(), ")");
-    }
+    const json c = parse_json_file(tokenizer_config_path, cwhat);
     check(c.is_object(), cwhat, ": the top level is not a JSON object");
     auto resolve = [&](const char* key, std::optional<int32_t>* slot) {
       if (auto s = config_token(c, key)) {
@@ -910,6 +1039,7 @@ Tokenizer Tokenizer::from_hf_json(const std::string& tokenizer_json_path, const 
     resolve("bos_token", &m->bos);
     resolve("eos_token", &m->eos);
     resolve("pad_token", &m->pad);
+    if (m->spm) resolve("unk_token", &m->unk);
     if (c.contains("add_bos_token") && c["add_bos_token"].is_boolean()) m->add_bos = c["add_bos_token"].get<bool>();
     if (c.contains("chat_template")) {
       const json& t = c["chat_template"];
@@ -923,6 +1053,7 @@ Tokenizer Tokenizer::from_hf_json(const std::string& tokenizer_json_path, const 
       }
     }
   }
+  if (m->spm) m->index_spm_pieces();
   return Tokenizer(std::move(m));
 }
 

@@ -1,5 +1,6 @@
 // retort/text/tokenizer.h — BPE tokenizers, no torch: byte-level BPE (GPT-2 family: SmolLM2, Llama-3,
-// Qwen2) and SentencePiece BPE with byte fallback (GGUF model "llama": Gemma 3).
+// Qwen2) and SentencePiece BPE with byte fallback (Gemma 3: GGUF model "llama", or Hugging Face's
+// tokenizer.json form of it — BPE with byte_fallback, normalizer Replace " " -> "▁").
 //
 // encode(text), byte-level BPE ("gpt2"):
 //   1. added tokens (special or not) are cut out first, leftmost-longest; with
@@ -28,6 +29,8 @@
 //      so the text is cut into words there and each word goes through the word cache (~3-12 MB/s);
 //   5. a final symbol that is no piece falls back to one <0xXX> token per byte (the unk token if one of
 //      those is missing). Each byte of invalid UTF-8 is a symbol of its own, so it becomes its <0xXX>.
+// From a tokenizer.json the scores are not stored: a piece's score is minus the rank of the first merge that
+// makes it, which orders the pieces as the scores the merges were derived from did (see merges()).
 // decode: a piece gives its text with "▁" as a space, a <0xXX> token its byte. decode(encode(b)) == b
 // for any bytes b, except that a literal "▁" in the input comes back as a space (as with SentencePiece,
 // HF and llama.cpp: the vocabulary cannot tell the two apart).
@@ -51,7 +54,10 @@ class Tokenizer {
   // smollm/starcoder/refact/codeshell (digits split first), llama-bpe/llama3, qwen2/deepseek-r1-qwen;
   // or model "llama" (SentencePiece BPE with scores and byte tokens) without a prefix space (Gemma).
   static Tokenizer from_gguf(const GgufFile& gguf);
-  // From a Hugging Face tokenizer.json (+ tokenizer_config.json for bos/eos/pad/add_bos_token/chat_template).
+  // From a Hugging Face tokenizer.json (+ tokenizer_config.json for bos/eos/pad/add_bos_token/chat_template):
+  // byte-level BPE, or SentencePiece BPE shaped like Gemma's (model.byte_fallback, normalizer Replace " " ->
+  // "▁", pre_tokenizer null or a Split on " "; added tokens as written, so a user-defined piece marked
+  // normalized is matched in the "▁" text as SentencePiece does).
   static Tokenizer from_hf_json(const std::string& tokenizer_json_path, const std::string& tokenizer_config_path = "");
 
   // n_dropped (optional): += the number of input bytes that got no token (see above; 0 for Gemma).
@@ -75,8 +81,10 @@ class Tokenizer {
   std::string pre_tokenizer_name() const;  // "gpt2", "smollm", "llama3", "qwen2", "custom"; "spm" for SentencePiece
   const std::string& chat_template() const;  // "" when the source had none
   // FNV-1a 64 (hex, 16 digits) over: pre-tokenizer name, every token text in id order, every merge
-  // "a b" in rank order, and (id, special?) of every added token; SentencePiece adds every score, the
-  // byte tokens and unk. Equal for the GGUF and the tokenizer.json of the same byte-level tokenizer.
+  // "a b" in rank order (SentencePiece: the merges(), derived from the scores), and (id, special?) of every
+  // added token; SentencePiece adds the byte tokens and unk. Equal for the GGUF and the tokenizer.json of
+  // the same tokenizer (byte-level, and SentencePiece when the tokenizer.json holds the derived merges, as
+  // retort's export writes them).
   std::string hash() const;
 
   // For writers (`retort export`): everything needed to write the tokenizer back out.
@@ -85,13 +93,19 @@ class Tokenizer {
     std::string content;
     bool special, lstrip, rstrip, normalized;
   };
-  // Byte-level BPE only so far (export refuses SentencePiece): these describe a "gpt2" tokenizer.
-  std::vector<std::pair<std::string, std::string>> merges() const;  // rank order, (left, right) vocab strings
+  // Rank order, (left, right) vocab strings. SentencePiece from GGUF: derived from the scores as Hugging
+  // Face's SentencePieceExtractor does (every split of a normal piece into two normal pieces, the higher
+  // score first, then the longer left part), once, on first use (~0.6 s for Gemma's 262k pieces).
+  std::vector<std::pair<std::string, std::string>> merges() const;
   std::vector<AddedTokenInfo> added_tokens() const;                  // ascending id
   std::vector<std::string> pre_tokenizer_patterns() const;           // the regex splits, in order
   bool normalizes_nfc() const;                                       // NFC before pre-tokenization
   bool ignores_merges() const;                                       // a pre-token found whole in the vocab is one token
   bool is_hole(int32_t id) const;                                    // an id no token uses (tokenizer.json gaps)
+  // SentencePiece only: whether a token is a byte-fallback token <0xXX>, and its merge score (the GGUF's;
+  // from a tokenizer.json minus the rank of the first merge that makes it, -inf when none does).
+  bool is_byte(int32_t id) const;
+  float score(int32_t id) const;
 
   struct Impl;
 

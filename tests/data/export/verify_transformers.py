@@ -3,16 +3,21 @@
 agrees with retort. Not run in CI (needs torch + transformers); numbers go in the report.
 
   python3 tests/data/export/verify_transformers.py [--retort build/retort] [--model smollm2-135m-instruct]
-      [--student layers=...]   (skip; the teacher itself is exported unless a distill dir is passed as --model)
+      (the model itself is exported: a GGUF, a short name, an HF dir such as tests/data/hf/tiny-gemma3,
+      or a distill run's final/ or checkpoint)
 
 Steps:
   1. retort export --model M --out TMP/hf --format hf (f32)
-  2. AutoTokenizer.from_pretrained(TMP/hf): ids on the tokenizer test corpus vs
-     tests/data/tokenizer/smollm2/golden.jsonl (HF tokenizers on the real SmolLM2 tokenizer) and vs
-     `retort tokenize --json` on a sample of texts;
-     apply_chat_template vs retort's chat rendering (through `retort generate --chat` prompt tokens)
+  2. AutoTokenizer.from_pretrained(TMP/hf): ids on the tokenizer test corpus vs the golden ids of the
+     family's real tokenizer (tests/data/tokenizer/smollm2/golden.jsonl: HF tokenizers on SmolLM2's;
+     gemma3/golden.jsonl: `sentencepiece` on Gemma 3's; skipped for other vocabularies) and vs
+     `retort tokenize --json` on a sample of texts; apply_chat_template rendered for the report
   3. AutoModelForCausalLM.from_pretrained(TMP/hf, float32): greedy continuation and per-step
-     log-probabilities vs `retort generate --temperature 0 --json --top-logprobs 5` on the same dir.
+     log-probabilities vs `retort generate --temperature 0 --json --top-logprobs 5` on the same dir
+     (prompts tokenized with the tokenizer's own special tokens: Gemma's BOS, as retort adds it).
+  4. With --source-logits: transformers on the source too (an HF dir, or a GGUF through transformers' GGUF
+     loader), eager attention, float32: max |logit difference| from the exported dir on random ids longer
+     than any sliding window (0 when config.json and the weights say the same model).
 """
 import argparse
 import json
@@ -46,12 +51,34 @@ def corpus():
     return out
 
 
+def model_path(spec):
+    if os.path.exists(spec):
+        return spec
+    home = os.environ.get("RETORT_HOME", os.path.expanduser("~/.cache/retort"))
+    return os.path.join(home, "models", spec + ".gguf")
+
+
+def source_logits_diff(src, hf_dir, vocab):
+    """Max |logit| difference between transformers on the source and on the exported directory."""
+    kw = {"dtype": torch.float32, "attn_implementation": "eager"}
+    if os.path.isdir(src):
+        ref = AutoModelForCausalLM.from_pretrained(src, **kw)
+    else:
+        ref = AutoModelForCausalLM.from_pretrained(os.path.dirname(src), gguf_file=os.path.basename(src), **kw)
+    out = AutoModelForCausalLM.from_pretrained(hf_dir, **kw)
+    g = torch.Generator().manual_seed(7)
+    ids = torch.randint(0, vocab, (2, 40), generator=g)
+    with torch.no_grad():
+        return float((ref.eval()(ids).logits - out.eval()(ids).logits).abs().max())
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--retort", default=os.path.join(ROOT, "build-gguf/retort"))
+    ap.add_argument("--retort", default=os.path.join(ROOT, "build/retort"))
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--tokens", type=int, default=24)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--source-logits", action="store_true", help="also compare with transformers on the source")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="retort_verify_hf.")
     hf_dir = os.path.join(tmp, "hf")
@@ -62,7 +89,12 @@ def main():
     # --- tokenizer
     tok = AutoTokenizer.from_pretrained(hf_dir)
     golden = {}
-    gpath = os.path.join(ROOT, "tests/data/tokenizer/smollm2/golden.jsonl")
+    with open(os.path.join(hf_dir, "config.json")) as f:
+        model_type = json.load(f)["model_type"]
+    family = {"gemma3_text": "gemma3"}.get(model_type, "smollm2")
+    gpath = os.path.join(ROOT, "tests/data/tokenizer", family, "golden.jsonl")
+    if tok.vocab_size < 1000:  # a tiny test checkpoint's own vocabulary: no golden
+        gpath = ""
     if os.path.exists(gpath):
         with open(gpath) as f:
             for line in f:
@@ -84,7 +116,8 @@ def main():
         same_r += rid == tok(text, add_special_tokens=False)["input_ids"]
     report["tokenizer_vs_retort"] = f"{same_r}/{len(sample)}"
     msgs = [{"role": "user", "content": "Hi there!"}]
-    report["chat_template_render"] = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    if tok.chat_template:
+        report["chat_template_render"] = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
 
     # --- logits
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
@@ -99,7 +132,7 @@ def main():
                             "-t", str(args.threads)], check=True, capture_output=True, text=True)
         out = json.loads(r.stdout.strip().splitlines()[0])
         r_ids = [t["id"] for t in out["tokens"]]
-        ids = tok(p, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        ids = tok(p, return_tensors="pt")["input_ids"]
         # Teacher-force retort's continuation through transformers: compare every step's distribution.
         full = torch.cat([ids, torch.tensor([r_ids[:-1]])], dim=1)
         with torch.no_grad():
@@ -122,6 +155,9 @@ def main():
     report["argmax_agree"] = f"{agree}/{total}"
     report["max_abs_logprob_diff_top5"] = max_lp_diff
     report["first_argmax_divergence"] = first_div
+    if args.source_logits:
+        report["max_abs_logit_diff_vs_source"] = source_logits_diff(model_path(args.model), hf_dir,
+                                                                    model.config.vocab_size)
     print(json.dumps(report, indent=1, ensure_ascii=False))
     shutil.rmtree(tmp, ignore_errors=True)
     ok = same == n and same_r == len(sample) and agree == total and max_lp_diff < 1e-3

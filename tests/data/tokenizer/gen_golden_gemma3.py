@@ -37,6 +37,12 @@ Writes, next to this script:
                         chosen so the merge order is checkable by hand), vocab only, written by the `gguf`
                         package; lets the tests run without the model
   spm_tiny/golden.jsonl SentencePiece's ids for TINY_CASES on it (text, ids, ids_raw)
+  spm_tiny/tokenizer.json the same vocabulary in Hugging Face's form as retort's export writes it (Gemma's
+                        pipeline: BPE + byte_fallback, normalizer " " -> "\u2581"; merges from transformers'
+                        generate_merges over the normal pieces and their scores; user-defined pieces as
+                        normalized added tokens); the script checks that HF `tokenizers` on it gives
+                        SentencePiece's ids on every TINY_CASE, so it is a reference for
+                        Tokenizer::from_hf_json and for the merges retort derives from the GGUF
 """
 import json
 import os
@@ -170,6 +176,45 @@ def tiny():
         for c in TINY_CASES:
             rec = {"text": c, "ids": sp_encode(sp, control, c, True), "ids_raw": sp_encode(sp, control, c, False)}
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    hf_json = hf_tokenizer_json(tokens, types, scores)
+    with open(os.path.join(d, "tokenizer.json"), "w") as f:
+        f.write(json.dumps(hf_json, ensure_ascii=False))
+    from tokenizers import Tokenizer
+    hf = Tokenizer.from_str(json.dumps(hf_json))
+    for c in TINY_CASES:
+        for special in (True, False):
+            hf.encode_special_tokens = not special
+            got = hf.encode(c, add_special_tokens=False).ids
+            assert got == sp_encode(sp, control, c, special), (c, special, got)
+
+
+def hf_tokenizer_json(tokens, types, scores):
+    """A SentencePiece vocabulary (GGUF tokens, types, scores) as a Hugging Face tokenizer.json shaped like
+    Gemma's, the form retort's export writes (src/retort/distill/export.cpp spm_tokenizer_json)."""
+    from transformers.tokenization_utils_base import generate_merges
+    normal = {t: i for i, (t, ty) in enumerate(zip(tokens, types)) if ty == 1}
+    merges = generate_merges(normal, {t: scores[i] for t, i in normal.items()})
+    added = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+              "normalized": ty == 4, "special": ty != 4}
+             for i, (t, ty) in enumerate(zip(tokens, types)) if ty in (2, 3, 4)]
+    bos = "<bos>"
+    seq = lambda name, type_id: {"Sequence": {"id": name, "type_id": type_id}}  # noqa: E731
+    special = lambda type_id: {"SpecialToken": {"id": bos, "type_id": type_id}}  # noqa: E731
+    return {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+        "normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"},
+        "pre_tokenizer": {"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious",
+                          "invert": False},
+        "post_processor": {"type": "TemplateProcessing", "single": [special(0), seq("A", 0)],
+                           "pair": [special(0), seq("A", 0), special(1), seq("B", 1)],
+                           "special_tokens": {bos: {"id": bos, "ids": [tokens.index(bos)], "tokens": [bos]}}},
+        "decoder": {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "},
+            {"type": "ByteFallback"}, {"type": "Fuse"}]},
+        "model": {"type": "BPE", "dropout": None, "unk_token": "<unk>", "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": True, "byte_fallback": True, "ignore_merges": False,
+                  "vocab": {t: i for i, t in enumerate(tokens)}, "merges": [list(m) for m in merges]},
+    }
 
 
 def sp_encode(sp, control, text, parse_special):
