@@ -49,7 +49,10 @@ struct GenerationResult {
   // part of `text`).
   std::vector<GeneratedToken> tokens;
   std::string text;            // decoded completion (stop string removed), lossy UTF-8
-  std::string finish_reason;   // "stop" (EOS or stop string) | "length" (max_tokens or context)
+  // "stop" (EOS or stop string) | "length" (max_tokens or context); from a BatchDecoder also
+  // "cancelled" (cancel()) | "error" (sampling failed: `error` says why).
+  std::string finish_reason;
+  std::string error;
   int64_t prompt_tokens = 0;
 };
 
