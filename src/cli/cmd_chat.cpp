@@ -56,7 +56,7 @@ void run(ChatArgs& a) {
     // Drop the oldest exchanges (keeping a system message) while the prompt would not fit the context.
     std::vector<int32_t> ids;
     for (;;) {
-      ids = m.tokenizer->encode(tpl.render(history, true), true, false);
+      ids = tpl.encode(history, *m.tokenizer);
       if (static_cast<int64_t>(ids.size()) + a.max_tokens <= m.hparams.max_position) break;
       size_t first = (!history.empty() && history[0].role == "system") ? 1 : 0;
       if (history.size() - first <= 1)

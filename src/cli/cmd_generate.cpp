@@ -30,8 +30,7 @@ std::vector<int32_t> prompt_ids(const CheckpointInfo& m, const std::vector<ChatM
   check(ChatTemplate::available(m.chat_template, *m.tokenizer), m.path,
         ": the model has no chat template; drop --chat (or the JSONL \"messages\" field) and give a raw prompt");
   ChatTemplate tpl = ChatTemplate::from_jinja(m.chat_template, *m.tokenizer);
-  return m.tokenizer->encode(tpl.render(messages, /*add_generation_prompt=*/true), /*parse_special=*/true,
-                             /*add_bos=*/false);
+  return tpl.encode(messages, *m.tokenizer);  // special-token text in a message stays text
 }
 
 namespace {

@@ -142,8 +142,7 @@ std::vector<int32_t> encode_prompt(const LoadedModel& m, const PromptLine& p, co
   check(ChatTemplate::available(m.chat_template, *m.tokenizer), path, ":", p.line, ": ", m.path,
         " has no chat template; use --no-chat with \"prompt\" lines (\"messages\" need a template)");
   ChatTemplate tpl = ChatTemplate::from_jinja(m.chat_template, *m.tokenizer);
-  return m.tokenizer->encode(tpl.render(p.messages, /*add_generation_prompt=*/true), /*parse_special=*/true,
-                             /*add_bos=*/false);
+  return tpl.encode(p.messages, *m.tokenizer);  // as `retort serve` encodes a chat: message text stays text
 }
 
 // max(0, 1 - Σ exp(top-k logprobs)), summed in double.

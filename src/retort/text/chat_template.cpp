@@ -244,8 +244,21 @@ ChatTemplate ChatTemplate::from_jinja(const std::string& src, const Tokenizer& t
   return t;  // not reached: unsupported() throws
 }
 
-std::string ChatTemplate::render(const std::vector<ChatMessage>& messages, bool add_generation_prompt) const {
-  std::string out;
+std::vector<ChatTemplate::Part> ChatTemplate::render_parts(const std::vector<ChatMessage>& messages,
+                                                          bool add_generation_prompt) const {
+  std::vector<Part> parts;
+  // `out += markup` and `out += user text` below build the parts; adjacent parts of a kind merge.
+  struct Builder {
+    std::vector<Part>& parts;
+    bool trusted;
+    Builder& operator+=(const std::string& t) {
+      if (t.empty()) return *this;
+      if (!parts.empty() && parts.back().trusted == trusted) parts.back().text += t;
+      else parts.push_back({t, trusted});
+      return *this;
+    }
+  };
+  Builder out{parts, true}, user{parts, false};
   for (const auto& msg : messages) {
     check(!(reject_tool_role_ && msg.role == "tool"),
           "chat template: role \"tool\" is rendered specially by this template; retort does not support it");
@@ -254,8 +267,12 @@ std::string ChatTemplate::render(const std::vector<ChatMessage>& messages, bool 
   if (name_ == "chatml") {
     const bool need_default = default_system_ && (messages.empty() || messages[0].role != "system") &&
                               !(default_system_in_loop_ && messages.empty());
-    if (need_default) out += "<|im_start|>system\n" + *default_system_ + "<|im_end|>\n";
-    for (const auto& m : messages) out += "<|im_start|>" + m.role + "\n" + content(m) + "<|im_end|>\n";
+    if (need_default) out += "<|im_start|>system\n" + *default_system_ + "<|im_end|>\n";  // the template's own text
+    for (const auto& m : messages) {
+      out += "<|im_start|>" + m.role + "\n";
+      user += content(m);
+      out += "<|im_end|>\n";
+    }
     if (add_generation_prompt) out += "<|im_start|>assistant\n";
   } else if (name_ == "gemma") {
     out += bos_;
@@ -264,7 +281,7 @@ std::string ChatTemplate::render(const std::vector<ChatMessage>& messages, bool 
     if (!messages.empty() && messages[0].role == "system") {
       check(system_joiner_.has_value(), "chat template: this Gemma template refuses a system message (\"System role "
             "not supported\"); put the instructions in the first user message");
-      prefix = messages[0].content + *system_joiner_;
+      prefix = messages[0].content;
       first = 1;
     }
     for (size_t i = first; i < messages.size(); ++i) {
@@ -272,18 +289,40 @@ std::string ChatTemplate::render(const std::vector<ChatMessage>& messages, bool 
       const size_t k = i - first;
       check(!alternate_roles_ || (m.role == "user") == (k % 2 == 0), "chat template: Gemma needs the roles to "
             "alternate user/assistant/user/... after the system message; message ", i, " is \"", m.role, "\"");
-      out += "<start_of_turn>" + (m.role == "assistant" ? std::string("model") : m.role) + "\n" +
-             (k == 0 ? prefix : std::string()) + content(m) + "<end_of_turn>\n";
+      out += "<start_of_turn>" + (m.role == "assistant" ? std::string("model") : m.role) + "\n";
+      if (k == 0 && first == 1) {
+        user += prefix;
+        out += *system_joiner_;
+      }
+      user += content(m);
+      out += "<end_of_turn>\n";
     }
     if (add_generation_prompt) out += "<start_of_turn>model\n";
   } else {
     for (size_t i = 0; i < messages.size(); ++i) {
       if (i == 0) out += bos_;
-      out += "<|start_header_id|>" + messages[i].role + "<|end_header_id|>\n\n" + content(messages[i]) + "<|eot_id|>";
+      out += "<|start_header_id|>" + messages[i].role + "<|end_header_id|>\n\n";
+      user += content(messages[i]);
+      out += "<|eot_id|>";
     }
     if (add_generation_prompt) out += "<|start_header_id|>assistant<|end_header_id|>\n\n";
   }
+  return parts;
+}
+
+std::string ChatTemplate::render(const std::vector<ChatMessage>& messages, bool add_generation_prompt) const {
+  std::string out;
+  for (const Part& p : render_parts(messages, add_generation_prompt)) out += p.text;
   return out;
 }
+
+std::vector<int32_t> ChatTemplate::encode(const std::vector<ChatMessage>& messages, const Tokenizer& tok,
+                                          bool add_generation_prompt) const {
+  const std::vector<Part> parts = render_parts(messages, add_generation_prompt);
+  std::vector<Tokenizer::TextPart> views;
+  for (const Part& p : parts) views.push_back({p.text, p.trusted});
+  return tok.encode_parts(views, /*add_bos=*/false);
+}
+
 
 }  // namespace retort

@@ -44,6 +44,16 @@ class ChatTemplate {
   // The default system prompt a ChatML template inserts, if any.
   const std::optional<std::string>& default_system() const { return default_system_; }
   std::string render(const std::vector<ChatMessage>& messages, bool add_generation_prompt = true) const;
+  // The same text as parts: the template's markup (trusted) and the messages' content (untrusted), for
+  // Tokenizer::encode_parts, so special-token text inside a message stays text (no injected turns).
+  struct Part {
+    std::string text;
+    bool trusted = false;
+  };
+  std::vector<Part> render_parts(const std::vector<ChatMessage>& messages, bool add_generation_prompt = true) const;
+  // Token ids of the rendered conversation, special-token text in the messages kept as text.
+  std::vector<int32_t> encode(const std::vector<ChatMessage>& messages, const Tokenizer& tok,
+                              bool add_generation_prompt = true) const;
   // The special token that closes an assistant turn — what a model generates to stop:
   // "<|im_end|>" (chatml), "<|eot_id|>" (llama3) or "<end_of_turn>" (gemma). Teacher-forced data
   // appends it to a completion.

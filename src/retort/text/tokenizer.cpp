@@ -540,6 +540,42 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool parse_special
   return out;
 }
 
+std::vector<int32_t> Tokenizer::encode_parts(const std::vector<TextPart>& parts, bool add_bos) const {
+  const Impl& m = *impl_;
+  std::vector<int32_t> out;
+  if (add_bos && m.add_bos && m.bos) out.push_back(*m.bos);
+  std::string run;  // plain text not yet encoded (may span parts)
+  auto flush_run = [&] {
+    if (run.empty()) return;
+    const std::vector<int32_t> ids = encode(run, /*parse_special=*/false);
+    out.insert(out.end(), ids.begin(), ids.end());
+    run.clear();
+  };
+  for (const TextPart& part : parts) {
+    if (!part.trusted) {
+      run += part.text;
+      continue;
+    }
+    // split_added pushes each added token's id into `specials` and hands the plain text between them to
+    // the callback, in order: the ids pushed since the last callback come before its text.
+    std::vector<int32_t> specials;
+    size_t taken = 0;
+    auto take_specials = [&] {
+      if (taken == specials.size()) return;
+      flush_run();
+      out.insert(out.end(), specials.begin() + std::ptrdiff_t(taken), specials.end());
+      taken = specials.size();
+    };
+    m.split_added(part.text, m.added_raw, /*parse_special=*/true, specials, [&](std::string_view plain) {
+      take_specials();
+      run += plain;
+    });
+    take_specials();
+  }
+  flush_run();
+  return out;
+}
+
 std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool skip_special) const {
   std::string out;
   for (int32_t id : ids) {

@@ -63,6 +63,15 @@ class Tokenizer {
   // n_dropped (optional): += the number of input bytes that got no token (see above; 0 for Gemma).
   std::vector<int32_t> encode(std::string_view text, bool parse_special = true, bool add_bos = false,
                               size_t* n_dropped = nullptr) const;
+  // Text made of trusted parts (a chat template's own markup: special-token text there becomes the special
+  // token) and untrusted ones (what a user wrote: special-token text there is plain text, so a message
+  // cannot inject control tokens). Plain text runs across part boundaries are encoded as one, so the ids
+  // equal encode(concatenation) whenever the untrusted parts hold no special-token text.
+  struct TextPart {
+    std::string_view text;
+    bool trusted = false;
+  };
+  std::vector<int32_t> encode_parts(const std::vector<TextPart>& parts, bool add_bos = false) const;
   // Concatenated token bytes (may be invalid UTF-8 when ids end mid-character). Throws on an id out of range.
   std::string decode(const std::vector<int32_t>& ids, bool skip_special = false) const;
   std::string token_bytes(int32_t id) const;  // raw bytes of a token; added tokens: their text
