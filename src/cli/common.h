@@ -53,6 +53,8 @@ void register_tokenize(CLI::App& app);
 void register_generate(CLI::App& app);
 void register_chat(CLI::App& app);
 void register_watermark(CLI::App& app);
+void register_keys(CLI::App& app);
+void register_serve(CLI::App& app);
 void register_capture(CLI::App& app);
 void register_eval(CLI::App& app);
 void register_distill(CLI::App& app);

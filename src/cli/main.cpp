@@ -96,6 +96,8 @@ int main(int argc, char** argv) {
   register_generate(app);
   register_chat(app);
   register_watermark(app);
+  register_keys(app);
+  register_serve(app);
 #ifdef RETORT_CLI_TORCH
   register_distill(app);
   register_capture(app);
