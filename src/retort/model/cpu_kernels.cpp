@@ -6,6 +6,7 @@
 #include <atomic>
 #include <type_traits>
 #include <cmath>
+#include <limits>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -1102,6 +1103,58 @@ RETORT_AVX512 void silu_mul_avx(const float* gu, int64_t M, int64_t F, float* ou
 }
 
 }  // namespace
+
+namespace {
+
+RETORT_AVX512 float row_max_avx(const float* x, int64_t n) {
+  __m512 m = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  __mmask16 nan = 0;
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 k = n - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - i)) - 1);
+    const __m512 v = _mm512_mask_loadu_ps(_mm512_set1_ps(-std::numeric_limits<float>::infinity()), k, x + i);
+    nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    m = _mm512_max_ps(m, v);
+  }
+  return nan ? std::numeric_limits<float>::quiet_NaN() : _mm512_reduce_max_ps(m);
+}
+
+// Sums 16 lanes as two float64 halves per vector: the float rounding of each exp is the only one.
+RETORT_AVX512 double exp_shifted_avx(const float* x, int64_t n, float shift, float scale, float* w) {
+  const __m512 sh = _mm512_set1_ps(shift), sc = _mm512_set1_ps(scale);
+  __m512d acc0 = _mm512_setzero_pd(), acc1 = _mm512_setzero_pd();
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 k = n - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - i)) - 1);
+    const __m512 v = _mm512_maskz_loadu_ps(k, x + i);
+    const __m512 e = _mm512_maskz_mov_ps(k, exp512(_mm512_mul_ps(_mm512_sub_ps(v, sh), sc)));
+    if (w) _mm512_mask_storeu_ps(w + i, k, e);
+    acc0 = _mm512_add_pd(acc0, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+    acc1 = _mm512_add_pd(acc1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
+  }
+  return _mm512_reduce_add_pd(_mm512_add_pd(acc0, acc1));
+}
+
+}  // namespace
+
+float row_max(const float* x, int64_t n) {
+  if (has_avx512f()) return row_max_avx(x, n);
+  float m = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < n; ++i) {
+    if (std::isnan(x[i])) return x[i];
+    m = std::max(m, x[i]);
+  }
+  return m;
+}
+
+double exp_shifted(const float* x, int64_t n, float shift, float scale, float* w) {
+  if (has_avx512f()) return exp_shifted_avx(x, n, shift, scale, w);
+  double s = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const float e = std::exp((x[i] - shift) * scale);
+    if (w) w[i] = e;
+    s += e;
+  }
+  return s;
+}
 
 void silu_mul(const float* gu, int64_t M, int64_t F, float* out) {
   parallel_for(0, M, std::max<int64_t>(1, 8192 / std::max<int64_t>(F, 1)), [&](int64_t lo, int64_t hi) {

@@ -18,6 +18,14 @@ bool has_avx512f();
 // Tests: route every kernel through the scalar fallback (true) or back to the detected path.
 void set_force_scalar(bool on);
 
+// Softmax pieces for sampling one row of logits (one thread: generation samples rows in parallel).
+// row_max: the largest of x[0..n), NaN when any x is NaN, -inf when n == 0 or every x is -inf.
+// exp_shifted: w[i] = exp((x[i] - shift) * scale) in float (w may be null) and returns the sum of w
+// accumulated in float64; -inf x gives 0. The exponential is the Cephes polynomial of the kernels
+// (~2e-7 relative) on AVX512F, std::exp otherwise: one row gives the same result whatever else is sampled.
+float row_max(const float* x, int64_t n);
+double exp_shifted(const float* x, int64_t n, float shift, float scale, float* w);
+
 // bfloat16 <-> float32 (round to nearest even; NaN stays NaN).
 uint16_t f32_to_bf16(float f);
 float bf16_to_f32(uint16_t b);
