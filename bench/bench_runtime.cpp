@@ -1,11 +1,13 @@
 // bench/bench_runtime.cpp — runtime speed of one model, printed as one JSON object.
 //
 //   build/bench_runtime [--model M] [--threads N] [--dtype f32|bf16] [--prompt-len 128] [--gen 64] [--batches 1,32]
-//                       [--quantized 1|0]   (0: decode from dense weights, not the GGUF's Q8_0/Q4_1 blocks)
 //                       [--reps 3]          (model-only decode: best of this many passes over the same positions)
 //
+// The model is loaded as `retort generate` and `retort serve` load it: the torch-free runtime
+// (runtime_model.h), matrices decoded straight from the GGUF's blocks; --dtype bf16 is its bf16 numerics
+// (bf16 KV cache, bf16 products on AVX512-BF16).
 // Measures: load time; prefill tokens/s (one sequence of --prompt-len tokens); decode tokens/s at each batch size,
-// (a) model only: forward_cached on [B,1] + argmax, as llama-batched-bench's S_TG measures, and
+// (a) model only: forward_last on [B,1] + argmax, as llama-batched-bench's S_TG measures, and
 // (b) through generate(): sampling, logprobs and stop checks included; peak RSS.
 // bench/run_vs_llamacpp.sh runs this next to llama.cpp's llama-bench / llama-batched-bench on the same GGUF.
 #include <sys/resource.h>
@@ -13,14 +15,16 @@
 #include <chrono>
 #include <cstdio>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "retort/decode/generate.h"
-#include "retort/model/kv_cache.h"
-#include "retort/model/loader.h"
+#include "retort/decode/sampling.h"
+#include "retort/model/runtime_model.h"
+#include "retort/util/parallel.h"
 
 using namespace retort;
 using clk = std::chrono::steady_clock;
@@ -30,7 +34,6 @@ static double secs_since(clk::time_point t) { return std::chrono::duration<doubl
 int main(int argc, char** argv) {
   std::string model = "smollm2-135m-instruct", dtype = "f32", batches_s = "1,32";
   int threads = 0;
-  bool quantized = true;
   int64_t prompt_len = 128, gen = 64, reps = 3;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i], v = argv[i + 1];
@@ -40,7 +43,6 @@ int main(int argc, char** argv) {
     else if (k == "--prompt-len") prompt_len = std::stoll(v);
     else if (k == "--gen") gen = std::stoll(v);
     else if (k == "--batches") batches_s = v;
-    else if (k == "--quantized") quantized = v != "0";
     else if (k == "--reps") reps = std::max<int64_t>(1, std::stoll(v));
     else { std::fprintf(stderr, "unknown option %s\n", k.c_str()); return 2; }
   }
@@ -51,34 +53,36 @@ int main(int argc, char** argv) {
     while (std::getline(ss, x, ',')) batches.push_back(std::stoll(x));
   }
   if (threads <= 0) threads = static_cast<int>(std::thread::hardware_concurrency());
-  torch::set_num_threads(threads);
-  torch::NoGradGuard no_grad;
+  set_num_threads(threads);
 
   nlohmann::json out;
   out["runtime"] = "retort";
   out["threads"] = threads;
   out["dtype"] = dtype;
-  LoadOptions lo;
-  lo.dtype = dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
-  lo.quantized_decode = quantized;
+  RuntimeLoadOptions lo;
+  lo.bf16 = dtype == "bf16";
   auto t0 = clk::now();
-  LoadedModel m = load_model(model, lo);
+  RuntimeLoaded m = load_runtime_model(model, lo);
   out["load_s"] = secs_since(t0);
-  out["quantized_decode_weights"] = m.model->quantized_in_use();
   out["model"] = m.path;
+  RuntimeModel& lm = *m.model;
   const int64_t V = m.hparams.n_vocab;
-  torch::manual_seed(0);
+  std::mt19937_64 rng(0);
+  std::uniform_int_distribution<int64_t> tok(10, V - 1);
+  std::vector<float> logits;
 
   // Prefill: one sequence of prompt_len tokens (warm up once).
   {
-    KvCache cache(m.hparams, 1, prompt_len + 1, torch::kCPU, lo.dtype);
-    auto toks = torch::randint(10, V, {1, prompt_len}, torch::kLong);
-    m.model->forward_cached(toks, {0}, {prompt_len}, cache, true);
+    auto cache = lm.new_cache(1, prompt_len + 1);
+    std::vector<int64_t> toks(static_cast<size_t>(prompt_len));
+    for (auto& t : toks) t = tok(rng);
+    logits.resize(static_cast<size_t>(V));
+    lm.forward_last(toks.data(), 1, prompt_len, {0}, {prompt_len}, *cache, logits.data());
     double best = 1e30;
     for (int rep = 0; rep < 3; ++rep) {
-      cache.clear(0);
+      cache->clear(0);
       auto t = clk::now();
-      m.model->forward_cached(toks, {0}, {prompt_len}, cache, true);
+      lm.forward_last(toks.data(), 1, prompt_len, {0}, {prompt_len}, *cache, logits.data());
       best = std::min(best, secs_since(t));
     }
     out["prefill_tok_s"] = prompt_len / best;
@@ -86,36 +90,38 @@ int main(int argc, char** argv) {
 
   for (int64_t B : batches) {
     // (a) model only: prefill B sequences of prompt_len, then gen steps of [B,1] + argmax.
-    KvCache cache(m.hparams, B, prompt_len + gen + 1, torch::kCPU, lo.dtype);
-    std::vector<int64_t> slots(B), n1(B, 1), np(B, prompt_len);
-    for (int64_t b = 0; b < B; ++b) slots[b] = b;
-    auto toks = torch::randint(10, V, {B, prompt_len}, torch::kLong);
-    auto logits = m.model->forward_cached(toks, slots, np, cache, true);
-    const auto first = logits.argmax(-1).unsqueeze(1);
-    m.model->forward_cached(first, slots, n1, cache, true);  // warm-up step
+    auto cache = lm.new_cache(B, prompt_len + gen + 1);
+    std::vector<int64_t> slots(static_cast<size_t>(B)), n1(static_cast<size_t>(B), 1), np(static_cast<size_t>(B), prompt_len);
+    for (int64_t b = 0; b < B; ++b) slots[size_t(b)] = b;
+    std::vector<int64_t> toks(static_cast<size_t>(B * prompt_len));
+    for (auto& t : toks) t = tok(rng);
+    logits.resize(static_cast<size_t>(B * V));
+    lm.forward_last(toks.data(), B, prompt_len, slots, np, *cache, logits.data());
+    std::vector<int64_t> first(static_cast<size_t>(B)), next(static_cast<size_t>(B));
+    for (int64_t b = 0; b < B; ++b) first[size_t(b)] = argmax(logits.data() + b * V, V);
+    lm.forward_last(first.data(), B, 1, slots, n1, *cache, logits.data());  // warm-up step
     // This machine's speed drifts (shared host): best of reps passes, each rewound to the prompt.
     double dt = 1e30;
     for (int64_t rep = 0; rep < reps; ++rep) {
-      for (int64_t b = 0; b < B; ++b) cache.lengths[size_t(b)] = prompt_len;
-      auto next = first;
+      for (int64_t b = 0; b < B; ++b) cache->lengths[size_t(b)] = prompt_len;
+      next = first;
       auto t = clk::now();
       for (int64_t s = 0; s < gen - 1; ++s) {
-        logits = m.model->forward_cached(next, slots, n1, cache, true);
-        next = logits.argmax(-1).unsqueeze(1);
+        lm.forward_last(next.data(), B, 1, slots, n1, *cache, logits.data());
+        for (int64_t b = 0; b < B; ++b) next[size_t(b)] = argmax(logits.data() + b * V, V);
       }
       dt = std::min(dt, secs_since(t));
     }
-    out["decode_model_tok_s_b" + std::to_string(B)] = B * (gen - 1) / dt;
+    out["decode_model_tok_s_b" + std::to_string(B)] = double(B * (gen - 1)) / dt;
 
     // (b) through generate(): greedy, EOS ignored so every sequence runs gen tokens.
-    std::vector<GenerationRequest> reqs(B);
-    for (int64_t b = 0; b < B; ++b) {
-      auto p = torch::randint(10, V, {prompt_len}, torch::kLong);
-      reqs[b].prompt.resize(prompt_len);
-      for (int64_t i = 0; i < prompt_len; ++i) reqs[b].prompt[i] = static_cast<int32_t>(p[i].item<int64_t>());
-      reqs[b].max_tokens = gen;
-      reqs[b].ignore_eos = true;
-      reqs[b].sampling.temperature = 0;
+    std::vector<GenerationRequest> reqs(static_cast<size_t>(B));
+    for (auto& r : reqs) {
+      r.prompt.resize(static_cast<size_t>(prompt_len));
+      for (auto& t : r.prompt) t = static_cast<int32_t>(tok(rng));
+      r.max_tokens = gen;
+      r.ignore_eos = true;
+      r.sampling.temperature = 0;
     }
     GenerateOptions go;
     go.max_batch = B;
