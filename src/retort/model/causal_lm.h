@@ -1,8 +1,9 @@
 // retort/model/causal_lm.h — the seam between "a causal language model" and the rest of retort.
 //
 // Decoding, capture, the trainer, the losses, evaluation and export see a model only through
-// CausalLMImpl. A model family (model/llama.cpp, model/gemma3.cpp) is one file that subclasses it
-// and registers itself in model/registry.cpp; docs/model-families.md says how to add one.
+// CausalLMImpl. A model family's training module (model/llama.cpp, model/gemma3.cpp) is one file that
+// subclasses it; make_causal_lm (causal_lm.cpp) maps the architecture to it, and its torch-free inference
+// pass lives beside it (model/*_rows.cpp). docs/model-families.md says how to add a family.
 //
 // What the base class does once for every family:
 //  - forward_cached: validates a batch against the KV cache and runs it either on the CPU kernels

@@ -66,6 +66,10 @@ void Engine::loop() {
         auto it = running_tickets_.find(ticket);
         if (it != running_tickets_.end()) {
           if (it->second.timed_out) r.finish_reason = "timeout";
+          if (!it->second.failure.empty()) {
+            r.finish_reason = "error";
+            r.error = it->second.failure;
+          }
           running_tickets_.erase(it);
         }
         if (on_done) on_done(std::move(r));
@@ -98,11 +102,14 @@ void Engine::loop() {
         decoder_.step();
       } catch (const std::exception& e) {
         // A failed forward pass (out of memory, a corrupt weight block) ends every running request rather
-        // than the process; their callers see finish_reason "cancelled" and the server answers 500.
+        // than the process; their callers see finish_reason "error" and the server answers 500.
         std::fprintf(stderr, "engine: step failed, cancelling %zu running requests: %s\n", running_tickets_.size(),
                      e.what());
         std::vector<uint64_t> ids;
-        for (auto& [t, r] : running_tickets_) ids.push_back(r.decoder_id);
+        for (auto& [t, r] : running_tickets_) {
+          r.failure = std::string("the model step failed: ") + e.what();
+          ids.push_back(r.decoder_id);
+        }
         for (uint64_t id : ids) decoder_.cancel(id);
       }
       EngineStep st;

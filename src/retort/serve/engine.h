@@ -19,6 +19,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <string>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -80,6 +81,7 @@ class Engine {
     uint64_t decoder_id;
     std::optional<Clock::time_point> deadline;
     bool timed_out = false;
+    std::string failure;  // a step failed while it ran: it ends with finish_reason "error"
   };
   void loop();
 

@@ -46,7 +46,7 @@ struct LedgerRow {
   int64_t ended_unix_ms = 0;             // response finished (or connection gone)
   int http_status = 0;                   // 200, 400, 401, 429, 499 (client went away), 500, ...
   std::string error_type;                // OpenAI error type ("invalid_request_error", ...); "" on success
-  std::string prompt_sha256;             // 64 hex digits of SHA-256 of the prompt text; "" when none
+  std::string prompt_sha256;             // 64 hex digits of SHA-256 of the prompt token ids (int32 LE); "" when none
   int64_t prompt_tokens = 0;
   int64_t completion_tokens = 0;         // summed over the n choices
   int n = 1;                             // choices asked for
@@ -55,7 +55,7 @@ struct LedgerRow {
   int logprobs_granted = -1;             // top_logprobs served after the policy; -1 = none (refused or not asked)
   std::string watermark_scheme;          // "" = not watermarked
   std::string watermark_key_commitment;  // commitment of the key that marked the text (keys.h); "" when none
-  std::string policy;                    // JSON object: what the policy did, e.g. {"top_logprobs_capped":5}
+  std::string policy;                    // JSON object: what the policy did, e.g. {"top_logprobs_capped_to":5}
   std::string finish_reason;             // "stop", "length", ... comma-joined over choices; "" when none
 
   bool operator==(const LedgerRow&) const = default;

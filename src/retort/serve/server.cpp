@@ -148,6 +148,7 @@ struct Pending {
   std::unique_ptr<StreamEncoder> enc;  // streaming only
   std::optional<Clock::time_point> first_token;
   std::vector<uint64_t> tickets;
+  bool stream_failed = false;  // an error event (which ends with [DONE]) was sent
   bool all_done(size_t n) const { return n_done == int(n); }
 };
 
@@ -375,8 +376,8 @@ Server::Impl::Impl(const ServeConfig& c) : cfg(c) {
   check(cfg.ctx_size >= 2, "serve: ctx_size must be at least 2, got ", cfg.ctx_size);
   check(cfg.max_top_logprobs >= 0 && cfg.max_top_logprobs <= 20, "serve: max_top_logprobs must be in [0, 20], got ",
         cfg.max_top_logprobs);
-  check(cfg.round_logprobs_digits >= -1 && cfg.round_logprobs_digits <= 8,
-        "serve: round_logprobs_digits must be in [-1, 8], got ", cfg.round_logprobs_digits);
+  check(cfg.round_logprobs_digits >= -1 && cfg.round_logprobs_digits <= 15,
+        "serve: round_logprobs_digits must be in [-1, 15] (-1 = off), got ", cfg.round_logprobs_digits);
   check(cfg.request_timeout_s > 0 && cfg.shutdown_grace_s >= 0, "serve: request_timeout_s must be > 0 and "
         "shutdown_grace_s >= 0");
   check(cfg.watermark == "kgw" || cfg.watermark == "gumbel" || cfg.watermark == "none",
@@ -384,7 +385,10 @@ Server::Impl::Impl(const ServeConfig& c) : cfg(c) {
   if (cfg.threads > 0) set_num_threads(cfg.threads);
 
   // Everything that can fail on the operator's input comes before the model is loaded.
-  if (cfg.db.empty()) cfg.db = default_serve_db_path();
+  if (cfg.db.empty()) {  // as `retort keys` finds it: $RETORT_SERVE_DB, else $RETORT_HOME/serve.db
+    const char* env = std::getenv("RETORT_SERVE_DB");
+    cfg.db = env && *env ? env : default_serve_db_path();
+  }
   store = AccountStore::open(cfg.db);
   ledger = Ledger::open(cfg.db);
   if (cfg.watermark != "none") {
@@ -557,7 +561,7 @@ void Server::Impl::detect(const httplib::Request& req, httplib::Response& res) {
   Call call(*this, req, "/v1/watermark/detect");
   try {
     admit(req, res, call);
-    if (cfg.require_keys && !(call.key && call.key->policy.admin))
+    if (!(call.key && call.key->policy.admin))
       throw forbidden("watermark detection needs an admin key (retort keys create --admin)");
     if (!watermarking) throw bad_request("", "this server runs without a watermark (watermark: none)");
     const json body = parse_body(req.body);
@@ -734,10 +738,13 @@ void Server::Impl::generate(const httplib::Request& req, httplib::Response& res,
         p->finished[size_t(i)] = true;
         if (p->enc) {
           const GenerationResult& res = p->results[size_t(i)];
-          if (res.finish_reason == "cancelled" || res.finish_reason == "error")  // shutdown deadline, failed step
-            p->out += StreamEncoder::error(internal(res.error.empty() ? "the request was cancelled (server shutting "
-                                                                        "down or a failed step)" : res.error));
-          else
+          if (res.finish_reason == "cancelled" || res.finish_reason == "error") {  // shutdown deadline, failed step
+            if (!p->stream_failed)
+              p->out += StreamEncoder::error(res.finish_reason == "error"
+                                                 ? internal(res.error)
+                                                 : unavailable("the server shut down before the request finished"));
+            p->stream_failed = true;
+          } else
             p->out += p->enc->finish(i, res);
         }
         ++p->n_done;
@@ -756,11 +763,10 @@ void Server::Impl::generate(const httplib::Request& req, httplib::Response& res,
           sent = p->tickets;
         }
         for (uint64_t t : sent) engine->cancel(t);
+        if (!accepting.load()) throw unavailable("the server is shutting down", 5);
         metrics.add("retort_policy_actions_total", {{"action", "queue_full"}});
-        throw ApiError(429, "rate_limit_error",
-                       accepting.load() ? "the server is busy (its queue is full); retry after a moment"
-                                        : "the server is shutting down",
-                       "", "queue_full");
+        throw ApiError(429, "rate_limit_error", "the server is busy (its queue is full); retry after a moment", "",
+                       "queue_full");
       }
       std::lock_guard<std::mutex> lock(p->mu);
       p->tickets.push_back(*ticket);
@@ -789,13 +795,14 @@ void Server::Impl::generate(const httplib::Request& req, httplib::Response& res,
     std::lock_guard<std::mutex> lock(p->mu);
     int64_t completion = 0;
     std::string reasons;
-    bool failed = false;
+    bool failed = false, cancelled = false;
     for (size_t i = 0; i < n; ++i) {
       const GenerationResult& g = p->results[i];
       completion += int64_t(g.tokens.size());
       if (!reasons.empty()) reasons += ",";
       reasons += g.finish_reason;
-      failed = failed || g.finish_reason == "error";
+      if (g.finish_reason == "error") failed = true;
+      if (g.finish_reason == "cancelled") cancelled = true;
     }
     call->row.completion_tokens = completion;
     call->row.finish_reason = reasons;
@@ -804,6 +811,9 @@ void Server::Impl::generate(const httplib::Request& req, httplib::Response& res,
       call->row.error_type = "client_closed_request";
     } else if (failed) {
       call->row.http_status = 500;
+      call->row.error_type = "server_error";
+    } else if (cancelled) {  // the shutdown deadline ended it
+      call->row.http_status = 503;
       call->row.error_type = "server_error";
     }
     if (call->key) quotas.record_tokens(call->key->key_id, call->row.prompt_tokens + completion, now_ms());
@@ -835,8 +845,7 @@ void Server::Impl::generate(const httplib::Request& req, httplib::Response& res,
             p->cv.wait_for(lock, std::chrono::seconds(1), [&] { return !p->out.empty() || p->all_done(n); });
             chunk.swap(p->out);
             if (p->all_done(n)) {
-              std::vector<GenerationResult> res_copy(p->results.begin(), p->results.end());
-              chunk += p->enc->done(usage_of(res_copy));
+              if (!p->stream_failed) chunk += p->enc->done(usage_of(p->results));  // an error event ended it already
               over = true;
             }
           }
@@ -867,7 +876,10 @@ void Server::Impl::generate(const httplib::Request& req, httplib::Response& res,
   }
 
   // Not streaming: wait for every choice. A client that goes away is noticed by writing a space (leading
-  // whitespace is valid JSON) after each second of waiting; a short request never sends one.
+  // whitespace is valid JSON) each second once the request has run kQuietSeconds; a shorter request never
+  // sends one. (The 200 status line goes out with the first byte: a request cancelled by the shutdown
+  // deadline after that gets an error body under 200 — the ledger records 503.)
+  static constexpr int kQuietSeconds = 5;
   auto written = std::make_shared<bool>(false);
   res.set_chunked_content_provider(
       "application/json",
@@ -875,6 +887,7 @@ void Server::Impl::generate(const httplib::Request& req, httplib::Response& res,
         std::unique_lock<std::mutex> lock(p->mu);
         if (!p->cv.wait_for(lock, std::chrono::seconds(1), [&] { return p->all_done(n); })) {
           lock.unlock();
+          if (Clock::now() - call->t0 < std::chrono::seconds(kQuietSeconds)) return true;  // wait on, silently
           if (!sink.write(" ", 1)) {
             cancel_all();
             return false;

@@ -25,7 +25,7 @@ struct ServeConfig {
   int port = 8080;                 // 0 = any free port (bound_port() tells)
   std::string model = "smollm2-135m-instruct";  // .gguf, HF directory or a short name in the model cache
   std::string model_id;            // the id /v1/models lists and requests name; "" = the file's stem
-  std::string db;                  // keys + ledger; "" = $RETORT_HOME/serve.db
+  std::string db;                  // keys + ledger; "" = $RETORT_SERVE_DB, else $RETORT_HOME/serve.db
   bool require_keys = true;        // false: anonymous requests are served (ledger account "")
   int threads = 0;                 // compute threads; 0 = all cores
   int parallel = 8;                // sequences decoded together (KV cache slots)
@@ -39,7 +39,7 @@ struct ServeConfig {
   int keep_alive_timeout_s = 5;
   size_t max_connections = 2048;   // open connections served at once (each holds a thread)
   int max_top_logprobs = 20;       // server-wide cap on top_logprobs (OpenAI allows 20)
-  int round_logprobs_digits = -1;  // server-wide rounding of logprobs; -1 = off (keys may set their own)
+  int round_logprobs_digits = -1;  // server-wide rounding of logprobs, 0-15 decimals; -1 = off (keys may set theirs)
   int64_t default_rpm = 0, default_tpm = 0, default_tokens_per_day = 0;  // for keys that set none; 0 = none
   // Watermark: scheme kgw | gumbel | none; the master key from watermark_key_file, else
   // $RETORT_WATERMARK_KEY, else $RETORT_HOME/serve-watermark.key (created, 0600, on first start).
@@ -54,7 +54,7 @@ struct ServeConfig {
 // naming the file and the field.
 ServeConfig load_serve_config(const std::string& path);
 void apply_serve_config(ServeConfig& c, const nlohmann::json& j, const std::string& source);
-// The effective config as JSON (for logs and GET /health); no secrets in it.
+// The effective config as JSON (`retort serve --print-config`); no secrets in it.
 nlohmann::json serve_config_json(const ServeConfig& c);
 
 class Server {
