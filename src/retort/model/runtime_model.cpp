@@ -260,7 +260,11 @@ std::shared_ptr<RuntimeModel> load_runtime_weights(const CheckpointInfo& info, c
     cpu::WeightRef ref;
     ref.rows = rows;
     ref.bf16_math = opts.bf16;
-    if (t->format && K % cpu::weight_block_elems(*t->format) == 0 &&
+    // The kernels multiply a BF16 matrix with x rounded to bf16 (on AVX512-BF16): right for a bf16 model,
+    // but a float32 one computes with the weights upcast (transformers, the libtorch loader), so there a
+    // BF16 matrix gets a float32 copy (exact; twice its bytes).
+    const bool reads_in_place = t->format && !(*t->format == cpu::WeightFormat::kBF16 && !opts.bf16);
+    if (reads_in_place && K % cpu::weight_block_elems(*t->format) == 0 &&
         t->bytes == rows * cpu::weight_row_bytes(*t->format, K)) {
       ref.format = *t->format;
       if (permute_heads == 0) {

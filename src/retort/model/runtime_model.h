@@ -4,8 +4,10 @@
 // matrices stay in the file's mapping as ggml blocks (or float32 / bf16) and are never copied or made
 // dense; only small vectors (norms, biases) and tensors in a format the kernels do not read (F16,
 // Q2_K, Q3_K, ...: dequantized to float32) and llama.cpp's permuted q/k rows (reordered) are copied.
-// Hugging Face directories are read from their safetensors mappings the same way (F32/BF16 in place,
-// F16 converted). Resident memory is about the file's size — what a device expects.
+// Hugging Face directories are read from their safetensors mappings the same way (F32 in place, F16
+// converted). BF16 matrices are read in place by a bf16 model; a float32 model gets float32 copies,
+// since the BF16 kernel rounds x to bf16. Resident memory is about the file's size — what a device
+// expects — except a BF16 checkpoint run in float32 (about twice).
 //
 // The checkpoint's metadata (path resolution, tokenizer, chat template, end-of-generation ids,
 // generation defaults) is read here for both loaders: this one and the libtorch loader (loader.h).
