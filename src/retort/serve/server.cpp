@@ -2,6 +2,7 @@
 #include "retort/serve/server.h"
 
 #include <httplib.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -248,6 +249,7 @@ struct Server::Impl {
   std::mutex life_mu;
   std::condition_variable life_cv;
   int bound_port = -1;  // -1 not yet, 0 failed
+  int listen_fd = -1;   // the listening socket (set by the socket options callback before bind)
   int in_flight = 0;    // handlers running (guarded by life_mu)
   std::mt19937_64 seed_rng{std::random_device{}()};
   std::mutex seed_mu;
@@ -441,6 +443,13 @@ void Server::Impl::routes() {
   http.set_keep_alive_timeout(cfg.keep_alive_timeout_s);
   http.set_keep_alive_max_count(1000);
   http.set_tcp_nodelay(true);
+  // httplib's default options set SO_REUSEPORT, so a second server on a port in use would bind too and
+  // silently take part of its connections: SO_REUSEADDR only (a restart can still rebind at once).
+  http.set_socket_options([this](int sock) {
+    int yes = 1;
+    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    listen_fd = sock;
+  });
 
   http.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
     const bool ok = accepting.load() && ledger->healthy();
@@ -951,6 +960,9 @@ void Server::run() {
   }
   check(ok, "serve: cannot listen on ", s.cfg.host, ":", s.cfg.port,
         " (in use, or not an address of this machine); pick another with --host/--port");
+  // httplib listens with a backlog of 5: a burst of new clients (64 connecting at once) overflows it and the
+  // kernel drops or cookie-answers their handshakes. Listening again on the bound socket widens the queue.
+  if (s.listen_fd >= 0) ::listen(s.listen_fd, SOMAXCONN);
   std::fprintf(stderr, "serve: %s on http://%s:%d (slots %d, context %lld, keys %s)\n", s.model_id.c_str(),
                s.cfg.host.c_str(), port, s.cfg.parallel, static_cast<long long>(s.engine->slot_len()),
                s.cfg.require_keys ? "required" : "optional");
