@@ -69,8 +69,11 @@ void register_export(CLI::App& app) {
   sub->add_option("-o,--out", a->out, "output directory (hf) or .gguf file (gguf); replaced atomically")->required();
   sub->add_option("--format", a->format, "hf or gguf (default: gguf when --out ends in .gguf, else hf)")
       ->check(CLI::IsMember({"hf", "gguf"}));
-  sub->add_option("--type", a->type, "gguf: type of the 2-D weights (norms stay f32); q8_0 falls back to f16 for rows not a multiple of 32")
-      ->check(CLI::IsMember({"f32", "f16", "q8_0"}))
+  std::vector<std::string> types(std::begin(kGgufExportTypes), std::end(kGgufExportTypes));
+  sub->add_option("--type", a->type, "gguf: type of the 2-D weights (norms stay f32); q4_0 and q4_k_m pick per-tensor "
+                  "types as llama-quantize does (output matrix q6_k; q4_k_m: q6_k attn_v/ffn_down in some layers); "
+                  "rows that do not fit a block fall back (q5_0, q8_0, f16)")
+      ->check(CLI::IsMember(types))
       ->capture_default_str();
   sub->add_option("--dtype", a->dtype, "hf: dtype of model.safetensors")
       ->check(CLI::IsMember({"f32", "bf16", "f16"}))

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <unordered_set>
 
@@ -541,7 +542,53 @@ void add_gemma3_gguf(GgufWriter& w, const ModelHParams& hp) {
   }
 }
 
+// Layer index of "blk.N.*"; -1 for other names.
+int64_t gguf_layer(const std::string& name) {
+  if (name.rfind("blk.", 0) != 0) return -1;
+  int64_t n = 0;
+  size_t i = 4;
+  for (; i < name.size() && name[i] >= '0' && name[i] <= '9'; ++i) n = n * 10 + (name[i] - '0');
+  return i > 4 && i < name.size() && name[i] == '.' ? n : -1;
+}
+
+std::string export_type_list() {
+  std::string list;
+  for (const char* t : kGgufExportTypes) list += (list.empty() ? "" : ", ") + std::string(t);
+  return list;
+}
+
 }  // namespace
+
+GgmlType gguf_export_type(const std::string& gguf_type, const std::string& name, const std::vector<int64_t>& shape,
+                          int64_t n_layer, bool has_output) {
+  if (shape.size() < 2) return GgmlType::F32;
+  if (gguf_type == "f32") return GgmlType::F32;
+  if (gguf_type == "f16") return GgmlType::F16;
+  const int64_t row = shape.back();
+  const bool q4_0 = gguf_type == "q4_0", q4_k_m = gguf_type == "q4_k_m";
+  check(gguf_type == "q8_0" || q4_0 || q4_k_m, "export gguf: --type must be one of ", export_type_list(), ", got \"",
+        gguf_type, "\"");
+  if (gguf_type == "q8_0") return row % 32 == 0 ? GgmlType::Q8_0 : GgmlType::F16;
+  GgmlType t = q4_0 ? GgmlType::Q4_0 : GgmlType::Q4_K;
+  const bool is_output = name == "output.weight" || (!has_output && name == "token_embd.weight");
+  if (is_output) {
+    // The output matrix: Q6_K, or Q8_0 when the row does not fit the file type's own block.
+    t = row % (q4_0 ? 32 : 256) != 0 ? GgmlType::Q8_0 : GgmlType::Q6_K;
+  } else if (q4_k_m && (name.find("attn_v.weight") != std::string::npos || name.find("ffn_down") != std::string::npos)) {
+    // llama.cpp counts attn_v tensors and ffn_down layers in blk order; retort has one of each per layer.
+    const int64_t i = gguf_layer(name), n = n_layer;
+    const bool more_bits = i >= 0 && (i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2);
+    if (more_bits) t = GgmlType::Q6_K;
+  }
+  int64_t block = 0;
+  ggml_type_layout(static_cast<uint32_t>(t), &block, nullptr);
+  if (row % block != 0) {
+    if (t == GgmlType::Q4_K) t = GgmlType::Q5_0;
+    else if (t == GgmlType::Q6_K) t = GgmlType::Q8_0;
+    if (row % 32 != 0) t = GgmlType::F16;
+  }
+  return t;
+}
 
 void export_hf(const CausalLMImpl& model, const Tokenizer& tok, const ExportInfo& info, const std::string& dir,
                const std::string& dtype) {
@@ -586,12 +633,15 @@ void export_hf(const CausalLMImpl& model, const Tokenizer& tok, const ExportInfo
 
 void export_gguf(const CausalLMImpl& model, const Tokenizer& tok, const ExportInfo& info, const std::string& path,
                  const std::string& gguf_type) {
-  GgmlType wtype;
+  // general.file_type: llama.cpp's llama_ftype (ALL_F32, MOSTLY_F16, MOSTLY_Q8_0, MOSTLY_Q4_0, MOSTLY_Q4_K_M).
   uint32_t file_type;
-  if (gguf_type == "f32") wtype = GgmlType::F32, file_type = 0;
-  else if (gguf_type == "f16") wtype = GgmlType::F16, file_type = 1;
-  else if (gguf_type == "q8_0") wtype = GgmlType::Q8_0, file_type = 7;
-  else fail("export gguf: --type must be f32, f16 or q8_0, got \"", gguf_type, "\"");
+  if (gguf_type == "f32") file_type = 0;
+  else if (gguf_type == "f16") file_type = 1;
+  else if (gguf_type == "q8_0") file_type = 7;
+  else if (gguf_type == "q4_0") file_type = 2;
+  else if (gguf_type == "q4_k_m") file_type = 15;
+  else fail("export gguf: --type must be one of ", export_type_list(), ", got \"", gguf_type, "\"");
+  const bool quantized = file_type >= 2;
   const ModelHParams& hp = model.hparams();
   check(tok.n_vocab() <= hp.n_vocab, "export gguf: the tokenizer has ", tok.n_vocab(),
         " tokens but the model's vocabulary is ", hp.n_vocab);
@@ -624,17 +674,31 @@ void export_gguf(const CausalLMImpl& model, const Tokenizer& tok, const ExportIn
     w.add_float32(a + "rope.scaling.factor", float(hp.rope_scaling.factor));
   }
   if (hp.arch == "gemma3") add_gemma3_gguf(w, hp);
-  w.add_uint32("general.file_type", file_type);
-  if (wtype == GgmlType::Q8_0) w.add_uint32("general.quantization_version", 2);
+  // A quantized file is laid out as llama-quantize writes one from our F32 export (these two keys last,
+  // tensors sorted by layer, then name), so that the two files are the same byte for byte.
+  if (!quantized) w.add_uint32("general.file_type", file_type);
   add_tokenizer_gguf(w, tok, info);
+  if (quantized) {
+    w.add_uint32("general.quantization_version", 2);
+    w.add_uint32("general.file_type", file_type);
+  }
 
+  struct Entry {
+    std::string name;
+    std::vector<int64_t> shape;
+    GgmlType type;
+    std::function<void(uint8_t*)> fill;
+  };
+  std::vector<Entry> entries;
   // llama3 scaling travels as rope_freqs.weight (what llama.cpp reads); GGUF-sourced factors as they were.
   std::vector<float> freqs = hp.rope_freq_factors;
   if (freqs.empty() && hp.rope_scaling.type == "llama3") freqs = llama3_rope_factors(hp);
   if (!freqs.empty())
-    w.add_tensor("rope_freqs.weight", {int64_t(freqs.size())}, GgmlType::F32,
-                 [freqs](uint8_t* dst) { std::memcpy(dst, freqs.data(), freqs.size() * 4); });
+    entries.push_back({"rope_freqs.weight", {int64_t(freqs.size())}, GgmlType::F32,
+                       [freqs](uint8_t* dst) { std::memcpy(dst, freqs.data(), freqs.size() * 4); }});
 
+  bool has_output = false;
+  for (const auto& p : model.named_parameters()) has_output |= model.gguf_name(p.key()) == "output.weight";
   for (const auto& p : model.named_parameters()) {
     const std::string& hf = p.key();
     const std::string gname = model.gguf_name(hf);
@@ -643,15 +707,20 @@ void export_gguf(const CausalLMImpl& model, const Tokenizer& tok, const ExportIn
     const float offset = model.gguf_offset(hf);  // stored = parameter - offset
     const torch::Tensor param = p.value();
     const std::vector<int64_t> shape = param.sizes().vec();
-    GgmlType t = shape.size() == 1 ? GgmlType::F32 : wtype;
-    if (t == GgmlType::Q8_0 && shape.back() % 32 != 0) t = GgmlType::F16;  // Q8_0 blocks are 32 along a row
-    w.add_tensor(gname, shape, t, [param, permute, offset, t](uint8_t* dst) {
-      torch::Tensor x = cpu_f32(param);
-      if (offset != 0) x = x - offset;
-      if (permute > 0) x = permute_rows(x, permute);
-      quantize(t, x.data_ptr<float>(), dst, x.numel());
-    });
+    const GgmlType t = gguf_export_type(gguf_type, gname, shape, hp.n_layer, has_output);
+    entries.push_back({gname, shape, t, [param, permute, offset, t](uint8_t* dst) {
+                         torch::Tensor x = cpu_f32(param);
+                         if (offset != 0) x = x - offset;
+                         if (permute > 0) x = permute_rows(x, permute);
+                         quantize(t, x.data_ptr<float>(), dst, x.numel());
+                       }});
   }
+  if (quantized)  // llama.cpp's weight_name_comparer: layer (-1 outside blk.N), then name
+    std::stable_sort(entries.begin(), entries.end(), [](const Entry& x, const Entry& y) {
+      const int64_t lx = gguf_layer(x.name), ly = gguf_layer(y.name);
+      return lx != ly ? lx < ly : x.name < y.name;
+    });
+  for (Entry& e : entries) w.add_tensor(e.name, e.shape, e.type, std::move(e.fill));
   w.write(path);
 }
 

@@ -274,6 +274,257 @@ void block_q8_k(const uint8_t* b, float* y) {
   for (int j = 0; j < QK_K; ++j) y[j] = d * static_cast<float>(qs[j]);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Quantizers. Q4_0 and Q5_0 as gguf.quants (numpy) and ggml's quantize_row_q{4,5}_0_ref; Q4_K and
+// Q6_K as ggml's quantize_row_q{4,6}_K_ref (what llama-quantize runs without an importance matrix),
+// the gguf package having no K-quant quantizer. Every float operation is the reference's, in its
+// order (sums accumulated left to right, a*b*c as (a*b)*c, no fused multiply-add), so the bytes match.
+
+void store_f16(uint8_t* p, float v) {
+  const uint16_t h = f32_to_fp16(v);
+  std::memcpy(p, &h, 2);
+}
+
+// Round to nearest, ties to even, for |v| < 2^22: adding 1.5 * 2^23 leaves the integer in the low
+// mantissa bits (ggml's nearest_int; the float adder does the rounding).
+inline int nearest_int(float v) {
+  const float biased = v + 12582912.0f;
+  return static_cast<int>(std::bit_cast<uint32_t>(biased) & 0x007fffffu) - 0x00400000;
+}
+
+// The element of largest magnitude, sign kept (the first such one).
+float signed_absmax(const float* x, int n) {
+  float amax = 0.0f, max = 0.0f;
+  for (int j = 0; j < n; ++j)
+    if (amax < std::fabs(x[j])) amax = std::fabs(x[j]), max = x[j];
+  return max;
+}
+
+// Q4_0, per 32 values: d = absmax(signed) / -8, q = min(15, trunc(x/d + 8.5)); lo nibbles hold 0-15.
+void quantize_block_q4_0(const float* x, uint8_t* out) {
+  const float d = signed_absmax(x, 32) / -8.0f;
+  const float id = d != 0.0f ? 1.0f / d : 0.0f;
+  store_f16(out, d);
+  for (int j = 0; j < 16; ++j) {
+    const int lo = std::min(15, static_cast<int>(static_cast<int8_t>(x[j] * id + 8.5f)));
+    const int hi = std::min(15, static_cast<int>(static_cast<int8_t>(x[j + 16] * id + 8.5f)));
+    out[2 + j] = static_cast<uint8_t>(lo | (hi << 4));
+  }
+}
+
+// Q5_0, per 32 values: d = absmax(signed) / -16, q = min(31, trunc(x/d + 16.5)); 5th bits in a u32.
+void quantize_block_q5_0(const float* x, uint8_t* out) {
+  const float d = signed_absmax(x, 32) / -16.0f;
+  const float id = d != 0.0f ? 1.0f / d : 0.0f;
+  store_f16(out, d);
+  uint32_t qh = 0;
+  for (int j = 0; j < 16; ++j) {
+    const int lo = std::min(31, static_cast<int>(static_cast<int8_t>(x[j] * id + 16.5f)));
+    const int hi = std::min(31, static_cast<int>(static_cast<int8_t>(x[j + 16] * id + 16.5f)));
+    out[6 + j] = static_cast<uint8_t>((lo & 0x0F) | ((hi & 0x0F) << 4));
+    qh |= uint32_t(lo >> 4) << j;
+    qh |= uint32_t(hi >> 4) << (j + 16);
+  }
+  std::memcpy(out + 2, &qh, 4);
+}
+
+// Fit x[i] ~ scale * L[i] - the_min with L in 0..nmax, minimising sum w*(err)^2 (ggml's make_qkx2_quants
+// with use_mad = false): start from the min/max grid, then try nstep + 1 stretched grids
+// (nmax + rmin + is*rdelta steps over the range), each refined by weighted least squares for scale and min
+// (min clamped to <= 0), keeping the best. Returns the scale; *the_min = -min >= 0.
+float fit_scale_min(int n, int nmax, const float* x, const float* w, uint8_t* L, float* the_min, float rmin, float rdelta,
+                    int nstep) {
+  float min = x[0], max = x[0];
+  float sum_w = w[0];
+  float sum_x = sum_w * x[0];
+  for (int i = 1; i < n; ++i) {
+    if (x[i] < min) min = x[i];
+    if (x[i] > max) max = x[i];
+    sum_w += w[i];
+    sum_x += w[i] * x[i];
+  }
+  if (min > 0) min = 0;
+  if (max == min) {
+    for (int i = 0; i < n; ++i) L[i] = 0;
+    *the_min = -min;
+    return 0.0f;
+  }
+  float iscale = static_cast<float>(nmax) / (max - min);
+  float scale = 1.0f / iscale;
+  float best_error = 0;
+  for (int i = 0; i < n; ++i) {
+    L[i] = static_cast<uint8_t>(std::clamp(nearest_int(iscale * (x[i] - min)), 0, nmax));
+    const float diff = scale * static_cast<float>(L[i]) + min - x[i];
+    best_error += w[i] * (diff * diff);
+  }
+  uint8_t trial[32];
+  for (int is = 0; is <= nstep; ++is) {
+    iscale = (rmin + rdelta * static_cast<float>(is) + static_cast<float>(nmax)) / (max - min);
+    float sum_l = 0, sum_l2 = 0, sum_xl = 0;
+    for (int i = 0; i < n; ++i) {
+      const int l = std::clamp(nearest_int(iscale * (x[i] - min)), 0, nmax);
+      trial[i] = static_cast<uint8_t>(l);
+      const float fl = static_cast<float>(l);
+      sum_l += w[i] * fl;
+      sum_l2 += w[i] * fl * fl;
+      sum_xl += w[i] * fl * x[i];
+    }
+    const float D = sum_w * sum_l2 - sum_l * sum_l;
+    if (D > 0) {
+      float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
+      float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
+      if (this_min > 0) {
+        this_min = 0;
+        this_scale = sum_xl / sum_l2;
+      }
+      float err = 0;
+      for (int i = 0; i < n; ++i) {
+        const float diff = this_scale * static_cast<float>(trial[i]) + this_min - x[i];
+        err += w[i] * (diff * diff);
+      }
+      if (err < best_error) {
+        std::memcpy(L, trial, size_t(n));
+        best_error = err;
+        scale = this_scale;
+        min = this_min;
+      }
+    }
+  }
+  *the_min = -min;
+  return scale;
+}
+
+// Q4_K, per 256 values: 8 sub-blocks of 32, each fitted as scale * q - min (q in 0..15) with weights
+// rms(sub-block) + |x|; scales and mins quantized to 6 bits against d = max scale / 63, dmin = max min / 63
+// (both fp16); then every q re-rounded against the stored scale and min.
+void quantize_block_q4_k(const float* x, uint8_t* out) {
+  uint8_t L[QK_K];
+  float weights[32], scales[8], mins[8];
+  float max_scale = 0, max_min = 0;
+  for (int j = 0; j < 8; ++j) {
+    const float* xs = x + 32 * j;
+    float sum_x2 = 0;
+    for (int l = 0; l < 32; ++l) sum_x2 += xs[l] * xs[l];
+    const float av_x = std::sqrt(sum_x2 / 32.0f);
+    for (int l = 0; l < 32; ++l) weights[l] = av_x + std::fabs(xs[l]);
+    scales[j] = fit_scale_min(32, 15, xs, weights, L + 32 * j, &mins[j], -1.0f, 0.1f, 20);
+    if (scales[j] > max_scale) max_scale = scales[j];
+    if (mins[j] > max_min) max_min = mins[j];
+  }
+  const float inv_scale = max_scale > 0 ? 63.0f / max_scale : 0.0f;
+  const float inv_min = max_min > 0 ? 63.0f / max_min : 0.0f;
+  uint8_t* sc = out + 4;  // 12 bytes: see k_scale_min
+  std::memset(sc, 0, 12);
+  for (int j = 0; j < 8; ++j) {
+    // ggml stores nearest_int into a uint8_t (wrapping) before clamping to 63.
+    const uint8_t ls = std::min<uint8_t>(63, static_cast<uint8_t>(nearest_int(inv_scale * scales[j])));
+    const uint8_t lm = std::min<uint8_t>(63, static_cast<uint8_t>(nearest_int(inv_min * mins[j])));
+    if (j < 4) {
+      sc[j] = ls;
+      sc[j + 4] = lm;
+    } else {
+      sc[j + 4] = static_cast<uint8_t>((ls & 0x0F) | ((lm & 0x0F) << 4));
+      sc[j - 4] |= static_cast<uint8_t>((ls >> 4) << 6);
+      sc[j] |= static_cast<uint8_t>((lm >> 4) << 6);
+    }
+  }
+  store_f16(out, max_scale / 63.0f);
+  store_f16(out + 2, max_min / 63.0f);
+  const float d_all = load_f16(out), dmin_all = load_f16(out + 2);
+  for (int j = 0; j < 8; ++j) {
+    int s, m;
+    k_scale_min(sc, j, &s, &m);
+    const float d = d_all * static_cast<float>(s);
+    if (d == 0.0f) continue;  // keeps the fit's q, as ggml does
+    const float dm = dmin_all * static_cast<float>(m);
+    for (int l = 0; l < 32; ++l)
+      L[32 * j + l] = static_cast<uint8_t>(std::clamp(nearest_int((x[32 * j + l] + dm) / d), 0, 15));
+  }
+  // Byte 32c + l: sub-block 2c in the low nibble, 2c + 1 in the high one.
+  uint8_t* qs = out + 16;
+  for (int c = 0; c < 4; ++c)
+    for (int l = 0; l < 32; ++l) qs[32 * c + l] = static_cast<uint8_t>(L[64 * c + l] | (L[64 * c + 32 + l] << 4));
+}
+
+// Symmetric fit of x ~ scale * (L - nmax), L - nmax in -nmax..nmax-1, weights x^2 (ggml's make_qx_quants,
+// rmse_type 1): scale from the signed max, then 18 nearby grids (nmax +- 0.1 k), each least-squares scaled,
+// keeping the one with the largest sumlx^2 / suml2 (the least weighted error).
+float fit_scale_symmetric(int n, int nmax, const float* x, int8_t* L) {
+  float amax = 0, max = 0;
+  for (int i = 0; i < n; ++i)
+    if (std::fabs(x[i]) > amax) amax = std::fabs(x[i]), max = x[i];
+  if (amax < 1e-15f) {  // ggml's GROUP_MAX_EPS: all zero
+    for (int i = 0; i < n; ++i) L[i] = 0;
+    return 0.0f;
+  }
+  const float fnmax = static_cast<float>(nmax);
+  auto sums = [&](float iscale, float* sumlx, float* suml2) {
+    *sumlx = *suml2 = 0;
+    for (int i = 0; i < n; ++i) {
+      const float l = static_cast<float>(std::clamp(nearest_int(iscale * x[i]), -nmax, nmax - 1));
+      const float w = x[i] * x[i];
+      *sumlx += w * x[i] * l;
+      *suml2 += w * l * l;
+    }
+  };
+  auto assign = [&](float iscale) {
+    for (int i = 0; i < n; ++i) L[i] = static_cast<int8_t>(nmax + std::clamp(nearest_int(iscale * x[i]), -nmax, nmax - 1));
+  };
+  float iscale = -fnmax / max;
+  float sumlx, suml2;
+  sums(iscale, &sumlx, &suml2);
+  assign(iscale);
+  float scale = suml2 != 0.0f ? sumlx / suml2 : 0.0f;
+  float best = scale * sumlx;
+  for (int is = -9; is <= 9; ++is) {
+    if (is == 0) continue;
+    iscale = -(fnmax + 0.1f * static_cast<float>(is)) / max;
+    sums(iscale, &sumlx, &suml2);
+    if (suml2 > 0 && sumlx * sumlx > best * suml2) {
+      assign(iscale);
+      scale = sumlx / suml2;
+      best = scale * sumlx;
+    }
+  }
+  return scale;
+}
+
+// Q6_K, per 256 values: 16 sub-blocks of 16 fitted symmetrically (q in -32..31); the sub-block scales as
+// int8 against d = max|scale| / 128 (fp16, sign of the largest); then every q re-rounded against d * scale.
+void quantize_block_q6_k(const float* x, uint8_t* out) {
+  int8_t L[QK_K];
+  float scales[16];
+  float max_scale = 0, max_abs_scale = 0;
+  for (int ib = 0; ib < 16; ++ib) {
+    scales[ib] = fit_scale_symmetric(16, 32, x + 16 * ib, L + 16 * ib);
+    if (std::fabs(scales[ib]) > max_abs_scale) max_abs_scale = std::fabs(scales[ib]), max_scale = scales[ib];
+  }
+  std::memset(out, 0, 210);
+  if (max_abs_scale < 1e-15f) return;  // all zero, d = 0
+  int8_t* sc = reinterpret_cast<int8_t*>(out + 192);
+  const float iscale = -128.0f / max_scale;
+  store_f16(out + 208, 1.0f / iscale);
+  for (int ib = 0; ib < 16; ++ib) sc[ib] = static_cast<int8_t>(std::min(127, nearest_int(iscale * scales[ib])));
+  const float d_all = load_f16(out + 208);
+  for (int j = 0; j < 16; ++j) {
+    const float d = d_all * static_cast<float>(sc[j]);
+    if (d == 0.0f) continue;  // keeps the fit's q, as ggml does
+    for (int i = 0; i < 16; ++i)
+      L[16 * j + i] = static_cast<int8_t>(32 + std::clamp(nearest_int(x[16 * j + i] / d), -32, 31));
+  }
+  // Element e = 128h + 32s + l (see block_q6_k): low nibble in ql[64h + 32(s%2) + l] at bit 4(s/2),
+  // high 2 bits in qh[32h + l] at bit 2s.
+  uint8_t* ql = out;
+  uint8_t* qh = out + 128;
+  for (int h = 0; h < 2; ++h)
+    for (int l = 0; l < 32; ++l) {
+      const int8_t* q = L + 128 * h + l;
+      ql[64 * h + l] = static_cast<uint8_t>((q[0] & 0x0F) | ((q[64] & 0x0F) << 4));
+      ql[64 * h + 32 + l] = static_cast<uint8_t>((q[32] & 0x0F) | ((q[96] & 0x0F) << 4));
+      qh[32 * h + l] = static_cast<uint8_t>((q[0] >> 4) | ((q[32] >> 4) << 2) | ((q[64] >> 4) << 4) | ((q[96] >> 4) << 6));
+    }
+}
+
 template <void (*Block)(const uint8_t*, float*)>
 void run_blocks(const uint8_t* src, float* dst, int64_t n_blocks, int64_t block_elems, int64_t block_bytes) {
   for (int64_t i = 0; i < n_blocks; ++i) Block(src + i * block_bytes, dst + i * block_elems);
@@ -387,9 +638,21 @@ void quantize(GgmlType type, const float* src, uint8_t* dst, int64_t n_elems) {
         for (int j = 0; j < 32; ++j) out[2 + j] = static_cast<uint8_t>(static_cast<int8_t>(std::round(x[j] * inv)));
       }
       return;
+    case GgmlType::Q4_0:
+      for (int64_t b = 0; b < n_elems / 32; ++b) quantize_block_q4_0(src + 32 * b, dst + 18 * b);
+      return;
+    case GgmlType::Q5_0:
+      for (int64_t b = 0; b < n_elems / 32; ++b) quantize_block_q5_0(src + 32 * b, dst + 22 * b);
+      return;
+    case GgmlType::Q4_K:
+      for (int64_t b = 0; b < n_elems / QK_K; ++b) quantize_block_q4_k(src + QK_K * b, dst + 144 * b);
+      return;
+    case GgmlType::Q6_K:
+      for (int64_t b = 0; b < n_elems / QK_K; ++b) quantize_block_q6_k(src + QK_K * b, dst + 210 * b);
+      return;
     default: break;
   }
-  fail("quantize: type ", ggml_type_name(id), " is not supported (supported: F32, F16, BF16, Q8_0)");
+  fail("quantize: type ", ggml_type_name(id), " is not supported (supported: F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q4_K, Q6_K)");
 }
 
 }  // namespace retort

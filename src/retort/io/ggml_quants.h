@@ -70,7 +70,10 @@ int64_t ggml_row_bytes(GgmlType type, int64_t n_elems);
 // Quantize n_elems float32 (a multiple of the block size) into dst, bit for bit like the Python
 // `gguf` package's gguf.quants.quantize: F32 (copy), F16 (round to nearest even), BF16 (round to
 // nearest even, NaN kept quiet), Q8_0 (per 32 values: d = max|x| / 127 stored as fp16,
-// q = round-half-away-from-zero(x * (1/d)) as int8; d = 0 gives q = 0). Other types -> retort::Error.
+// q = round-half-away-from-zero(x * (1/d)) as int8; d = 0 gives q = 0), Q4_0 / Q5_0 (d = signed absmax
+// / -8 or -16, q = trunc(x/d + 8.5 or 16.5) clamped); and Q4_K / Q6_K bit for bit like llama.cpp's
+// quantize_row_q4_K_ref / quantize_row_q6_K_ref (llama-quantize without an importance matrix; the gguf
+// package has no K-quant quantizer). Other types -> retort::Error.
 void quantize(GgmlType type, const float* src, uint8_t* dst, int64_t n_elems);
 
 }  // namespace retort

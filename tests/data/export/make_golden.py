@@ -10,9 +10,22 @@ Writes, next to this script:
   quant_f16.bin      gguf.quants.quantize(x, F16)   (numpy astype float16: round to nearest even)
   quant_bf16.bin     gguf.quants.quantize(x, BF16)
   quant_q8_0.bin     gguf.quants.quantize(x, Q8_0)  (bit-exact with ggml's quantize_row_q8_0_ref)
+  quant_q4_0.bin     gguf.quants.quantize(x, Q4_0)  (ggml's quantize_row_q4_0_ref)
+  quant_q5_0.bin     gguf.quants.quantize(x, Q5_0)  (ggml's quantize_row_q5_0_ref; Q4_K_M's fallback)
+  quant_input_k.f32  8192 float32 values (32 super-blocks of 256) for the K-quants: normals at several
+                     scales, heavy tails, one-signed blocks, constant, zero and tiny blocks, outliers
+  quant_q4_k.bin     ggml's quantize_row_q4_K_ref(quant_input_k) \  llama.cpp's own C code through
+  quant_q6_k.bin     ggml's quantize_row_q6_K_ref(quant_input_k) /  ctypes (ggml_quantize_chunk with no
+                     importance matrix, as llama-quantize runs): the gguf package has no K-quant quantizer.
+                     Only rewritten when LLAMA_CPP_LIB names libggml-base.so (else kept as committed).
+  quant_q4_k.deq.f32 gguf.quants.dequantize of quant_q4_k.bin, and the same for Q6_K: what the gguf
+  quant_q6_k.deq.f32 package reads back from those blocks.
+
+  LLAMA_CPP_LIB=/work/llama.cpp/build/bin/libggml-base.so python3 tests/data/export/make_golden.py
   writer.gguf        gguf.GGUFWriter output for the metadata and tensors listed in WRITER below;
                      retort's GgufWriter must produce the same bytes.
 """
+import ctypes
 import os
 
 import numpy as np
@@ -46,6 +59,57 @@ def quant_input() -> np.ndarray:
     return np.concatenate([x, extra]).astype(np.float32)
 
 
+def quant_input_k() -> np.ndarray:
+    rng = np.random.default_rng(20261202)
+    blocks = []
+    for scale in (1e-3, 0.02, 0.1, 1.0, 30.0):
+        for _ in range(3):
+            blocks.append(rng.standard_normal(256) * scale)
+    blocks.append(rng.standard_t(3, 256) * 0.05)                       # heavy tails
+    blocks.append(rng.standard_t(2, 256) * 0.05)
+    blocks.append(np.abs(rng.standard_normal(256)) + 0.5)              # all positive: min clamps to 0
+    blocks.append(-np.abs(rng.standard_normal(256)) - 0.5)             # all negative
+    blocks.append(np.full(256, 0.25))                                  # constant (max == min)
+    blocks.append(np.zeros(256))                                       # all zero
+    blocks.append(rng.standard_normal(256) * 1e-20)                    # below GROUP_MAX_EPS for Q6_K
+    b = rng.standard_normal(256) * 0.02
+    b[:32] = 0                                                         # one zero sub-block among normal ones
+    b[100] = 3.0                                                       # and an outlier
+    blocks.append(b)
+    b = rng.standard_normal(256) * 0.02
+    b[16:32] = rng.standard_normal(16) * 1e-6                          # a Q6_K sub-block whose int8 scale is 0
+    blocks.append(b)
+    b = rng.uniform(-1, 1, 256)
+    b[::37] *= 40                                                      # several outliers
+    blocks.append(b)
+    for scale in (0.01, 0.05, 0.5):                                    # skewed: mean far from 0
+        blocks.append(rng.standard_normal(256) * scale + 3 * scale)
+    b = rng.standard_normal(256) * 0.02
+    b[::2] = 0                                                         # half zeros
+    blocks.append(b)
+    b = rng.standard_normal(256)
+    b[200:] = -b[200:] * 100                                           # one sub-block dominates
+    blocks.append(b)
+    blocks.append(rng.laplace(0, 0.03, 256))                           # weight-like
+    blocks.append(rng.standard_normal(256) * 1e-4 + 1e-3)              # tiny, one-signed
+    x = np.stack(blocks).astype(np.float32)
+    assert x.shape == (32, 256), x.shape
+    return x
+
+
+def ggml_quantize(lib, qtype: Q, x: np.ndarray) -> np.ndarray:
+    """llama.cpp's ggml_quantize_chunk(type, src, dst, 0, nrows, n_per_row, imatrix=NULL)."""
+    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
+    lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                        ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    block_size, type_size = gguf.GGML_QUANT_SIZES[qtype]
+    out = np.zeros((x.shape[0], x.shape[1] // block_size * type_size), dtype=np.uint8)
+    n = lib.ggml_quantize_chunk(int(qtype), x.ctypes.data, out.ctypes.data, 0, x.shape[0], x.shape[1], None)
+    assert n == out.size, (n, out.size)
+    return out
+
+
 def main() -> None:
     x = quant_input()
     assert x.shape == (64, 32)
@@ -53,6 +117,28 @@ def main() -> None:
     gguf.quants.quantize(x, Q.F16).tofile(os.path.join(HERE, "quant_f16.bin"))
     gguf.quants.quantize(x, Q.BF16).tofile(os.path.join(HERE, "quant_bf16.bin"))
     gguf.quants.quantize(x, Q.Q8_0).tofile(os.path.join(HERE, "quant_q8_0.bin"))
+    gguf.quants.quantize(x, Q.Q4_0).tofile(os.path.join(HERE, "quant_q4_0.bin"))
+    gguf.quants.quantize(x, Q.Q5_0).tofile(os.path.join(HERE, "quant_q5_0.bin"))
+
+    xk = quant_input_k()
+    xk.tofile(os.path.join(HERE, "quant_input_k.f32"))
+    lib_path = os.environ.get("LLAMA_CPP_LIB")
+    if lib_path:
+        lib = ctypes.CDLL(lib_path)
+        for qt, name in ((Q.Q4_K, "q4_k"), (Q.Q6_K, "q6_k")):
+            ggml_quantize(lib, qt, xk).tofile(os.path.join(HERE, f"quant_{name}.bin"))
+        # Cross-check: the gguf package and ggml agree on Q4_0 / Q5_0 / Q8_0.
+        for qt in (Q.Q4_0, Q.Q5_0, Q.Q8_0):
+            for inp in (x, xk):
+                assert (ggml_quantize(lib, qt, inp) == gguf.quants.quantize(inp, qt)).all(), qt.name
+    else:
+        print("LLAMA_CPP_LIB not set: quant_q4_k.bin and quant_q6_k.bin kept as they are")
+    for qt, name in ((Q.Q4_K, "q4_k"), (Q.Q6_K, "q6_k")):
+        blocks = np.fromfile(os.path.join(HERE, f"quant_{name}.bin"), dtype=np.uint8).reshape(32, -1)
+        deq = gguf.quants.dequantize(blocks, qt).astype(np.float32)
+        deq.tofile(os.path.join(HERE, f"quant_{name}.deq.f32"))
+        rmse = float(np.sqrt(np.mean((deq - xk) ** 2, axis=1)).max())
+        print(f"{qt.name}: {blocks.nbytes} bytes, largest per-block RMSE {rmse:.3g}")
 
     # GGUFWriter reference: keys in this order, then tensors in this order (alignment 32).
     w = gguf.GGUFWriter(os.path.join(HERE, "writer.gguf"), "llama")  # adds general.architecture first
