@@ -39,6 +39,7 @@ class AdamW {
   void step(double lr);  // one update from each parameter's .grad()
   void zero_grad();      // drop the gradients (undefined, as set_to_none=True)
   int64_t steps() const { return t_; }
+  void set_steps(int64_t t) { t_ = t; }  // with m, v set in place: state received from another rank
   const AdamWConfig& config() const { return cfg_; }
   const std::vector<Param>& params() const { return params_; }
 

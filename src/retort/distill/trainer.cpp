@@ -11,10 +11,13 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <memory>
 #include <sstream>
 
 #include "retort/decode/generate.h"
 #include "retort/distill/adamw.h"
+#include "retort/distill/distributed.h"
 #include "retort/distill/report.h"
 #include "retort/distill/signal_store.h"
 #include "retort/io/hf_checkpoint.h"
@@ -258,7 +261,7 @@ class Trainer {
  private:
   void check_inputs();
   std::vector<Sequence> take_sequences(int64_t first_g, int64_t count, std::vector<SignalSample>& storage);
-  void on_policy_rewrite(std::vector<Sequence>& seqs, int64_t step);
+  void on_policy_rewrite(std::vector<Sequence>& seqs, int64_t step, int64_t first);
   MicroBatch build(const std::vector<Sequence>& seqs);
   TeacherSignal teacher_signal(const torch::Tensor& tokens, const torch::Tensor& rows, const torch::Tensor& targets);
   void save_checkpoint(int64_t step, AdamW& opt);
@@ -329,7 +332,9 @@ std::vector<Sequence> Trainer::take_sequences(int64_t first_g, int64_t count, st
 }
 
 // GKD: the student writes the completions (from the stored prompts); the teacher will score them.
-void Trainer::on_policy_rewrite(std::vector<Sequence>& seqs, int64_t step) {
+// seqs[b] is sequence first + b of the step; its sampling seed depends on that place only (micro-batch
+// (first + b) / batch, row (first + b) mod batch), not on how the step is split over ranks.
+void Trainer::on_policy_rewrite(std::vector<Sequence>& seqs, int64_t step, int64_t first) {
   LoadedModel lm;
   lm.path = "student";
   lm.format = "memory";
@@ -346,7 +351,8 @@ void Trainer::on_policy_rewrite(std::vector<Sequence>& seqs, int64_t step) {
     GenerationRequest r;
     r.prompt.assign(q.ids.begin(), q.ids.begin() + q.prompt_len);
     r.sampling.temperature = cfg_.on_policy_temperature;
-    r.sampling.seed = mix3(cfg_.seed, uint64_t(step), b);
+    const int64_t i = first + int64_t(b);
+    r.sampling.seed = mix3(cfg_.seed, uint64_t(step * cfg_.accum + i / cfg_.batch), uint64_t(i % cfg_.batch));
     r.max_tokens = std::min(cfg_.on_policy_max_tokens, room);
     reqs.push_back(std::move(r));
     which.push_back(b);
@@ -457,6 +463,7 @@ nlohmann::json Trainer::state_json(int64_t step) const {
           {"data", {{"dir", in_.data->dir()}, {"identity", store_identity(*in_.data)}, {"samples", in_.data->n_samples()}}},
           {"tokens", tokens_},
           {"scored", scored_},
+          {"world_size", in_.dist ? in_.dist->world_size() : 1},  // informational: resume works on any
           {"elapsed", elapsed_before_ + std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count()},
           {"provenance", in_.provenance}};
 }
@@ -617,7 +624,7 @@ void Trainer::write_report(bool final) {
   gn.series = {s_gn};
   ev.series = {s_nll, s_tnll, s_kl};
   ag.series = {s_ag, s_tag};
-  nlohmann::json summary = nlohmann::json::object();
+  nlohmann::ordered_json summary = nlohmann::ordered_json::object();  // shown in the order written
   summary["status"] = final ? "finished" : "running";
   summary["data"] = in_.data->dir();
   summary["loss"] = loss_kind_name(cfg_.loss.kind);
@@ -649,10 +656,13 @@ void Trainer::write_report(bool final) {
 
 TrainResult Trainer::run() {
   check_inputs();
-  fs::create_directories(out_);
+  Distributed* dist = in_.dist;
+  const bool root = !dist || dist->is_root();  // the one that writes OUT
+  const int rank = dist ? dist->rank() : 0, world = dist ? dist->world_size() : 1;
+  if (root) fs::create_directories(out_);
   t0_ = std::chrono::steady_clock::now();
   // Stale temp dirs of a killed checkpoint write.
-  {
+  if (root) {
     std::error_code ec;
     const fs::path root = fs::path(out_) / "checkpoints";
     if (fs::is_directory(root, ec))
@@ -670,7 +680,9 @@ TrainResult Trainer::run() {
 
   TrainResult res;
   int64_t start = 0;
-  if (cfg_.resume) {
+  if (!root) {
+    // Everything comes from rank 0 below.
+  } else if (cfg_.resume) {
     start = resume(opt);
   } else {
     const std::string prev = latest_checkpoint(out_);
@@ -679,10 +691,34 @@ TrainResult Trainer::run() {
     std::error_code ec;
     fs::remove(fs::path(out_) / "metrics.jsonl", ec);
   }
+  std::unique_ptr<GradReducer> reducer;
+  if (dist) {
+    // Rank 0's start (fresh or resumed) everywhere: weights, AdamW state, counters.
+    std::vector<torch::Tensor> state;
+    for (const auto& p : opt.params()) state.insert(state.end(), {p.value.detach(), p.m, p.v});
+    dist->broadcast(state, "broadcast of the start weights and optimizer state from rank 0");
+    auto counters = torch::tensor({start, opt.steps(), tokens_, scored_}, torch::kInt64);
+    auto elapsed = torch::tensor({elapsed_before_}, torch::kFloat64);
+    dist->broadcast({counters, elapsed}, "broadcast of the start step from rank 0");
+    start = counters[0].item<int64_t>();
+    opt.set_steps(counters[1].item<int64_t>());
+    tokens_ = counters[2].item<int64_t>();
+    scored_ = counters[3].item<int64_t>();
+    elapsed_before_ = elapsed[0].item<double>();
+    std::vector<torch::Tensor> params;
+    for (const auto& p : opt.params()) params.push_back(p.value);
+    reducer = std::make_unique<GradReducer>(*dist, student, params);
+    dist->take_comm_seconds();
+  }
+  // Rank 0 alone does `what`; the others wait for it.
+  auto on_root = [&](const std::string& what, const std::function<void()>& fn) {
+    if (root) fn();
+    if (dist) dist->sync_with_root(what);
+  };
   res.start_step = start;
 
   ProgressBar bar(cfg_.label, cfg_.steps, "steps");
-  bar.set_enabled(cfg_.progress);
+  bar.set_enabled(cfg_.progress && root);
   const int64_t per_step = cfg_.batch * cfg_.accum;
   const int64_t tokens_at_start = tokens_;
   double last_loss = 0;
@@ -694,19 +730,29 @@ TrainResult Trainer::run() {
       res.halted = true;
       break;
     }
+    if (dist) test_kill_hook(rank, step);
     const double lr = lr_at(cfg_, step);
     const bool on_policy = cfg_.on_policy_lambda > 0 &&
                            unit_double(mix3(cfg_.seed, uint64_t(step), 0xfeedull)) < cfg_.on_policy_lambda;
     // All micro-batches of the step first: the loss is normalized by the step's scored rows.
-    std::vector<std::vector<SignalSample>> storage(size_t(cfg_.accum));
+    // This rank's share of the step's sequences is [lo, hi) (all of them in one process).
+    const int64_t lo = per_step * rank / world, hi = per_step * (rank + 1) / world;
+    std::vector<std::vector<SignalSample>> storage(size_t((hi - lo + cfg_.batch - 1) / cfg_.batch));
     std::vector<MicroBatch> micro;
     int64_t n_rows = 0, n_tokens = 0;
-    for (int64_t a = 0; a < cfg_.accum; ++a) {
-      auto seqs = take_sequences(step * per_step + a * cfg_.batch, cfg_.batch, storage[size_t(a)]);
-      if (on_policy) on_policy_rewrite(seqs, step * cfg_.accum + a);
+    for (int64_t i = lo; i < hi; i += cfg_.batch) {
+      const int64_t n = std::min(cfg_.batch, hi - i);
+      auto seqs = take_sequences(step * per_step + i, n, storage[size_t((i - lo) / cfg_.batch)]);
+      if (on_policy) on_policy_rewrite(seqs, step, i);
       micro.push_back(build(seqs));
       n_rows += micro.back().n_rows();
       n_tokens += micro.back().n_tokens;
+    }
+    if (dist) {  // the global counts: every rank divides by the same N
+      auto c = torch::tensor({n_rows, n_tokens}, torch::kInt64);
+      dist->all_reduce_sum(c, cat("all-reduce of the token counts of step ", step + 1));
+      n_rows = c[0].item<int64_t>();
+      n_tokens = c[1].item<int64_t>();
     }
     check(n_rows > 0, "distill: step ", step + 1, " has no completion tokens to learn from (--max-seq ", cfg_.max_seq,
           " may be shorter than the prompts)");
@@ -714,8 +760,13 @@ TrainResult Trainer::run() {
     opt.zero_grad();
     double loss_sum = 0;
     int64_t agree = 0;
-    for (auto& mb : micro) {
+    size_t last_mb = micro.size();
+    for (size_t m = 0; m < micro.size(); ++m)
+      if (micro[m].n_rows() > 0) last_mb = m;
+    for (size_t m = 0; m < micro.size(); ++m) {
+      auto& mb = micro[m];
       if (mb.n_rows() == 0) continue;
+      if (reducer && m == last_mb) reducer->arm();  // gradients become final in this backward
       torch::Tensor rows_hidden;
       {
         AutocastGuard ac(dev_.is_cuda());
@@ -726,6 +777,14 @@ TrainResult Trainer::run() {
       loss_sum += r.loss_sum;
       agree += r.agree;
     }
+    double comm_s = 0;
+    if (dist) {
+      reducer->finish(step);
+      const auto sums = dist->all_reduce_sum({loss_sum, double(agree)}, cat("all-reduce of the loss of step ", step + 1));
+      loss_sum = sums[0];
+      agree = int64_t(std::llround(sums[1]));
+      comm_s = dist->take_comm_seconds();
+    }
     const double grad_norm = clip_grad_norm(opt.params(), cfg_.clip);
     opt.step(lr);
     opt.zero_grad();
@@ -735,7 +794,7 @@ TrainResult Trainer::run() {
     last_loss = loss_sum / double(n_rows);
     const double secs = bar.elapsed_seconds();
     const double tok_s = secs > 0 ? double(tokens_ - tokens_at_start) / secs : 0;
-    append_metrics({{"step", step + 1},
+    nlohmann::json line = {{"step", step + 1},
                     {"loss", last_loss},
                     {"lr", lr},
                     {"grad_norm", grad_norm},
@@ -744,30 +803,40 @@ TrainResult Trainer::run() {
                     {"tok_s", tok_s},
                     {"elapsed", elapsed_before_ + std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count()},
                     {"agree", double(agree) / double(n_rows)},
-                    {"on_policy", on_policy}});
+                    {"on_policy", on_policy}};
+    if (dist) {
+      line["world_size"] = world;
+      line["comm_s"] = comm_s;  // rank 0's time blocked in collectives during the step
+    }
+    if (root) append_metrics(line);
     bar.update(step + 1, tokens_ - tokens_at_start, cat("loss ", std::to_string(last_loss).substr(0, 6)));
     check(std::isfinite(last_loss), "distill: the loss became ", last_loss, " at step ", step + 1,
           "; lower --lr or raise --warmup");
 
     const bool last = step + 1 == cfg_.steps;
     if (in_.eval_data && cfg_.eval_every > 0 && (step + 1) % cfg_.eval_every == 0 && !last) {
-      run_eval(step + 1);
-      write_report(false);
+      on_root(cat("the evaluation at step ", step + 1), [&] {
+        run_eval(step + 1);
+        write_report(false);
+      });
     }
-    if (cfg_.save_every > 0 && (step + 1) % cfg_.save_every == 0) save_checkpoint(step + 1, opt);
+    if (cfg_.save_every > 0 && (step + 1) % cfg_.save_every == 0)
+      on_root(cat("the checkpoint of step ", step + 1), [&] { save_checkpoint(step + 1, opt); });
   }
   res.steps = step;
   res.tokens = tokens_;
   res.scored = scored_;
   res.last_loss = last_loss;
   if (!res.halted) {
-    if (in_.eval_data) run_eval(step);
-    if (cfg_.write_final) {
-      ExportInfo info = in_.export_info;
-      info.provenance["steps"] = step;
-      export_hf(student, *in_.tokenizer, info, out_ + "/final", "f32");
-    }
-    write_report(true);
+    on_root("the final evaluation, model and report", [&] {
+      if (in_.eval_data) run_eval(step);
+      if (cfg_.write_final) {
+        ExportInfo info = in_.export_info;
+        info.provenance["steps"] = step;
+        export_hf(student, *in_.tokenizer, info, out_ + "/final", "f32");
+      }
+      write_report(true);
+    });
   }
   bar.finish(cat("loss ", std::to_string(last_loss).substr(0, 6)));
   res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();

@@ -28,6 +28,16 @@
 // Resume: the latest checkpoint is loaded (weights, AdamW m/v/step, data cursor); the config
 // hash and the data store identity must match, else retort::Error. The run then continues
 // exactly: on CPU with the same thread count, weights at step N equal an uninterrupted run's.
+//
+// Data parallel (TrainerInputs::dist, distributed.h): every rank holds the whole model; rank 0's
+// weights (and, on resume, its checkpoint: weights, AdamW state, counters) are broadcast at the
+// start. Each step's batch·accum sequences are the 1-process step's, cut into world_size contiguous
+// shares; a rank runs its share in micro-batches of at most `batch`. The step's scored-row count N
+// is summed over ranks first, each rank backpropagates Σ_its rows loss / N, and the gradients are
+// summed over ranks in buckets (overlapped with the last backward) — so the update is the
+// 1-process update up to float32 summation order. Only rank 0 writes OUT (metrics, checkpoints,
+// report, final); checkpoints do not depend on the world size, so a run resumes on any number of
+// ranks.
 #pragma once
 
 #include <cstdint>
@@ -43,6 +53,7 @@
 
 namespace retort {
 
+class Distributed;
 struct LoadedModel;
 class SignalStore;
 class Tokenizer;
@@ -90,6 +101,7 @@ struct TrainerInputs {
   const SignalStore* eval_data = nullptr;  // optional
   LoadedModel* teacher = nullptr;          // needed for dense / on-policy
   nlohmann::json provenance = nlohmann::json::object();  // teacher, student spec, ... (report, state)
+  Distributed* dist = nullptr;             // data-parallel process group; null = this process alone
 };
 
 struct TrainResult {
