@@ -26,9 +26,11 @@ say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 packages=(
   build-essential cmake ninja-build pkg-config git python3 python3-pip unzip
   libtorch-dev libopenblas0-openmp      # tensors/autograd; OpenMP OpenBLAS, not the slow reference BLAS
+  libgloo-dev                           # headers for libtorch's c10d Gloo process group (distill --nproc)
   nlohmann-json3-dev libcli11-dev libpcre2-dev libutf8proc-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libcpp-httplib-dev libsqlite3-dev libxxhash-dev
+  chromium                              # headless, for the test that opens the distill report in a browser
 )
 missing=()
 for p in "${packages[@]}"; do

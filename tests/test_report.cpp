@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <limits>
 #include <sstream>
@@ -225,7 +226,7 @@ TEST(Report, HtmlPageIsSelfContainedAndEscaped) {
   EXPECT_NE(html.find("<th>nll</th><td>2.71828</td>"), std::string::npos);
   EXPECT_NE(html.find("<th>bad</th><td>-</td>"), std::string::npos);
   EXPECT_NE(html.find("{&quot;k&quot;:1}"), std::string::npos);
-  EXPECT_NE(html.find("<h2>Samples &amp; more</h2>"), std::string::npos);
+  EXPECT_NE(html.find("<summary>Samples &amp; more</summary>"), std::string::npos);  // folded
   EXPECT_NE(html.find("<pre>&lt;b&gt;x&lt;/b&gt;</pre>"), std::string::npos);  // sections go in as given
   EXPECT_EQ(count(html, "<svg"), 2u);
   EXPECT_FALSE(prints_non_finite(html));
@@ -263,4 +264,225 @@ TEST(Report, WriteIsAtomic) {
   std::string bad = dir / "missing/r.html";
   EXPECT_THROW(write_html_report(bad, "x", nlohmann::json::object(), {}, {}), Error);
   EXPECT_FALSE(fs::exists(dir.path / "missing"));
+}
+
+// ---- Tables, answers side by side, the main job's page ------------------------------------------
+
+namespace {
+
+// The text of every <th> of the first <table ... id="ID"> (markup inside a cell removed), in order.
+std::vector<std::string> header_cells(const std::string& doc, const std::string& id) {
+  std::vector<std::string> out;
+  size_t t = doc.find("id=\"" + id + "\"");
+  if (t == std::string::npos) return out;
+  size_t end = doc.find("</thead>", t);
+  for (size_t p = doc.find("<th", t); p != std::string::npos && p < end; p = doc.find("<th", p + 1)) {
+    if (doc.compare(p, 4, "<th>") != 0 && doc.compare(p, 4, "<th ") != 0) continue;  // <thead>
+    size_t a = doc.find('>', p) + 1, b = doc.find("</th>", a);
+    out.push_back(doc.substr(a, b - a));
+  }
+  return out;
+}
+
+// A main-job summary as pipeline.cpp writes it, with two runs' metrics.jsonl under `dir`.
+nlohmann::json fixture_summary(const std::string& dir) {
+  using nlohmann::json;
+  for (const char* loss : {"ce", "fkl"}) {
+    fs::create_directories(dir + "/train-" + loss);
+    std::string m;
+    for (int step = 1; step <= 12; ++step) {
+      const double base = loss == std::string("ce") ? 9.0 : 7.0;
+      m += json{{"step", step}, {"loss", base - 0.3 * step}, {"agree", 0.01 * step}, {"lr", 1e-3}}.dump() + "\n";
+      if (step % 6 == 0)
+        m += json{{"step", step}, {"eval", {{"nll", base - 0.2 * step}, {"top1_agree", 0.012 * step}}}}.dump() + "\n";
+    }
+    write_file_atomic(dir + "/train-" + loss + "/metrics.jsonl", m);
+  }
+  json table = json::array(
+      {{{"model", "teacher"}, {"params", 134515008}, {"nll", 2.469}, {"ppl", 11.81}, {"top1_agree", 1.0}, {"kl", 0.0},
+        {"task_accuracy", 0.52}},
+       {{"model", "student before"}, {"params", 18900000}, {"nll", 14.121}, {"ppl", 1357139.0}, {"top1_agree", 0.001},
+        {"kl", 10.258}},
+       {{"model", "SFT-only (ce)"}, {"params", 18900000}, {"nll", 7.830}, {"ppl", 2516.0}, {"top1_agree", 0.180},
+        {"kl", 4.607}},
+       {{"model", "KD (fkl)"}, {"params", 18900000}, {"nll", 6.713}, {"ppl", 823.0}, {"top1_agree", 0.170},
+        {"kl", 3.668}, {"task_accuracy", 0.12}}});
+  json items = json::array(
+      {{{"id", "arithmetic-001"}, {"category", "arithmetic"}, {"prompt", "What is 2 + 3?"}, {"expected", "5"},
+        {"teacher", {{"reply", "2 + 3 = 5"}, {"correct", true}}},
+        {"student", {{"reply", "<script>alert(1)</script>"}, {"correct", false}}}}});
+  json tasks = {{"file", "data/tasks/tasks.jsonl"},
+                {"student_name", "KD (fkl)"},
+                {"categories", json::array({{{"category", "arithmetic"}, {"n", 30}, {"teacher", 0.6}, {"student", 0.1},
+                                             {"kept", 0.1 / 0.6}},
+                                            {{"category", "format"}, {"n", 30}, {"teacher", 0.0}, {"student", 0.1},
+                                             {"kept", nullptr}}})},
+                {"overall", {{"category", "overall"}, {"n", 60}, {"teacher", 0.52}, {"student", 0.12}, {"kept", 0.12 / 0.52}}},
+                {"items", items}};
+  json samples = {{"max_tokens", 64},
+                  {"columns", {"teacher", "SFT-only (ce)", "KD (fkl)"}},
+                  {"rows", json::array({{{"prompt", "Explain the seasons <briefly> & clearly."},
+                                         {"answers", {"Earth's tilt.", "The sun is hot.", "Tilt & orbit."}}},
+                                        {{"prompt", "Name a colour."}, {"answers", {"Blue.", "", "Red."}}}})}};
+  return {{"out", dir},
+          {"teacher", {{"spec", "smollm2-135m-instruct"}, {"params", 134515008}}},
+          {"student", {{"params", 18900000}, {"ratio", 7.1}}},
+          {"data", {{"heldout", {{"dir", dir + "/data/heldout"}, {"samples", 60}}}}},
+          {"table", table},
+          {"runs", {{"ce", {{"dir", dir + "/train-ce"}, {"title", "SFT-only (ce)"}}},
+                    {"fkl", {{"dir", dir + "/train-fkl"}, {"title", "KD (fkl)"}}}}},
+          {"options", {{"losses", {"ce", "fkl"}}, {"teacher", "smollm2-135m-instruct"}}},
+          {"timings", {{"total_s", 370.0}}},
+          {"tasks", tasks},
+          {"samples", samples}};
+}
+
+const std::vector<std::string> kComparisonColumns = {"model", "params", "held-out NLL", "ppl", "top-1 agreement",
+                                                     "KL(teacher‖student)", "task accuracy"};
+
+}  // namespace
+
+TEST(Report, TableKeepsColumnOrderAndMarksTheBestCompetingRow) {
+  Table t;
+  t.id = "cmp";
+  t.columns = {{"zeta", Better::none}, {"nll", Better::lower}, {"agree", Better::higher}};
+  t.rows = {{{"teacher", kNaN}, {"1.0", 1.0}, {"1.000", 1.0}},
+            {{"a <b>", kNaN}, {"3.0", 3.0}, {"0.2", 0.2}},
+            {{"c", kNaN}, {"2.0", 2.0}, {"0.2", 0.2}},
+            {{"d", kNaN}, {"-", kNaN}, {"0.1", 0.1}}};
+  t.competes = {false, true, true, true};
+  std::string h = html_table(t);
+  EXPECT_EQ(well_formed(h), "") << h;
+  EXPECT_EQ(header_cells(h, "cmp"), (std::vector<std::string>{"zeta", "nll", "agree"}));  // as given, not sorted
+  EXPECT_NE(h.find("<td>a &lt;b&gt;</td>"), std::string::npos) << h;
+  // nll: c (2.0) wins, not the reference teacher (1.0); agree: a tie between a and c, both marked.
+  EXPECT_NE(h.find("<td>c</td><td class=\"num best\"><strong>2.0</strong></td>"), std::string::npos) << h;
+  EXPECT_EQ(count(h, "<strong>"), 3u) << h;
+  EXPECT_EQ(count(h, "<strong>1.0"), 0u);
+  EXPECT_NE(h.find("<tr class=\"reference\">"), std::string::npos);
+}
+
+TEST(Report, SideBySideEscapesAndMarksAnswers) {
+  SideBySide s;
+  s.id = "x";
+  s.columns = {"teacher", "student <kd>"};
+  s.with_expected = true;
+  s.rows = {{"What is 2 + 3?", "5", {"2 + 3 = 5", "</td><script>"}, {1, 0}}, {"Say hi", "", {"hi", ""}, {}}};
+  std::string h = html_side_by_side(s);
+  EXPECT_EQ(well_formed(h), "") << h;
+  EXPECT_EQ(header_cells(h, "x"), (std::vector<std::string>{"prompt", "expected", "teacher", "student &lt;kd&gt;"}));
+  EXPECT_NE(h.find("<td class=\"answer right\">✓ 2 + 3 = 5</td>"), std::string::npos) << h;
+  EXPECT_NE(h.find("<td class=\"answer wrong\">✗ &lt;/td&gt;&lt;script&gt;</td>"), std::string::npos) << h;
+  EXPECT_NE(h.find("<em>(empty)</em>"), std::string::npos);
+  EXPECT_EQ(h.find("<script"), std::string::npos);
+}
+
+TEST(Report, MainJobPageReadsWell) {
+  TempDir dir;
+  const nlohmann::json summary = fixture_summary(dir.path.string());
+  const std::string html = distill_report_html(summary);
+  EXPECT_EQ(well_formed(html), "") << html;
+  EXPECT_FALSE(prints_non_finite(html));
+  // The comparison table: columns in reading order, the best student per column in bold.
+  EXPECT_EQ(header_cells(html, "comparison"), kComparisonColumns);
+  EXPECT_NE(html.find("<td>KD (fkl)</td><td>18.9M</td><td class=\"num best\"><strong>6.713</strong></td>"),
+            std::string::npos)
+      << html;
+  EXPECT_NE(html.find("<td class=\"num best\"><strong>0.180</strong></td>"), std::string::npos);  // SFT's agreement
+  EXPECT_NE(html.find("<td class=\"num best\"><strong>12.0%</strong></td>"), std::string::npos);
+  EXPECT_NE(html.find("<td class=\"num\">1357139</td>"), std::string::npos);  // a large ppl without decimals
+  // Task accuracy: the headline share, per category with "-" where the teacher has none right.
+  EXPECT_NE(html.find("KD (fkl) keeps <strong>23.1%</strong> of the teacher's task accuracy"), std::string::npos);
+  EXPECT_EQ(header_cells(html, "tasks"), (std::vector<std::string>{"category", "n", "teacher", "KD (fkl)", "kept"}));
+  // Curves: four charts, one line per run (held-out from step 0), the teacher as a reference line.
+  EXPECT_EQ(count(html, "<svg"), 4u);
+  EXPECT_EQ(count(html, "<polyline"), 2u + 3u + 2u + 2u);
+  EXPECT_GE(count(html, ">KD (fkl)</text>"), 4u);
+  EXPECT_GE(count(html, ">SFT-only (ce)</text>"), 4u);
+  EXPECT_NE(html.find(">teacher (reference)</text>"), std::string::npos);
+  // Answers side by side, escaped; the tasks item by item and the settings folded.
+  EXPECT_EQ(header_cells(html, "answers"), (std::vector<std::string>{"prompt", "teacher", "SFT-only (ce)", "KD (fkl)"}));
+  EXPECT_NE(html.find("Explain the seasons &lt;briefly&gt; &amp; clearly."), std::string::npos);
+  EXPECT_NE(html.find("&lt;script&gt;alert(1)&lt;/script&gt;"), std::string::npos);
+  EXPECT_EQ(html.find("<script"), std::string::npos);
+  EXPECT_EQ(count(html, "<details>"), 3u);
+  EXPECT_NE(html.find("<summary>Settings (the config as run)</summary>"), std::string::npos);
+  EXPECT_LT(html.find("id=\"comparison\""), html.find("<details>"));  // the settings come last
+  EXPECT_EQ(html.find("url("), std::string::npos);
+  EXPECT_EQ(html.find("<link"), std::string::npos);
+
+  // Without tasks and without the runs' metrics: no task column, charts that say "no data" or show
+  // only the step-0 point, still well-formed.
+  nlohmann::json bare = summary;
+  bare.erase("tasks");
+  bare.erase("samples");
+  fs::remove_all(dir.path / "train-ce");
+  const std::string h2 = distill_report_html(bare);
+  EXPECT_EQ(well_formed(h2), "") << h2;
+  auto cols = kComparisonColumns;
+  cols.pop_back();
+  EXPECT_EQ(header_cells(h2, "comparison"), cols);
+  EXPECT_EQ(h2.find("id=\"answers\""), std::string::npos);
+  EXPECT_EQ(count(h2, "<details>"), 2u);
+}
+
+// The page in a real browser: headless Chromium parses it without moving anything (a misnested tag
+// would be moved or dropped), and the DOM it builds holds the table in reading order, the SVG curves
+// and the answers side by side. Skips when Chromium is absent (scripts/setup.sh installs it).
+TEST(ReportBrowser, MainJobPageRendersInChromium) {
+  std::string chromium;
+  for (const char* name : {"chromium", "chromium-browser", "google-chrome"}) {
+    FILE* p = popen(cat("command -v ", name, " 2>/dev/null").c_str(), "r");
+    char buf[512] = {0};
+    if (p && fgets(buf, sizeof buf, p)) chromium = buf;
+    if (p) pclose(p);
+    while (!chromium.empty() && (chromium.back() == '\n' || chromium.back() == ' ')) chromium.pop_back();
+    if (!chromium.empty()) break;
+  }
+  if (const char* env = std::getenv("RETORT_CHROMIUM")) chromium = env;
+  if (chromium.empty())
+    GTEST_SKIP() << "chromium not found: apt-get install chromium (scripts/setup.sh installs it), or set RETORT_CHROMIUM";
+
+  TempDir dir;
+  const std::string html = distill_report_html(fixture_summary(dir.path.string()));
+  write_file_atomic(dir / "report.html", html);
+  // A profile of its own in the temp dir, so no state is shared with another Chromium.
+  const std::string flags = cat("--headless --no-sandbox --disable-gpu --no-first-run --user-data-dir=", dir / "profile");
+  const std::string dump = cat("timeout 120 ", chromium, " ", flags, " --dump-dom file://", dir / "report.html", " >",
+                               dir / "dom.html", " 2>", dir / "stderr.txt");
+  ASSERT_EQ(std::system(dump.c_str()), 0) << dump << "\n" << read_file(dir / "stderr.txt");
+  const std::string dom = read_file(dir / "dom.html");
+  ASSERT_NE(dom.find("</html>"), std::string::npos) << dom;
+  // Nothing moved or dropped by the parser: every element kind appears as often as in our markup.
+  for (const char* tag : {"<table", "<tr", "<td", "<th>", "<svg", "<polyline", "<details", "<summary", "<section"})
+    EXPECT_EQ(count(dom, tag), count(html, tag)) << tag;
+  EXPECT_EQ(header_cells(dom, "comparison"), kComparisonColumns);
+  EXPECT_EQ(count(dom, "<svg"), 4u);
+  EXPECT_NE(dom.find(">KD (fkl)</text>"), std::string::npos);  // a legend entry
+  EXPECT_EQ(header_cells(dom, "answers"), (std::vector<std::string>{"prompt", "teacher", "SFT-only (ce)", "KD (fkl)"}));
+  EXPECT_NE(dom.find("Tilt &amp; orbit."), std::string::npos);
+  EXPECT_EQ(dom.find("<script"), std::string::npos);  // the escaped reply stayed text
+  // It also paints: a screenshot of the page is written and is not tiny (a blank page is ~1-5 KB).
+  const std::string shot = cat("timeout 120 ", chromium, " ", flags, " --hide-scrollbars --window-size=1200,2400",
+                               " --screenshot=", dir / "page.png", " file://", dir / "report.html", " >/dev/null 2>&1");
+  ASSERT_EQ(std::system(shot.c_str()), 0) << shot;
+  ASSERT_TRUE(fs::exists(dir / "page.png"));
+  EXPECT_GT(fs::file_size(dir / "page.png"), 40000u);
+}
+
+TEST(Report, OrderedSummaryKeepsItsKeyOrderAndSettingsFold) {
+  TempDir dir;
+  nlohmann::ordered_json summary;
+  summary["status"] = "finished";
+  summary["loss"] = "fkl";
+  summary["held-out NLL"] = 6.5;
+  summary["KL(teacher||student)"] = 3.25;
+  write_html_report(dir / "r.html", "run", summary, {}, {{"Configuration", "<pre>{}</pre>"}});
+  const std::string html = read_file(dir / "r.html");
+  EXPECT_EQ(well_formed(html), "");
+  const size_t a = html.find("<th>status</th>"), b = html.find("<th>loss</th>"), c = html.find("<th>held-out NLL</th>"),
+               d = html.find("<th>KL(teacher||student)</th>");
+  ASSERT_NE(d, std::string::npos) << html;
+  EXPECT_TRUE(a < b && b < c && c < d) << html;  // as inserted, not alphabetical
+  EXPECT_NE(html.find("<details>\n<summary>Configuration</summary>\n<pre>{}</pre>"), std::string::npos) << html;
 }

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include "cli/torch_common.h"
+#include "retort/distill/distributed.h"
 #include "retort/distill/pipeline.h"
 #include "retort/distill/signal_store.h"
 #include "retort/distill/student.h"
@@ -21,11 +22,15 @@ namespace {
 
 struct DistillArgs {
   std::string config, teacher, data, eval_data, student, loss = "fkl", out;
-  std::string train_prompts, heldout_prompts, losses;
+  std::string train_prompts, heldout_prompts, losses, tasks;
   int64_t train_limit = -1, heldout_limit = -1, capture_max_tokens = -1;
   int threads = 0;
   std::string device = "cpu";
   bool quiet = false, no_t2 = false;
+  int nproc = 1;                  // --nproc: ranks started on this machine
+  double dist_timeout = 60;       // seconds
+  double bucket_mb = 25;
+  bool no_overlap = false;
   TrainerConfig t;
 };
 
@@ -86,6 +91,7 @@ void run_pipeline_mode(const DistillArgs& a, CLI::App& sub) {
   if (given("--train-limit")) o.train_limit = a.train_limit;
   if (given("--heldout-limit")) o.heldout_limit = a.heldout_limit;
   if (given("--capture-max-tokens")) o.max_tokens = a.capture_max_tokens;
+  if (given("--tasks")) o.tasks = a.tasks == "none" ? "" : a.tasks;
   if (given("--steps")) o.train.steps = a.t.steps;
   if (given("--batch")) o.train.batch = a.t.batch;
   if (given("--lr")) o.train.lr = a.t.lr;
@@ -116,12 +122,35 @@ void run_pipeline_mode(const DistillArgs& a, CLI::App& sub) {
   if (given("--device")) o.device = a.device;
   if (given("--threads")) o.threads = a.threads;
   o.progress = !a.quiet;
+  check(a.nproc == 1 && !DistEnv::from_environment().from_env,
+        "distill: --nproc / WORLD_SIZE train one run on several processes; the main job (no --data) runs "
+        "in one process — train its stores with `retort distill --data STORE ... --nproc N` instead");
   apply_threads(o.threads);
   run_pipeline(o);
 }
 
-void run_trainer_mode(const DistillArgs& a) {
+void run_trainer_mode(const DistillArgs& a, bool threads_given) {
   check(!a.out.empty(), "--out DIR is required with --data");
+  const DistEnv env = DistEnv::from_environment();
+  if (a.nproc > 1 && !env.from_env) {
+    launch_local_ranks(a.nproc, threads_given);  // each rank runs this function again, with RANK set
+    std::printf("distill --nproc %d: all ranks finished; model: %s/final   metrics: %s/metrics.jsonl\n", a.nproc,
+                a.out.c_str(), a.out.c_str());
+    return;
+  }
+  check(a.nproc <= 1 || a.nproc == env.world_size, "--nproc ", a.nproc, " disagrees with WORLD_SIZE=",
+        env.world_size, " set by the launcher; leave --nproc out under torchrun / srun");
+  std::unique_ptr<Distributed> dist;
+  if (env.world_size > 1) {
+    DistOptions dopt;
+    check(a.dist_timeout > 0, "--dist-timeout must be > 0 seconds, got ", a.dist_timeout);
+    check(a.bucket_mb > 0, "--bucket-mb must be > 0, got ", a.bucket_mb);
+    dopt.timeout = std::chrono::milliseconds(int64_t(a.dist_timeout * 1000));
+    dopt.bucket_bytes = int64_t(a.bucket_mb * 1048576.0);
+    dopt.overlap = !a.no_overlap;
+    dist = std::make_unique<Distributed>(env, dopt, torch::Device(a.device));
+  }
+  const bool root = !dist || dist->is_root();
   check(!a.student.empty(), "--student SPEC|DIR is required with --data (e.g. layers=8,hidden=256,heads=4,kv_heads=2,ffn=768)");
   ModelOptions mo;
   mo.threads = a.threads;
@@ -135,7 +164,7 @@ void run_trainer_mode(const DistillArgs& a) {
   TrainerConfig cfg = a.t;
   cfg.loss.kind = loss_kind_from_name(a.loss);
   cfg.loss.t2_scale = !a.no_t2;
-  cfg.progress = !a.quiet;
+  cfg.progress = !a.quiet && root;
 
   std::optional<LoadedModel> teacher;
   if (!a.teacher.empty()) {
@@ -191,7 +220,7 @@ void run_trainer_mode(const DistillArgs& a) {
       }
       check(rows > 0, "--student ", a.student, ": pruning needs calibration samples of >= ", len, " tokens in ", a.data);
       torch::NoGradGuard no_grad;
-      in.student = prune_from_teacher(*teacher, hp, torch::tensor(ids, torch::kInt64).view({rows, len}));
+      in.student = prune_from_teacher(*teacher, hp, torch::tensor(ids, torch::kInt64).view({rows, len}), sc.keep);
     } else {
       in.student = make_random_student(hp, sc.seed);
     }
@@ -209,8 +238,24 @@ void run_trainer_mode(const DistillArgs& a) {
   in.data = &data;
   in.eval_data = eval_store ? &*eval_store : nullptr;
   in.teacher = teacher ? &*teacher : nullptr;
+  in.dist = dist.get();
 
-  auto r = train(in, cfg, a.out);
+  TrainResult r;
+  if (dist) {
+    try {
+      r = train(in, cfg, a.out);
+    } catch (const std::exception& e) {
+      // Leave at once: Gloo's threads may still wait on a dead peer, and destructors would wait for them.
+      const auto* ce = dynamic_cast<const c10::Error*>(&e);
+      std::fflush(stdout);
+      std::fprintf(stderr, "error: [rank %d/%d] %s\n", env.rank, env.world_size, ce ? ce->what_without_backtrace() : e.what());
+      std::fflush(stderr);
+      ::_exit(1);
+    }
+    if (!root) return;
+  } else {
+    r = train(in, cfg, a.out);
+  }
   std::printf("trained %lld steps (from step %lld): %lld tokens in %.1f s (%.0f tok/s), last loss %.4f\n",
               static_cast<long long>(r.steps), static_cast<long long>(r.start_step), static_cast<long long>(r.tokens),
               r.seconds, r.tokens_per_s, r.last_loss);
@@ -276,14 +321,25 @@ void register_distill(CLI::App& app) {
   sub->add_option("--train-limit", a->train_limit, "main job: use only the first N training prompts");
   sub->add_option("--heldout-limit", a->heldout_limit, "main job: use only the first N held-out prompts");
   sub->add_option("--capture-max-tokens", a->capture_max_tokens, "main job: tokens per teacher completion");
+  sub->add_option("--tasks", a->tasks, "main job: answer-checkable tasks (JSONL) for the teacher and the KD student "
+                                       "(overrides the config's; \"none\" skips them)");
   sub->add_option("-t,--threads", a->threads, "CPU threads (0 = all cores)")->capture_default_str();
   sub->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
   sub->add_flag("-q,--quiet", a->quiet, "no progress bars");
+  sub->add_option("--nproc", a->nproc,
+                  "data-parallel: start N training processes on this machine (c10d Gloo; on several machines "
+                  "start one per rank with RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set: docs/distributed.md)")
+      ->capture_default_str();
+  sub->add_option("--dist-timeout", a->dist_timeout, "data-parallel: seconds a collective may wait for the other ranks")
+      ->capture_default_str();
+  sub->add_option("--bucket-mb", a->bucket_mb, "data-parallel: gradient all-reduce bucket size (MiB)")
+      ->capture_default_str();
+  sub->add_flag("--no-overlap", a->no_overlap, "data-parallel: all-reduce gradients after backward, not during it");
   sub->callback([a, sub] {
     if (a->data.empty())
       run_pipeline_mode(*a, *sub);
     else
-      run_trainer_mode(*a);
+      run_trainer_mode(*a, sub->get_option("--threads")->count() > 0);
   });
 }
 

@@ -1,9 +1,12 @@
 // `retort eval`: a student against its teacher on held-out teacher text (a signal store):
-// NLL/perplexity, top-1 agreement, KL(teacher‖student), size, speed, generations side by side.
+// NLL/perplexity, top-1 agreement, KL(teacher‖student), size, speed, generations side by side;
+// and/or on answer-checkable tasks (--tasks, distill/tasks.h): accuracy per category and the share
+// of the teacher's the student keeps.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -13,6 +16,7 @@
 #include "retort/decode/generate.h"
 #include "retort/distill/evaluate.h"
 #include "retort/distill/signal_store.h"
+#include "retort/distill/tasks.h"
 #include "retort/text/tokenizer.h"
 #include "retort/util/error.h"
 
@@ -27,6 +31,7 @@ using Clock = std::chrono::steady_clock;
 struct EvalArgs {
   ModelOptions student, teacher;
   std::string data;
+  std::string tasks;
   int64_t max_samples = 0;
   int64_t generations = 3;
   int64_t max_tokens = 64;
@@ -86,31 +91,6 @@ json measure_speed(LoadedModel& m, std::vector<int32_t> prompt, int64_t n_prompt
           {"decode_tokens", n},
           {"prefill_tok_s", prefill_s > 0 ? n_prompt / prefill_s : 0.0},
           {"decode_tok_s", decode_s > 0 && n > 1 ? (n - 1) / decode_s : 0.0}};
-}
-
-// A readable form of a formatted prompt: the last text segment between special tokens, without
-// a leading role line ("user\n...") — the user's message for chat templates, the text for raw prompts.
-std::string prompt_display(const Tokenizer& tok, const std::vector<int32_t>& ids) {
-  std::vector<std::string> segs(1);
-  for (int32_t id : ids) {
-    if (tok.is_special(id))
-      segs.emplace_back();
-    else
-      segs.back() += tok.decode({id});
-  }
-  auto trim = [](std::string s) {
-    size_t a = s.find_first_not_of(" \t\r\n"), b = s.find_last_not_of(" \t\r\n");
-    return a == std::string::npos ? std::string() : s.substr(a, b - a + 1);
-  };
-  std::string best;
-  for (auto s : segs) {
-    s = trim(s);
-    size_t nl = s.find('\n');
-    std::string head = s.substr(0, nl);
-    if (head == "system" || head == "user" || head == "assistant") s = nl == std::string::npos ? "" : trim(s.substr(nl));
-    if (!s.empty()) best = s;
-  }
-  return best;
 }
 
 // Split UTF-8 text into lines of at most `width` code points (breaking at spaces when possible);
@@ -211,39 +191,6 @@ json evaluate_model(const std::string& role, const ModelOptions& mo, LoadedModel
           {"eval_seconds", secs}, {"speed", speed}};
 }
 
-// Greedy completions of the store's first `n` distinct prompts (already chat formatted at capture).
-std::vector<std::vector<int32_t>> first_prompts(const SignalStore& store, int64_t n) {
-  const json& g = store.manifest().generation;
-  int64_t spp = g.is_object() && g.contains("samples_per_prompt") && g["samples_per_prompt"].is_number_integer()
-                    ? std::max<int64_t>(1, g["samples_per_prompt"].get<int64_t>())
-                    : 1;
-  std::vector<std::vector<int32_t>> out;
-  std::vector<int64_t> seen;
-  for (int64_t i = 0; i < store.n_samples() && int64_t(out.size()) < n; ++i) {
-    SignalSample s = store.sample(i);
-    int64_t prompt_index = s.id / spp;
-    if (s.prompt_len < 1 || std::find(seen.begin(), seen.end(), prompt_index) != seen.end()) continue;
-    seen.push_back(prompt_index);
-    out.emplace_back(s.tokens, s.tokens + s.prompt_len);
-  }
-  return out;
-}
-
-std::vector<std::string> greedy_texts(LoadedModel& m, const std::vector<std::vector<int32_t>>& prompts,
-                                      int64_t max_tokens) {
-  std::vector<GenerationRequest> reqs;
-  for (const auto& p : prompts) {
-    GenerationRequest r;
-    r.prompt = p;
-    r.sampling.temperature = 0;
-    r.max_tokens = max_tokens;
-    reqs.push_back(std::move(r));
-  }
-  std::vector<std::string> out;
-  for (auto& r : generate(m, reqs)) out.push_back(r.text);
-  return out;
-}
-
 std::string fmt(const char* f, double v) {
   char buf[64];
   std::snprintf(buf, sizeof buf, f, v);
@@ -294,43 +241,90 @@ void print_table(const json& out) {
   }
 }
 
+void print_tasks(const json& out) {
+  const json& t = out["tasks"];
+  const json& o = t["overall"];
+  std::printf("tasks: %s (%lld tasks; greedy replies to chat turns, exact rules)\n\n%s\n", t["file"].get<std::string>().c_str(),
+              (long long)o["n"].get<int64_t>(), task_table_text(t).c_str());
+  if (o["kept"].is_number())
+    std::printf("the student keeps %.1f%% of the teacher's task accuracy (%.1f%% vs %.1f%%)\n",
+                100 * o["kept"].get<double>(), 100 * o["student"].get<double>(), 100 * o["teacher"].get<double>());
+  else
+    std::printf("the teacher got no task right, so there is no share to keep\n");
+}
+
+// A model's part of the task comparison: generation only, so the load keeps a GGUF's blocks.
+TaskRun task_run(const std::string& role, LoadedModel& m, const std::vector<Task>& tasks) {
+  check(m.tokenizer != nullptr, role, " ", m.path, ": the checkpoint has no tokenizer, so task prompts cannot be encoded");
+  TaskRun r = run_tasks(m, *m.model, tasks);
+  std::fprintf(stderr, "[%s: %zu tasks, %lld tokens in %.1f s]\n", role.c_str(), tasks.size(), (long long)r.tokens,
+               r.seconds);
+  return r;
+}
+
 void run(const EvalArgs& a) {
   check(!a.student.model.empty(), "retort eval: --model STUDENT is required");
+  check(!a.data.empty() || !a.tasks.empty(),
+        "retort eval: give --data STORE (held-out teacher text), --tasks FILE (answer-checkable tasks, e.g. "
+        "data/tasks/tasks.jsonl), or both");
   check(a.max_samples >= 0, "--max-samples must be >= 0 (0 = all)");
   check(a.generations >= 0, "--generations must be >= 0");
   check(a.max_tokens >= 1, "--max-tokens must be >= 1");
-  SignalStore store = SignalStore::open(a.data);
-  check(store.n_samples() > 0, "signal store ", a.data, " holds no samples; run `retort capture` first");
+  std::vector<Task> tasks;
+  if (!a.tasks.empty()) tasks = load_tasks(a.tasks);  // a bad file fails before any model loads
+  std::optional<SignalStore> store;
+  if (!a.data.empty()) {
+    store.emplace(SignalStore::open(a.data));
+    check(store->n_samples() > 0, "signal store ", a.data, " holds no samples; run `retort capture` first");
+  }
 
   json out;
-  out["data"] = {{"dir", store.dir()},
-                 {"samples_in_store", store.n_samples()},
-                 {"teacher_at_capture", store.manifest().teacher},
-                 {"k", store.manifest().k}};
+  if (store)
+    out["data"] = {{"dir", store->dir()},
+                   {"samples_in_store", store->n_samples()},
+                   {"teacher_at_capture", store->manifest().teacher},
+                   {"k", store->manifest().k}};
   out["max_tokens"] = a.max_tokens;
-  std::vector<std::vector<int32_t>> prompts = first_prompts(store, a.generations);
+  std::vector<std::vector<int32_t>> prompts;
+  if (store) prompts = store_prompts(*store, a.generations);
   std::vector<std::string> student_text, teacher_text, prompt_text;
+  TaskRun student_tasks, teacher_tasks;
+  const bool inference_only = !store;  // tasks only: generation, no teacher-forced pass
   {
-    LoadedModel student = load_for_cli(a.student);
-    out["student"] = evaluate_model("student", a.student, student, store, a);
-    if (!prompts.empty()) student_text = greedy_texts(student, prompts, a.max_tokens);
+    LoadedModel student = load_for_cli(a.student, true, inference_only);
+    out["student"] = store ? evaluate_model("student", a.student, student, *store, a)
+                           : json{{"spec", a.student.model}, {"path", student.path}, {"format", student.format}};
+    if (!prompts.empty()) student_text = greedy_replies(student, *student.model, prompts, a.max_tokens);
+    if (!tasks.empty()) student_tasks = task_run("student", student, tasks);
   }  // one model in memory at a time
   {
-    LoadedModel teacher = load_for_cli(a.teacher);
-    out["teacher"] = evaluate_model("teacher", a.teacher, teacher, store, a);
-    if (!prompts.empty()) teacher_text = greedy_texts(teacher, prompts, a.max_tokens);
+    LoadedModel teacher = load_for_cli(a.teacher, true, inference_only);
+    out["teacher"] = store ? evaluate_model("teacher", a.teacher, teacher, *store, a)
+                           : json{{"spec", a.teacher.model}, {"path", teacher.path}, {"format", teacher.format}};
+    if (!prompts.empty()) teacher_text = greedy_replies(teacher, *teacher.model, prompts, a.max_tokens);
     for (const auto& p : prompts) prompt_text.push_back(prompt_display(*teacher.tokenizer, p));
+    if (!tasks.empty()) teacher_tasks = task_run("teacher", teacher, tasks);
   }
-  const json& tm = out["teacher"]["metrics"];
-  out["teacher_nll_forward_minus_store"] = tm["nll"].get<double>() - tm["teacher_nll"].get<double>();
-  out["generations"] = json::array();
-  for (size_t i = 0; i < prompts.size(); ++i)
-    out["generations"].push_back({{"prompt", prompt_text[i]}, {"student", student_text[i]}, {"teacher", teacher_text[i]}});
+  if (store) {
+    const json& tm = out["teacher"]["metrics"];
+    out["teacher_nll_forward_minus_store"] = tm["nll"].get<double>() - tm["teacher_nll"].get<double>();
+    out["generations"] = json::array();
+    for (size_t i = 0; i < prompts.size(); ++i)
+      out["generations"].push_back(
+          {{"prompt", prompt_text[i]}, {"student", student_text[i]}, {"teacher", teacher_text[i]}});
+  }
+  if (!tasks.empty()) {
+    out["tasks"] = compare_task_runs(tasks, teacher_tasks, student_tasks);
+    out["tasks"]["file"] = a.tasks;
+  }
 
-  if (a.json_out)
+  if (a.json_out) {
     std::printf("%s\n", out.dump(-1, ' ', false, json::error_handler_t::replace).c_str());
-  else
-    print_table(out);
+  } else {
+    if (store) print_table(out);
+    if (store && !tasks.empty()) std::printf("\n");
+    if (!tasks.empty()) print_tasks(out);
+  }
   std::fflush(stdout);
 }
 
@@ -340,11 +334,15 @@ void register_eval(CLI::App& app) {
   auto a = std::make_shared<EvalArgs>();
   a->student.model.clear();
   CLI::App* sub = app.add_subcommand(
-      "eval", "compare a student with its teacher on held-out teacher text: NLL, agreement, KL, size, speed, samples");
+      "eval", "compare a student with its teacher on held-out teacher text (NLL, agreement, KL, size, speed, samples) "
+              "and/or answer-checkable tasks (accuracy, share of the teacher's kept)");
   add_model_options(*sub, a->student);
   sub->get_option("--model")->description("the student: a .gguf file, a Hugging Face directory, or a cached name")->required();
   sub->add_option("--teacher", a->teacher.model, "the teacher (same forms as --model)")->capture_default_str();
-  sub->add_option("--data", a->data, "signal store directory of held-out teacher text (from `retort capture`)")->required();
+  sub->add_option("--data", a->data, "signal store directory of held-out teacher text (from `retort capture`)");
+  sub->add_option("--tasks", a->tasks,
+                  "answer-checkable tasks (JSONL, e.g. data/tasks/tasks.jsonl): greedy replies of both models, scored "
+                  "by exact rules, accuracy per category and the share of the teacher's the student keeps");
   sub->add_option("--max-samples", a->max_samples, "score only the first N samples (0 = all)")->capture_default_str();
   sub->add_option("--generations", a->generations, "greedy generations to show side by side")->capture_default_str();
   sub->add_option("-n,--max-tokens", a->max_tokens, "most tokens per generation")->capture_default_str();

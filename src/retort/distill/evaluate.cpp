@@ -7,9 +7,12 @@
 
 #include <torch/torch.h>
 
+#include "retort/decode/generate.h"
 #include "retort/distill/losses.h"
 #include "retort/distill/signal_store.h"
 #include "retort/model/causal_lm.h"
+#include "retort/model/runtime_model.h"
+#include "retort/text/tokenizer.h"
 #include "retort/util/error.h"
 
 namespace retort {
@@ -120,6 +123,66 @@ EvalMetrics evaluate_on_store(CausalLMImpl& model, const SignalStore& store, con
   }
   m.ppl = std::exp(m.nll);
   return m;
+}
+
+std::vector<std::vector<int32_t>> store_prompts(const SignalStore& store, int64_t n) {
+  const nlohmann::json& g = store.manifest().generation;
+  int64_t spp = g.is_object() && g.contains("samples_per_prompt") && g["samples_per_prompt"].is_number_integer()
+                    ? std::max<int64_t>(1, g["samples_per_prompt"].get<int64_t>())
+                    : 1;
+  std::vector<std::vector<int32_t>> out;
+  std::vector<int64_t> seen;
+  for (int64_t i = 0; i < store.n_samples() && int64_t(out.size()) < n; ++i) {
+    SignalSample s = store.sample(i);
+    int64_t prompt_index = s.id / spp;
+    if (s.prompt_len < 1 || std::find(seen.begin(), seen.end(), prompt_index) != seen.end()) continue;
+    seen.push_back(prompt_index);
+    out.emplace_back(s.tokens, s.tokens + s.prompt_len);
+  }
+  return out;
+}
+
+std::string prompt_display(const Tokenizer& tok, const std::vector<int32_t>& ids) {
+  std::vector<std::string> segs(1);
+  for (int32_t id : ids) {
+    if (tok.is_special(id))
+      segs.emplace_back();
+    else
+      segs.back() += tok.decode({id});
+  }
+  auto trim = [](std::string s) {
+    size_t a = s.find_first_not_of(" \t\r\n"), b = s.find_last_not_of(" \t\r\n");
+    return a == std::string::npos ? std::string() : s.substr(a, b - a + 1);
+  };
+  std::string best;
+  for (auto s : segs) {
+    s = trim(s);
+    size_t nl = s.find('\n');
+    std::string head = s.substr(0, nl);
+    if (head == "system" || head == "user" || head == "assistant") s = nl == std::string::npos ? "" : trim(s.substr(nl));
+    if (!s.empty()) best = s;
+  }
+  return best;
+}
+
+std::vector<GenerationResult> greedy_generate(const CheckpointInfo& info, CachedLM& lm,
+                                              const std::vector<std::vector<int32_t>>& prompts, int64_t max_tokens) {
+  std::vector<GenerationRequest> reqs;
+  for (const auto& p : prompts) {
+    GenerationRequest r;
+    r.prompt = p;
+    r.sampling.temperature = 0;
+    r.max_tokens = max_tokens;
+    reqs.push_back(std::move(r));
+  }
+  return generate(info, lm, reqs);
+}
+
+std::vector<std::string> greedy_replies(const CheckpointInfo& info, CachedLM& lm,
+                                        const std::vector<std::vector<int32_t>>& prompts, int64_t max_tokens) {
+  std::vector<std::string> out;
+  for (auto& r : greedy_generate(info, lm, prompts, max_tokens)) out.push_back(std::move(r.text));
+  return out;
 }
 
 }  // namespace retort

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <string>
 
 #include "retort/util/file.h"
@@ -63,10 +64,11 @@ void widen(double& lo, double& hi) {
 }
 
 // A number for the summary table: integers as they are, reals to 6 significant digits.
-std::string cell_text(const json& v) {
-  if (v.is_string()) return v.get<std::string>();
+template <class J>
+std::string cell_text(const J& v) {
+  if (v.is_string()) return v.template get<std::string>();
   if (v.is_number_float()) {
-    double d = v.get<double>();
+    double d = v.template get<double>();
     if (!std::isfinite(d)) return "-";
     char buf[40];
     std::snprintf(buf, sizeof buf, "%.6g", d);
@@ -76,7 +78,8 @@ std::string cell_text(const json& v) {
   return v.dump();  // integers, booleans, nested objects/arrays (compact JSON)
 }
 
-std::string summary_table(const json& summary) {
+template <class J>
+std::string summary_table(const J& summary) {
   std::string o;
   if (summary.is_object()) {
     if (summary.empty()) return o;
@@ -247,33 +250,381 @@ std::string svg_line_chart(const Chart& chart, int width, int height) {
   return o;
 }
 
+namespace {
+
+template <class J>
+void write_report_page(const std::string& path, const std::string& title, const J& summary,
+                       const std::vector<Chart>& charts,
+                       const std::vector<std::pair<std::string, std::string>>& sections) {
+  std::vector<ReportSection> page;
+  std::string table = summary_table(summary);
+  if (!table.empty()) page.push_back({"Summary", table, false});
+  if (!charts.empty()) {
+    std::string body;
+    for (const auto& c : charts) body += "<div class=\"chart\">\n" + svg_line_chart(c) + "</div>\n";
+    page.push_back({"Charts", body, false});
+  }
+  for (const auto& [heading, body] : sections) page.push_back({heading, body, true});
+  write_html_page(path, title, page);
+}
+
+}  // namespace
+
 void write_html_report(const std::string& path, const std::string& title, const nlohmann::json& summary,
                        const std::vector<Chart>& charts,
                        const std::vector<std::pair<std::string, std::string>>& sections) {
+  write_report_page(path, title, summary, charts, sections);
+}
+
+void write_html_report(const std::string& path, const std::string& title, const nlohmann::ordered_json& summary,
+                       const std::vector<Chart>& charts,
+                       const std::vector<std::pair<std::string, std::string>>& sections) {
+  write_report_page(path, title, summary, charts, sections);
+}
+
+std::string html_table(const Table& t) {
+  // Per column, the best value among the competing rows (NaN: no direction or no finite value).
+  std::vector<double> best(t.columns.size(), NAN);
+  for (size_t c = 0; c < t.columns.size(); ++c) {
+    if (t.columns[c].better == Better::none) continue;
+    for (size_t r = 0; r < t.rows.size(); ++r) {
+      if (!t.competes.empty() && !t.competes[r]) continue;
+      if (c >= t.rows[r].size() || !std::isfinite(t.rows[r][c].value)) continue;
+      const double v = t.rows[r][c].value;
+      if (std::isnan(best[c]) || (t.columns[c].better == Better::lower ? v < best[c] : v > best[c])) best[c] = v;
+    }
+  }
+  std::string o = "<table";
+  if (!t.id.empty()) o += " id=\"" + html_escape(t.id) + "\"";
+  o += ">\n<thead><tr>";
+  for (const auto& c : t.columns) o += "<th>" + html_escape(c.name) + "</th>";
+  o += "</tr></thead>\n<tbody>\n";
+  for (size_t r = 0; r < t.rows.size(); ++r) {
+    const bool competes = t.competes.empty() || t.competes[r];
+    o += competes ? "<tr>" : "<tr class=\"reference\">";
+    for (size_t c = 0; c < t.columns.size(); ++c) {
+      const TableCell cell = c < t.rows[r].size() ? t.rows[r][c] : TableCell{};
+      const bool numeric = std::isfinite(cell.value);
+      const bool is_best = competes && numeric && !std::isnan(best[c]) && cell.value == best[c];
+      std::string cls = numeric ? "num" : "";
+      if (is_best) cls += " best";
+      o += cls.empty() ? "<td>" : "<td class=\"" + (cls[0] == ' ' ? cls.substr(1) : cls) + "\">";
+      o += is_best ? "<strong>" + html_escape(cell.text) + "</strong>" : html_escape(cell.text);
+      o += "</td>";
+    }
+    o += "</tr>\n";
+  }
+  o += "</tbody>\n</table>\n";
+  return o;
+}
+
+std::string html_side_by_side(const SideBySide& s) {
+  std::string o = "<table class=\"side-by-side\"";
+  if (!s.id.empty()) o += " id=\"" + html_escape(s.id) + "\"";
+  o += ">\n<thead><tr><th>prompt</th>";
+  if (s.with_expected) o += "<th>expected</th>";
+  for (const auto& c : s.columns) o += "<th>" + html_escape(c) + "</th>";
+  o += "</tr></thead>\n<tbody>\n";
+  for (const auto& r : s.rows) {
+    o += "<tr><td class=\"prompt\">" + html_escape(r.prompt) + "</td>";
+    if (s.with_expected) o += "<td class=\"expected\">" + html_escape(r.expected) + "</td>";
+    for (size_t c = 0; c < s.columns.size(); ++c) {
+      const int mark = c < r.marks.size() ? r.marks[c] : -1;
+      const std::string text = c < r.answers.size() ? r.answers[c] : "";
+      o += mark == 1 ? "<td class=\"answer right\">✓ " : mark == 0 ? "<td class=\"answer wrong\">✗ " : "<td class=\"answer\">";
+      const bool blank = text.find_first_not_of(" \t\r\n") == std::string::npos;
+      o += blank ? "<em>(empty)</em>" : html_escape(text);
+      o += "</td>";
+    }
+    o += "</tr>\n";
+  }
+  o += "</tbody>\n</table>\n";
+  return o;
+}
+
+std::string html_page(const std::string& title, const std::vector<ReportSection>& sections) {
   std::string o;
   o += "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n";
   o += "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n";
   o += "<title>" + html_escape(title) + "</title>\n";
   o += "<style>\n"
-       "body{font-family:sans-serif;margin:2em auto;max-width:980px;padding:0 1em;color:#222}\n"
+       "body{font-family:sans-serif;margin:2em auto;max-width:1100px;padding:0 1em;color:#222;line-height:1.4}\n"
        "h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}\n"
        "table{border-collapse:collapse;margin:0.8em 0;font-size:0.92em}\n"
        "th,td{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}\n"
-       "th{background:#f4f4f4}td{font-variant-numeric:tabular-nums}\n"
+       "th{background:#f4f4f4}td{font-variant-numeric:tabular-nums}td.num{text-align:right}\n"
+       "td.best{background:#e6f4ea}tr.reference td{color:#555;background:#fafafa}\n"
+       "table.side-by-side{table-layout:fixed;width:100%}\n"
+       "table.side-by-side td{white-space:pre-wrap;overflow-wrap:anywhere;font-size:0.9em}\n"
+       "table.side-by-side td.prompt{font-weight:bold}\n"
+       "td.right{background:#eef8ee}td.wrong{background:#fbefef}\n"
+       "details{margin:0.8em 0;border:1px solid #e4e4e4;padding:0.3em 0.6em}\n"
+       "summary{cursor:pointer;font-weight:bold}\n"
+       "p.note{color:#555;font-size:0.88em}p.headline{font-size:1.1em}\n"
        "pre{white-space:pre-wrap;background:#f8f8f8;padding:0.6em;border:1px solid #eee}\n"
        ".chart{margin:1em 0}\n"
        "</style>\n</head>\n<body>\n";
   o += "<h1>" + html_escape(title) + "</h1>\n";
-  std::string table = summary_table(summary);
-  if (!table.empty()) o += "<h2>Summary</h2>\n" + table;
-  if (!charts.empty()) {
-    o += "<h2>Charts</h2>\n";
-    for (const auto& c : charts) o += "<div class=\"chart\">\n" + svg_line_chart(c) + "</div>\n";
+  for (const auto& s : sections) {
+    if (s.folded)
+      o += "<details>\n<summary>" + html_escape(s.heading) + "</summary>\n" + s.html + "\n</details>\n";
+    else if (s.heading.empty())
+      o += s.html + "\n";
+    else
+      o += "<section>\n<h2>" + html_escape(s.heading) + "</h2>\n" + s.html + "\n</section>\n";
   }
-  for (const auto& [heading, body] : sections)
-    o += "<section>\n<h2>" + html_escape(heading) + "</h2>\n" + body + "\n</section>\n";
   o += "<p style=\"color:#888;font-size:0.8em\">written by retort 0.1.0</p>\n</body>\n</html>\n";
-  write_file_atomic(path, o);
+  return o;
+}
+
+void write_html_page(const std::string& path, const std::string& title, const std::vector<ReportSection>& sections) {
+  write_file_atomic(path, html_page(title, sections));
+}
+
+// ---- The main job's page ----------------------------------------------------------------------
+
+namespace {
+
+std::string fmt(const char* f, double v) {
+  if (!std::isfinite(v)) return "-";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, f, v);
+  return buf;
+}
+
+std::string pct(double v) { return fmt("%.1f%%", 100 * v); }
+
+double num(const json& j, const char* key) {
+  return j.is_object() && j.contains(key) && j[key].is_number() ? j[key].get<double>() : NAN;
+}
+
+std::string str(const json& j, const char* key) {
+  return j.is_object() && j.contains(key) && j[key].is_string() ? j[key].get<std::string>() : "";
+}
+
+// (step, value) of one field of a run's metrics.jsonl: a training line's field, or (eval) the
+// field of an evaluation line's "eval" object. A missing or damaged file gives no points.
+std::vector<std::pair<double, double>> run_points(const std::string& path, const char* key, bool eval) {
+  std::vector<std::pair<double, double>> pts;
+  std::string text;
+  try {
+    text = read_file(path);
+  } catch (const std::exception&) {
+    return pts;
+  }
+  size_t p = 0;
+  while (p < text.size()) {
+    size_t e = text.find('\n', p);
+    if (e == std::string::npos) e = text.size();
+    json j = json::parse(text.substr(p, e - p), nullptr, false);
+    p = e + 1;
+    if (j.is_discarded() || !j.is_object() || !j.contains("step") || !j["step"].is_number()) continue;
+    if (eval != j.contains("eval")) continue;
+    const json& src = eval ? j["eval"] : j;
+    const double v = num(src, key);
+    if (std::isfinite(v)) pts.emplace_back(j["step"].get<double>(), v);
+  }
+  return pts;
+}
+
+}  // namespace
+
+std::string distill_report_html(const json& s) {
+  std::vector<ReportSection> page;
+  const json table = s.value("table", json::array());
+  const json tasks = s.value("tasks", json());
+  const json heldout = s.contains("data") && s["data"].is_object() ? s["data"].value("heldout", json()) : json();
+
+  // Intro: who taught whom, on what.
+  {
+    const json& t = s.value("teacher", json::object());
+    const json& st = s.value("student", json::object());
+    std::string p = "<p>Teacher <strong>" + html_escape(str(t, "spec")) + "</strong> (" +
+                    fmt("%.1fM", num(t, "params") / 1e6) + " parameters) → student of " +
+                    fmt("%.1fM", num(st, "params") / 1e6) + " parameters (" + fmt("%.1f", num(st, "ratio")) +
+                    "× fewer), trained once per loss at equal steps and tokens.</p>\n";
+    page.push_back({"", p, false});
+  }
+
+  // The comparison table.
+  const bool with_tasks = tasks.is_object() && tasks.contains("overall");
+  Table cmp;
+  cmp.id = "comparison";
+  cmp.columns = {{"model", Better::none},          {"params", Better::none},
+                 {"held-out NLL", Better::lower},   {"ppl", Better::lower},
+                 {"top-1 agreement", Better::higher}, {"KL(teacher‖student)", Better::lower}};
+  if (with_tasks) cmp.columns.push_back({"task accuracy", Better::higher});
+  // Own greedy answers to the held-out prompts (answer_quality.h): absent for the student before training.
+  bool with_answers = false;
+  for (const auto& r : table) with_answers = with_answers || r.contains("answers");
+  if (with_answers) {
+    cmp.columns.push_back({"repeated 4-grams", Better::lower});
+    cmp.columns.push_back({"teacher NLL of answers", Better::lower});
+  }
+  for (const auto& r : table) {
+    const double ppl = num(r, "ppl");
+    std::vector<TableCell> row = {{str(r, "model"), NAN},
+                                  {fmt("%.1fM", num(r, "params") / 1e6), NAN},
+                                  {fmt("%.3f", num(r, "nll")), num(r, "nll")},
+                                  {fmt(ppl < 1000 ? "%.2f" : "%.0f", ppl), ppl},
+                                  {fmt("%.3f", num(r, "top1_agree")), num(r, "top1_agree")},
+                                  {fmt("%.3f", num(r, "kl")), num(r, "kl")}};
+    if (with_tasks) {
+      const double acc = num(r, "task_accuracy");
+      row.push_back({std::isfinite(acc) ? pct(acc) : "", acc});
+    }
+    if (with_answers) {
+      const json a = r.value("answers", json::object());
+      const double rep = num(a, "repeated_4gram"), nll = num(a, "teacher_nll");
+      row.push_back({std::isfinite(rep) ? fmt("%.3f", rep) : "", rep});
+      row.push_back({std::isfinite(nll) ? fmt("%.3f", nll) : "", nll});
+    }
+    cmp.rows.push_back(row);
+    cmp.competes.push_back(str(r, "model") != "teacher");
+  }
+  {
+    std::string note = "<p class=\"note\">Held-out: the teacher's answers to " +
+                       fmt("%.0f", num(heldout, "samples")) +
+                       " prompts no student trained on. NLL, perplexity and KL: lower is better; agreement" +
+                       std::string(with_tasks ? " and task accuracy" : "") +
+                       ": higher. <strong>Bold</strong>: the best student in each column (the teacher is the "
+                       "reference: agreement 1 and KL 0 by definition)." +
+                       std::string(with_answers
+                                       ? " Repeated 4-grams: the share of each model's own greedy answers (to "
+                                         "every held-out prompt) that repeats a 4-gram said earlier in the same "
+                                         "answer; teacher NLL of answers: how plausible the teacher finds them "
+                                         "(its own answers set the scale)."
+                                       : "") +
+                       "</p>\n";
+    page.push_back({"Comparison", html_table(cmp) + note, false});
+  }
+
+  // Task accuracy, teacher against the KD student.
+  if (with_tasks) {
+    const json& o = tasks["overall"];
+    std::string body;
+    const std::string who = tasks.value("student_name", std::string("the student"));
+    if (o["kept"].is_number())
+      body += "<p class=\"headline\">" + html_escape(who) + " keeps <strong>" + pct(o["kept"].get<double>()) +
+              "</strong> of the teacher's task accuracy: " + pct(num(o, "student")) + " against " +
+              pct(num(o, "teacher")) + " on " + fmt("%.0f", num(o, "n")) + " tasks.</p>\n";
+    else
+      body += "<p class=\"headline\">The teacher answered none of the " + fmt("%.0f", num(o, "n")) +
+              " tasks right, so there is no share to keep.</p>\n";
+    Table tt;
+    tt.id = "tasks";
+    tt.columns = {{"category", Better::none}, {"n", Better::none}, {"teacher", Better::none},
+                  {who, Better::none},        {"kept", Better::none}};
+    auto add = [&](const json& r) {
+      tt.rows.push_back({{str(r, "category"), NAN},
+                         {fmt("%.0f", num(r, "n")), num(r, "n")},
+                         {pct(num(r, "teacher")), num(r, "teacher")},
+                         {pct(num(r, "student")), num(r, "student")},
+                         {r["kept"].is_number() ? pct(r["kept"].get<double>()) : "-", num(r, "kept")}});
+    };
+    for (const auto& r : tasks.value("categories", json::array())) add(r);
+    add(o);
+    body += html_table(tt);
+    body += "<p class=\"note\">" + html_escape(str(tasks, "file")) +
+            ": greedy replies to each prompt as a chat turn, scored by exact rules (README, Distill: tasks). "
+            "Kept = student accuracy / teacher accuracy.</p>\n";
+    page.push_back({"Task accuracy", body, false});
+  }
+
+  // Curves over steps, one line per run.
+  {
+    std::vector<std::string> losses;
+    if (s.contains("options") && s["options"].contains("losses") && s["options"]["losses"].is_array())
+      for (const auto& l : s["options"]["losses"])
+        if (l.is_string()) losses.push_back(l.get<std::string>());
+    const json runs = s.value("runs", json::object());
+    if (losses.empty())
+      for (auto it = runs.begin(); it != runs.end(); ++it) losses.push_back(it.key());
+    json before;
+    double teacher_nll = NAN;
+    for (const auto& r : table) {
+      if (str(r, "model") == "student before") before = r;
+      if (str(r, "model") == "teacher") teacher_nll = num(r, "nll");
+    }
+    Chart loss{"training loss (each run's own: cross-entropy for SFT-only, KL for KD)", "step", "loss", {}, false};
+    Chart tagree{"top-1 agreement with the teacher on the training batches", "step", "fraction", {}, false};
+    Chart hnll{"held-out NLL of the student (step 0: the untrained student)", "step", "nats/token", {}, false};
+    Chart hagree{"held-out top-1 agreement with the teacher", "step", "fraction", {}, false};
+    double last_step = 0;
+    for (const auto& l : losses) {
+      if (!runs.contains(l)) continue;
+      const json& run = runs[l];
+      const std::string name = str(run, "title").empty() ? l : str(run, "title");
+      const std::string m = str(run, "dir") + "/metrics.jsonl";
+      loss.series.push_back({name, run_points(m, "loss", false)});
+      tagree.series.push_back({name, run_points(m, "agree", false)});
+      for (auto [key, chart] : {std::pair<const char*, Chart*>{"nll", &hnll}, {"top1_agree", &hagree}}) {
+        auto pts = run_points(m, key, true);
+        if (std::isfinite(num(before, key)) && (pts.empty() || pts.front().first > 0))
+          pts.insert(pts.begin(), {0.0, num(before, key)});
+        for (const auto& pt : pts) last_step = std::max(last_step, pt.first);
+        chart->series.push_back({name, pts});
+      }
+    }
+    if (std::isfinite(teacher_nll) && last_step > 0)
+      hnll.series.push_back({"teacher (reference)", {{0.0, teacher_nll}, {last_step, teacher_nll}}});
+    std::string body;
+    for (const Chart* c : {&loss, &hnll, &hagree, &tagree})
+      body += "<div class=\"chart\">\n" + svg_line_chart(*c) + "</div>\n";
+    body += "<p class=\"note\">From each run's metrics.jsonl. Held-out points come from the evaluations during "
+            "training (train.eval_every; 0 = only at the end) and the untrained student at step 0.</p>\n";
+    page.push_back({"Curves", body, false});
+  }
+
+  // Held-out prompts, answered side by side.
+  if (s.contains("samples") && s["samples"].is_object()) {
+    const json& smp = s["samples"];
+    SideBySide sbs;
+    sbs.id = "answers";
+    for (const auto& c : smp.value("columns", json::array())) sbs.columns.push_back(c.get<std::string>());
+    for (const auto& r : smp.value("rows", json::array())) {
+      SideBySide::Row row;
+      row.prompt = str(r, "prompt");
+      for (const auto& a : r.value("answers", json::array())) row.answers.push_back(a.is_string() ? a.get<std::string>() : "");
+      sbs.rows.push_back(row);
+    }
+    if (!sbs.rows.empty())
+      page.push_back({"Answers side by side",
+                      "<p class=\"note\">Greedy replies (at most " + fmt("%.0f", num(smp, "max_tokens")) +
+                          " tokens) to the first held-out prompts.</p>\n" + html_side_by_side(sbs),
+                      false});
+  }
+
+  // Folded: the tasks item by item, the settings, the rest.
+  if (with_tasks && tasks.contains("items")) {
+    SideBySide sbs;
+    sbs.id = "task-items";
+    sbs.with_expected = true;
+    sbs.columns = {"teacher", tasks.value("student_name", std::string("student"))};
+    for (const auto& it : tasks["items"]) {
+      SideBySide::Row row;
+      row.prompt = str(it, "id") + ": " + str(it, "prompt");
+      row.expected = str(it, "expected");
+      for (const char* who : {"teacher", "student"}) {
+        const json side = it.value(who, json::object());
+        row.answers.push_back(str(side, "reply"));
+        row.marks.push_back(side.value("correct", false) ? 1 : 0);
+      }
+      sbs.rows.push_back(row);
+    }
+    page.push_back({"Tasks, item by item", html_side_by_side(sbs), true});
+  }
+  if (s.contains("options"))
+    page.push_back({"Settings (the config as run)", "<pre>" + html_escape(s["options"].dump(2)) + "</pre>", true});
+  json rest = json::object();
+  for (const char* k : {"out", "teacher", "student", "data", "runs", "exports", "timings", "threads"})
+    if (s.contains(k)) rest[k] = s[k];
+  page.push_back({"Runs, data, exports and timings", "<pre>" + html_escape(rest.dump(2)) + "</pre>", true});
+
+  std::string name = str(s, "out");
+  while (name.size() > 1 && name.back() == '/') name.pop_back();
+  name = name.empty() ? "main job" : std::filesystem::path(name).filename().string();
+  return html_page("retort distill — " + name, page);
 }
 
 }  // namespace retort

@@ -2,6 +2,7 @@
 // table, extra sections. No external CSS/JS/fonts, so a report can be mailed or archived as one file.
 #pragma once
 
+#include <cmath>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -32,9 +33,75 @@ std::string html_escape(std::string_view);
 
 // A self-contained page: the title, a summary table from a flat JSON object (key | value rows)
 // or an array of row objects (one column per key, in first-seen order), the charts, then the
-// extra sections as (heading, HTML body already escaped). Written atomically.
+// extra sections as (heading, HTML body already escaped), folded in <details> (settings, provenance:
+// there when wanted, out of the way). Written atomically.
 void write_html_report(const std::string& path, const std::string& title, const nlohmann::json& summary,
                        const std::vector<Chart>& charts,
                        const std::vector<std::pair<std::string, std::string>>& sections);
+// The same with the key | value rows in insertion order (nlohmann::json sorts keys alphabetically).
+void write_html_report(const std::string& path, const std::string& title, const nlohmann::ordered_json& summary,
+                       const std::vector<Chart>& charts,
+                       const std::vector<std::pair<std::string, std::string>>& sections);
+
+// ---- Building blocks of a page ---------------------------------------------------------------
+
+// Which way a column is better; a table marks each such column's best competing row.
+enum class Better { none, lower, higher };
+
+struct TableColumn {
+  std::string name;
+  Better better = Better::none;
+};
+
+struct TableCell {
+  std::string text;  // shown (escaped)
+  double value = NAN;  // compared for "best" (non-finite: not compared)
+};
+
+// Columns in the order given. In each column with a direction, the competing rows with the best
+// value get class="best" and <strong> (all of them on a tie); the others stay plain.
+struct Table {
+  std::string id;  // HTML id ("" = none)
+  std::vector<TableColumn> columns;
+  std::vector<std::vector<TableCell>> rows;
+  std::vector<bool> competes;  // per row; empty = every row competes (a reference row, e.g. the teacher, does not)
+};
+std::string html_table(const Table&);
+
+// Answers to the same prompts side by side: one row per prompt, one column per model. A mark per
+// answer (1 right, 0 wrong, -1 none) shows ✓ / ✗ and colours the cell.
+struct SideBySide {
+  std::string id;
+  std::vector<std::string> columns;  // model names
+  bool with_expected = false;        // a column "expected" after the prompt
+  struct Row {
+    std::string prompt, expected;
+    std::vector<std::string> answers;
+    std::vector<int> marks;  // empty = no marks
+  };
+  std::vector<Row> rows;
+};
+std::string html_side_by_side(const SideBySide&);
+
+struct ReportSection {
+  std::string heading;
+  std::string html;     // already escaped
+  bool folded = false;  // <details><summary>heading</summary>…</details>
+};
+
+// The whole page (one <style>, no scripts, fonts or fetched resources); written atomically.
+std::string html_page(const std::string& title, const std::vector<ReportSection>& sections);
+void write_html_page(const std::string& path, const std::string& title, const std::vector<ReportSection>& sections);
+
+// ---- The main job's page (pipeline.h) ---------------------------------------------------------
+
+// From the main job's summary.json content alone (plus each run's metrics.jsonl, found through
+// summary["runs"][loss]["dir"]): the comparison table (model, params, held-out NLL, ppl, top-1
+// agreement, KL, task accuracy when there are tasks; best student per column marked), the task
+// accuracy per category with the share of the teacher's the student keeps, curves over steps (train
+// loss and train agreement; held-out NLL and agreement, from the untrained student at step 0), the
+// teacher's and the students' answers to held-out prompts side by side, then the tasks item by item
+// and the settings, folded.
+std::string distill_report_html(const nlohmann::json& summary);
 
 }  // namespace retort
