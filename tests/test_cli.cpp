@@ -715,9 +715,18 @@ TEST(CliDistill, MainJobFlagsOverrideConfigAndStaleRunsMoveAside) {
   const std::string out = tmp_path("mainjob");
   fs::remove_all(out);
   const std::string config = std::string(RETORT_SOURCE_DIR) + "/configs/quickstart.json";
+  // Two tasks of the shipped set, so the task step runs without the whole set's minute.
+  const std::string tasks = tmp_path("mainjob-tasks.jsonl");
+  {
+    std::ifstream in(std::string(RETORT_SOURCE_DIR) + "/data/tasks/tasks.jsonl");
+    std::ofstream t(tasks);
+    std::string l;
+    for (int i = 0; i < 2 && std::getline(in, l); ++i) t << l << "\n";
+  }
   auto job = [&](const std::string& steps) {
     return run_cli({"distill", "--config", config, "--out", out, "--train-limit", "8", "--heldout-limit", "4",
-                    "--capture-max-tokens", "8", "--steps", steps, "--warmup", "2", "--clip", "0.5", "--quiet"});
+                    "--capture-max-tokens", "8", "--steps", steps, "--warmup", "2", "--clip", "0.5", "--tasks", tasks,
+                    "--quiet"});
   };
   const CliRun first = job("2");
   expect_ok(first);
@@ -727,7 +736,19 @@ TEST(CliDistill, MainJobFlagsOverrideConfigAndStaleRunsMoveAside) {
   std::ifstream metrics(out + "/train-fkl/metrics.jsonl");
   std::string line;
   ASSERT_TRUE(std::getline(metrics, line));
-  EXPECT_DOUBLE_EQ(json::parse(line)["lr"].get<double>(), 0.5e-3);  // lr 1e-3 × step 1 / warmup 2
+  const double lr = json::parse(read_all(config))["train"]["lr"].get<double>();
+  EXPECT_DOUBLE_EQ(json::parse(line)["lr"].get<double>(), lr / 2);  // the config's lr × step 1 / warmup 2
+  // The summary: each model's own greedy answers to the 4 held-out prompts (at most 8 tokens each), the
+  // tasks for the teacher and the KD student.
+  const json summary = json::parse(read_all(out + "/summary.json"));
+  for (const auto& row : summary["table"]) {
+    if (row["model"] == "student before") continue;  // not measured: an untrained student
+    ASSERT_TRUE(row.contains("answers")) << row;
+    EXPECT_EQ(row["answers"]["answers"], 4) << row;
+    EXPECT_LE(row["answers"]["mean_tokens"].get<double>(), 8.0) << row;
+    EXPECT_TRUE(row["answers"]["teacher_nll"].is_number()) << row;
+  }
+  EXPECT_EQ(summary["tasks"]["overall"]["n"], 2) << summary["tasks"];
   EXPECT_TRUE(fs::exists(out + "/student-fkl-q8_0.gguf"));
   EXPECT_TRUE(fs::exists(out + "/train-fkl/final/model.safetensors"));
 

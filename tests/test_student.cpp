@@ -254,3 +254,64 @@ TEST(Student, IdentityPruneOfDefaultModelIsTheTeacher) {
   EXPECT_EQ(logits.sizes(), (std::vector<int64_t>{1, 12, t.hparams.n_vocab}));
   EXPECT_TRUE(torch::isfinite(logits).all().item<bool>());
 }
+
+// A 6-layer teacher whose `identity` layers add nothing to the residual stream (o_proj and down_proj
+// zero), so the stream's angle across them is 0 and across every other layer is not.
+LoadedModel teacher_with_identity_layers(const std::vector<int64_t>& identity) {
+  ModelHParams hp = tiny();
+  hp.n_layer = 6;
+  LoadedModel lm;
+  lm.hparams = hp;
+  lm.model = make_random_student(hp, 21);
+  torch::NoGradGuard ng;
+  auto p = lm.model->named_parameters();
+  for (auto& kv : p)
+    if (kv.key().find("norm") == std::string::npos) kv.value().mul_(10);  // layers that visibly turn the stream
+  for (int64_t l : identity) {
+    const std::string pre = "model.layers." + std::to_string(l) + ".";
+    p[pre + "self_attn.o_proj.weight"].zero_();
+    p[pre + "mlp.down_proj.weight"].zero_();
+  }
+  lm.model->eval();
+  return lm;
+}
+
+// The student's layer i must be teacher layer kept[i], weight for weight (full width: no slicing).
+void expect_layers(CausalLM& s, LoadedModel& t, const std::vector<int64_t>& kept) {
+  auto sp = s->named_parameters(), tp = t.model->named_parameters();
+  for (size_t i = 0; i < kept.size(); ++i)
+    for (const char* w : {"self_attn.q_proj.weight", "self_attn.o_proj.weight", "mlp.down_proj.weight", "input_layernorm.weight"})
+      EXPECT_TRUE(torch::equal(sp["model.layers." + std::to_string(i) + "." + w],
+                               tp["model.layers." + std::to_string(kept[i]) + "." + w]))
+          << "student layer " << i << " should be teacher layer " << kept[i] << " (" << w << ")";
+}
+
+TEST(Student, PruneKeepsTheLayersThatTurnTheStream) {
+  auto calib = calibration(64, 2, 12, 5);
+  torch::NoGradGuard ng;
+  auto tokens = calibration(64, 2, 10, 9);
+  // influence: the two identity layers 1 and 3 (apart) are the ones dropped; block: the contiguous
+  // identity block 2..3. Either way the student is the teacher's function (up to summation order),
+  // while spread (llround(i · 5/3): 0, 2, 3, 5) keeps an identity layer and drops a working one.
+  struct Case {
+    std::vector<int64_t> identity;
+    const char* keep;
+    std::vector<int64_t> kept;
+  };
+  for (const Case& c : {Case{{1, 3}, "influence", {0, 2, 4, 5}}, Case{{2, 3}, "block", {0, 1, 4, 5}}}) {
+    SCOPED_TRACE(c.keep);
+    LoadedModel t = teacher_with_identity_layers(c.identity);
+    auto hp = student_hparams(t.hparams, StudentConfig::parse(std::string("layers=4,keep=") + c.keep));
+    auto s = prune_from_teacher(t, hp, calib, c.keep);
+    expect_layers(s, t, c.kept);
+    auto lt = t.model->forward(tokens);
+    EXPECT_LT((lt - s->forward(tokens)).abs().max().item<double>(), 1e-4 * (1 + lt.abs().max().item<double>()));
+    auto spread = prune_from_teacher(t, hp, calib, "spread");
+    expect_layers(spread, t, {0, 2, 3, 5});
+    EXPECT_GT((lt - spread->forward(tokens)).abs().max().item<double>(), 1e-2);
+  }
+  // The config names the choice; a wrong one is an error naming the key and the choices.
+  EXPECT_EQ(StudentConfig::parse("layers=4,keep=block").keep, "block");
+  EXPECT_EQ(StudentConfig::from_json(nlohmann::json{{"keep", "influence"}}, "x").keep, "influence");
+  expect_error([] { StudentConfig::parse("keep=middle"); }, {"keep", "spread", "influence", "block", "middle"});
+}

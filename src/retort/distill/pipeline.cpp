@@ -11,13 +11,16 @@
 #include <sstream>
 #include <thread>
 
+#include "retort/distill/answer_quality.h"
 #include "retort/distill/capture.h"
 #include "retort/distill/evaluate.h"
 #include "retort/distill/export.h"
 #include "retort/distill/report.h"
 #include "retort/distill/signal_store.h"
 #include "retort/distill/student.h"
+#include "retort/distill/tasks.h"
 #include "retort/model/loader.h"
+#include "retort/protect/keys.h"
 #include "retort/text/tokenizer.h"
 #include "retort/util/error.h"
 #include "retort/util/file.h"
@@ -87,9 +90,53 @@ void set_aside_run_of_other_settings(const std::string& dir, const TrainerConfig
                dir.c_str(), to.c_str());
 }
 
-// A store under OUT/data: reused when complete, resumed otherwise.
+// What differs between a store's capture settings and the config's ("" when nothing does): the
+// teacher, the prompts' content, k, and the generation settings that change the text.
+std::string store_settings_differ(const SignalStore& s, const PipelineOptions& o, const std::string& prompts) {
+  const StoreManifest& m = s.manifest();
+  const nlohmann::json& g = m.generation;
+  auto gen = [&](const char* key, const nlohmann::json& want) -> std::string {
+    if (!g.is_object() || !g.contains(key) || g[key] != want)
+      return cat(key, " ", g.is_object() && g.contains(key) ? g[key].dump() : "unset", " (now ", want.dump(), ")");
+    return "";
+  };
+  for (std::string d : {gen("max_tokens", o.max_tokens), gen("temperature", o.capture_temperature),
+                        gen("seed", o.capture_seed), gen("samples_per_prompt", o.samples_per_prompt)})
+    if (!d.empty()) return d;
+  if (m.k != o.k) return cat("k ", m.k, " (now ", o.k, ")");
+  const nlohmann::json& tp = m.teacher;
+  if (tp.is_object() && tp.value("spec", std::string()) != o.teacher)
+    return cat("teacher ", tp.value("spec", std::string("unset")), " (now ", o.teacher, ")");
+  // The prompts by content, so a clone elsewhere still reuses its stores.
+  const nlohmann::json& pr = m.prompts;
+  if (pr.is_object() && pr.contains("sha256") && fs::exists(prompts)) {
+    MappedFile f(prompts);
+    if (pr["sha256"] != sha256_hex(f.data(), f.size()))
+      return cat("prompts ", pr.value("path", std::string("?")), " had other content than ", prompts, " has now");
+  }
+  return "";
+}
+
+// A store under OUT/data: reused when complete, resumed otherwise. One captured with other settings
+// (an older config) is moved aside to DIR.previous-N, never deleted, and captured again.
 std::string ensure_store(LoadedModel& teacher, const PipelineOptions& o, const std::string& prompts,
                          const std::string& dir, int64_t limit, const char* what) {
+  if (fs::exists(dir + "/manifest.json")) {
+    std::string differ;
+    try {
+      differ = store_settings_differ(SignalStore::open(dir), o, prompts);
+    } catch (const Error&) {
+      // Incomplete or unreadable: capture() resumes it or explains what is wrong.
+    }
+    if (!differ.empty()) {
+      int n = 1;
+      while (fs::exists(dir + ".previous-" + std::to_string(n))) ++n;
+      const std::string to = dir + ".previous-" + std::to_string(n);
+      fs::rename(dir, to);
+      std::fprintf(stderr, "[%s] %s was captured with other settings (%s); moved it to %s and capturing again\n",
+                   what, dir.c_str(), differ.c_str(), to.c_str());
+    }
+  }
   if (fs::exists(dir + "/manifest.json")) {
     try {
       auto s = SignalStore::open(dir);
@@ -171,18 +218,24 @@ std::string loss_title(const std::string& loss) {
   return loss == "ce" ? "SFT-only (ce)" : "KD (" + loss + ")";
 }
 
-std::vector<std::pair<double, double>> metric_points(const std::string& path, const char* key, bool eval) {
-  std::vector<std::pair<double, double>> pts;
-  std::ifstream f(path);
-  std::string line;
-  while (std::getline(f, line)) {
-    auto j = nlohmann::json::parse(line, nullptr, false);
-    if (j.is_discarded() || !j.contains("step")) continue;
-    if (eval != j.contains("eval")) continue;
-    const auto& src = eval ? j["eval"] : j;
-    if (src.contains(key) && src[key].is_number()) pts.emplace_back(j["step"].get<double>(), src[key].get<double>());
+// Greedy answers (64 tokens) of the teacher and each trained student to the first 3 held-out prompts:
+// {"max_tokens", "columns": [teacher, titles...], "rows": [{"prompt", "answers": [...]}]}.
+nlohmann::json report_samples(LoadedModel& teacher, const std::vector<std::pair<std::string, CausalLM>>& students,
+                              const SignalStore& heldout) {
+  constexpr int64_t kPrompts = 3, kMaxTokens = 64;
+  const auto prompts = store_prompts(heldout, kPrompts);
+  nlohmann::json cols = nlohmann::json::array({"teacher"}), rows = nlohmann::json::array();
+  std::vector<std::vector<std::string>> answers = {greedy_replies(teacher, *teacher.model, prompts, kMaxTokens)};
+  for (auto [title, m] : students) {  // a copy of the holder: generation needs a non-const model
+    cols.push_back(title);
+    answers.push_back(greedy_replies(teacher, *m, prompts, kMaxTokens));
   }
-  return pts;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    nlohmann::json a = nlohmann::json::array();
+    for (const auto& col : answers) a.push_back(col[i]);
+    rows.push_back({{"prompt", prompt_display(*teacher.tokenizer, prompts[i])}, {"answers", a}});
+  }
+  return {{"max_tokens", kMaxTokens}, {"columns", cols}, {"rows", rows}};
 }
 
 }  // namespace
@@ -191,7 +244,7 @@ PipelineOptions PipelineOptions::from_json(const nlohmann::json& j, const std::s
                                            const std::string& base_dir) {
   check(j.is_object(), where, ": the config must be a JSON object");
   reject_unknown(j, {"teacher", "train_prompts", "heldout_prompts", "out", "capture", "student", "losses", "train",
-                     "export", "threads", "device", "comment"},
+                     "export", "threads", "device", "comment", "tasks"},
                  where);
   PipelineOptions o;
   get_opt(j, "teacher", o.teacher, where);
@@ -202,6 +255,8 @@ PipelineOptions PipelineOptions::from_json(const nlohmann::json& j, const std::s
   get_opt(j, "device", o.device, where);
   o.train_prompts = resolve_input(o.train_prompts, base_dir);
   o.heldout_prompts = resolve_input(o.heldout_prompts, base_dir);
+  get_opt(j, "tasks", o.tasks, where);
+  o.tasks = resolve_input(o.tasks, base_dir);
   if (j.contains("capture")) {
     const auto& c = j["capture"];
     const std::string w = where + " capture";
@@ -284,17 +339,24 @@ nlohmann::json PipelineOptions::to_json() const {
           {"student", student},
           {"losses", losses},
           {"train", train.to_json()},
-          {"export", {{"gguf", gguf_type}}}};
+          {"export", {{"gguf", gguf_type}}},
+          {"tasks", tasks}};
 }
 
 std::string summary_table(const nlohmann::json& summary) {
   std::ostringstream os;
-  os << "| model | params | held-out NLL | ppl | top-1 agreement | KL(teacher‖student) |\n";
-  os << "|---|---:|---:|---:|---:|---:|\n";
+  os << "| model | params | held-out NLL | ppl | top-1 agreement | KL(teacher‖student) | repeated 4-grams | "
+        "teacher NLL of answers |\n";
+  os << "|---|---:|---:|---:|---:|---:|---:|---:|\n";
   for (const auto& r : summary.value("table", nlohmann::json::array())) {
+    // Own greedy answers (step 8 of run_pipeline): absent for the student before training.
+    const nlohmann::json a = r.value("answers", nlohmann::json::object());
+    const bool has = a.contains("repeated_4gram"), nll = has && a["teacher_nll"].is_number();
     os << "| " << r.value("model", "") << " | " << params_str(r.value("params", int64_t(0))) << " | "
        << fmt("%.3f", r.value("nll", 0.0)) << " | " << fmt("%.2f", r.value("ppl", 0.0)) << " | "
-       << fmt("%.3f", r.value("top1_agree", 0.0)) << " | " << fmt("%.3f", r.value("kl", 0.0)) << " |\n";
+       << fmt("%.3f", r.value("top1_agree", 0.0)) << " | " << fmt("%.3f", r.value("kl", 0.0)) << " | "
+       << (has ? fmt("%.3f", a["repeated_4gram"].get<double>()) : "") << " | "
+       << (nll ? fmt("%.3f", a["teacher_nll"].get<double>()) : "") << " |\n";
   }
   return os.str();
 }
@@ -322,6 +384,8 @@ nlohmann::json run_pipeline(const PipelineOptions& o) {
                            ? StudentConfig::from_json(nlohmann::json::parse(o.student), "student")
                            : StudentConfig::parse(o.student);
   const ModelHParams shp = student_hparams(teacher.hparams, scfg);
+  std::vector<Task> tasks;  // read now: a bad task file fails before the long capture
+  if (!o.tasks.empty()) tasks = load_tasks(o.tasks);
 
   // 2. The teacher's signal on the train and held-out prompts.
   t = std::chrono::steady_clock::now();
@@ -340,7 +404,7 @@ nlohmann::json run_pipeline(const PipelineOptions& o) {
   CausalLM base;
   if (scfg.init == "prune") {
     torch::NoGradGuard no_grad;
-    base = prune_from_teacher(teacher, shp, calibration_batch(train_store, 16, 64));
+    base = prune_from_teacher(teacher, shp, calibration_batch(train_store, 16, 64), scfg.keep);
   } else {
     base = make_random_student(shp, scfg.seed);
   }
@@ -372,6 +436,7 @@ nlohmann::json run_pipeline(const PipelineOptions& o) {
   nlohmann::json runs = nlohmann::json::object();
   std::string kd_dir, kd_loss;
   CausalLM kd_model;
+  std::vector<std::pair<std::string, CausalLM>> trained;  // (title, model) for the answers side by side
   for (const auto& loss : o.losses) {
     t = std::chrono::steady_clock::now();
     TrainerConfig cfg = o.train;
@@ -404,7 +469,9 @@ nlohmann::json run_pipeline(const PipelineOptions& o) {
                   {"scored", r.scored},
                   {"seconds", seconds_since(t)},
                   {"tokens_per_s", r.tokens_per_s},
-                  {"last_loss", r.last_loss}};
+                  {"last_loss", r.last_loss},
+                  {"title", loss_title(loss)}};
+    trained.emplace_back(loss_title(loss), in.student);
     if (kd_dir.empty() && loss != "ce") {
       kd_dir = dir;
       kd_loss = loss;
@@ -426,6 +493,53 @@ nlohmann::json run_pipeline(const PipelineOptions& o) {
       timings["export_s"] = seconds_since(t);
     }
   }
+  // 7. The teacher's and each student's greedy answers to the first held-out prompts, and the
+  // task accuracy of the teacher and the KD student.
+  t = std::chrono::steady_clock::now();
+  nlohmann::json samples = report_samples(teacher, trained, heldout_store);
+  timings["answers_s"] = seconds_since(t);
+
+  // 8. Every model's own greedy answers to all held-out prompts: how repetitive they are and how
+  // plausible the teacher finds them (answer_quality.h), next to the teacher's own; at most the capture's
+  // max_tokens each, the length of the teacher text the held-out metrics score.
+  t = std::chrono::steady_clock::now();
+  {
+    const auto prompts = store_prompts(heldout_store, heldout_store.n_samples());
+    auto add = [&](const std::string& title, CausalLMImpl& m) {
+      AnswerQuality q = answer_quality(teacher, m, prompts, o.max_tokens, teacher.model.get());
+      std::fprintf(stderr, "[answers] %s: %lld answers, %.1f tokens each, %.0f%% ended, repeated 4-grams %.3f, "
+                   "teacher NLL %.3f\n", title.c_str(), static_cast<long long>(q.answers), q.mean_tokens,
+                   100 * q.stopped, q.repeated_4gram, q.teacher_nll);
+      for (auto& row : table)
+        if (row["model"] == title) row["answers"] = q.to_json();
+    };
+    std::fprintf(stderr, "[answers] greedy answers (at most %lld tokens) to %zu held-out prompts\n",
+                 static_cast<long long>(o.max_tokens), prompts.size());
+    add("teacher", *teacher.model);
+    for (auto& [title, m] : trained) add(title, *m);
+  }
+  timings["answer_quality_s"] = seconds_since(t);
+  t = std::chrono::steady_clock::now();
+  nlohmann::json task_cmp;
+  if (!tasks.empty()) {
+    std::fprintf(stderr, "[tasks] %zu tasks from %s: teacher, then %s\n", tasks.size(), o.tasks.c_str(),
+                 kd_model ? loss_title(kd_loss).c_str() : "the last student");
+    CausalLMImpl& student = kd_model ? *kd_model : *trained.back().second;
+    TaskRun tr = run_tasks(teacher, *teacher.model, tasks);
+    TaskRun sr = run_tasks(teacher, student, tasks);  // the student shares the teacher's tokenizer and template
+    task_cmp = compare_task_runs(tasks, tr, sr);
+    std::fprintf(stderr, "[tasks] teacher %lld/%zu right (%.0f s), student %lld/%zu (%.0f s)\n",
+                 static_cast<long long>(task_cmp["overall"]["teacher_correct"].get<int64_t>()), tasks.size(),
+                 tr.seconds, static_cast<long long>(task_cmp["overall"]["student_correct"].get<int64_t>()),
+                 tasks.size(), sr.seconds);
+    task_cmp["file"] = o.tasks;
+    task_cmp["student_name"] = kd_model ? loss_title(kd_loss) : trained.back().first;
+    for (auto& row : table) {
+      if (row["model"] == "teacher") row["task_accuracy"] = task_cmp["overall"]["teacher"];
+      if (row["model"] == task_cmp["student_name"]) row["task_accuracy"] = task_cmp["overall"]["student"];
+    }
+  }
+  timings["tasks_s"] = seconds_since(t);
   timings["total_s"] = seconds_since(t_start);
 
   nlohmann::json summary = {{"out", out},
@@ -441,27 +555,20 @@ nlohmann::json run_pipeline(const PipelineOptions& o) {
                             {"exports", exports},
                             {"timings", timings},
                             {"threads", torch::get_num_threads()},
-                            {"options", o.to_json()}};
-  write_file_atomic(out + "/summary.json", summary.dump(2) + "\n");
-
-  // The report: the table, then per-run curves.
-  Chart loss_c{"training loss (each run's own loss)", "step", "loss", {}, false};
-  Chart nll_c{"held-out student NLL", "step", "nats/token", {}, false};
-  for (const auto& loss : o.losses) {
-    const std::string m = out + "/train-" + loss + "/metrics.jsonl";
-    loss_c.series.push_back({loss_title(loss), metric_points(m, "loss", false)});
-    nll_c.series.push_back({loss_title(loss), metric_points(m, "nll", true)});
-  }
-  nlohmann::json rows = nlohmann::json::array();
-  for (const auto& r : table)
-    rows.push_back({{"model", r["model"]}, {"params", params_str(r["params"].get<int64_t>())},
-                    {"held-out NLL", fmt("%.3f", r["nll"].get<double>())}, {"ppl", fmt("%.2f", r["ppl"].get<double>())},
-                    {"top-1 agreement", fmt("%.3f", r["top1_agree"].get<double>())},
-                    {"KL(teacher||student)", fmt("%.3f", r["kl"].get<double>())}});
-  write_html_report(out + "/report.html", "retort distill — quickstart", rows, {loss_c, nll_c},
-                    {{"Summary", "<pre>" + html_escape(summary.dump(2)) + "</pre>"}});
+                            {"options", o.to_json()},
+                            {"samples", samples}};
+  if (!task_cmp.is_null()) summary["tasks"] = task_cmp;
+  write_file_atomic(out + "/summary.json", summary.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
+  write_file_atomic(out + "/report.html", distill_report_html(summary));
 
   std::printf("\n%s\n", summary_table(summary).c_str());
+  if (!task_cmp.is_null()) {
+    std::printf("tasks (%s): teacher vs %s\n%s", o.tasks.c_str(), task_cmp["student_name"].get<std::string>().c_str(),
+                task_table_text(task_cmp).c_str());
+    if (task_cmp["overall"]["kept"].is_number())
+      std::printf("%s keeps %.1f%% of the teacher's task accuracy\n\n",
+                  task_cmp["student_name"].get<std::string>().c_str(), 100 * task_cmp["overall"]["kept"].get<double>());
+  }
   std::printf("student: %s params (%.1f× fewer than the teacher); KD student: %s/final (HF)%s\n",
               params_str(s_params).c_str(), double(t_params) / double(s_params), kd_dir.c_str(),
               exports.contains("gguf") ? cat(", ", exports["gguf"].get<std::string>(), " (GGUF)").c_str() : "");

@@ -5,7 +5,7 @@
 //   OUT/data/train, OUT/data/heldout   signal stores (capture.h; resumed, reused when complete)
 //   OUT/train-<loss>/                  one trainer run per loss (trainer.h; resumed when re-run)
 //   OUT/student-<loss>-<type>.gguf     the KD student (first non-ce loss) as GGUF
-//   OUT/summary.json, OUT/report.html  the table, sizes, timings, curves
+//   OUT/summary.json, OUT/report.html  the table, task accuracy, sizes, timings, curves, answers
 #pragma once
 
 #include <cstdint>
@@ -34,6 +34,9 @@ struct PipelineOptions {
   std::vector<std::string> losses = {"ce", "fkl"};  // "ce" = the SFT-only baseline
   TrainerConfig train;
   std::string gguf_type = "q8_0";  // "" = no GGUF
+  // Answer-checkable tasks (distill/tasks.h), run on the teacher and the KD student after training;
+  // "" = none. Config key "tasks", e.g. "data/tasks/tasks.jsonl".
+  std::string tasks;
   int threads = 0;
   std::string device = "cpu";
   bool progress = true;

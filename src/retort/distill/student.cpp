@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <numeric>
 
 #include "retort/model/llama.h"
@@ -18,7 +20,7 @@ using torch::indexing::Slice;
 
 namespace {
 
-const char* const kKeys = "layers, hidden, heads, kv_heads, ffn, init, seed";
+const char* const kKeys = "layers, hidden, heads, kv_heads, ffn, init, keep, seed";
 
 int64_t* size_field(StudentConfig& c, const std::string& key) {
   if (key == "layers") return &c.n_layer;
@@ -31,6 +33,12 @@ int64_t* size_field(StudentConfig& c, const std::string& key) {
 
 void check_init(const std::string& init, const std::string& where) {
   check(init == "prune" || init == "random", where, ": init must be \"prune\" or \"random\", got \"", init, "\"");
+}
+
+void check_keep(const std::string& keep, const std::string& where) {
+  check(keep == "spread" || keep == "influence" || keep == "block", where,
+        ": keep must be \"spread\", \"influence\" or \"block\" (which teacher layers a pruned student keeps), got \"",
+        keep, "\"");
 }
 
 // A whole non-negative decimal integer, or an Error naming the key.
@@ -62,6 +70,10 @@ StudentConfig StudentConfig::from_json(const nlohmann::json& j, const std::strin
       check(v.is_string(), where, ": init must be a string (\"prune\" or \"random\"), got ", v.dump());
       c.init = v.get<std::string>();
       check_init(c.init, where);
+    } else if (key == "keep") {
+      check(v.is_string(), where, ": keep must be a string (\"spread\", \"influence\" or \"block\"), got ", v.dump());
+      c.keep = v.get<std::string>();
+      check_keep(c.keep, where);
     } else if (key == "seed") {
       check(v.is_number_unsigned() || (v.is_number_integer() && v.get<int64_t>() >= 0), where,
             ": seed must be a non-negative integer, got ", v.dump());
@@ -98,6 +110,9 @@ StudentConfig StudentConfig::parse(const std::string& spec) {
     } else if (key == "init") {
       c.init = val;
       check_init(c.init, where);
+    } else if (key == "keep") {
+      c.keep = val;
+      check_keep(c.keep, where);
     } else if (key == "seed") {
       c.seed = parse_uint(val, key, where);
     } else {
@@ -109,7 +124,7 @@ StudentConfig StudentConfig::parse(const std::string& spec) {
 
 nlohmann::json StudentConfig::to_json() const {
   return {{"layers", n_layer}, {"hidden", n_embd}, {"heads", n_head}, {"kv_heads", n_head_kv},
-          {"ffn", n_ff},       {"init", init},     {"seed", seed}};
+          {"ffn", n_ff},       {"init", init},     {"keep", keep}, {"seed", seed}};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -265,15 +280,11 @@ struct Importance {
   // kept norm weights (see norm_rescale).
   std::vector<torch::Tensor> sq_attn_in, sq_mlp_in;  // per layer
   torch::Tensor sq_final;
+  // angle[i][j] = mean_{b,t} arccos(cos(x_i, x_j)) / π between the residual stream entering layer i and
+  // entering layer j (index L = after the last layer): [L+1, L+1], float64. How much layers i..j-1 turn
+  // the stream; the layer choice (keep_layers) reads it.
+  torch::Tensor angle;
 };
-
-// RMSNorm divides by rms over the channels it sees. Over the kept (more important, larger)
-// channels the rms is larger than over all of them, so a pruned norm would shrink its output.
-// Multiplying the kept weights by sqrt(mean_kept E[x²] / mean_all E[x²]) restores the teacher's
-// scale on the calibration data (exact when the dropped channels are zero).
-torch::Tensor norm_rescale(const torch::Tensor& sq, const torch::Tensor& kept) {
-  return (sq.index_select(0, kept).mean() / sq.mean().clamp_min(1e-30)).sqrt();
-}
 
 Importance importance(LlamaModelImpl& m, const torch::Tensor& calibration) {
   torch::NoGradGuard no_grad;
@@ -290,7 +301,10 @@ Importance importance(LlamaModelImpl& m, const torch::Tensor& calibration) {
   Importance imp;
   imp.channel = torch::zeros({hp.n_embd}, f32);
   auto x = torch::embedding(m.model->embed_tokens.to(torch::kFloat32), tok);  // [B, T, E]
+  std::vector<torch::Tensor> unit;  // the residual stream entering each layer (and after the last), unit rows
+  auto unit_rows = [](const torch::Tensor& r) { return (r / r.norm(2, -1, true).clamp_min(1e-30)).reshape({-1, r.size(-1)}); };
   for (auto& layer : m.model->layers) {
+    unit.push_back(unit_rows(x));
     imp.channel += x.abs().mean(std::vector<int64_t>{0, 1});
     auto& at = layer->self_attn;
     imp.sq_attn_in.push_back(x.square().mean(std::vector<int64_t>{0, 1}));
@@ -314,6 +328,16 @@ Importance importance(LlamaModelImpl& m, const torch::Tensor& calibration) {
   }
   imp.channel += x.abs().mean(std::vector<int64_t>{0, 1});
   imp.sq_final = x.square().mean(std::vector<int64_t>{0, 1});
+  unit.push_back(unit_rows(x));
+  const int64_t L1 = int64_t(unit.size());
+  imp.angle = torch::zeros({L1, L1}, torch::kDouble);
+  for (int64_t i = 0; i < L1; ++i)
+    for (int64_t j = i + 1; j < L1; ++j) {
+      auto cosine = (unit[size_t(i)].to(torch::kDouble) * unit[size_t(j)].to(torch::kDouble)).sum(-1).clamp(-1.0, 1.0);
+      double a = (cosine.acos().mean() / M_PI).item<double>();
+      imp.angle[i][j] = a;
+      imp.angle[j][i] = a;
+    }
   return imp;
 }
 
@@ -327,6 +351,39 @@ std::vector<int64_t> top_n(const torch::Tensor& scores, int64_t n) {
   idx.resize(size_t(n));
   std::sort(idx.begin(), idx.end());
   return idx;
+}
+
+// Which n of the teacher's L layers a pruned student keeps, ascending:
+//   spread     evenly spread, first and last kept (the choice before depth was measured);
+//   influence  ShortGPT's block influence: keep the n layers that turn the residual stream most,
+//              BI_l = angle(x_l, x_{l+1}) (Men et al. 2024 rank by 1 - cos; the order is the same);
+//   block      drop one contiguous block of L - n layers, the one whose input and output streams are
+//              closest, min_s angle(x_s, x_{s+L-n}) (Gromov et al. 2024, "The Unreasonable
+//              Ineffectiveness of the Deeper Layers").
+std::vector<int64_t> keep_layers(const std::string& keep, const torch::Tensor& angle, int64_t L, int64_t n) {
+  std::vector<int64_t> out;
+  if (keep == "influence") {
+    return top_n(torch::diagonal(angle, 1), n);
+  } else if (keep == "block") {
+    const int64_t drop = L - n;
+    int64_t best = 0;
+    double best_angle = std::numeric_limits<double>::infinity();
+    auto a = angle.accessor<double, 2>();
+    for (int64_t start = 0; start + drop <= L; ++start)
+      if (a[start][start + drop] < best_angle) best_angle = a[start][start + drop], best = start;
+    for (int64_t l = 0; l < L; ++l)
+      if (l < best || l >= best + drop) out.push_back(l);
+    return out;
+  }
+  return spread_layers(L, n);
+}
+
+// RMSNorm divides by rms over the channels it sees. Over the kept (more important, larger)
+// channels the rms is larger than over all of them, so a pruned norm would shrink its output.
+// Multiplying the kept weights by sqrt(mean_kept E[x²] / mean_all E[x²]) restores the teacher's
+// scale on the calibration data (exact when the dropped channels are zero).
+torch::Tensor norm_rescale(const torch::Tensor& sq, const torch::Tensor& kept) {
+  return (sq.index_select(0, kept).mean() / sq.mean().clamp_min(1e-30)).sqrt();
 }
 
 // Row indices of whole heads: head h covers rows h*D .. h*D + D - 1.
@@ -343,7 +400,8 @@ torch::Tensor index_tensor(const std::vector<int64_t>& v, torch::Device dev) {
 
 }  // namespace
 
-CausalLM prune_from_teacher(LoadedModel& teacher, const ModelHParams& s, const torch::Tensor& calibration) {
+CausalLM prune_from_teacher(LoadedModel& teacher, const ModelHParams& s, const torch::Tensor& calibration,
+                            const std::string& keep) {
   torch::NoGradGuard no_grad;
   auto* llama = dynamic_cast<LlamaModelImpl*>(teacher.model.get());
   check(llama != nullptr, "prune: init=prune is implemented for the Llama family (llama, mistral, qwen2); the teacher is ",
@@ -371,7 +429,13 @@ CausalLM prune_from_teacher(LoadedModel& teacher, const ModelHParams& s, const t
   const auto dev = tm.device();
   const int64_t D = t.head_dim, t_group = t.n_head / t.n_head_kv, s_group = s.n_head / s.n_head_kv;
 
-  const std::vector<int64_t> layers = spread_layers(t.n_layer, s.n_layer);
+  check_keep(keep, "prune");
+  const std::vector<int64_t> layers = keep_layers(keep, imp.angle, t.n_layer, s.n_layer);
+  {
+    std::string list;
+    for (int64_t l : layers) list += (list.empty() ? "" : ",") + std::to_string(l);
+    std::fprintf(stderr, "prune: keeping teacher layers %s (keep=%s)\n", list.c_str(), keep.c_str());
+  }
   auto ch = index_tensor(top_n(imp.channel, s.n_embd), dev);
 
   LlamaModel out(s);

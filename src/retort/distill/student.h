@@ -21,6 +21,8 @@ struct LoadedModel;
 struct StudentConfig {
   int64_t n_layer = 0, n_embd = 0, n_head = 0, n_head_kv = 0, n_ff = 0;
   std::string init = "prune";  // "prune" (from the teacher) | "random"
+  // Which teacher layers a pruned student keeps (see prune_from_teacher): "spread" | "influence" | "block".
+  std::string keep = "spread";
   uint64_t seed = 0;
 
   // {"layers","hidden","heads","kv_heads","ffn","init","seed"} or the string form
@@ -49,11 +51,14 @@ CausalLM make_random_student(const ModelHParams& hp, uint64_t seed);
 //    (indices kept in ascending order) and slice every weight accordingly;
 //    RMSNorm weights keep their slice times sqrt(mean_kept E[x²] / mean_all E[x²]) measured
 //    on the calibration rows, so each norm's output keeps the teacher's scale;
-//  - depth: keep n_layer layers spread evenly across the teacher's (first and last always kept).
+//  - depth: keep n_layer of the teacher's layers, chosen by `keep` (keep_layers in student.cpp):
+//    "spread" evenly (first and last kept), "influence" the n that turn the residual stream most
+//    (ShortGPT's block influence), "block" all but the contiguous block whose input and output
+//    streams are closest (Gromov et al.); the angles are measured on the calibration rows.
 //  - KV heads: keep groups whole; n_head_kv must divide the kept query heads.
 // Deterministic for the same teacher, calibration and config. Returns float32 weights.
 // Llama-family teachers only (other families: retort::Error suggesting init=random).
 CausalLM prune_from_teacher(LoadedModel& teacher, const ModelHParams& student_hp,
-                              const torch::Tensor& calibration);
+                              const torch::Tensor& calibration, const std::string& keep = "spread");
 
 }  // namespace retort
