@@ -723,10 +723,10 @@ TEST(CliDistill, MainJobFlagsOverrideConfigAndStaleRunsMoveAside) {
     std::string l;
     for (int i = 0; i < 2 && std::getline(in, l); ++i) t << l << "\n";
   }
-  auto job = [&](const std::string& steps) {
+  auto job = [&](const std::string& steps, const std::string& capture_tokens = "8") {
     return run_cli({"distill", "--config", config, "--out", out, "--train-limit", "8", "--heldout-limit", "4",
-                    "--capture-max-tokens", "8", "--steps", steps, "--warmup", "2", "--clip", "0.5", "--tasks", tasks,
-                    "--quiet"});
+                    "--capture-max-tokens", capture_tokens, "--steps", steps, "--warmup", "2", "--clip", "0.5",
+                    "--tasks", tasks, "--quiet"});
   };
   const CliRun first = job("2");
   expect_ok(first);
@@ -757,5 +757,16 @@ TEST(CliDistill, MainJobFlagsOverrideConfigAndStaleRunsMoveAside) {
   EXPECT_NE(again.err.find("moved it to " + out + "/train-fkl.previous-1"), std::string::npos) << show(again);
   EXPECT_TRUE(fs::exists(out + "/train-fkl.previous-1/checkpoints/step-000002"));
   EXPECT_TRUE(fs::exists(out + "/train-fkl/checkpoints/step-000003"));
+
+  // Other capture settings: the stores are captured again and the runs trained on the old train store
+  // are moved aside with them — nothing reused that the config no longer describes, nothing deleted.
+  const CliRun recaptured = job("3", "6");
+  expect_ok(recaptured);
+  EXPECT_NE(recaptured.err.find("was captured with other settings (max_tokens 8 (now 6))"), std::string::npos)
+      << show(recaptured);
+  EXPECT_TRUE(fs::exists(out + "/data/train.previous-1/manifest.json"));
+  EXPECT_TRUE(fs::exists(out + "/data/heldout.previous-1/manifest.json"));
+  EXPECT_TRUE(fs::exists(out + "/train-fkl.previous-2/checkpoints/step-000003"));
+  EXPECT_EQ(json::parse(read_all(out + "/data/train/manifest.json"))["generation"]["max_tokens"], 6);
   expect_error(run_cli({"distill", "--config", config, "--loss", "fkl"}), {"--losses", "--loss"});
 }

@@ -72,6 +72,16 @@ bool store_done(const SignalStore& s, const PipelineOptions& o, int64_t limit) {
 // configs/quickstart.json) can be neither resumed (the trainer refuses) nor silently reused:
 // it is moved aside, never deleted — OUT/train-<loss> -> OUT/train-<loss>.previous-<n> — and
 // the run starts over. A damaged checkpoint is left for the trainer to explain.
+// Renames dir to dir.previous-<n> (the first free n) and says why; returns the new name.
+std::string move_aside(const std::string& dir, const std::string& label, const std::string& why, const char* then) {
+  int n = 1;
+  while (fs::exists(dir + ".previous-" + std::to_string(n))) ++n;
+  const std::string to = dir + ".previous-" + std::to_string(n);
+  fs::rename(dir, to);
+  std::fprintf(stderr, "[%s] %s %s; moved it to %s and %s\n", label.c_str(), dir.c_str(), why.c_str(), to.c_str(), then);
+  return to;
+}
+
 void set_aside_run_of_other_settings(const std::string& dir, const TrainerConfig& cfg, const std::string& label) {
   const std::string ckpt = latest_checkpoint(dir);
   if (ckpt.empty()) return;
@@ -82,12 +92,7 @@ void set_aside_run_of_other_settings(const std::string& dir, const TrainerConfig
     return;
   }
   if (have == cfg.hash()) return;
-  int n = 1;
-  while (fs::exists(dir + ".previous-" + std::to_string(n))) ++n;
-  const std::string to = dir + ".previous-" + std::to_string(n);
-  fs::rename(dir, to);
-  std::fprintf(stderr, "[%s] %s was trained with other settings; moved it to %s and starting over\n", label.c_str(),
-               dir.c_str(), to.c_str());
+  move_aside(dir, label, "was trained with other settings", "starting over");
 }
 
 // What differs between a store's capture settings and the config's ("" when nothing does): the
@@ -118,9 +123,9 @@ std::string store_settings_differ(const SignalStore& s, const PipelineOptions& o
 }
 
 // A store under OUT/data: reused when complete, resumed otherwise. One captured with other settings
-// (an older config) is moved aside to DIR.previous-N, never deleted, and captured again.
+// (an older config) is moved aside to DIR.previous-N, never deleted, and captured again; *moved says so.
 std::string ensure_store(LoadedModel& teacher, const PipelineOptions& o, const std::string& prompts,
-                         const std::string& dir, int64_t limit, const char* what) {
+                         const std::string& dir, int64_t limit, const char* what, bool* moved) {
   if (fs::exists(dir + "/manifest.json")) {
     std::string differ;
     try {
@@ -129,12 +134,8 @@ std::string ensure_store(LoadedModel& teacher, const PipelineOptions& o, const s
       // Incomplete or unreadable: capture() resumes it or explains what is wrong.
     }
     if (!differ.empty()) {
-      int n = 1;
-      while (fs::exists(dir + ".previous-" + std::to_string(n))) ++n;
-      const std::string to = dir + ".previous-" + std::to_string(n);
-      fs::rename(dir, to);
-      std::fprintf(stderr, "[%s] %s was captured with other settings (%s); moved it to %s and capturing again\n",
-                   what, dir.c_str(), differ.c_str(), to.c_str());
+      move_aside(dir, what, "was captured with other settings (" + differ + ")", "capturing again");
+      *moved = true;
     }
   }
   if (fs::exists(dir + "/manifest.json")) {
@@ -389,10 +390,17 @@ nlohmann::json run_pipeline(const PipelineOptions& o) {
 
   // 2. The teacher's signal on the train and held-out prompts.
   t = std::chrono::steady_clock::now();
+  bool train_recaptured = false, heldout_recaptured = false;
   const std::string train_dir =
-      ensure_store(teacher, o, o.train_prompts, out + "/data/train", o.train_limit, "train");
+      ensure_store(teacher, o, o.train_prompts, out + "/data/train", o.train_limit, "train", &train_recaptured);
   const std::string heldout_dir =
-      ensure_store(teacher, o, o.heldout_prompts, out + "/data/heldout", o.heldout_limit, "heldout");
+      ensure_store(teacher, o, o.heldout_prompts, out + "/data/heldout", o.heldout_limit, "heldout", &heldout_recaptured);
+  // Runs trained on a store that was just captured again are not this config's runs either (a
+  // finished one would otherwise be reused as it is; held-out metrics are recomputed anyway).
+  if (train_recaptured)
+    for (const auto& loss : o.losses)
+      if (fs::exists(out + "/train-" + loss))
+        move_aside(out + "/train-" + loss, "train " + loss, "was trained on the earlier store", "starting over");
   timings["capture_s"] = seconds_since(t);
   auto train_store = SignalStore::open(train_dir);
   auto heldout_store = SignalStore::open(heldout_dir);
