@@ -266,7 +266,7 @@ TEST(Evaluate, TeacherAgainstItsOwnCapture) {
   // equal the library's numbers, the size is the file's, the generations coincide.
   std::string cmd = cat(RETORT_CLI_PATH, " eval --model ", default_model_path(), " --teacher ", default_model_path(),
                         " --data ", dir / "store", " --json --generations 2 --max-tokens 8 --speed-prompt 16",
-                        " --speed-tokens 4 2>", dir / "stderr.txt");
+                        " --speed-tokens 4 --answers 2 --answer-tokens 6 2>", dir / "stderr.txt");
   std::string out;
   FILE* p = popen(cmd.c_str(), "r");
   ASSERT_NE(p, nullptr);
@@ -295,6 +295,14 @@ TEST(Evaluate, TeacherAgainstItsOwnCapture) {
     EXPECT_FALSE(g["prompt"].get<std::string>().empty());
   }
   EXPECT_EQ(j["generations"][0]["prompt"], "Name three colours of the rainbow.");
+  // --answers: the teacher as its own student gives the same answers, so every number is equal; the
+  // teacher's NLL of them is a real one, and at most 6 tokens each.
+  const auto& an = j["answers"];
+  EXPECT_EQ(an["prompts"], 2);
+  EXPECT_EQ(an["student"], an["teacher"]) << an.dump();
+  EXPECT_EQ(an["student"]["answers"], 2);
+  EXPECT_LE(an["student"]["mean_tokens"].get<double>(), 6.0);
+  EXPECT_GT(an["student"]["teacher_nll"].get<double>(), 0.0);
   // A directory that is no store: exit status 1 and an error naming it.
   std::string bad = cat(RETORT_CLI_PATH, " eval --model ", default_model_path(), " --data ", dir / "nowhere",
                         " 2>&1");

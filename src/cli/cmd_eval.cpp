@@ -4,6 +4,7 @@
 // of the teacher's the student keeps.
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <optional>
@@ -14,6 +15,7 @@
 
 #include "cli/torch_common.h"
 #include "retort/decode/generate.h"
+#include "retort/distill/answer_quality.h"
 #include "retort/distill/evaluate.h"
 #include "retort/distill/signal_store.h"
 #include "retort/distill/tasks.h"
@@ -35,6 +37,7 @@ struct EvalArgs {
   int64_t max_samples = 0;
   int64_t generations = 3;
   int64_t max_tokens = 64;
+  int64_t answers = 0, answer_tokens = 128;
   int64_t batch_tokens = 4096;
   int64_t speed_prompt = 128, speed_tokens = 32;
   bool json_out = false;
@@ -270,6 +273,9 @@ void run(const EvalArgs& a) {
   check(a.max_samples >= 0, "--max-samples must be >= 0 (0 = all)");
   check(a.generations >= 0, "--generations must be >= 0");
   check(a.max_tokens >= 1, "--max-tokens must be >= 1");
+  check(a.answers >= 0, "--answers must be >= 0 (0 = off)");
+  check(a.answer_tokens >= 1, "--answer-tokens must be >= 1");
+  check(a.answers == 0 || !a.data.empty(), "--answers N needs --data STORE (its prompts are the ones answered)");
   std::vector<Task> tasks;
   if (!a.tasks.empty()) tasks = load_tasks(a.tasks);  // a bad file fails before any model loads
   std::optional<SignalStore> store;
@@ -289,12 +295,18 @@ void run(const EvalArgs& a) {
   if (store) prompts = store_prompts(*store, a.generations);
   std::vector<std::string> student_text, teacher_text, prompt_text;
   TaskRun student_tasks, teacher_tasks;
+  // --answers N: both models' own greedy answers to the store's first N prompts (answer_quality.h).
+  std::vector<std::vector<int32_t>> answer_prompts;
+  if (store && a.answers > 0) answer_prompts = store_prompts(*store, a.answers);
+  AnswerQuality student_answers, teacher_answers;
   const bool inference_only = !store;  // tasks only: generation, no teacher-forced pass
   {
     LoadedModel student = load_for_cli(a.student, true, inference_only);
     out["student"] = store ? evaluate_model("student", a.student, student, *store, a)
                            : json{{"spec", a.student.model}, {"path", student.path}, {"format", student.format}};
     if (!prompts.empty()) student_text = greedy_replies(student, *student.model, prompts, a.max_tokens);
+    if (!answer_prompts.empty())
+      student_answers = answer_quality(student, *student.model, answer_prompts, a.answer_tokens, nullptr);
     if (!tasks.empty()) student_tasks = task_run("student", student, tasks);
   }  // one model in memory at a time
   {
@@ -302,6 +314,12 @@ void run(const EvalArgs& a) {
     out["teacher"] = store ? evaluate_model("teacher", a.teacher, teacher, *store, a)
                            : json{{"spec", a.teacher.model}, {"path", teacher.path}, {"format", teacher.format}};
     if (!prompts.empty()) teacher_text = greedy_replies(teacher, *teacher.model, prompts, a.max_tokens);
+    if (!answer_prompts.empty()) {
+      teacher_answers = answer_quality(teacher, *teacher.model, answer_prompts, a.answer_tokens, teacher.model.get());
+      score_answers(student_answers, answer_prompts, *teacher.model);
+      out["answers"] = {{"prompts", answer_prompts.size()}, {"max_tokens", a.answer_tokens},
+                        {"student", student_answers.to_json()}, {"teacher", teacher_answers.to_json()}};
+    }
     for (const auto& p : prompts) prompt_text.push_back(prompt_display(*teacher.tokenizer, p));
     if (!tasks.empty()) teacher_tasks = task_run("teacher", teacher, tasks);
   }
@@ -322,6 +340,15 @@ void run(const EvalArgs& a) {
     std::printf("%s\n", out.dump(-1, ' ', false, json::error_handler_t::replace).c_str());
   } else {
     if (store) print_table(out);
+    if (out.contains("answers")) {
+      const json& an = out["answers"];
+      std::printf("\nown greedy answers to %lld held-out prompts (at most %lld tokens)\n", (long long)an["prompts"].get<int64_t>(),
+                  (long long)an["max_tokens"].get<int64_t>());
+      std::printf("  %-24s %12s %12s\n", "", "student", "teacher");
+      for (const char* k : {"repeated_4gram", "teacher_nll", "mean_tokens", "stopped"})
+        std::printf("  %-24s %12.3f %12.3f\n", k, an["student"][k].is_number() ? an["student"][k].get<double>() : NAN,
+                    an["teacher"][k].is_number() ? an["teacher"][k].get<double>() : NAN);
+    }
     if (store && !tasks.empty()) std::printf("\n");
     if (!tasks.empty()) print_tasks(out);
   }
@@ -345,6 +372,11 @@ void register_eval(CLI::App& app) {
                   "by exact rules, accuracy per category and the share of the teacher's the student keeps");
   sub->add_option("--max-samples", a->max_samples, "score only the first N samples (0 = all)")->capture_default_str();
   sub->add_option("--generations", a->generations, "greedy generations to show side by side")->capture_default_str();
+  sub->add_option("--answers", a->answers,
+                  "score both models' own greedy answers to the store's first N prompts: share of repeated "
+                  "4-grams, the teacher's NLL of them, length, share ended (0 = off)")
+      ->capture_default_str();
+  sub->add_option("--answer-tokens", a->answer_tokens, "most tokens per --answers answer")->capture_default_str();
   sub->add_option("-n,--max-tokens", a->max_tokens, "most tokens per generation")->capture_default_str();
   sub->add_option("--batch-tokens", a->batch_tokens, "tokens per scoring batch (bounds memory)")->capture_default_str();
   sub->add_option("--speed-prompt", a->speed_prompt, "prompt tokens of the prefill speed measurement")

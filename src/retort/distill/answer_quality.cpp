@@ -110,8 +110,15 @@ AnswerQuality answer_quality(const CheckpointInfo& info, CachedLM& lm, const std
   q.repeated_4gram = rep / double(q.answers);
   q.stopped = double(stopped) / double(q.answers);
   q.mean_tokens = double(q.tokens) / double(q.answers);
-  if (teacher != nullptr && q.tokens > 0) q.teacher_nll = teacher_nll_sum(*teacher, prompts, q.ids, batch_tokens) / double(q.tokens);
+  if (teacher != nullptr) score_answers(q, prompts, *teacher, batch_tokens);
   return q;
+}
+
+void score_answers(AnswerQuality& q, const std::vector<std::vector<int32_t>>& prompts, CausalLMImpl& teacher,
+                   int64_t batch_tokens) {
+  check(prompts.size() == q.ids.size(), "answer quality: ", q.ids.size(), " answers for ", prompts.size(), " prompts");
+  check(batch_tokens >= 1, "answer quality: batch_tokens must be >= 1, got ", batch_tokens);
+  if (q.tokens > 0) q.teacher_nll = teacher_nll_sum(teacher, prompts, q.ids, batch_tokens) / double(q.tokens);
 }
 
 }  // namespace retort

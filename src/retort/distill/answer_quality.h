@@ -42,4 +42,9 @@ double repeated_ngram_share(const std::vector<int32_t>& ids, int n);
 AnswerQuality answer_quality(const CheckpointInfo& info, CachedLM& lm, const std::vector<std::vector<int32_t>>& prompts,
                              int64_t max_tokens, CausalLMImpl* teacher, int64_t batch_tokens = 4096);
 
+// Sets q.teacher_nll: `teacher` scores the answers q holds to `prompts` (the ones answer_quality was
+// given) — for a caller that keeps one model in memory at a time.
+void score_answers(AnswerQuality& q, const std::vector<std::vector<int32_t>>& prompts, CausalLMImpl& teacher,
+                   int64_t batch_tokens = 4096);
+
 }  // namespace retort
