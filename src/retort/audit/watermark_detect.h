@@ -68,6 +68,12 @@ class WatermarkScorer {
   // table's memory: scoring many documents with one key, reuse one scorer.
   void reset();
   int window() const { return window_; }
+  // KGW selfhash only: the seed of the unit (seed, token) that (last window() tokens of win, token) scores
+  // as — min over u in window ∪ {token} of stream_hash(A_u, token) (kgw.h). Cached anchors.
+  uint64_t selfhash_seed(std::span<const int32_t> win, int32_t token) { return self_seed(win, token); }
+  bool is_selfhash() const { return selfhash_; }
+  // The running score (kgw: green count; gumbel: Σ −ln(1 − r)) of the pairs scored so far.
+  double score_sum() const { return score_; }
 
  private:
   // Dedup: open addressing over the distinct (window, token) pairs seen so far, each kept
