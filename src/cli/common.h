@@ -59,5 +59,10 @@ void register_capture(CLI::App& app);
 void register_eval(CLI::App& app);
 void register_distill(CLI::App& app);
 void register_export(CLI::App& app);
+void register_audit(CLI::App& app);
+// `audit provenance` (cmd_audit_provenance.cpp), added under `audit` by register_audit.
+void register_audit_provenance(CLI::App* audit);
+// `audit report`, the case file (cmd_audit_report.cpp).
+void register_audit_report(CLI::App* audit);
 
 }  // namespace retort::cli

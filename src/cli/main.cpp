@@ -98,6 +98,7 @@ int main(int argc, char** argv) {
   register_watermark(app);
   register_keys(app);
   register_serve(app);
+  register_audit(app);
 #ifdef RETORT_CLI_TORCH
   register_distill(app);
   register_capture(app);
