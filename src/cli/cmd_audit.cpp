@@ -18,6 +18,7 @@
 #include "retort/text/tokenizer.h"
 #include "retort/util/error.h"
 #include "retort/util/file.h"
+#include "retort/util/stats.h"
 
 namespace retort::cli {
 
@@ -129,18 +130,6 @@ std::vector<std::string> read_lines(const std::string& path) {
   return out;
 }
 
-// "3.1e-42" for any log10 p, also below the double range.
-std::string format_p(double log10_p) {
-  char b[48];
-  if (log10_p > -300) {
-    std::snprintf(b, sizeof b, "%.3g", std::pow(10.0, log10_p));
-    return b;
-  }
-  double e = std::floor(log10_p), m = std::pow(10.0, log10_p - e);
-  if (m >= 9.995) m = 1, e += 1;
-  std::snprintf(b, sizeof b, "%.2fe%.0f", m, e);
-  return b;
-}
 
 OJson test_json(const DetectionResult& r) {
   OJson j;

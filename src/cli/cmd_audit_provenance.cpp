@@ -24,6 +24,7 @@
 #include "retort/text/tokenizer.h"
 #include "retort/util/error.h"
 #include "retort/util/file.h"
+#include "retort/util/stats.h"
 
 namespace retort::cli {
 
@@ -278,18 +279,7 @@ std::string fit(const std::string& s, size_t width) {
 }
 
 // "3.1e-42" for any natural-log p, also below the double range.
-std::string format_p(double log_p) {
-  const double l10 = log_p / std::log(10.0);
-  char b[48];
-  if (l10 > -300) {
-    std::snprintf(b, sizeof b, "%.3g", std::pow(10.0, l10));
-    return b;
-  }
-  double e = std::floor(l10), mant = std::pow(10.0, l10 - e);
-  if (mant >= 9.995) mant = 1, e += 1;
-  std::snprintf(b, sizeof b, "%.2fe%.0f", mant, e);
-  return b;
-}
+std::string format_log_p(double log_p) { return format_p(log_p / std::log(10.0)); }
 
 void run_provenance(ProvenanceArgs& a) {
   check(!a.suspect.empty(), "audit provenance: --suspect MODEL is required");
@@ -557,13 +547,13 @@ void run_provenance(ProvenanceArgs& a) {
     std::string decision = t.derived ? "derived" : "not shown";
     if (t.decided_look > 0) decision += cat(t.futile ? " (futile at look " : " (look ", t.decided_look, ")");
     std::printf("%-36s %8.3f %10s %10s %10s  %s\n", cat(j + 1, ". ", fit(a.candidates[j], 32)).c_str(), t.mean_sim(),
-                format_p(t.log_p).c_str(), format_p(t.log_p_seq).c_str(), format_p(t.log_p_holm).c_str(),
+                format_log_p(t.log_p).c_str(), format_log_p(t.log_p_seq).c_str(), format_log_p(t.log_p_holm).c_str(),
                 decision.c_str());
     for (size_t c = 0; c < ctrl_model.size(); ++c) {
       const ProvenanceControlStats& k = t.controls[c];
       std::printf("%-36s %8.3f %10s  T closer %lld, C closer %lld, ties %lld\n",
                   cat("   vs ", c + 1, ". ", fit(a.controls[c], 28)).c_str(), t.mean_sim_control(c),
-                  format_p(k.log_p).c_str(), (long long)k.positive, (long long)k.negative, (long long)k.ties);
+                  format_log_p(k.log_p).c_str(), (long long)k.positive, (long long)k.negative, (long long)k.ties);
     }
   }
   std::printf("\nqueries per model:");

@@ -196,50 +196,14 @@ std::vector<std::vector<int32_t>> top1_predictions(RuntimeModel& model,
   check(chunk >= 1, "top1_predictions: chunk must be >= 1");
   const int64_t V = model.hparams().n_vocab;
   std::vector<std::vector<int32_t>> out(sequences.size());
-  // Longest first, in groups of kGroup sequences sharing one cache: rows of similar length pad little.
-  constexpr size_t kGroup = 8;
-  std::vector<size_t> order(sequences.size());
-  std::iota(order.begin(), order.end(), size_t(0));
-  std::stable_sort(order.begin(), order.end(),
-                   [&](size_t a, size_t b) { return sequences[a].size() > sequences[b].size(); });
-  std::vector<float> logits;
-  for (size_t g0 = 0; g0 < order.size(); g0 += kGroup) {
-    const size_t g1 = std::min(order.size(), g0 + kGroup);
-    int64_t max_len = 0;
-    for (size_t i = g0; i < g1; ++i) max_len = std::max<int64_t>(max_len, int64_t(sequences[order[i]].size()));
-    if (max_len == 0) continue;
-    std::unique_ptr<KvSlots> cache = model.new_cache(int64_t(g1 - g0), max_len);
-    for (int64_t done = 0; done < max_len; done += chunk) {
-      // The rows that still have tokens at column `done`; each feeds up to `chunk` of them.
-      std::vector<size_t> active;  // indices into order
-      std::vector<int64_t> slots, n_new;
-      for (size_t i = g0; i < g1; ++i) {
-        const int64_t len = int64_t(sequences[order[i]].size());
-        if (len <= done) continue;
-        active.push_back(i);
-        slots.push_back(int64_t(i - g0));
-        n_new.push_back(std::min(chunk, len - done));
-      }
-      const int64_t B = int64_t(active.size()), T = *std::max_element(n_new.begin(), n_new.end());
-      std::vector<int64_t> tok(size_t(B * T), 0);
-      for (int64_t b = 0; b < B; ++b) {
-        const auto& s = sequences[order[active[size_t(b)]]];
-        for (int64_t t = 0; t < n_new[size_t(b)]; ++t) tok[size_t(b * T + t)] = s[size_t(done + t)];
-      }
-      model.forward_rows(tok.data(), B, T, slots, n_new, *cache, /*last_only=*/false, /*hidden_only=*/false, logits);
-      // Rows come ordered by (batch row, column).
-      const float* row = logits.data();
-      for (int64_t b = 0; b < B; ++b) {
-        auto& o = out[order[active[size_t(b)]]];
-        for (int64_t t = 0; t < n_new[size_t(b)]; ++t, row += V) {
-          int32_t best = 0;
-          for (int64_t v = 1; v < V; ++v)
-            if (row[v] > row[best]) best = int32_t(v);
-          o.push_back(best);
-        }
-      }
-    }
-  }
+  for (size_t s = 0; s < sequences.size(); ++s) out[s].resize(sequences[s].size());
+  // Groups of 8 sequences sharing one cache.
+  for_each_position_logits(model, sequences, chunk, /*group=*/8, [&](size_t s, int64_t t, const float* row) {
+    int32_t best = 0;  // argmax, lowest id on ties
+    for (int64_t v = 1; v < V; ++v)
+      if (row[v] > row[best]) best = int32_t(v);
+    out[s][size_t(t)] = best;
+  });
   return out;
 }
 

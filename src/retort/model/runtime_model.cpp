@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <numeric>
 #include <optional>
 
 #include "retort/io/ggml_quants.h"
@@ -388,6 +389,45 @@ void RuntimeModel::forward_last(const int64_t* tokens, int64_t B, int64_t T, con
     if (i + 1 == rows.n() || rows.batch_row[size_t(i + 1)] != rows.batch_row[size_t(i)]) want.push_back(i);
   run_cached_rows(hp_, *family_, w_, *rope_, rows, want, cache.view(), /*hidden_only=*/false, logits);
   for (int64_t b = 0; b < B; ++b) cache.lengths[size_t(slots[size_t(b)])] = rows.new_len[size_t(b)];
+}
+
+void for_each_position_logits(RuntimeModel& model, const std::vector<std::vector<int32_t>>& seqs, int64_t chunk,
+                              int64_t group, const std::function<void(size_t s, int64_t t, const float* logits)>& fn) {
+  check(chunk >= 1 && group >= 1, "for_each_position_logits: chunk and group must be >= 1");
+  const int64_t V = model.hparams().n_vocab;
+  std::vector<size_t> order(seqs.size());
+  std::iota(order.begin(), order.end(), size_t(0));
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return seqs[a].size() > seqs[b].size(); });
+  std::vector<float> logits;
+  for (size_t g0 = 0; g0 < order.size(); g0 += size_t(group)) {
+    const size_t g1 = std::min(order.size(), g0 + size_t(group));
+    const int64_t max_len = int64_t(seqs[order[g0]].size());  // longest first
+    if (max_len == 0) break;                                   // the rest are empty too
+    std::unique_ptr<KvSlots> cache = model.new_cache(int64_t(g1 - g0), max_len);
+    for (int64_t done = 0; done < max_len; done += chunk) {
+      // The sequences that still have tokens at column `done`; each feeds up to `chunk` of them.
+      std::vector<size_t> active;  // indices into order
+      std::vector<int64_t> slots, n_new;
+      for (size_t i = g0; i < g1; ++i) {
+        const int64_t len = int64_t(seqs[order[i]].size());
+        if (len <= done) continue;
+        active.push_back(i);
+        slots.push_back(int64_t(i - g0));
+        n_new.push_back(std::min(chunk, len - done));
+      }
+      const int64_t B = int64_t(active.size()), T = *std::max_element(n_new.begin(), n_new.end());
+      std::vector<int64_t> tok(size_t(B * T), 0);
+      for (int64_t b = 0; b < B; ++b) {
+        const auto& s = seqs[order[active[size_t(b)]]];
+        for (int64_t t = 0; t < n_new[size_t(b)]; ++t) tok[size_t(b * T + t)] = s[size_t(done + t)];
+      }
+      model.forward_rows(tok.data(), B, T, slots, n_new, *cache, /*last_only=*/false, /*hidden_only=*/false, logits);
+      // Rows come ordered by (batch row, column), n_new[b] of them per row.
+      const float* row = logits.data();
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t t = 0; t < n_new[size_t(b)]; ++t, row += V) fn(order[active[size_t(b)]], done + t, row);
+    }
+  }
 }
 
 }  // namespace retort

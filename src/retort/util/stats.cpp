@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <numeric>
 
@@ -149,6 +150,18 @@ KsResult ks_uniform(std::vector<double> x) {
   }
   r.p_value = 1;
   return r;
+}
+
+std::string format_p(double log10_p) {
+  char b[48];
+  if (log10_p > -300) {
+    std::snprintf(b, sizeof b, "%.3g", std::pow(10.0, log10_p));
+    return b;
+  }
+  double e = std::floor(log10_p), m = std::pow(10.0, log10_p - e);
+  if (m >= 9.995) m = 1, e += 1;  // 9.996e-401 prints as 1.00e-400
+  std::snprintf(b, sizeof b, "%.2fe%.0f", m, e);
+  return b;
 }
 
 }  // namespace retort

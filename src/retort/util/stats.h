@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace retort {
@@ -37,5 +38,9 @@ struct KsResult {
                        // λ = (√n + 0.12 + 0.11/√n) d,  p = 2 Σ_{k>=1} (−1)^{k−1} exp(−2 k² λ²)
 };
 KsResult ks_uniform(std::vector<double> x);
+
+// A p-value for people, from its log10 (exact far below the double range): "0.0123", "3.1e-42",
+// "2.50e-412" (3 significant digits above 1e-300, mantissa and exponent below).
+std::string format_p(double log10_p);
 
 }  // namespace retort
