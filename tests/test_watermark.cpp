@@ -25,6 +25,7 @@
 #include "retort/text/tokenizer.h"
 #include "retort/util/error.h"
 #include "retort/util/file.h"
+#include "test_util.h"
 
 using namespace retort;
 
@@ -391,6 +392,11 @@ TEST(WatermarkKeys, FileEnvAndErrors) {
   write_file_atomic(bad, "");
   EXPECT_THROW(load_key_file(bad), Error);
   EXPECT_THROW(load_key_file(tmp_path("missing.key")), Error);
+  // Equal halves fold to the all-zero SipHash key (hash_key XORs them): refused, naming the file.
+  write_file_atomic(bad, std::string(32, '0') + std::string(32, '0'));
+  retort_test::expect_error([&] { load_key_file(bad); }, {bad, "halves are equal", "keygen"});
+  write_file_atomic(bad, "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef");
+  retort_test::expect_error([&] { load_key_file(bad); }, {bad, "halves are equal"});
 
   ::setenv(kWatermarkKeyEnv, hex.c_str(), 1);
   EXPECT_EQ(load_key(""), test_key());

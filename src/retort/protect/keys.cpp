@@ -1,6 +1,7 @@
 // Watermark keys: hex key files, env var, commitment, HMAC-SHA-256 account keys; see keys.h.
 #include "retort/protect/keys.h"
 
+#include <algorithm>
 #include <cctype>
 #include <cstdio>
 #include <cstdlib>
@@ -145,17 +146,29 @@ WatermarkKey key_from_hex(std::string_view hex, std::string_view source) {
   return k;
 }
 
+namespace {
+
+// hash_key() folds the two 16-byte halves by XOR: a key whose halves are equal (a repeated pattern, all
+// zeros) gives the all-zero SipHash key, which anyone can guess. Refused where users supply keys.
+WatermarkKey refuse_weak(const WatermarkKey& k, const std::string& source) {
+  check(!std::equal(k.bytes.begin(), k.bytes.begin() + 16, k.bytes.begin() + 16), "watermark key ", source,
+        ": its two 16-byte halves are equal, which makes a guessable key; make one with `retort watermark keygen`");
+  return k;
+}
+
+}  // namespace
+
 WatermarkKey load_key_file(const std::string& path) {
   std::string text = read_file(path);
   check(text.size() <= 1024, "watermark key file ", path, ": ", text.size(),
         " bytes; a key file holds one line of 64 hex digits");
-  return key_from_hex(text, "file " + path);
+  return refuse_weak(key_from_hex(text, "file " + path), "file " + path);
 }
 
 WatermarkKey key_from_env(const char* var) {
   const char* v = std::getenv(var);
   check(v != nullptr, "watermark key: environment variable ", var, " is not set");
-  return key_from_hex(v, std::string("environment variable ") + var);
+  return refuse_weak(key_from_hex(v, std::string("environment variable ") + var), std::string("environment variable ") + var);
 }
 
 WatermarkKey load_key(const std::string& key_file) {
