@@ -8,6 +8,7 @@
 //       [--n-unwm 1000] [--unwm-tokens 64] [--n-power-main 100] [--n-power 40] [--n-power-fixed 0] [--max-tokens 200]
 //       [--n-human 1500] [--human-roots /usr/share/doc,/usr/share/common-licenses]
 //       [--attr-trials 20] [--attr-accounts 1000] [--attr-tokens 200] [--forward-check 4]
+//       [--n-tune 0] [--min-entropy -1] [--entropy-human-docs 1000] [--entropy-human-tokens 128]
 //
 // Generation sets (chat-formatted prompts, temperature 1, no truncation, one fixed evaluation
 // key; each document its own seed; prompt i of every set is the same, so sets are paired):
@@ -16,6 +17,8 @@
 //   kgw_{self,left}_d2_fixed  (--n-power-fixed > 0) δ 2 with EOS banned until --max-tokens: every
 //                 document exactly --max-tokens long, the "completions of 200 tokens"
 //   attr_kgw, attr_gumbel  one document per trial under a per-account key
+//   kgw_{self,left}_d2_tune  (--n-tune > 0) like the _fixed sets, on the prompts after theirs and with
+//                 their own seeds: the tuning set of the entropy filter, never scored in the other tables
 // Every generated document is cached in DIR/<set>.jsonl, keyed by (set config, key
 // commitment, prompt ids, seed, max and min tokens), so a rerun only generates what is missing.
 //
@@ -26,6 +29,15 @@
 // is exactly U(0, 1) under the null, while the exact tail P[S >= s] (what detection reports)
 // is super-uniform (P[p <= α] <= α) and a KS test over 1,000 short documents rejects it for
 // its discreteness alone. The false-positive rate is measured on the reported exact p.
+//
+// Entropy-filtered KGW (section 6; with --n-power-fixed and --n-tune, or --min-entropy H): SWEET-style
+// selection (audit/watermark_detect.h) — score only positions where the unwatermarked model's own
+// next-token entropy, given prompt + text so far, is >= H nats. H is chosen on the tuning sets (the
+// grid value minimizing the 95th percentile of log10 p: the best document at the worst 5%) unless
+// --min-entropy gives it; power is then measured on the _fixed sets and calibration re-run on the
+// unwatermarked model text (with its prompts) and the human text (no prompt; its first
+// --entropy-human-docs documents cut to --entropy-human-tokens: a forward pass costs ~4.4 ms per token on
+// 2 cores). Entropies are cached in DIR/entropy_<set>.jsonl, keyed by model, prompt and text.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -48,6 +60,7 @@
 #include "retort/decode/generate.h"
 #include "retort/io/jsonl.h"
 #include "retort/model/loader.h"
+#include "retort/model/runtime_model.h"
 #include "retort/protect/gumbel.h"
 #include "retort/protect/keys.h"
 #include "retort/protect/kgw.h"
@@ -88,6 +101,10 @@ struct Options {
   int attr_trials = 20, attr_accounts = 1000;
   int64_t attr_tokens = 200;
   int forward_check = 4;  // documents per set whose logprobs are recomputed with a full forward
+  int n_tune = 0;          // > 0: kgw_{self,left}_d2_tune, the entropy threshold's tuning sets
+  double min_entropy = -1;  // >= 0: the entropy filter's threshold (nats) instead of tuning it
+  int entropy_human_docs = 1000;     // human documents in the filter's calibration rows...
+  int64_t entropy_human_tokens = 128;  // ...each cut to this many tokens
   bool quick = false;
 };
 
@@ -193,6 +210,7 @@ struct GenSet {
   int n = 0;
   int64_t max_tokens = 200;
   int64_t min_tokens = 0;  // > 0: EOS banned until then (GenerationRequest::min_tokens)
+  int prompt_offset = 0;   // document i answers prompt (i + prompt_offset) mod #prompts
   std::function<std::string(int)> account;  // per-document account id ("" = the evaluation key)
 };
 
@@ -205,6 +223,11 @@ struct Ctx {
   std::set<int32_t> eos;
   json gen_stats = json::object();
   std::string defs_id;  // hash_definitions_id(), set once the key is
+  // The entropy filter's model: the same checkpoint through the runtime (model_entropies), loaded on demand.
+  RuntimeLoaded rt;
+  std::string rt_id;  // path and size of its file: part of the entropy cache's keys
+  double entropy_seconds = 0;
+  int64_t entropy_rows = 0;
 };
 
 // Fingerprint of the schemes' hash definitions under the evaluation key: green bits, Gumbel
@@ -243,7 +266,7 @@ std::string set_config_id(const Ctx& cx, const GenSet& s, int i) {
 uint64_t doc_seed(const GenSet& s, int i) { return splitmix(fnv1a(s.name) ^ splitmix(static_cast<uint64_t>(i))); }
 
 std::string doc_cache_key(const Ctx& cx, const GenSet& s, int i) {
-  const auto& p = cx.prompt_ids[i % cx.prompt_ids.size()];
+  const auto& p = cx.prompt_ids[(i + s.prompt_offset) % cx.prompt_ids.size()];
   return set_config_id(cx, s, i) + "|prompt=" + hex(fnv1a(p.data(), p.size() * sizeof(int32_t))) +
          "|seed=" + hex(doc_seed(s, i)) + "|max=" + std::to_string(s.max_tokens) + "|t=1" +
          (s.min_tokens > 0 ? "|min=" + std::to_string(s.min_tokens) : "");
@@ -294,7 +317,7 @@ std::vector<Doc> generate_set(Ctx& cx, const GenSet& s) {
     } else {
       docs[i] = it->second;
     }
-    docs[i].prompt_index = i % static_cast<int>(cx.prompt_ids.size());
+    docs[i].prompt_index = (i + s.prompt_offset) % static_cast<int>(cx.prompt_ids.size());
   }
   int64_t new_tokens = 0;
   double secs = 0;
@@ -304,7 +327,7 @@ std::vector<Doc> generate_set(Ctx& cx, const GenSet& s) {
     std::vector<GenerationRequest> reqs;
     for (int i : idx) {
       GenerationRequest r;
-      r.prompt = cx.prompt_ids[i % cx.prompt_ids.size()];
+      r.prompt = cx.prompt_ids[(i + s.prompt_offset) % cx.prompt_ids.size()];
       r.sampling.temperature = 1.0;
       r.sampling.seed = doc_seed(s, i);
       r.max_tokens = s.max_tokens;
@@ -342,6 +365,78 @@ std::vector<Doc> generate_set(Ctx& cx, const GenSet& s) {
                           {"seconds", secs},
                           {"tokens_per_s", secs > 0 ? new_tokens / secs : 0.0}};
   return docs;
+}
+
+// ---------------------------------------------------------------- entropies of the key holder's model
+
+// model_entropies() of each (prompts[i], texts[i]) (prompts[i] empty: no prompt), cached in
+// DIR/entropy_<name>.jsonl under a hash of (model file, prompt, text); computed in batches of 64
+// documents, each appended to the cache when it finishes.
+std::vector<std::vector<double>> cached_entropies(Ctx& cx, const std::string& name,
+                                                  const std::vector<std::vector<int32_t>>& prompts,
+                                                  const std::vector<std::span<const int32_t>>& texts) {
+  if (!cx.rt.model) {
+    cx.rt = load_runtime_model(cx.o.model);
+    cx.rt_id = cx.rt.path + ":" + std::to_string(fs::file_size(cx.rt.path));
+  }
+  fs::create_directories(cx.o.cache_dir);
+  const std::string path = cx.o.cache_dir + "/entropy_" + name + ".jsonl";
+  auto key_of = [&](size_t i) {
+    const auto& p = prompts[i];
+    return hex(fnv1a(cx.rt_id)) + hex(fnv1a(p.data(), p.size() * sizeof(int32_t))) +
+           hex(fnv1a(texts[i].data(), texts[i].size() * sizeof(int32_t))) + ":" + std::to_string(p.size()) + ":" +
+           std::to_string(texts[i].size());
+  };
+  std::map<std::string, std::vector<double>> cached;
+  {
+    std::ifstream in(path);
+    std::string line;
+    while (std::getline(in, line)) {
+      json j = json::parse(line, nullptr, /*allow_exceptions=*/false);
+      if (j.is_discarded() || !j.is_object() || !j.contains("key")) continue;  // a torn last line
+      std::vector<double> h;
+      for (const auto& x : j["H"]) h.push_back(x.is_null() ? NAN : x.get<double>());
+      cached[j["key"].get<std::string>()] = std::move(h);
+    }
+  }
+  std::vector<std::vector<double>> out(texts.size());
+  std::vector<size_t> missing;
+  for (size_t i = 0; i < texts.size(); ++i) {
+    auto it = cached.find(key_of(i));
+    if (it != cached.end() && it->second.size() == texts[i].size()) out[i] = it->second;
+    else missing.push_back(i);
+  }
+  const size_t kBatch = 64;
+  for (size_t b0 = 0; b0 < missing.size(); b0 += kBatch) {
+    std::vector<std::vector<int32_t>> P, X;
+    std::vector<size_t> idx(missing.begin() + b0, missing.begin() + std::min(missing.size(), b0 + kBatch));
+    int64_t rows = 0;
+    for (size_t i : idx) {
+      P.push_back(prompts[i]);
+      X.emplace_back(texts[i].begin(), texts[i].end());
+      rows += int64_t(prompts[i].size() + texts[i].size());
+    }
+    auto t0 = clk::now();
+    std::vector<std::vector<double>> H = model_entropies(*cx.rt.model, P, X);
+    cx.entropy_seconds += std::chrono::duration<double>(clk::now() - t0).count();
+    cx.entropy_rows += rows;
+    std::ofstream f(path, std::ios::app);
+    for (size_t k = 0; k < idx.size(); ++k) {
+      json h = json::array();
+      for (double x : H[k]) h.push_back(std::isfinite(x) ? json(x) : json(nullptr));
+      f << json{{"key", key_of(idx[k])}, {"H", h}}.dump() << "\n";
+      out[idx[k]] = std::move(H[k]);
+    }
+    std::fprintf(stderr, "[entropy %s] %zu/%zu documents, %.0f rows/s\n", name.c_str(), b0 + idx.size(), missing.size(),
+                 cx.entropy_seconds > 0 ? cx.entropy_rows / cx.entropy_seconds : 0.0);
+  }
+  return out;
+}
+
+std::vector<std::vector<uint8_t>> masks_at(const std::vector<std::vector<double>>& H, double min_entropy) {
+  std::vector<std::vector<uint8_t>> m;
+  for (const auto& h : H) m.push_back(entropy_mask(h, min_entropy));
+  return m;
 }
 
 // ---------------------------------------------------------------- human-written documents
@@ -482,7 +577,8 @@ double randomized_binomial_p(int64_t s, int64_t n, double pi, double u) {
   return gt + u * (ge - gt);
 }
 
-Score score_tokens(const Test& t, std::span<const int32_t> tokens, uint64_t rand_seed) {
+// mask: empty = every position; else score_position (entropy filter), kgw and gumbel only.
+Score score_tokens(const Test& t, std::span<const int32_t> tokens, uint64_t rand_seed, std::span<const uint8_t> mask = {}) {
   Score sc;
   const double u = (static_cast<double>(splitmix(rand_seed) >> 11) + 0.5) * 0x1.0p-53;
   if (t.synthid()) {
@@ -499,7 +595,7 @@ Score score_tokens(const Test& t, std::span<const int32_t> tokens, uint64_t rand
     }
     return sc;
   }
-  DetectionResult r = detect_tokens(t.key, t.det, tokens);
+  DetectionResult r = mask.empty() ? detect_tokens(t.key, t.det, tokens) : detect_tokens(t.key, t.det, tokens, mask);
   if (r.too_short) return sc;
   sc.ok = true;
   sc.scored = r.tokens_scored;
@@ -510,8 +606,10 @@ Score score_tokens(const Test& t, std::span<const int32_t> tokens, uint64_t rand
   return sc;
 }
 
-// log10 p of the first L tokens, for each L in `lengths` (ascending; L past the end = the whole text).
-std::vector<double> prefix_log10_p(const Test& t, const std::vector<int32_t>& tokens, const std::vector<int64_t>& lengths) {
+// log10 p of the first L tokens, for each L in `lengths` (ascending; L past the end = the whole text);
+// with a mask, only its selected positions.
+std::vector<double> prefix_log10_p(const Test& t, const std::vector<int32_t>& tokens, const std::vector<int64_t>& lengths,
+                                   std::span<const uint8_t> mask = {}) {
   std::vector<double> out;
   if (t.synthid()) {
     for (int64_t L : lengths) {
@@ -524,7 +622,8 @@ std::vector<double> prefix_log10_p(const Test& t, const std::vector<int32_t>& to
   size_t pos = 0;
   for (int64_t L : lengths) {
     size_t end = std::min<size_t>(tokens.size(), static_cast<size_t>(L));
-    for (; pos < end; ++pos) sc.add_pair(std::span<const int32_t>(tokens.data(), pos), tokens[pos]);
+    for (; pos < end; ++pos)
+      if (mask.empty() || mask[pos]) sc.add_pair(std::span<const int32_t>(tokens.data(), pos), tokens[pos]);
     DetectionResult r = sc.result();
     out.push_back(r.too_short ? 0.0 : r.log10_p);
   }
@@ -567,15 +666,18 @@ json num(double x) { return std::isfinite(x) ? json(x) : json(nullptr); }
 // the KS test assumes. Under one key for all they are not: documents that share n-grams
 // (license boilerplate, "of the") share the same green/red coins.
 json calibration_row(const Test& t, const std::vector<std::span<const int32_t>>& docs, uint64_t seed,
-                     const WatermarkKey* per_doc_master = nullptr) {
+                     const WatermarkKey* per_doc_master = nullptr,
+                     const std::vector<std::vector<uint8_t>>* masks = nullptr) {
   std::vector<double> p_rand, p_exact;
   int64_t too_short = 0, fp = 0, scored = 0;
   double min_log10 = 0;
   for (size_t i = 0; i < docs.size(); ++i) {
+    std::span<const uint8_t> mask;
+    if (masks) mask = (*masks)[i];
     Score s = per_doc_master
                   ? score_tokens(make_test(t.name, derive_account_key(*per_doc_master, "calibration-doc-" + std::to_string(i))),
-                                 docs[i], seed ^ splitmix(i))
-                  : score_tokens(t, docs[i], seed ^ splitmix(i));
+                                 docs[i], seed ^ splitmix(i), mask)
+                  : score_tokens(t, docs[i], seed ^ splitmix(i), mask);
     if (!s.ok) {
       ++too_short;
       continue;
@@ -710,18 +812,66 @@ std::string fmt(const char* f, double x) {
 std::string pct(double x) { return fmt("%.1f%%", 100 * x); }
 std::string tok_or_dash(const json& j) { return j.is_null() ? std::string("> max") : std::to_string(j.get<int64_t>()); }
 
-std::string markdown(const json& r) {
-  std::ostringstream o;
-  o << "### 1. Calibration on unwatermarked text\n\n"
-       "| corpus | test | docs | mean scored tokens | KS D | KS p | FP at p<1e-3 | FPR [95% CI] | min p |\n"
+void calibration_table(std::ostringstream& o, const json& rows) {
+  o << "| corpus | test | docs | mean scored tokens | KS D | KS p | FP at p<1e-3 | FPR [95% CI] | min p |\n"
        "|---|---|---:|---:|---:|---:|---:|---|---:|\n";
-  for (const auto& c : r["calibration"])
+  for (const auto& c : rows)
     o << "| " << c["corpus"].get<std::string>() << " | " << c["test"].get<std::string>() << " | " << c["documents"]
       << " | " << fmt("%.0f", c["mean_tokens_scored"].get<double>()) << " | " << fmt("%.4f", c["ks_d"].get<double>())
       << " | " << fmt("%.3g", c["ks_p"].get<double>()) << " | " << c["false_positives_at_1e-3"] << " | "
       << fmt("%.4f", c["fpr_at_1e-3"].get<double>()) << " [" << fmt("%.4f", c["fpr_ci95"][0].get<double>()) << ", "
       << fmt("%.4f", c["fpr_ci95"][1].get<double>()) << "] | " << fmt("%.2g", std::pow(10.0, c["min_log10_p"].get<double>()))
       << " |\n";
+}
+
+// Section 6: the entropy-filtered detector (present when the run had it).
+void entropy_markdown(std::ostringstream& o, const json& e) {
+  const double h = e["min_entropy"].get<double>();
+  o << "\n### 6. Entropy-filtered KGW: scoring only positions where the model's entropy >= " << fmt("%.2f", h)
+    << " nats\n\nThreshold from " << e["threshold_source"].get<std::string>() << ". Detector-side only: the texts "
+    << "are those of the tables above (quality unchanged).\n";
+  if (e.contains("tuning")) {
+    const json& t = e["tuning"];
+    const std::string s0 = t["sets"][0].get<std::string>(), s1 = t["sets"][1].get<std::string>();
+    o << "\nTuning: " << t["documents_per_set"] << " documents per set (prompts " << t["prompts"][0] << "–"
+      << t["prompts"][1].get<int64_t>() - 1 << ", own seeds), " << t["criterion"].get<std::string>() << ".\n\n"
+      << "| min entropy (nats) | " << s0 << ": skipped | detected | q95 log10 p | " << s1
+      << ": skipped | detected | q95 log10 p | pooled q95 log10 p |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+    for (const auto& row : t["grid"]) {
+      o << "| " << fmt("%.2f", row["min_entropy"].get<double>());
+      for (const std::string& s : {s0, s1})
+        o << " | " << pct(row[s]["fraction_masked"].get<double>()) << " | " << pct(row[s]["detected"].get<double>())
+          << " | " << fmt("%.1f", row[s]["q95_log10_p"].get<double>());
+      o << " | " << fmt("%.2f", row["pooled_q95_log10_p"].get<double>())
+        << (row["min_entropy"].get<double>() == h ? " (chosen)" : "") << " |\n";
+    }
+  }
+  o << "\nPower at p < 1e-6 on the evaluation sets (never used to choose the threshold):\n\n"
+       "| set | test | docs | positions skipped | mean scored units | detected [95% CI] | unfiltered [95% CI] | "
+       "gained / lost | median log10 p (unfiltered) | worst log10 p | tokens for 50% | 90% | 99% |\n"
+       "|---|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|\n";
+  for (const auto& p : e["power"])
+    o << "| " << p["set"].get<std::string>() << " | " << p["test"].get<std::string>() << " | " << p["documents"] << " | "
+      << pct(p["fraction_masked"].get<double>()) << " | " << fmt("%.0f", p["mean_tokens_scored"].get<double>()) << " | "
+      << pct(p["detected"].get<double>()) << " [" << pct(p["detected_ci95"][0].get<double>()) << ", "
+      << pct(p["detected_ci95"][1].get<double>()) << "] | " << pct(p["detected_unfiltered"].get<double>()) << " ["
+      << pct(p["detected_unfiltered_ci95"][0].get<double>()) << ", " << pct(p["detected_unfiltered_ci95"][1].get<double>())
+      << "] | " << p["gained"] << " / " << p["lost"] << " | " << fmt("%.1f", p["median_log10_p"].get<double>()) << " ("
+      << fmt("%.1f", p["median_log10_p_unfiltered"].get<double>()) << ") | "
+      << fmt("%.1f", p["worst_log10_p"][0].get<double>()) << " | " << tok_or_dash(p["tokens_for_50"]) << " | "
+      << tok_or_dash(p["tokens_for_90"]) << " | " << tok_or_dash(p["tokens_for_99"]) << " |\n";
+  o << "\nCalibration with the filter (model text with its prompts; human text without, the first "
+    << e["human_documents"] << " documents cut to " << e["human_max_tokens"] << " tokens, "
+    << pct(e["human_fraction_masked"].get<double>()) << " of their positions skipped):\n\n";
+  std::ostringstream c;
+  calibration_table(c, e["calibration"]);
+  o << c.str();
+}
+
+std::string markdown(const json& r) {
+  std::ostringstream o;
+  o << "### 1. Calibration on unwatermarked text\n\n";
+  calibration_table(o, r["calibration"]);
   o << "\n### 2. Power at p < 1e-6\n\n"
        "| set | test | docs | mean length | full length | detected [95% CI] | median log10 p | tokens for 50% | 90% | 99% |\n"
        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|\n";
@@ -768,6 +918,7 @@ std::string markdown(const json& r) {
     o << "| " << a["set"].get<std::string>() << " | " << a["trials"] << " | " << pct(a["accuracy"].get<double>()) << " | "
       << pct(a["significant"].get<double>()) << " | " << fmt("%.2g", std::pow(10.0, a["median_log10_p_holm_right"].get<double>()))
       << " | " << fmt("%.2g", std::pow(10.0, a["min_log10_p_holm_best_wrong"].get<double>())) << " |\n";
+  if (r.contains("entropy_filter")) entropy_markdown(o, r["entropy_filter"]);
   return o.str();
 }
 
@@ -806,6 +957,10 @@ void parse(int argc, char** argv, Options& o) {
     else if (k == "--attr-accounts") o.attr_accounts = std::stoi(v);
     else if (k == "--attr-tokens") o.attr_tokens = std::stoll(v);
     else if (k == "--forward-check") o.forward_check = std::stoi(v);
+    else if (k == "--n-tune") o.n_tune = std::stoi(v);
+    else if (k == "--min-entropy") o.min_entropy = std::stod(v);
+    else if (k == "--entropy-human-docs") o.entropy_human_docs = std::stoi(v);
+    else if (k == "--entropy-human-tokens") o.entropy_human_tokens = std::stoll(v);
     else fail(k, ": unknown option (see the comment at the top of bench/watermark_eval.cpp)");
   }
 }
@@ -876,6 +1031,22 @@ int run(int argc, char** argv) {
 
   std::map<std::string, std::vector<Doc>> docs;
   for (const auto& s : sets) docs[s.name] = generate_set(cx, s);
+  // The entropy filter's tuning sets: the _fixed settings on the prompts after the _fixed sets' (their
+  // own seeds too), generated here but scored only in section 6's threshold choice.
+  const bool entropy_section = o.n_power_fixed > 0 && (o.n_tune > 0 || o.min_entropy >= 0);
+  if (entropy_section && o.n_tune > 0) {
+    if (o.n_power_fixed + o.n_tune > static_cast<int>(cx.prompts.size()))
+      std::fprintf(stderr, "warning: --n-power-fixed %d + --n-tune %d > %zu prompts: tuning prompts overlap the "
+                   "evaluation's\n", o.n_power_fixed, o.n_tune, cx.prompts.size());
+    for (const char* ctx : {"selfhash", "lefthash"}) {
+      GenSet t;
+      t.name = std::string("kgw_") + (ctx[0] == 's' ? "self" : "left") + "_d2_tune";
+      t.scheme = "kgw", t.context = ctx, t.delta = 2, t.n = o.n_tune;
+      t.max_tokens = t.min_tokens = o.max_tokens;
+      t.prompt_offset = o.n_power_fixed;
+      docs[t.name] = generate_set(cx, t);
+    }
+  }
   const auto t_gen = clk::now();
 
   json R;
@@ -884,7 +1055,7 @@ int run(int argc, char** argv) {
   R["config"] = {{"temperature", 1.0}, {"top_k", 0}, {"top_p", 1.0}, {"prompts", cx.prompts.size()},
                  {"prompts_source", o.prompts_file.empty() ? "built-in (12 templates x 40 topics)" : o.prompts_file},
                  {"n_unwm", o.n_unwm}, {"unwm_tokens", o.unwm_tokens}, {"n_power_main", o.n_power_main},
-                 {"n_power", o.n_power}, {"n_power_fixed", o.n_power_fixed}, {"max_tokens", o.max_tokens}, {"attr_trials", o.attr_trials},
+                 {"n_power", o.n_power}, {"n_power_fixed", o.n_power_fixed}, {"n_tune", o.n_tune}, {"max_tokens", o.max_tokens}, {"attr_trials", o.attr_trials},
                  {"attr_accounts", o.attr_accounts}, {"attr_tokens", o.attr_tokens}, {"quick", o.quick}, {"key_commitment", cx.key.commitment()},
                  {"kgw", {{"gamma", 0.25}, {"selfhash_h", 4}, {"lefthash_h", 1}}}, {"gumbel_h", 4},
                  {"synthid", {{"layers", 30}, {"ngram_len", 5}, {"keys", "derive_synthid_keys(key, 30)"}}}};
@@ -1081,6 +1252,188 @@ int run(int argc, char** argv) {
     attr["unwatermarked"] = {{"documents", n}, {"any_account_holm_p_below_1e-3", any}, {"min_log10_p_holm", min_l10}};
   }
   R["attribution"] = attr;
+
+  // ---- 6. entropy-filtered KGW (SWEET): score only positions where the model's entropy >= H
+  if (entropy_section) {
+    const auto t_ent = clk::now();
+    json E;
+    auto prompts_of = [&](const std::vector<Doc>& D) {
+      std::vector<std::vector<int32_t>> p;
+      for (const auto& d : D) p.push_back(cx.prompt_ids[d.prompt_index]);
+      return p;
+    };
+    std::map<std::string, std::vector<std::vector<double>>> H;
+    auto H_of = [&](const std::string& set) -> const std::vector<std::vector<double>>& {
+      if (!H.count(set)) H[set] = cached_entropies(cx, set, prompts_of(docs[set]), spans_of(docs[set]));
+      return H[set];
+    };
+    // Detection of one set at one threshold: log10 p per document (0 when too short) and the counts.
+    struct At {
+      std::vector<double> log10_p;
+      int64_t detected = 0, scored = 0, masked = 0, windowed = 0;
+    };
+    auto score_at = [&](const std::string& set, const Test& t, double h) {
+      At a;
+      const auto& D = docs[set];
+      const auto& HS = H_of(set);
+      const int64_t w = detector_window(t.det);
+      for (size_t i = 0; i < D.size(); ++i) {
+        DetectionResult r = detect_tokens(t.key, t.det, D[i].tokens, entropy_mask(HS[i], h));
+        const double l = r.too_short ? 0.0 : r.log10_p;
+        a.log10_p.push_back(l);
+        a.detected += l < kPowerLog10;
+        a.scored += r.tokens_scored;
+        a.masked += r.tokens_masked;
+        a.windowed += std::max<int64_t>(0, r.tokens - w);
+      }
+      return a;
+    };
+    const std::vector<std::pair<std::string, std::string>> tune_sets = {{"kgw_self_d2_tune", "kgw_selfhash"},
+                                                                         {"kgw_left_d2_tune", "kgw_lefthash"}};
+    const std::vector<std::pair<std::string, std::string>> eval_sets = {{"kgw_self_d2_fixed", "kgw_selfhash"},
+                                                                         {"kgw_left_d2_fixed", "kgw_lefthash"}};
+    const std::vector<double> grid_h = {0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0};
+    double h_star = o.min_entropy;
+    E["threshold_source"] = o.min_entropy >= 0 ? "--min-entropy" : "tuning sets";
+    if (o.n_tune > 0) {
+      // Criterion: the 95th percentile of log10 p over both tuning sets pooled (the worst 5% of
+      // documents is where detection at 1e-6 is lost; a rarer quantile would rest on one or two
+      // documents); the lowest wins, ties to the smaller threshold.
+      json rows = json::array();
+      double best = INFINITY;
+      for (double h : grid_h) {
+        json row = {{"min_entropy", h}};
+        std::vector<double> pooled;
+        for (const auto& [set, test] : tune_sets) {
+          At a = score_at(set, make_test(test, cx.key), h);
+          const double n = std::max<double>(1, double(a.log10_p.size()));
+          row[set] = {{"detected", a.detected / n},
+                      {"median_log10_p", quantile(a.log10_p, 0.5)},
+                      {"q95_log10_p", quantile(a.log10_p, 0.95)},
+                      {"max_log10_p", *std::max_element(a.log10_p.begin(), a.log10_p.end())},
+                      {"mean_tokens_scored", a.scored / n},
+                      {"fraction_masked", a.windowed ? double(a.masked) / a.windowed : 0.0}};
+          pooled.insert(pooled.end(), a.log10_p.begin(), a.log10_p.end());
+        }
+        const double crit = quantile(pooled, 0.95);
+        row["pooled_q95_log10_p"] = crit;
+        if (o.min_entropy < 0 && crit < best - 1e-12) best = crit, h_star = h;
+        rows.push_back(row);
+      }
+      E["tuning"] = {{"sets", {tune_sets[0].first, tune_sets[1].first}},
+                     {"documents_per_set", o.n_tune},
+                     {"prompts", {o.n_power_fixed, o.n_power_fixed + o.n_tune}},
+                     {"criterion", "lowest 95th percentile of log10 p over both tuning sets pooled"},
+                     {"grid", rows}};
+    }
+    E["min_entropy"] = h_star;
+    std::fprintf(stderr, "entropy filter: min_entropy %.2f nats (%s)\n", h_star, E["threshold_source"].get<std::string>().c_str());
+
+    // Power on the evaluation sets at the chosen threshold, next to the unfiltered detector on the same documents.
+    E["power"] = json::array();
+    for (const auto& [set, test] : eval_sets) {
+      const Test t = make_test(test, cx.key);
+      const auto& D = docs[set];
+      const auto masks = masks_at(H_of(set), h_star);
+      std::vector<int64_t> det_at(grid.size(), 0);
+      std::vector<double> l_f, l_u;
+      int64_t det_f = 0, det_u = 0, gained = 0, lost = 0, scored = 0, masked = 0, windowed = 0;
+      for (size_t i = 0; i < D.size(); ++i) {
+        std::vector<double> lp = prefix_log10_p(t, D[i].tokens, grid, masks[i]);
+        for (size_t g = 0; g < grid.size(); ++g) det_at[g] += lp[g] < kPowerLog10;
+        DetectionResult rf = detect_tokens(t.key, t.det, D[i].tokens, masks[i]);
+        DetectionResult ru = detect_tokens(t.key, t.det, D[i].tokens);
+        const double f = rf.too_short ? 0.0 : rf.log10_p, u = ru.too_short ? 0.0 : ru.log10_p;
+        l_f.push_back(f), l_u.push_back(u);
+        det_f += f < kPowerLog10, det_u += u < kPowerLog10;
+        gained += f < kPowerLog10 && !(u < kPowerLog10);
+        lost += !(f < kPowerLog10) && u < kPowerLog10;
+        scored += rf.tokens_scored, masked += rf.tokens_masked;
+        windowed += std::max<int64_t>(0, rf.tokens - detector_window(t.det));
+      }
+      const int64_t n = static_cast<int64_t>(D.size());
+      auto first_reaching = [&](double q) -> json {
+        for (size_t g = 0; g < grid.size(); ++g)
+          if (det_at[g] >= q * n) return grid[g];
+        return nullptr;
+      };
+      auto [lo, hi] = clopper_pearson(det_f, n);
+      auto [ulo, uhi] = clopper_pearson(det_u, n);
+      // The whole grid on these documents too — reported, never used to choose the threshold.
+      json sweep = json::array();
+      for (double h : grid_h) {
+        At a = score_at(set, t, h);
+        sweep.push_back({{"min_entropy", h}, {"detected", double(a.detected) / std::max<int64_t>(1, n)},
+                         {"q95_log10_p", quantile(a.log10_p, 0.95)}});
+      }
+      std::vector<double> worst = l_f;
+      std::sort(worst.rbegin(), worst.rend());
+      worst.resize(std::min<size_t>(worst.size(), 5));
+      E["power"].push_back({{"set", set},
+                            {"test", test},
+                            {"documents", n},
+                            {"min_entropy", h_star},
+                            {"fraction_masked", windowed ? double(masked) / windowed : 0.0},
+                            {"mean_tokens_scored", double(scored) / std::max<int64_t>(1, n)},
+                            {"detected", double(det_f) / std::max<int64_t>(1, n)},
+                            {"detected_count", det_f},
+                            {"detected_ci95", {lo, hi}},
+                            {"detected_unfiltered", double(det_u) / std::max<int64_t>(1, n)},
+                            {"detected_unfiltered_count", det_u},
+                            {"detected_unfiltered_ci95", {ulo, uhi}},
+                            {"gained", gained},
+                            {"lost", lost},
+                            {"median_log10_p", quantile(l_f, 0.5)},
+                            {"median_log10_p_unfiltered", quantile(l_u, 0.5)},
+                            {"worst_log10_p", worst},
+                            {"tokens_for_50", first_reaching(0.5)},
+                            {"tokens_for_90", first_reaching(0.9)},
+                            {"tokens_for_99", first_reaching(0.99)},
+                            {"grid_on_these_documents_not_used_to_choose", sweep}});
+    }
+
+    // Calibration with the filter on unwatermarked text: the model's own (with its prompts) and human (no prompt).
+    const auto masks_none = masks_at(H_of("none"), h_star);
+    std::vector<std::span<const int32_t>> human_cut;
+    for (size_t i = 0; i < human_spans.size() && static_cast<int>(i) < o.entropy_human_docs; ++i)
+      human_cut.push_back(human_spans[i].first(std::min<size_t>(human_spans[i].size(), size_t(o.entropy_human_tokens))));
+    std::vector<std::vector<int32_t>> no_prompts(human_cut.size());
+    const auto H_human = cached_entropies(cx, "human", no_prompts, human_cut);
+    const auto masks_human = masks_at(H_human, h_star);
+    E["calibration"] = json::array();
+    for (const std::string name : {"kgw_selfhash", "kgw_lefthash"}) {
+      Test t = make_test(name, cx.key);
+      json a = calibration_row(t, spans_of(docs["none"]), 21, nullptr, &masks_none);
+      a["corpus"] = "model, unwatermarked";
+      E["calibration"].push_back(a);
+      json b = calibration_row(t, human_cut, 22, nullptr, &masks_human);
+      b["corpus"] = "human (Debian docs)";
+      E["calibration"].push_back(b);
+      json c = calibration_row(t, spans_of(docs["none"]), 24, &cx.key, &masks_none);
+      c["corpus"] = "model, unwatermarked, one key per doc";
+      E["calibration"].push_back(c);
+      json d = calibration_row(t, human_cut, 25, &cx.key, &masks_human);
+      d["corpus"] = "human (Debian docs), one key per doc";
+      E["calibration"].push_back(d);
+    }
+    for (const auto& [set, test] : eval_sets) {
+      const auto masks = masks_at(H_of(set), h_star);
+      json w = calibration_row(make_test(test, cx.wrong_key), spans_of(docs[set]), 23, nullptr, &masks);
+      w["corpus"] = "wrong key on " + set;
+      E["calibration"].push_back(w);
+    }
+    int64_t human_masked = 0, human_windowed = 0;
+    for (size_t i = 0; i < masks_human.size(); ++i)
+      for (size_t p = 1; p < masks_human[i].size(); ++p) human_masked += !masks_human[i][p], ++human_windowed;
+    E["human_fraction_masked"] = human_windowed ? double(human_masked) / human_windowed : 0.0;
+    E["human_documents"] = human_cut.size();
+    E["human_max_tokens"] = o.entropy_human_tokens;
+    E["quality"] = "detector-side only: the texts are the same as in the other tables (section 4's perplexities are unchanged)";
+    E["entropy_seconds"] = cx.entropy_seconds;
+    E["entropy_rows_per_s"] = cx.entropy_seconds > 0 ? cx.entropy_rows / cx.entropy_seconds : 0.0;
+    E["seconds"] = std::chrono::duration<double>(clk::now() - t_ent).count();
+    R["entropy_filter"] = E;
+  }
   R["seconds"] = {{"generation", std::chrono::duration<double>(t_gen - t_start).count()},
                   {"total", std::chrono::duration<double>(clk::now() - t_start).count()}};
 

@@ -705,6 +705,70 @@ TEST(CliWatermark, GenerateThenDetectKgwAndSynthidAccounts) {
   for (size_t i = 1; i < ranked.size(); ++i) EXPECT_GT(ranked[i]["p_holm"].get<double>(), 1e-3) << ranked[i];
 }
 
+// --entropy-model: the key holder's model reads each document's prompt (chat-formatted) and text, and
+// positions where its next-token entropy is below --min-entropy are skipped (counted in the JSON); at
+// threshold 0 nothing is skipped and the result is the unfiltered one. Bad combinations are errors.
+TEST(CliWatermark, EntropyFilterReadsThePromptAndSkipsLowEntropyPositions) {
+  NEED_MODEL();
+  const std::string key = fixed_key("entropy.key", "0f1e2d3c4b5a69788796a5b4c3d2e1f000112233445566778899aabbccddeeff");
+  const std::vector<std::string> asks = {"Write about rivers.", "What is 12 times 7? Answer with the number only.",
+                                         "Name the days of the week in order."};
+  const std::string prompts = tmp_path("entropy_prompts.jsonl");
+  std::string pl;
+  for (const auto& a : asks) pl += json{{"prompt", a}}.dump() + "\n";
+  retort::write_file_atomic(prompts, pl);
+  const CliRun g = run_cli({"generate", "--prompts", prompts, "--chat", "--temperature", "1", "--seed", "5", "--max-tokens",
+                            "48", "--json", "--watermark", "kgw", "--watermark-key-file", key});
+  expect_ok(g);
+  const std::vector<json> gen = parse_lines(g);
+  ASSERT_EQ(gen.size(), asks.size()) << show(g);
+  std::string docs;
+  for (size_t i = 0; i < gen.size(); ++i) docs += json{{"id", i}, {"prompt", asks[i]}, {"text", gen[i]["text"]}}.dump() + "\n";
+  const std::string jl = tmp_path("entropy_docs.jsonl");
+  retort::write_file_atomic(jl, docs);
+  auto detect = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = {"watermark", "detect", "--jsonl", jl, "--key-file", key, "--json"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    const CliRun r = run_cli(args);
+    expect_ok(r);
+    return parse_one(r);
+  };
+  const json plain = detect({});
+  const json filtered = detect({"--entropy-model", "smollm2-135m-instruct", "--min-entropy", "0.5"});
+  const json zero = detect({"--entropy-model", "smollm2-135m-instruct", "--min-entropy", "0"});
+  EXPECT_EQ(filtered["params"]["min_entropy"].get<double>(), 0.5);
+  EXPECT_EQ(filtered["params"]["documents_with_prompt"].get<int64_t>(), 3);
+  EXPECT_EQ(filtered["params"]["prompt_format"], "chat");
+  EXPECT_FALSE(plain["documents"][0].contains("tokens_skipped_low_entropy"));
+  int64_t skipped = 0;
+  for (size_t i = 0; i < asks.size(); ++i) {
+    const json& f = filtered["documents"][i];
+    const json& p = plain["documents"][i];
+    const json& z = zero["documents"][i];
+    EXPECT_EQ(f["tokens"], p["tokens"]);
+    EXPECT_TRUE(f["prompt_used"].get<bool>());
+    skipped += f["tokens_skipped_low_entropy"].get<int64_t>();
+    EXPECT_LE(f["tokens_scored"].get<int64_t>(), p["tokens_scored"].get<int64_t>()) << f;
+    EXPECT_EQ(z["tokens_skipped_low_entropy"].get<int64_t>(), 0) << z;
+    EXPECT_EQ(z["tokens_scored"], p["tokens_scored"]);
+    EXPECT_EQ(z["score"], p["score"]);
+  }
+  EXPECT_GT(skipped, 0) << "a list of weekdays and a one-number answer have near-certain tokens";
+  EXPECT_EQ(filtered["aggregate"]["tokens_skipped_low_entropy"].get<int64_t>(), skipped);
+  // Text output names the filter and its column.
+  const CliRun text = run_cli({"watermark", "detect", "--jsonl", jl, "--key-file", key, "--entropy-model",
+                               "smollm2-135m-instruct"});
+  expect_ok(text);
+  EXPECT_NE(text.out.find("low-H"), std::string::npos) << show(text);
+  expect_error(run_cli({"watermark", "detect", "--scheme", "synthid", "--jsonl", jl, "--key-file", key,
+                        "--entropy-model", "smollm2-135m-instruct"}),
+               {"--entropy-model", "synthid"});
+  expect_error(run_cli({"watermark", "detect", "--jsonl", jl, "--key-file", key, "--entropy-model",
+                        "smollm2-135m-instruct", "--min-entropy", "-1"}),
+               {"--min-entropy"});
+  expect_error(run_cli({"watermark", "detect", "--jsonl", jl, "--key-file", key, "--prompt", "hi"}), {"--prompt"});
+}
+
 // ---- distill main job ------------------------------------------------------------------------
 
 // The main job end to end at toy size (capture → prune → ce and fkl runs → eval → export):

@@ -13,7 +13,9 @@
 #include "cli/watermark_options.h"
 #include "retort/audit/watermark_detect.h"
 #include "retort/io/jsonl.h"
+#include "retort/model/runtime_model.h"
 #include "retort/protect/synthid.h"
+#include "retort/text/chat_template.h"
 #include "retort/text/tokenizer.h"
 #include "retort/util/error.h"
 #include "retort/util/file.h"
@@ -26,6 +28,12 @@ constexpr double kLog10E = 0.43429448190325182765;
 
 using nlohmann::json;
 
+// --min-entropy's default, in nats: chosen on a tuning set of 200-token KGW δ = 2 chat completions of
+// the default teacher (100 selfhash + 100 lefthash, prompts apart from the evaluation's) as the grid
+// value with the best 95th percentile of log10 p (bench/watermark_eval.cpp --n-tune;
+// docs/watermark-evaluation.md, "Entropy-filtered detection"). About 20% of positions fall below it.
+constexpr double kDefaultMinEntropy = 1.5;
+
 struct DetectArgs {
   std::string model = "smollm2-135m-instruct";
   std::string text, file, jsonl, field = "text", accounts_file;
@@ -34,11 +42,24 @@ struct DetectArgs {
   int64_t min_tokens = 1;
   bool json_out = false;
   bool text_given = false;
+  // SWEET-style selection: score only positions where this model's next-token entropy >= min_entropy.
+  std::string entropy_model;  // "" = score every position
+  double min_entropy = kDefaultMinEntropy;
+  std::string prompt;         // --text / --file: the user message the text answered
+  bool raw_prompt = false;    // prompts are raw text (BOS + text), not one chat turn
+};
+
+// A prompt as the JSONL gives it: "messages" (a chat) or "prompt" (one user turn, or raw text).
+struct DocPrompt {
+  bool given = false;
+  std::string raw;
+  std::vector<ChatMessage> messages;
 };
 
 struct Doc {
   json id;
   std::vector<int32_t> ids;
+  DocPrompt prompt;
 };
 
 // "3.1e-42" for any log10 p, also below the double range ("2.4e-512").
@@ -56,8 +77,9 @@ std::string format_p(double log10_p) {
   return b;
 }
 
-json result_json(const DetectionResult& r) {
+json result_json(const DetectionResult& r, bool entropy_filter = false) {
   json j = {{"tokens", r.tokens}, {"tokens_scored", r.tokens_scored}, {"too_short", r.too_short}};
+  if (entropy_filter) j["tokens_skipped_low_entropy"] = r.tokens_masked;
   if (r.too_short) {
     j["score"] = nullptr;
     j["z"] = nullptr;
@@ -78,15 +100,39 @@ std::vector<Doc> read_docs(const DetectArgs& a, const Tokenizer& tok) {
   check(given == 1, "watermark detect: give exactly one of --text TEXT, --file FILE or --jsonl FILE");
   auto encode = [&](const std::string& s) { return tok.encode(s, /*parse_special=*/false, /*add_bos=*/false); };
   std::vector<Doc> docs;
+  DocPrompt flag_prompt;
+  if (!a.prompt.empty()) flag_prompt = {true, a.prompt, {{"user", a.prompt}}};
   if (a.text_given) {
-    docs.push_back({json(0), encode(a.text)});
+    docs.push_back({json(0), encode(a.text), flag_prompt});
   } else if (!a.file.empty()) {
-    docs.push_back({json(a.file), encode(read_file(a.file))});
+    docs.push_back({json(a.file), encode(read_file(a.file)), flag_prompt});
   } else {
+    check(a.prompt.empty(), "watermark detect: --prompt goes with --text or --file; a JSONL document gives its own "
+          "(\"prompt\" or \"messages\")");
     for_each_jsonl_object(a.jsonl, [&](const json& j, int64_t lineno) {
       check(j.contains(a.field), a.jsonl, ":", lineno, ": no field \"", a.field, "\" (choose one with --field)");
       check(j[a.field].is_string(), a.jsonl, ":", lineno, ": field \"", a.field, "\" is not a string");
-      docs.push_back({j.contains("id") ? j["id"] : json(lineno), encode(j[a.field].get<std::string>())});
+      Doc d{j.contains("id") ? j["id"] : json(lineno), encode(j[a.field].get<std::string>()), {}};
+      // The prompt the text answered (used by --entropy-model): "messages" or "prompt", as `retort generate` reads them.
+      if (j.contains("messages")) {
+        const json& ms = j["messages"];
+        check(ms.is_array(), a.jsonl, ":", lineno, ": \"messages\" must be an array");
+        for (const auto& m : ms) {
+          check(m.is_object() && m.contains("role") && m["role"].is_string() && m.contains("content") &&
+                    m["content"].is_string(),
+                a.jsonl, ":", lineno, ": each message needs string fields \"role\" and \"content\"");
+          d.prompt.messages.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
+        }
+        // A conversation ending with the answer itself: the prompt is everything before it.
+        while (!d.prompt.messages.empty() && d.prompt.messages.back().role == "assistant") d.prompt.messages.pop_back();
+        d.prompt.given = !d.prompt.messages.empty();
+      } else if (j.contains("prompt") && a.field != "prompt") {
+        check(j["prompt"].is_string(), a.jsonl, ":", lineno, ": \"prompt\" must be a string");
+        d.prompt.given = true;
+        d.prompt.raw = j["prompt"].get<std::string>();
+        d.prompt.messages = {{"user", d.prompt.raw}};
+      }
+      docs.push_back(std::move(d));
     });
     check(!docs.empty(), a.jsonl, ": no documents in the file");
   }
@@ -107,14 +153,55 @@ std::vector<std::string> read_accounts(const std::string& path) {
   return out;
 }
 
-void print_row(const std::string& name, const DetectionResult& r) {
+void print_row(const std::string& name, const DetectionResult& r, bool entropy_filter = false) {
+  if (entropy_filter) std::printf("%-24s %8lld %8lld ", name.c_str(), (long long)r.tokens, (long long)r.tokens_masked);
+  else std::printf("%-24s %8lld ", name.c_str(), (long long)r.tokens);
   if (r.too_short) {
-    std::printf("%-24s %8lld %8lld %10s %8s  too short to test\n", name.c_str(), (long long)r.tokens,
-                (long long)r.tokens_scored, "-", "-");
+    std::printf("%8lld %10s %8s  too short to test\n", (long long)r.tokens_scored, "-", "-");
     return;
   }
-  std::printf("%-24s %8lld %8lld %10.2f %8.2f  %s\n", name.c_str(), (long long)r.tokens, (long long)r.tokens_scored,
-              r.score, r.z, format_p(r.log10_p).c_str());
+  std::printf("%8lld %10.2f %8.2f  %s\n", (long long)r.tokens_scored, r.score, r.z, format_p(r.log10_p).c_str());
+}
+
+// SWEET-style selection (watermark_detect.h): the entropy model's next-token entropy at every position of
+// every document, over its prompt (chat-formatted with the model's template as generation did, or raw),
+// then score_position[t] = H_t >= min_entropy. Reads no key.
+std::vector<std::vector<uint8_t>> entropy_masks(const DetectArgs& a, const Tokenizer& tok, const std::vector<Doc>& docs,
+                                                json& params) {
+  check(a.min_entropy >= 0 && std::isfinite(a.min_entropy), "watermark detect: --min-entropy ", a.min_entropy,
+        " must be a finite number of nats >= 0");
+  RuntimeLoaded em = load_runtime_model(a.entropy_model);
+  check(em.tokenizer != nullptr, em.path, ": the entropy model has no tokenizer to compare with the text's");
+  check(em.tokenizer->n_vocab() == tok.n_vocab() && em.tokenizer->hash() == tok.hash(), "watermark detect: --entropy-model ",
+        em.path, " has another tokenizer than --model ", a.model,
+        "; use the key holder's own model (the one that generated the text), whose token ids the text was scored in");
+  std::vector<std::vector<int32_t>> prompts(docs.size()), texts(docs.size());
+  int64_t with_prompt = 0;
+  std::optional<ChatTemplate> tpl;
+  for (size_t i = 0; i < docs.size(); ++i) {
+    texts[i] = docs[i].ids;
+    const DocPrompt& p = docs[i].prompt;
+    if (!p.given) continue;
+    ++with_prompt;
+    if (a.raw_prompt && !p.raw.empty()) {
+      prompts[i] = em.tokenizer->encode(p.raw, /*parse_special=*/true, /*add_bos=*/true);
+      continue;
+    }
+    if (!tpl) {
+      check(ChatTemplate::available(em.chat_template, *em.tokenizer), em.path,
+            ": the entropy model has no chat template to format the prompts; give --raw-prompt for raw prompts");
+      tpl = ChatTemplate::from_jinja(em.chat_template, *em.tokenizer);
+    }
+    prompts[i] = tpl->encode(p.messages, *em.tokenizer);
+  }
+  const std::vector<std::vector<double>> H = model_entropies(*em.model, prompts, texts);
+  std::vector<std::vector<uint8_t>> masks;
+  for (const auto& h : H) masks.push_back(entropy_mask(h, a.min_entropy));
+  params["entropy_model"] = em.path;
+  params["min_entropy"] = a.min_entropy;
+  params["documents_with_prompt"] = with_prompt;
+  params["prompt_format"] = a.raw_prompt ? "raw" : "chat";
+  return masks;
 }
 
 // ---- synthid (protect/synthid.h): per-document mean and weighted-mean scores ----
@@ -215,6 +302,9 @@ void run_detect_synthid(DetectArgs& a) {
 }
 
 void run_detect(DetectArgs& a) {
+  check(a.entropy_model.empty() || a.wm.scheme != "synthid",
+        "watermark detect: --entropy-model selects positions for kgw and gumbel; synthid scores every position");
+  check(!a.raw_prompt || !a.entropy_model.empty(), "watermark detect: --raw-prompt only matters with --entropy-model");
   if (a.wm.scheme == "synthid") return run_detect_synthid(a);
   check(a.wm.account.empty(), "internal: detect has no single account");
   DetectorConfig cfg = watermark_detector_config(a.wm);
@@ -236,6 +326,13 @@ void run_detect(DetectArgs& a) {
   } else {
     params["h"] = cfg.gumbel.h;
   }
+  const bool filter = !a.entropy_model.empty();
+  std::vector<std::vector<uint8_t>> masks;
+  if (filter) masks = entropy_masks(a, *tok, docs, params);
+  auto add_doc = [&](WatermarkScorer& s, size_t i) {
+    if (filter) s.add_tokens(docs[i].ids, masks[i]);
+    else s.add_tokens(docs[i].ids);
+  };
   json out = {{"scheme", cfg.scheme}, {"key_commitment", master.commitment()}, {"params", params}};
 
   if (accounts.empty()) {
@@ -243,38 +340,43 @@ void run_detect(DetectArgs& a) {
     WatermarkScorer one(master, cfg);  // per document (reset between them; keeps its seed caches)
     json jdocs = json::array();
     std::vector<DetectionResult> per_doc;
-    for (const Doc& d : docs) {
+    for (size_t i = 0; i < docs.size(); ++i) {
       one.reset();
-      one.add_tokens(d.ids);
+      add_doc(one, i);
       per_doc.push_back(one.result());
-      all.add_tokens(d.ids);
-      json j = result_json(per_doc.back());
-      j["id"] = d.id;
+      add_doc(all, i);
+      json j = result_json(per_doc.back(), filter);
+      j["id"] = docs[i].id;
+      if (filter) j["prompt_used"] = docs[i].prompt.given;
       jdocs.push_back(std::move(j));
     }
     DetectionResult agg = all.result();
     if (a.json_out) {
       out["documents"] = jdocs;
-      out["aggregate"] = result_json(agg);
+      out["aggregate"] = result_json(agg, filter);
       std::cout << out.dump(2) << "\n";
       return;
     }
-    std::printf("scheme %s, key %s…\n", cfg.scheme.c_str(), master.commitment().substr(0, 16).c_str());
-    std::printf("%-24s %8s %8s %10s %8s  %s\n", "document", "tokens", "scored", cfg.scheme == "kgw" ? "green" : "score",
-                "z", "p-value");
+    std::printf("scheme %s, key %s…", cfg.scheme.c_str(), master.commitment().substr(0, 16).c_str());
+    if (filter)
+      std::printf(", scoring positions where %s's entropy >= %g nats", params["entropy_model"].get<std::string>().c_str(),
+                  a.min_entropy);
+    std::printf("\n%-24s %8s ", "document", "tokens");
+    if (filter) std::printf("%8s ", "low-H");
+    std::printf("%8s %10s %8s  %s\n", "scored", cfg.scheme == "kgw" ? "green" : "score", "z", "p-value");
     for (size_t i = 0; i < docs.size(); ++i)
-      print_row(docs[i].id.is_string() ? docs[i].id.get<std::string>() : docs[i].id.dump(), per_doc[i]);
-    if (docs.size() > 1) print_row("(all, deduplicated)", agg);
+      print_row(docs[i].id.is_string() ? docs[i].id.get<std::string>() : docs[i].id.dump(), per_doc[i], filter);
+    if (docs.size() > 1) print_row("(all, deduplicated)", agg, filter);
     return;
   }
 
   std::vector<std::vector<int32_t>> ids;
   for (const Doc& d : docs) ids.push_back(d.ids);
-  std::vector<AccountDetection> res = detect_accounts(master, accounts, cfg, ids);
+  std::vector<AccountDetection> res = detect_accounts(master, accounts, cfg, ids, masks);
   if (a.json_out) {
     json ja = json::array();
     for (const auto& r : res) {
-      json j = result_json(r.result);
+      json j = result_json(r.result, filter);
       j["account"] = r.account;
       j["key_commitment"] = r.key_commitment;
       j["p_holm"] = r.result.too_short ? json(nullptr) : json(r.p_holm);
@@ -286,8 +388,9 @@ void run_detect(DetectArgs& a) {
     std::cout << out.dump(2) << "\n";
     return;
   }
-  std::printf("scheme %s, master key %s…, %zu accounts, %zu documents pooled; p-values Holm–Bonferroni corrected\n",
-              cfg.scheme.c_str(), master.commitment().substr(0, 16).c_str(), res.size(), docs.size());
+  std::printf("scheme %s, master key %s…, %zu accounts, %zu documents pooled; p-values Holm–Bonferroni corrected%s\n",
+              cfg.scheme.c_str(), master.commitment().substr(0, 16).c_str(), res.size(), docs.size(),
+              filter ? cat("; ", res.empty() ? 0 : res[0].result.tokens_masked, " low-entropy positions skipped").c_str() : "");
   std::printf("%-24s %8s %8s %10s %8s  %-10s %s\n", "account", "tokens", "scored", cfg.scheme == "kgw" ? "green" : "score",
               "z", "p", "p (Holm)");
   for (const auto& r : res) {
@@ -332,6 +435,15 @@ void register_watermark(CLI::App& app) {
   det->add_flag("--no-dedup", a->no_dedup, "score repeated (context, token) n-grams every time (not recommended)");
   det->add_option("--min-tokens", a->min_tokens, "fewer scored tokens than this -> too short to test")
       ->capture_default_str();
+  det->add_option("--entropy-model", a->entropy_model,
+                  "score only positions where this model (the key holder's own, unwatermarked; same tokenizer) had "
+                  "next-token entropy >= --min-entropy, given the document's prompt (JSONL \"messages\" or \"prompt\", "
+                  "or --prompt) and the text before; the test stays exact (the selection never reads the key)");
+  det->add_option("--min-entropy", a->min_entropy, "with --entropy-model: the entropy threshold, in nats")
+      ->capture_default_str();
+  det->add_option("--prompt", a->prompt, "with --text/--file and --entropy-model: the user message the text answered");
+  det->add_flag("--raw-prompt", a->raw_prompt,
+                "prompts are raw text (BOS + text, as `retort generate` without --chat), not one user turn of the chat template");
   det->add_flag("--json", a->json_out, "JSON output");
   det->callback([a] { run_detect(*a); });
 

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "retort/model/runtime_model.h"
 #include "retort/util/error.h"
 #include "retort/util/stats.h"
 
@@ -173,7 +174,15 @@ bool WatermarkScorer::add_pair(std::span<const int32_t> context, int32_t token) 
   return true;
 }
 
-void WatermarkScorer::add_tokens(std::span<const int32_t> tokens) {
+void WatermarkScorer::add_tokens(std::span<const int32_t> tokens) { add_tokens_masked(tokens, nullptr); }
+
+void WatermarkScorer::add_tokens(std::span<const int32_t> tokens, std::span<const uint8_t> score_position) {
+  check(score_position.size() == tokens.size(), "watermark detect: the score_position mask has ",
+        score_position.size(), " entries for ", tokens.size(), " tokens");
+  add_tokens_masked(tokens, score_position.data());
+}
+
+void WatermarkScorer::add_tokens_masked(std::span<const int32_t> tokens, const uint8_t* score_position) {
   const size_t w = static_cast<size_t>(window_);
   if (tokens.size() <= w) {
     offered_ += static_cast<int64_t>(tokens.size());
@@ -182,10 +191,17 @@ void WatermarkScorer::add_tokens(std::span<const int32_t> tokens) {
   offered_ += static_cast<int64_t>(w);  // positions without a full window
   const int32_t* p = tokens.data();
   const size_t n = tokens.size();
+  auto selected = [score_position](size_t t) { return score_position == nullptr || score_position[t] != 0; };
   if (!config_.dedup) {
-    for (size_t t = w; t < n; ++t) score_ += score_pair({p + t - w, w}, p[t]);
+    for (size_t t = w; t < n; ++t) {
+      if (!selected(t)) {
+        ++masked_;
+        continue;
+      }
+      score_ += score_pair({p + t - w, w}, p[t]);
+      ++scored_;
+    }
     offered_ += static_cast<int64_t>(n - w);
-    scored_ += static_cast<int64_t>(n - w);
     return;
   }
   // Dedup, software-pipelined: the table outgrows the caches past ~10^5 pairs, so the hashes
@@ -199,6 +215,7 @@ void WatermarkScorer::add_tokens(std::span<const int32_t> tokens) {
     const size_t nb = std::min(kBlock, n - t0);
     for (size_t b = 0; b < nb; ++b) {
       const size_t t = t0 + b;
+      if (!selected(t)) continue;
       if (selfhash_) {
         const uint64_t seed = self_seed({p + t - w, w}, p[t]);
         seeds[buf][b] = seed;
@@ -216,6 +233,10 @@ void WatermarkScorer::add_tokens(std::span<const int32_t> tokens) {
     const size_t nb = std::min(kBlock, n - t0);
     for (size_t b = 0; b < nb; ++b, ++offered_) {
       const size_t t = t0 + b;
+      if (!selected(t)) {
+        ++masked_;
+        continue;
+      }
       if (selfhash_) {
         add_self_unit(seeds[buf][b], p[t], hs[buf][b]);
         continue;
@@ -229,14 +250,18 @@ void WatermarkScorer::add_tokens(std::span<const int32_t> tokens) {
 }
 
 void WatermarkScorer::reset() {
-  offered_ = scored_ = 0;
+  offered_ = scored_ = masked_ = 0;
   score_ = 0;
   n_pairs_ = 0;
   keys_.clear();
   std::fill(table_.begin(), table_.end(), Slot{0, 0});
 }
 
-DetectionResult WatermarkScorer::result() const { return detection_from_counts(config_, offered_, scored_, score_); }
+DetectionResult WatermarkScorer::result() const {
+  DetectionResult r = detection_from_counts(config_, offered_, scored_, score_);
+  r.tokens_masked = masked_;
+  return r;
+}
 
 DetectionResult detection_from_counts(const DetectorConfig& c, int64_t offered, int64_t scored, double score) {
   DetectionResult r;
@@ -267,16 +292,112 @@ DetectionResult detect_tokens(const WatermarkKey& key, const DetectorConfig& c, 
   return s.result();
 }
 
+DetectionResult detect_tokens(const WatermarkKey& key, const DetectorConfig& c, std::span<const int32_t> tokens,
+                              std::span<const uint8_t> score_position) {
+  WatermarkScorer s(key, c);
+  s.add_tokens(tokens, score_position);
+  return s.result();
+}
+
+double logits_entropy(const float* z, int64_t V) {
+  double m = -INFINITY;
+  for (int64_t v = 0; v < V; ++v) m = std::max(m, double(z[v]));
+  if (!std::isfinite(m)) return NAN;
+  double sum = 0, dot = 0;  // Σ e^(z − m), Σ (z − m) e^(z − m)
+  for (int64_t v = 0; v < V; ++v) {
+    const double d = double(z[v]) - m;
+    const double e = std::exp(d);
+    sum += e;
+    if (e > 0) dot += d * e;  // a −inf logit adds 0 (not −inf · 0)
+  }
+  return std::max(0.0, std::log(sum) - dot / sum);  // (≥ 0; rounding can leave −1e-16 at one-hot)
+}
+
+std::vector<uint8_t> entropy_mask(std::span<const double> entropies, double min_entropy) {
+  std::vector<uint8_t> m(entropies.size(), 0);
+  for (size_t t = 0; t < entropies.size(); ++t) m[t] = entropies[t] >= min_entropy ? 1 : 0;  // NaN: false
+  return m;
+}
+
+std::vector<std::vector<double>> model_entropies(RuntimeModel& model, const std::vector<std::vector<int32_t>>& prompts,
+                                                 const std::vector<std::vector<int32_t>>& texts, int64_t chunk,
+                                                 int64_t group) {
+  check(prompts.empty() || prompts.size() == texts.size(), "model_entropies: ", prompts.size(), " prompts for ",
+        texts.size(), " texts (give none or one per text)");
+  check(chunk >= 1 && group >= 1, "model_entropies: chunk and group must be >= 1");
+  const int64_t V = model.hparams().n_vocab, n_ctx = model.hparams().max_position;
+  std::vector<std::vector<double>> out(texts.size());
+  // Document d is read as seq = prompt ++ text, cut to the model's context; row r of seq predicts
+  // seq[r + 1], so text position t (seq index P + t) takes row P + t − 1.
+  std::vector<std::vector<int32_t>> seqs(texts.size());
+  std::vector<size_t> prompt_len(texts.size(), 0);
+  for (size_t d = 0; d < texts.size(); ++d) {
+    out[d].assign(texts[d].size(), NAN);
+    if (!prompts.empty()) seqs[d] = prompts[d], prompt_len[d] = prompts[d].size();
+    seqs[d].insert(seqs[d].end(), texts[d].begin(), texts[d].end());
+    // The last token's own row predicts nothing we score.
+    if (!seqs[d].empty()) seqs[d].pop_back();
+    if (n_ctx > 0 && int64_t(seqs[d].size()) > n_ctx) seqs[d].resize(size_t(n_ctx));
+  }
+  // Longest first, `group` sequences sharing one cache: rows of similar length pad little.
+  std::vector<size_t> order(texts.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return seqs[a].size() > seqs[b].size(); });
+  std::vector<float> logits;
+  for (size_t g0 = 0; g0 < order.size(); g0 += size_t(group)) {
+    const size_t g1 = std::min(order.size(), g0 + size_t(group));
+    const int64_t max_len = int64_t(seqs[order[g0]].size());
+    if (max_len == 0) break;  // the rest are empty too
+    std::unique_ptr<KvSlots> cache = model.new_cache(int64_t(g1 - g0), max_len);
+    for (int64_t done = 0; done < max_len; done += chunk) {
+      std::vector<size_t> active;  // indices into order
+      std::vector<int64_t> slots, n_new;
+      for (size_t i = g0; i < g1; ++i) {
+        const int64_t len = int64_t(seqs[order[i]].size());
+        if (len <= done) continue;
+        active.push_back(i);
+        slots.push_back(int64_t(i - g0));
+        n_new.push_back(std::min(chunk, len - done));
+      }
+      const int64_t B = int64_t(active.size()), T = *std::max_element(n_new.begin(), n_new.end());
+      std::vector<int64_t> tok(size_t(B * T), 0);
+      for (int64_t b = 0; b < B; ++b) {
+        const auto& s = seqs[order[active[size_t(b)]]];
+        for (int64_t t = 0; t < n_new[size_t(b)]; ++t) tok[size_t(b * T + t)] = s[size_t(done + t)];
+      }
+      model.forward_rows(tok.data(), B, T, slots, n_new, *cache, /*last_only=*/false, /*hidden_only=*/false, logits);
+      // Rows come ordered by (batch row, column): row of (b, t) is the sequence's row done + t.
+      std::vector<std::pair<size_t, int64_t>> where;  // (doc, text position) of each returned row, or t = −1
+      for (int64_t b = 0; b < B; ++b) {
+        const size_t d = order[active[size_t(b)]];
+        for (int64_t t = 0; t < n_new[size_t(b)]; ++t) where.push_back({d, done + t + 1 - int64_t(prompt_len[d])});
+      }
+#pragma omp parallel for schedule(static)
+      for (int64_t r = 0; r < int64_t(where.size()); ++r) {
+        const auto [d, t] = where[size_t(r)];
+        if (t >= 0) out[d][size_t(t)] = logits_entropy(logits.data() + r * V, V);
+      }
+    }
+  }
+  return out;
+}
+
 std::vector<AccountDetection> detect_accounts(const WatermarkKey& master, const std::vector<std::string>& accounts,
                                               const DetectorConfig& c,
-                                              const std::vector<std::vector<int32_t>>& docs) {
+                                              const std::vector<std::vector<int32_t>>& docs,
+                                              const std::vector<std::vector<uint8_t>>& masks) {
   check(!accounts.empty(), "watermark detect: the account list is empty");
+  check(masks.empty() || masks.size() == docs.size(), "watermark detect: ", masks.size(), " masks for ",
+        docs.size(), " documents");
   std::vector<AccountDetection> out(accounts.size());
   std::vector<double> log_p(accounts.size(), 0.0);
   for (size_t i = 0; i < accounts.size(); ++i) {
     WatermarkKey k = derive_account_key(master, accounts[i]);
     WatermarkScorer s(k, c);
-    for (const auto& d : docs) s.add_tokens(d);
+    for (size_t d = 0; d < docs.size(); ++d) {
+      if (masks.empty()) s.add_tokens(docs[d]);
+      else s.add_tokens(docs[d], masks[d]);
+    }
     out[i].account = accounts[i];
     out[i].key_commitment = k.commitment();
     out[i].result = s.result();
