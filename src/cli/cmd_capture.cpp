@@ -1,11 +1,14 @@
 // `retort capture`: record a teacher's signal (sampled tokens with top-k logprobs, or
 // teacher-forced scores of given completions) into a signal store; resumes an existing one.
+#include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <nlohmann/json.hpp>
 
 #include "cli/torch_common.h"
 #include "cli/watermark_options.h"
 #include "retort/distill/capture.h"
+#include "retort/distill/remote_capture.h"
 #include "retort/distill/signal_store.h"
 #include "retort/protect/keys.h"
 #include "retort/util/error.h"
@@ -23,7 +26,62 @@ struct CaptureArgs {
   bool no_chat = false;
   bool quiet = false;
   WatermarkCliOptions watermark;
+  RemoteTeacher remote;  // --teacher-url and its settings
+  std::string api_key_env;
+  CLI::Option* teacher_option = nullptr;
 };
+
+// Ctrl-C during a capture from an API: the first stops new requests (those in flight finish and everything
+// answered is kept); a second one quits at once (the journal keeps what was answered).
+std::atomic<bool> g_stop{false};
+void on_sigint(int) {
+  if (g_stop.exchange(true)) {
+    std::signal(SIGINT, SIG_DFL);
+    std::raise(SIGINT);
+  }
+}
+
+void run_remote(CaptureArgs& a) {
+  CaptureOptions& c = a.capture;
+  RemoteTeacher& t = a.remote;
+  check(a.teacher_option == nullptr || a.teacher_option->count() == 0,
+        "--teacher and --teacher-url: give one (a local model, or an API)");
+  if (!a.api_key_env.empty()) {
+    const char* key = std::getenv(a.api_key_env.c_str());
+    check(key != nullptr && *key != '\0', "--api-key-env ", a.api_key_env, ": the environment variable is not set "
+          "or empty; export it with the API key");
+    t.api_key = key;
+  }
+  t.stop = &g_stop;
+  std::signal(SIGINT, on_sigint);
+  std::signal(SIGTERM, on_sigint);
+  RemoteCaptureSummary s = capture_remote(t, c);
+  std::signal(SIGINT, SIG_DFL);
+  std::signal(SIGTERM, SIG_DFL);
+  std::fprintf(stderr,
+               "[captured %lld samples (%lld already done) of %lld prompt%s from %s in %.2f s -> %s (%s store)]\n"
+               "[usage: %lld requests (%lld retries, %lld throttled, %lld server errors, %lld transport errors), "
+               "%lld prompt + %lld completion tokens; %lld refused, %lld unmappable, %lld failed]\n",
+               (long long)s.capture.samples_written, (long long)s.capture.samples_skipped, (long long)s.capture.prompts,
+               s.capture.prompts == 1 ? "" : "s", t.url.c_str(), s.capture.seconds, c.out_dir.c_str(),
+               s.store_kind.c_str(), (long long)s.requests, (long long)s.retries, (long long)s.throttled,
+               (long long)s.server_errors, (long long)s.transport_errors, (long long)s.prompt_tokens,
+               (long long)s.completion_tokens, (long long)s.refused, (long long)s.unmappable, (long long)s.failed);
+  if (s.prompt_length_mismatches > 0)
+    std::fprintf(stderr, "warning: for %lld samples the server counted another number of prompt tokens than %s "
+                 "encodes: is --teacher-tokenizer the teacher's tokenizer?\n",
+                 (long long)s.prompt_length_mismatches, t.tokenizer.c_str());
+  if (s.refused + s.unmappable > 0)
+    std::fprintf(stderr, "note: %lld samples were skipped; %s/skipped.jsonl says why\n",
+                 (long long)(s.refused + s.unmappable), c.out_dir.c_str());
+  if (s.interrupted) {
+    std::fprintf(stderr, "interrupted: run the same command again to resume\n");
+    std::exit(130);
+  }
+  if (!s.complete)
+    std::fprintf(stderr, "not complete: %lld samples failed after their retries; run the same command again to "
+                 "ask them again\n", (long long)s.failed);
+}
 
 std::string hex_digest(const std::string& bytes) {
   auto d = sha256(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
@@ -66,6 +124,10 @@ void run(CaptureArgs& a) {
   CaptureOptions& c = a.capture;
   c.chat = !a.no_chat;
   c.progress = !a.quiet;
+  if (!a.remote.url.empty()) {
+    check(a.watermark.scheme.empty(), "--watermark: a teacher behind an API watermarks (or not) on its own side");
+    return run_remote(a);
+  }
   check_prompts_file(c);  // a bad line fails before the (slow) teacher load
   LoadedModel m = load_for_cli(a.model, /*load_tokenizer=*/true, /*inference_only=*/true);
   if (!a.watermark.scheme.empty()) {
@@ -88,7 +150,7 @@ void register_capture(CLI::App& app) {
   auto a = std::make_shared<CaptureArgs>();
   CLI::App* sub = app.add_subcommand(
       "capture", "record a teacher's signal (tokens + top-k logprobs) into a signal store for distillation");
-  sub->add_option("--teacher", a->model.model,
+  a->teacher_option = sub->add_option("--teacher", a->model.model,
                   "teacher model: a .gguf file, a Hugging Face checkpoint directory, or a short name in the model cache")
       ->capture_default_str();
   sub->add_option("-t,--threads", a->model.threads, "CPU threads (0 = all cores)")->capture_default_str();
@@ -116,6 +178,26 @@ void register_capture(CLI::App& app) {
   sub->add_option("--limit", c.limit, "use only the first N prompts (0 = all)")->capture_default_str();
   sub->add_flag("-q,--quiet", a->quiet, "no progress bar");
   add_watermark_options(*sub, a->watermark);
+  RemoteTeacher& r = a->remote;
+  sub->add_option("--teacher-url", r.url,
+                  "capture from an OpenAI-compatible API instead (retort serve, llama-server, vLLM, hosted): its base "
+                  "URL, e.g. http://127.0.0.1:8080/v1");
+  sub->add_option("--teacher-model", r.model, "with --teacher-url: the \"model\" to ask for");
+  sub->add_option("--api-key-env", a->api_key_env, "with --teacher-url: the environment variable holding the API key");
+  sub->add_option("--teacher-tokenizer", r.tokenizer,
+                  "with --teacher-url: a model (file, directory or cache name) with the teacher's tokenizer; tokens "
+                  "then map to ids and the store is a signal store. Without it: a text store of token pieces");
+  sub->add_option("--signal", r.signal, "with --teacher-url: logprobs (tokens + top-k) or text (completions only)")
+      ->check(CLI::IsMember({"logprobs", "text"}))
+      ->capture_default_str();
+  sub->add_option("--concurrency", r.concurrency, "with --teacher-url: requests in flight")->capture_default_str();
+  sub->add_option("--rpm", r.requests_per_minute, "with --teacher-url: at most this many requests per minute (0 = no limit)")
+      ->capture_default_str();
+  sub->add_option("--timeout", r.timeout_s, "with --teacher-url: seconds one attempt may take")->capture_default_str();
+  sub->add_option("--backoff", r.backoff_s, "with --teacher-url: seconds before the first retry (doubling after; "
+                  "Retry-After wins)")->capture_default_str();
+  sub->add_option("--max-retries", r.max_retries, "with --teacher-url: retries of a failed request (429, 5xx, timeouts)")
+      ->capture_default_str();
   sub->callback([a] { run(*a); });
 }
 

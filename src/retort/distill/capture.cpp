@@ -13,6 +13,7 @@
 
 #include "retort/decode/generate.h"
 #include "retort/decode/logits_processor.h"
+#include "retort/distill/prompt_file.h"
 #include "retort/distill/signal_store.h"
 #include "retort/io/jsonl.h"
 #include "retort/model/loader.h"
@@ -79,70 +80,6 @@ std::string teacher_sha256(const std::string& path) {
   std::lock_guard<std::mutex> lock(mu);
   cache[key] = digest;
   return digest;
-}
-
-// One line of the prompts file.
-struct PromptLine {
-  std::vector<ChatMessage> messages;  // chat formatting
-  std::string raw;                    // raw prompt (no chat)
-  bool chat = false;
-  std::string completion;             // score mode
-  int64_t line = 0;
-};
-
-std::vector<PromptLine> read_prompt_lines(const std::string& path, const CaptureOptions& o) {
-  const bool score = o.mode == "score";
-  std::vector<PromptLine> out;
-  for_each_jsonl_object(path, [&](const json& j, int64_t lineno) {
-    PromptLine x;
-    x.line = lineno;
-    std::string system = o.system;
-    if (j.contains("system")) {
-      check(j["system"].is_string(), path, ":", lineno, ": field \"system\" must be a string");
-      system = j["system"].get<std::string>();
-    }
-    if (j.contains("messages")) {
-      const json& ms = j["messages"];
-      check(ms.is_array() && !ms.empty(), path, ":", lineno, ": field \"messages\" must be a non-empty array");
-      bool has_system = false;
-      for (const auto& msg : ms) {
-        check(msg.is_object() && msg.contains("role") && msg["role"].is_string() && msg.contains("content") &&
-                  msg["content"].is_string(),
-              path, ":", lineno, ": field \"messages\": each message needs string fields \"role\" and \"content\"");
-        has_system = has_system || msg["role"] == "system";
-      }
-      if (!system.empty() && !has_system) x.messages.push_back({"system", system});
-      for (const auto& msg : ms) x.messages.push_back({msg["role"].get<std::string>(), msg["content"].get<std::string>()});
-      x.chat = true;
-    } else if (j.contains("prompt")) {
-      check(j["prompt"].is_string(), path, ":", lineno, ": field \"prompt\" must be a string");
-      x.raw = j["prompt"].get<std::string>();
-      x.chat = o.chat;
-      if (o.chat) {
-        if (!system.empty()) x.messages.push_back({"system", system});
-        x.messages.push_back({"user", x.raw});
-      }
-    } else {
-      fail(path, ":", lineno, ": needs a field \"prompt\" (string) or \"messages\" (array of {role, content})");
-    }
-    if (score) {
-      check(j.contains("completion"), path, ":", lineno, ": score mode needs a field \"completion\" (string)");
-      check(j["completion"].is_string(), path, ":", lineno, ": field \"completion\" must be a string");
-      x.completion = j["completion"].get<std::string>();
-      check(!x.completion.empty(), path, ":", lineno, ": field \"completion\" is empty (nothing to score)");
-    }
-    out.push_back(std::move(x));
-  });
-  check(!out.empty(), path, ": no prompts in the file");
-  return out;
-}
-
-std::vector<int32_t> encode_prompt(const LoadedModel& m, const PromptLine& p, const std::string& path) {
-  if (!p.chat) return m.tokenizer->encode(p.raw, /*parse_special=*/true, /*add_bos=*/true);
-  check(ChatTemplate::available(m.chat_template, *m.tokenizer), path, ":", p.line, ": ", m.path,
-        " has no chat template; use --no-chat with \"prompt\" lines (\"messages\" need a template)");
-  ChatTemplate tpl = ChatTemplate::from_jinja(m.chat_template, *m.tokenizer);
-  return tpl.encode(p.messages, *m.tokenizer);  // as `retort serve` encodes a chat: message text stays text
 }
 
 // max(0, 1 - Σ exp(top-k logprobs)), summed in double.

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <set>
 
 #include "retort/io/safetensors.h"
@@ -65,7 +66,8 @@ json StoreManifest::to_json() const {
                   {"sha256", s.sha256}});
   return {{"format", kFormat},    {"version", kVersion},       {"mode", mode},           {"teacher", teacher},
           {"tokenizer_hash", tokenizer_hash}, {"n_vocab", n_vocab}, {"k", k},         {"generation", generation},
-          {"watermark", watermark}, {"prompts", prompts},      {"shards", sh},           {"complete", complete}};
+          {"watermark", watermark}, {"prompts", prompts},      {"source", source},       {"shards", sh},
+          {"complete", complete}};
 }
 
 StoreManifest StoreManifest::from_json(const json& j, const std::string& path) {
@@ -94,6 +96,9 @@ StoreManifest StoreManifest::from_json(const json& j, const std::string& path) {
         ": \"watermark\" must be null or an object");
   m.prompts = need(j, "prompts", path);
   check(m.prompts.is_object(), "signal store manifest ", path, ": \"prompts\" must be an object");
+  m.source = j.contains("source") ? j["source"] : json();  // absent in stores written before API capture
+  check(m.source.is_null() || m.source.is_object(), "signal store manifest ", path,
+        ": \"source\" must be null or an object");
   const json& complete = need(j, "complete", path);
   check(complete.is_boolean(), "signal store manifest ", path, ": \"complete\" must be true or false");
   m.complete = complete.get<bool>();
@@ -322,6 +327,7 @@ struct SignalStoreWriter::Pending {
   std::vector<float> topk_logprobs;
   std::vector<float> tail;
   std::set<int64_t> id_set;
+  json provenance = json::array();  // one entry per sample with provenance
 };
 
 namespace {
@@ -342,11 +348,25 @@ std::string manifest_mismatch(const StoreManifest& have, const StoreManifest& wa
     return cat("generation settings differ (store: ", show(have.generation), "; now: ", show(want.generation), ")");
   if (have.watermark != want.watermark)
     return cat("watermark settings differ (store: ", show(have.watermark), "; now: ", show(want.watermark), ")");
+  // An API capture may resume through another address (a server that moved) but not from another model,
+  // another kind of signal or another stop-token policy.
+  for (const char* f : {"kind", "model", "signal", "stop_signal"}) {
+    auto get = [&](const json& src) { return src.is_object() && src.contains(f) ? src[f].dump() : std::string("null"); };
+    if (get(have.source) != get(want.source))
+      return cat("the source's ", f, " is ", get(have.source), " in the store, ", get(want.source), " now");
+  }
   if (have.prompts.value("sha256", "") != want.prompts.value("sha256", ""))
     return cat("the prompts file differs (store: ", have.prompts.value("path", "?"), " sha256 ",
                have.prompts.value("sha256", "?"), "; now: ", want.prompts.value("path", "?"), " sha256 ",
                want.prompts.value("sha256", "?"), ")");
   return "";
+}
+
+std::map<std::string, std::string> shard_metadata(int64_t k, const json& provenance) {
+  std::map<std::string, std::string> m{
+      {"format", "retort-signal-shard"}, {"version", std::to_string(kVersion)}, {"k", std::to_string(k)}};
+  if (!provenance.empty()) m["provenance"] = provenance.dump();
+  return m;
 }
 
 void write_manifest(const std::string& dir, const StoreManifest& m) {
@@ -408,7 +428,8 @@ int64_t SignalStoreWriter::pending_samples() const { return static_cast<int64_t>
 
 void SignalStoreWriter::add(int64_t sample_id, const std::vector<int32_t>& tokens, int64_t prompt_len,
                             const std::vector<float>& token_logprob, const std::vector<int32_t>& topk_ids,
-                            const std::vector<float>& topk_logprobs, const std::vector<float>& tail_mass) {
+                            const std::vector<float>& topk_logprobs, const std::vector<float>& tail_mass,
+                            const json& provenance) {
   const int64_t k = manifest_.k;
   const int64_t n = static_cast<int64_t>(tokens.size());
   const std::string what = cat("signal store ", dir_, ": sample ", sample_id);
@@ -438,6 +459,11 @@ void SignalStoreWriter::add(int64_t sample_id, const std::vector<int32_t>& token
   p.topk_ids.insert(p.topk_ids.end(), topk_ids.begin(), topk_ids.end());
   p.topk_logprobs.insert(p.topk_logprobs.end(), topk_logprobs.begin(), topk_logprobs.end());
   p.tail.insert(p.tail.end(), tail_mass.begin(), tail_mass.end());
+  if (!provenance.is_null()) {
+    json e = provenance;
+    e["sample_id"] = sample_id;
+    p.provenance.push_back(std::move(e));
+  }
 }
 
 void SignalStoreWriter::flush() {
@@ -461,7 +487,7 @@ void SignalStoreWriter::flush() {
                      {"topk_ids", DType::I32, {C, k}, p.topk_ids.data(), bytes(p.topk_ids)},
                      {"topk_logprobs", DType::F32, {C, k}, p.topk_logprobs.data(), bytes(p.topk_logprobs)},
                      {"tail_mass", DType::F32, {C}, p.tail.data(), bytes(p.tail)}},
-                    {{"format", "retort-signal-shard"}, {"version", std::to_string(kVersion)}, {"k", std::to_string(k)}});
+                    shard_metadata(k, p.provenance));
   {
     MappedFile written(path);
     sh.bytes = static_cast<int64_t>(written.size());
@@ -480,6 +506,10 @@ void SignalStoreWriter::flush() {
   std::sort(done_.begin(), done_.end());
   pending_ = std::make_shared<Pending>();
 }
+
+void SignalStoreWriter::set_source(json source) { manifest_.source = std::move(source); }
+
+void SignalStoreWriter::write_manifest_now() { write_manifest(dir_, manifest_); }
 
 void SignalStoreWriter::finish() {
   flush();

@@ -37,6 +37,11 @@ struct StoreManifest {
   nlohmann::json generation;      // {"temperature","top_k","top_p","min_p","max_tokens","samples_per_prompt","seed","chat","system"}
   nlohmann::json watermark;       // null, or the scheme's settings (never the key; its commitment)
   nlohmann::json prompts;         // {"path","sha256","count"}
+  // null for a local capture; a capture from an API: {"kind":"api","endpoint","model","signal",
+  // "teacher_tokenizer","stop_signal","usage":{...},"servers":[{"model","system_fingerprint","samples"}]}
+  // (remote_capture.h). Each shard of such a store also carries, in its safetensors metadata "provenance",
+  // a JSON array with one {"sample_id","model","system_fingerprint","response_id","created","time"} per sample.
+  nlohmann::json source;
   struct Shard {
     std::string file;             // relative to the store dir
     int64_t samples = 0, tokens = 0, scored = 0;
@@ -101,10 +106,15 @@ class SignalStoreWriter {
   // k top ids/logprobs, tail mass. Shapes are checked (retort::Error on disagreement).
   void add(int64_t sample_id, const std::vector<int32_t>& tokens, int64_t prompt_len,
            const std::vector<float>& token_logprob, const std::vector<int32_t>& topk_ids,
-           const std::vector<float>& topk_logprobs, const std::vector<float>& tail_mass);
+           const std::vector<float>& topk_logprobs, const std::vector<float>& tail_mass,
+           const nlohmann::json& provenance = nullptr);  // per-sample provenance (shard metadata), or null
   int64_t pending_samples() const;
   void flush();                  // no-op when nothing is pending
   void finish();                 // flush + mark complete
+  // Replaces the manifest's "source" (usage counters of an API capture); written with the next flush/finish,
+  // or now with write_manifest_now().
+  void set_source(nlohmann::json source);
+  void write_manifest_now();
   const StoreManifest& manifest() const;
 
  private:

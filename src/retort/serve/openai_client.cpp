@@ -135,6 +135,16 @@ std::string describe_http(int status, const std::string& body) {
 }
 
 // What the user can do about a refusal that is not retried.
+// The "param" of an OpenAI error body, or "".
+std::string error_param(const std::string& body) {
+  const json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) return "";
+  const auto e = j.find("error");
+  if (e == j.end() || !e->is_object()) return "";
+  const auto p = e->find("param");
+  return p != e->end() && p->is_string() ? p->get<std::string>() : "";
+}
+
 std::string hint_for(int status, bool has_key) {
   switch (status) {
     case 401: return has_key ? "the server refused the API key; check it" : "the server wants an API key; none was given";
@@ -261,11 +271,14 @@ json OpenAIClient::send(const std::string& method, const std::string& path, cons
         }
       }
       failure = describe_http(status, res->body);
-      if (!retried_status(status)) fail(where, ": ", failure, "; ", hint_for(status, !options_.api_key.empty()));
+      if (!retried_status(status))
+        throw OpenAIClientError(cat(where, ": ", failure, "; ", hint_for(status, !options_.api_key.empty())), status,
+                                error_param(res->body), false);
       // OpenAI's 429 "insufficient_quota" is a spent balance, not a rate: no wait makes it pass.
       if (status == 429 && failure.find("insufficient_quota") != std::string::npos)
-        fail(where, ": ", failure, "; the account's quota or balance is spent: retrying will not help (raise the "
-             "quota, or use another key)");
+        throw OpenAIClientError(cat(where, ": ", failure, "; the account's quota or balance is spent: retrying will "
+                                    "not help (raise the quota, or use another key)"),
+                                status, "", false);
       server_wait = retry_after_s(*res);
     }
 
@@ -273,8 +286,10 @@ json OpenAIClient::send(const std::string& method, const std::string& path, cons
       const char* what = status == 429 ? "the server is rate-limiting: wait, or send requests less often"
                          : status != 0 ? "the server is failing: try later, or see its logs"
                                        : "check that the server is running there, or raise timeout_s for a slow model";
-      fail(where, ": ", failure, "; gave up after ", attempt + 1, attempt == 0 ? " attempt" : " attempts",
-           " (max_retries ", options_.max_retries, "); ", what);
+      throw OpenAIClientError(cat(where, ": ", failure, "; gave up after ", attempt + 1,
+                                  attempt == 0 ? " attempt" : " attempts", " (max_retries ", options_.max_retries,
+                                  "); ", what),
+                              status, "", true);
     }
     double wait;
     if (server_wait >= 0) {

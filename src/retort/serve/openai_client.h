@@ -20,8 +20,20 @@
 #include <nlohmann/json.hpp>
 
 #include "retort/serve/openai_schema.h"
+#include "retort/util/error.h"
 
 namespace retort {
+
+// A failure the client will not retry: status is the HTTP status of the answer (0: no answer, or retries
+// given up on a transport error), param the request field the server's error body named ("" when none).
+// Callers tell a request the server refused (400: skip this one) from a fatal one (401/403/404, a spent quota).
+struct OpenAIClientError : Error {
+  OpenAIClientError(const std::string& message, int status, std::string param, bool retries_exhausted)
+      : Error(message), status(status), param(std::move(param)), retries_exhausted(retries_exhausted) {}
+  int status = 0;
+  std::string param;
+  bool retries_exhausted = false;  // 429/5xx/transport errors that outlasted max_retries
+};
 
 struct OpenAIClientOptions {
   std::string base_url;      // "http://127.0.0.1:8080/v1" (a trailing "/v1" is optional; "/v1" is added)
