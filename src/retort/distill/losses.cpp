@@ -360,6 +360,249 @@ torch::Tensor dense_loss_rows(const torch::Tensor& student_logits, const torch::
 }
 
 // ---------------------------------------------------------------------------------------------
+// Across tokenizers: ULD (Boizard et al.) with GOLD's span merging and hybrid loss (TRL)
+//
+// Notation. Teacher rows j predict its tokens t_j, student rows j its tokens s_j. The teacher at
+// τ_t comes from the sparse signal renormalized over its k + 1 known outcomes (top-k, and the tail
+// as one pseudo-token, as in sparse_rows):
+//   a_j = [l_j1 … l_jk, log tail_j] / τ_t,   Z_j = logsumexp(a_j)
+//   p_ji = exp(l_ji/τ_t − Z_j),   p_j,tail = exp(log tail_j/τ_t − Z_j),   p_j(t_j) = exp(λ_j/τ_t − Z_j)
+// with λ_j = token_logprob (at τ_t = 1 this only removes float32 rounding of Σ = 1). The
+// student: q_j = softmax(z_j / τ_s) over its V_s tokens.
+//
+// Span merging (GOLD). A span pairs teacher rows [t0, t1) and student rows [s0, s1) that cover the
+// same bytes, whose text has probability Π p_j(t_j) under the teacher and Π q_j(s_j) under the
+// student. Its distribution is one row's distribution scaled by the probabilities of the other
+// rows' own tokens (chain rule; unnormalized, as in TRL):
+//   First:  P = p_t0 · Π_{t0<j<t1} p_j(t_j)         Q = q_s0 · Π_{s0<j<s1} q_j(s_j)
+//   Last:   P = p_{t1−1} · Π_{t0≤j<t1−1} p_j(t_j)   Q = q_{s1−1} · Π_{s0≤j<s1−1} q_j(s_j)
+// P has k entries and a tail P_tail, Q has V_s entries; a one-token side is its row unchanged.
+//
+// ULD. The paper's loss is Σ_r |P_(r) − Q_(r)| over both vectors sorted descending and zero-padded
+// to equal length: the Wasserstein-1 distance between them with uniform cost, in closed form. The
+// teacher's top-k are the first k of its sorted vector (every tail token is ≤ the k-th), but its
+// ranks after k are unknown, so both sorted vectors are collapsed after rank k:
+//   L_uld = Σ_{r=1..k} |P_(r) − Q_(r)| + |P_tail − Σ_{r>k} Q_(r)|
+// This is the full ULD when the tail is empty, and a lower bound on it for every way the tail
+// could be spread (triangle inequality), as the (k+1)-outcome divergences of sparse_rows are.
+// Σ_{r>k} Q_(r) is summed over the entries outside the top k, not taken as a difference.
+//
+// Hybrid (GOLD's uld_use_hybrid_loss). Matched entries: the teacher's top-k tokens (of the span's
+// base row) whose bytes the student's vocabulary has, at student ids m_i (a student id claimed
+// twice in a row counts for the earlier entry only). With TRL's floor P'_i = max(P_i, 1e-8),
+// Q'_i = max(Q_{m_i}, 1e-8) and μ_i = β P'_i + (1−β) Q'_i:
+//   L_m = Σ_{i matched} β P'_i log(P'_i/μ_i) + (1−β) Q'_i log(Q'_i/μ_i)
+//         (β = 0: Σ P' log(P'/Q');  β = 1: Σ Q' log(Q'/P'), TRL's ends)
+//   L_u = L_uld between the k_u unmatched teacher entries with P_tail and Q with the matched ids
+//         removed: ranks ≤ k_u compared, the student's later ranks collapsed against P_tail
+//   L   = w_m L_m + w_u L_u
+//
+// Where this differs from TRL's ULDLoss (trl/experimental/gold/gold_trainer.py):
+// - TRL has the teacher's dense distribution and sorts whole vocabularies; the stored signal has
+//   the top k, hence the collapse after rank k above.
+// - TRL's hybrid matches every token of the shared vocabulary by its vocabulary string; here the
+//   matched set is the teacher's top-k tokens found in the student's vocabulary by bytes (so
+//   "Ġa" and "▁a" match); shared tokens outside the top k lie inside the tail and are compared on
+//   the sorted side. TRL's adaptive weights w_m = shared / V_t are left to the caller.
+// - The rows here are the store's layout, row j predicting token j, so both merge strategies
+//   multiply probabilities of the tokens their rows predict. TRL's "observed" slices logits at the
+//   answer positions, where row j predicts token j + 1 (its "bayesian" is shifted to row j → j).
+// - Scalars are multiplied as sums of log-probabilities, without TRL's 1e-8 floor.
+// - Losses are per span (Σ over entries); TRL divides each sequence's sum by its number of spans
+//   and averages over the batch, which the caller does with these rows.
+
+namespace {
+
+constexpr double kXTokProbFloor = 1e-8;  // TRL's floor inside the hybrid JSD's logs
+
+void check_xtok(const torch::Tensor& z, const torch::Tensor* ids, const XTokTeacher& t, const std::vector<TokenSpan>& spans,
+                const XTokConfig& cfg, const char* what) {
+  cfg.validate();
+  check_logits(z, what);
+  const int64_t N = z.size(0), V = z.size(1);
+  check(t.token_logprob.defined() && t.topk_logprobs.defined() && t.tail_mass.defined(), what,
+        ": the teacher signal needs token_logprob, topk_logprobs and tail_mass");
+  check(t.topk_logprobs.dim() == 2 && t.topk_logprobs.size(1) > 0, what, ": topk_logprobs must be [T, k], got ",
+        t.topk_logprobs.sizes());
+  const int64_t T = t.topk_logprobs.size(0), k = t.topk_logprobs.size(1);
+  check(t.token_logprob.dim() == 1 && t.token_logprob.size(0) == T, what, ": token_logprob must be [", T, "], got ",
+        t.token_logprob.sizes());
+  check(t.tail_mass.dim() == 1 && t.tail_mass.size(0) == T, what, ": tail_mass must be [", T, "], got ",
+        t.tail_mass.sizes());
+  if (cfg.hybrid) {
+    const auto& m = t.topk_student_ids;
+    check(m.defined() && m.dim() == 2 && m.size(0) == T && m.size(1) == k, what,
+          ": hybrid loss needs topk_student_ids [", T, ", ", k, "], got ", m.defined() ? m.sizes() : torch::IntArrayRef{});
+    check(m.scalar_type() == torch::kInt64, what, ": topk_student_ids must be int64, got ", m.scalar_type());
+    if (T > 0) {
+      auto lo = m.min().item<int64_t>(), hi = m.max().item<int64_t>();
+      check(lo >= -1 && hi < V, what, ": topk_student_ids range [", lo, ", ", hi, "] is outside [-1, ", V,
+            ") (student ids, −1 for none): map the teacher's ids with map_vocab_by_bytes(teacher, student)");
+    }
+  }
+  if (ids) check_targets(*ids, N, V, what);
+  for (size_t i = 0; i < spans.size(); ++i) {
+    const auto& s = spans[i];
+    check(0 <= s.t0 && s.t0 < s.t1 && s.t1 <= T && 0 <= s.s0 && s.s0 < s.s1 && s.s1 <= N, what, ": span ", i,
+          " (teacher [", s.t0, ", ", s.t1, "), student [", s.s0, ", ", s.s1, ")) is empty or outside the ", T,
+          " teacher and ", N, " student rows");
+  }
+}
+
+// Per-span losses; the formulas are in the comment above. `ids` may be null when every span has
+// one student row (no student scalars to multiply in).
+torch::Tensor xtok_rows(const torch::Tensor& z, const torch::Tensor* ids, const XTokTeacher& teacher,
+                        const std::vector<TokenSpan>& spans, const XTokConfig& cfg) {
+  const int64_t S = int64_t(spans.size()), V = z.size(1), k = teacher.topk_logprobs.size(1);
+  if (S == 0) return z.narrow(0, 0, 0).sum(1);  // [0], still on the graph
+  const bool first = cfg.merge == SpanMerge::First;
+  const auto dev = z.device();
+  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  const auto i64 = torch::TensorOptions().dtype(torch::kInt64);
+
+  // Base rows and the (row, span) pairs whose own-token probabilities scale each span.
+  std::vector<int64_t> bt(static_cast<size_t>(S)), bs(static_cast<size_t>(S)), t_rows, t_span, s_rows, s_span;
+  for (int64_t i = 0; i < S; ++i) {
+    const auto& sp = spans[size_t(i)];
+    bt[size_t(i)] = first ? sp.t0 : sp.t1 - 1;
+    bs[size_t(i)] = first ? sp.s0 : sp.s1 - 1;
+    for (int64_t j = sp.t0; j < sp.t1; ++j)
+      if (j != bt[size_t(i)]) t_rows.push_back(j), t_span.push_back(i);
+    for (int64_t j = sp.s0; j < sp.s1; ++j)
+      if (j != bs[size_t(i)]) s_rows.push_back(j), s_span.push_back(i);
+  }
+  auto index = [&](const std::vector<int64_t>& v) { return torch::tensor(v, i64); };
+
+  // Teacher (float64 on the CPU, no autograd): log p at τ_t, then the span's P [S, k] and P_tail [S].
+  torch::Tensor P, P_tail;
+  {
+    torch::NoGradGuard no_grad;
+    const double tau = cfg.teacher_temperature;
+    auto l = teacher.topk_logprobs.detach().to(torch::kCPU, torch::kFloat64);
+    auto lt = teacher.tail_mass.detach().to(torch::kCPU, torch::kFloat64).clamp_min(0.0).log();  // log 0 = −inf: no tail
+    auto a = torch::cat({l, lt.unsqueeze(1)}, 1).div_(tau);
+    auto Z = a.logsumexp(1);  // [T]
+    auto own = teacher.token_logprob.detach().to(torch::kCPU, torch::kFloat64) / tau - Z;
+    auto c = torch::zeros({S}, f64);
+    if (!t_rows.empty()) c.index_add_(0, index(t_span), own.index_select(0, index(t_rows)));
+    auto b = index(bt);
+    P = (l / tau - Z.unsqueeze(1)).index_select(0, b).add_(c.unsqueeze(1)).exp_();
+    P_tail = (lt / tau - Z).index_select(0, b).add_(c).exp_();
+    P = P.to(z.options());
+    P_tail = P_tail.to(z.options());
+  }
+
+  // Student (autograd): Q = exp(log_softmax(z_b/τ_s) + Σ log q_j(s_j)) [S, V].
+  const double ts = cfg.student_temperature;
+  auto lq = (z.index_select(0, index(bs).to(dev)) / ts).log_softmax(1);
+  if (!s_rows.empty()) {
+    auto rows = index(s_rows).to(dev);
+    auto zr = z.index_select(0, rows) / ts;                                   // [R, V]
+    auto own = zr.gather(1, ids->index_select(0, rows).view({-1, 1})).squeeze(1) - zr.logsumexp(1);
+    auto c = torch::zeros({S}, z.options()).index_add(0, index(s_span).to(dev), own);
+    lq = lq + c.unsqueeze(1);
+  }
+  auto Q = lq.exp();
+
+  // Matched entries (hybrid): m [S, k] student ids of the base row's top-k, −1 unmatched, deduplicated.
+  torch::Tensor matched, L_m;  // [S, k] bool, [S]
+  auto Pu = P;
+  auto Qu = Q;
+  if (cfg.hybrid) {
+    auto m = teacher.topk_student_ids.detach().to(torch::kCPU).index_select(0, index(bt)).contiguous();
+    auto ma = m.accessor<int64_t, 2>();
+    for (int64_t i = 0; i < S; ++i)
+      for (int64_t r = 1; r < k; ++r)
+        for (int64_t e = 0; e < r && ma[i][r] >= 0; ++e)
+          if (ma[i][e] == ma[i][r]) ma[i][r] = -1;
+    matched = m.ge(0).to(dev);
+    auto mids = m.to(dev);
+    const double beta = cfg.beta;
+    auto Pm = P.clamp_min(kXTokProbFloor);
+    auto Qm = Q.gather(1, mids.clamp_min(0)).clamp_min(kXTokProbFloor);
+    torch::Tensor terms;
+    if (beta == 0.0) {
+      terms = Pm * (Pm.log() - Qm.log());
+    } else if (beta == 1.0) {
+      terms = Qm * (Qm.log() - Pm.log());
+    } else {
+      auto lmu = (beta * Pm + (1.0 - beta) * Qm).log();
+      terms = beta * Pm * (Pm.log() - lmu) + (1.0 - beta) * Qm * (Qm.log() - lmu);
+    }
+    L_m = torch::where(matched, terms, torch::zeros_like(terms)).sum(1);
+    // Remove the matched entries from both sides of the sorted comparison: teacher entries set to
+    // 0 (sorted to the end, where they are padding), student ids multiplied by 0 (an extra column
+    // V takes the writes of unmatched entries).
+    Pu = torch::where(matched, torch::zeros_like(P), P);
+    auto keep = torch::ones({S, V + 1}, z.options())
+                    .scatter_(1, torch::where(matched, mids, torch::full_like(mids, V)), 0.0)
+                    .narrow(1, 0, V);
+    Qu = Q * keep;
+  }
+
+  // Sorted comparison of ranks r < k_u, the rest collapsed: L_u [S].
+  auto ku = cfg.hybrid ? matched.logical_not().sum(1) : torch::full({S}, k, i64.device(dev));
+  auto Ps = std::get<0>(Pu.sort(1, /*descending=*/true));  // [S, k]
+  const int64_t kk = std::min(k, V);
+  auto [vals, idx] = Qu.topk(kk, 1);  // [S, kk], descending
+  auto in_rank = torch::arange(kk, i64.device(dev)).unsqueeze(0).lt(ku.unsqueeze(1));  // [S, kk]
+  auto diff = (Ps.narrow(1, 0, kk) - vals).abs();
+  auto L_u = torch::where(in_rank, diff, torch::zeros_like(diff)).sum(1);
+  if (kk < k) {
+    // The student has fewer than k tokens: its sorted vector is zero-padded, |P_(r) − 0| for r ≥ V.
+    auto more = torch::arange(kk, k, i64.device(dev)).unsqueeze(0).lt(ku.unsqueeze(1));
+    auto pr = Ps.narrow(1, kk, k - kk);
+    L_u = L_u + torch::where(more, pr, torch::zeros_like(pr)).sum(1);
+  }
+  // Σ_{r ≥ k_u} Q_(r): the ranks < k_u zeroed in place of a subtraction.
+  auto rest = Qu.scatter(1, idx, torch::where(in_rank, torch::zeros_like(vals), vals)).sum(1);
+  L_u = L_u + (P_tail - rest).abs();
+
+  if (!cfg.hybrid) return L_u;
+  return cfg.matched_weight * L_m + cfg.unmatched_weight * L_u;
+}
+
+}  // namespace
+
+void XTokConfig::validate() const {
+  check(std::isfinite(student_temperature) && student_temperature > 0,
+        "cross-tokenizer loss config: student_temperature must be > 0, got ", student_temperature);
+  check(std::isfinite(teacher_temperature) && teacher_temperature > 0,
+        "cross-tokenizer loss config: teacher_temperature must be > 0, got ", teacher_temperature);
+  check(merge == SpanMerge::First || merge == SpanMerge::Last, "cross-tokenizer loss config: unknown merge ",
+        static_cast<int>(merge));
+  if (!hybrid) return;
+  check(beta >= 0.0 && beta <= 1.0, "cross-tokenizer loss config: hybrid beta must be in [0, 1], got ", beta);
+  check(std::isfinite(matched_weight) && matched_weight >= 0 && std::isfinite(unmatched_weight) &&
+            unmatched_weight >= 0,
+        "cross-tokenizer loss config: the hybrid loss needs matched_weight and unmatched_weight >= 0, got ",
+        matched_weight, " and ", unmatched_weight,
+        " (TRL's adaptive choice: matched = the share of teacher tokens whose bytes the student's vocabulary has, "
+        "see map_vocab_by_bytes; unmatched = 1 - matched)");
+}
+
+torch::Tensor xtok_loss_spans(const torch::Tensor& student_logits, const torch::Tensor& student_ids,
+                              const XTokTeacher& teacher, const std::vector<TokenSpan>& spans,
+                              const XTokConfig& cfg) {
+  check_xtok(student_logits, &student_ids, teacher, spans, cfg, "cross-tokenizer loss");
+  auto ids = student_ids.to(student_logits.device());
+  return xtok_rows(student_logits, &ids, teacher, spans, cfg);
+}
+
+torch::Tensor uld_loss_rows(const torch::Tensor& student_logits, const XTokTeacher& teacher, const XTokConfig& cfg) {
+  const char* what = "uld loss";
+  check_logits(student_logits, what);
+  const int64_t N = student_logits.size(0);
+  check(teacher.topk_logprobs.defined() && teacher.topk_logprobs.dim() == 2 && teacher.topk_logprobs.size(0) == N,
+        what, ": the teacher signal must have the student's ", N, " rows (truncate both to the shorter), got ",
+        teacher.topk_logprobs.defined() ? teacher.topk_logprobs.sizes() : torch::IntArrayRef{});
+  std::vector<TokenSpan> spans(static_cast<size_t>(N));
+  for (int64_t i = 0; i < N; ++i) spans[size_t(i)] = {i, i + 1, i, i + 1};
+  check_xtok(student_logits, nullptr, teacher, spans, cfg, what);
+  return xtok_rows(student_logits, nullptr, teacher, spans, cfg);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Chunked over rows
 
 namespace {

@@ -36,6 +36,8 @@
 
 #include <torch/torch.h>
 
+#include "retort/distill/xtok_align.h"
+
 namespace retort {
 
 class CausalLMImpl;
@@ -68,6 +70,50 @@ torch::Tensor sparse_loss_rows(const torch::Tensor& student_logits, const torch:
                                const LossConfig& cfg);
 torch::Tensor dense_loss_rows(const torch::Tensor& student_logits, const torch::Tensor& teacher_logits,
                               const LossConfig& cfg);
+
+// ---------------------------------------------------------------------------------------------
+// Across tokenizers: Universal Logit Distillation (ULD; Boizard et al., TMLR 2025) with GOLD's
+// span merging and hybrid loss (TRL, trl/experimental/gold). Formulas and how they relate to
+// TRL's are at xtok_loss_spans in losses.cpp. The teacher's vocabulary is not the student's, so
+// the teacher enters only through probabilities (sorted, for ULD) and, for the hybrid loss,
+// through the student ids of its top-k tokens whose bytes the student's vocabulary also has.
+
+// Which row of a multi-token span carries the span's distribution (TRL uld_token_merge_strategy):
+//   First ("observed"): the first row's distribution × the probabilities of the later tokens
+//   Last ("bayesian"):  the last row's distribution × the probabilities of the earlier tokens
+enum class SpanMerge { First, Last };
+
+struct XTokConfig {
+  double student_temperature = 1.0;  // τ_s > 0 (no τ² factor, as TRL)
+  double teacher_temperature = 1.0;  // τ_t > 0
+  SpanMerge merge = SpanMerge::First;
+  bool hybrid = false;           // exact JSD on tokens both vocabularies have, sorted ULD on the rest
+  double matched_weight = -1;    // hybrid: w_m ≥ 0 and w_u ≥ 0 must both be set; TRL's adaptive choice is
+  double unmatched_weight = -1;  //   w_m = share of teacher tokens the student has (map_vocab_by_bytes), w_u = 1 − w_m
+  double beta = 0.5;             // hybrid: JSD β on the matched tokens, ends as LossConfig::beta
+  void validate() const;         // retort::Error naming the bad field
+};
+
+// The teacher's sparse signal on its own tokenization of the completion, T rows; row j is the
+// teacher's prediction of its token j (the signal store's layout).
+struct XTokTeacher {
+  torch::Tensor token_logprob;     // [T] f32     log p_j(t_j), the teacher's own token (τ = 1)
+  torch::Tensor topk_logprobs;     // [T, k] f32  top-k log-probs (τ = 1)
+  torch::Tensor tail_mass;         // [T] f32     1 − Σ exp(topk_logprobs), ≥ 0
+  torch::Tensor topk_student_ids;  // [T, k] int64, hybrid only: the student id with the same bytes as each
+                                   //   top-k token, −1 where the student has none (map_vocab_by_bytes)
+};
+
+// Per-span losses [S] (differentiable w.r.t. student_logits), one per span of `spans` (from
+// align_token_spans; any subset, e.g. without the EOS span).
+//   student_logits [N_s, V_s] float   row j predicts the student's token j of the same completion
+//   student_ids    [N_s] int64        the student's tokens (their probabilities merge spans)
+torch::Tensor xtok_loss_spans(const torch::Tensor& student_logits, const torch::Tensor& student_ids,
+                              const XTokTeacher& teacher, const std::vector<TokenSpan>& spans,
+                              const XTokConfig& cfg);
+// ULD as in the paper: row i of the student against row i of the teacher (T = N_s; the caller
+// truncates both to the shorter length), no merging. [N_s].
+torch::Tensor uld_loss_rows(const torch::Tensor& student_logits, const XTokTeacher& teacher, const XTokConfig& cfg);
 
 // The teacher's signal for N scored rows: sparse (topk_* + tail_mass), or dense (the
 // teacher's final hidden states; logits are made per chunk with teacher->lm_logits). `targets`
