@@ -973,6 +973,61 @@ TEST(OpenAiClient, ReadsOpenAiLegacySample) {
   EXPECT_EQ(p.usage.completion_tokens, 5);
 }
 
+// llama.cpp's llama-server (2025-11), trimmed from real answers: each entry has the token "id"; special tokens
+// come with no bytes (here the listed stop token <|im_end|>, id 2); /v1/completions answers with the chat shape.
+TEST(OpenAiClient, ReadsLlamaServerSamples) {
+  const json chat = json::parse(R"({
+    "choices": [{"finish_reason": "stop", "index": 0,
+      "message": {"role": "assistant", "content": "Je"},
+      "logprobs": {"content": [
+        {"id": 46719, "token": "Je", "bytes": [74, 101], "logprob": -2.64430570602417,
+         "top_logprobs": [{"id": 30904, "token": "Bon", "bytes": [66, 111, 110], "logprob": -2.240111827850342},
+                          {"id": 46719, "token": "Je", "bytes": [74, 101], "logprob": -2.64430570602417}]},
+        {"id": 2, "token": "", "bytes": [], "logprob": -2.462106227874756,
+         "top_logprobs": [{"id": 198, "token": "\n", "bytes": [10], "logprob": -1.2095742225646973},
+                          {"id": 2, "token": "", "bytes": [], "logprob": -2.462106227874756}]}]}}],
+    "created": 1796285381, "model": "x", "system_fingerprint": "b0-unknown", "object": "chat.completion",
+    "usage": {"completion_tokens": 2, "prompt_tokens": 14, "total_tokens": 16},
+    "id": "chatcmpl-nklkY0ejJcmDXALq1mX7IYUks33uzqIU", "timings": {"prompt_n": 14}
+  })");
+  const ParsedCompletion p = parse_chat_response(chat);
+  EXPECT_EQ(p.system_fingerprint, "b0-unknown");
+  const auto& lps = p.choices.at(0).logprobs;
+  ASSERT_EQ(lps.size(), 2u);
+  EXPECT_EQ(lps[0].id, 46719);
+  EXPECT_EQ(lps[0].top[0].id, 30904);
+  EXPECT_EQ(lps[1].id, 2);
+  EXPECT_EQ(lps[1].bytes, "");
+  EXPECT_TRUE(lps[1].exact_bytes);
+  EXPECT_EQ(lps[1].top[1].id, 2);
+  EXPECT_EQ(lps[1].top[1].bytes, "");
+
+  const json completion = json::parse(R"({
+    "choices": [{"text": " Paris", "index": 0, "finish_reason": "length",
+      "logprobs": {"content": [
+        {"id": 7042, "token": " Paris", "bytes": [32, 80, 97, 114, 105, 115], "logprob": -0.24842411279678345,
+         "top_logprobs": [{"id": 7042, "token": " Paris", "bytes": [32, 80, 97, 114, 105, 115],
+                           "logprob": -0.24842411279678345},
+                          {"id": 260, "token": " the", "bytes": [32, 116, 104, 101],
+                           "logprob": -2.7847447395324707}]}]}}],
+    "created": 1796285711, "model": "x", "system_fingerprint": "b0-unknown", "object": "text_completion",
+    "usage": {"completion_tokens": 1, "prompt_tokens": 5, "total_tokens": 6}, "id": "chatcmpl-r9ImRe6J"
+  })");
+  const ParsedCompletion c = parse_completion_response(completion);
+  const auto& cl = c.choices.at(0).logprobs;
+  ASSERT_EQ(cl.size(), 1u);
+  EXPECT_EQ(cl[0].bytes, " Paris");
+  EXPECT_EQ(cl[0].id, 7042);
+  ASSERT_EQ(cl[0].top.size(), 2u);
+  EXPECT_EQ(cl[0].top[1].bytes, " the");
+  EXPECT_EQ(cl[0].top[1].id, 260);
+  EXPECT_EQ(cl[0].text_offset, -1);
+  // Servers without ids (OpenAI's own samples above) read as -1.
+  EXPECT_EQ(parse_completion_response(json::parse(R"({"choices": [{"text": "a", "index": 0, "logprobs":
+      {"tokens": ["a"], "token_logprobs": [-1.0], "top_logprobs": [{"a": -1.0}]}}]})")).choices[0].logprobs[0].id,
+            -1);
+}
+
 TEST(OpenAiClient, ErrorBodies) {
   const ApiError e = parse_error_response(
       401, json::parse(R"({"error": {"message": "Incorrect API key provided: sk-abc***xyz.", "type": "invalid_request_error",

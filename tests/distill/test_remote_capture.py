@@ -12,12 +12,18 @@ Run by CTest (CMakeLists.txt) as:  python3 tests/distill/test_remote_capture.py 
   mid-way and resumed gives the same store as an uninterrupted run and never asks a finished sample again;
   Ctrl-C stops cleanly (exit 130) and resumes; a 400 on one prompt is a recorded, counted skip; 401, a server
   without logprobs and a non-OpenAI endpoint get clear errors.
+- Optional, through llama.cpp's llama-server (a non-retort server; skipped unless LLAMA_SERVER names its binary):
+  chat and raw prompts into a signal store (--teacher-tokenizer) and a text store; both complete, ids decode to
+  the completions, the same seed gives the same tokens, provenance names what the server reported.
+    LLAMA_SERVER=/path/to/llama-server python3 tests/distill/test_remote_capture.py --retort build/retort \\
+        ThroughLlamaServer
 """
 import argparse
 import array
 import glob
 import http.server
 import json
+import math
 import os
 import re
 import signal
@@ -509,6 +515,172 @@ class ThroughRetortServe(unittest.TestCase):
             for q in ["The capital of France is", "1, 2, 3, 4,"]:
                 f.write(json.dumps({"prompt": q}) + "\n")
         self.compare(prompts, "--no-chat")
+
+
+# ---- through llama.cpp's llama-server (optional) -----------------------------------------------------------
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post_json(url, body, timeout=60):
+    import urllib.request
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.load(r)
+
+
+LLAMA_SERVER = os.environ.get("LLAMA_SERVER", "")
+
+
+@unittest.skipUnless(LLAMA_SERVER and os.access(LLAMA_SERVER, os.X_OK) and
+                     os.path.exists(os.path.join(model_cache(), MODEL + ".gguf")),
+                     "optional: set LLAMA_SERVER to a llama.cpp llama-server binary (with " + MODEL +
+                     " in the model cache) to capture from llama-server")
+class ThroughLlamaServer(unittest.TestCase):
+    """A non-retort OpenAI-compatible server. What llama-server (llama.cpp, 2025-11) answers that matters here:
+    every logprob entry carries the token's "id"; special tokens come with no bytes ("token": "", "bytes": []);
+    the token that ended the completion is listed (no bytes); /v1/completions answers logprobs in the chat shape
+    ({"content": [...]}); "model" echoes the request; a token ending inside a UTF-8 character is listed together
+    with the next one (not exercised here: ASCII prompts). --jinja makes it apply the model's own chat template,
+    as retort does, so prompt lengths agree."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.dir = cls.tmp.name
+        port = free_port()
+        cls.base = f"http://127.0.0.1:{port}"
+        cls.url = cls.base + "/v1"
+        cls.log_path = os.path.join(cls.dir, "llama-server.log")
+        cls.log = open(cls.log_path, "w")
+        cls.proc = subprocess.Popen([LLAMA_SERVER, "-m", os.path.join(model_cache(), MODEL + ".gguf"), "--host",
+                                     "127.0.0.1", "--port", str(port), "-c", "2048", "-np", "2", "-t", "1", "--jinja"],
+                                    stdout=cls.log, stderr=cls.log)
+        import urllib.request
+        deadline = time.time() + 60
+        while True:
+            assert cls.proc.poll() is None, read_text(cls.log_path)[-3000:]
+            try:
+                with urllib.request.urlopen(cls.base + "/health", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass  # not listening yet, or 503 while the model loads
+            assert time.time() < deadline, "llama-server did not become healthy: " + read_text(cls.log_path)[-3000:]
+            time.sleep(0.1)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.proc.terminate()
+        try:
+            cls.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            cls.proc.kill()
+            cls.proc.wait()
+        cls.log.close()
+        cls.tmp.cleanup()
+
+    def capture(self, prompts, out, *extra, seed=7):
+        r = run(["capture", "--teacher-url", self.url, "--teacher-model", MODEL, "--prompts", prompts, "--out", out,
+                 "--max-tokens", "24", "--seed", str(seed), "--k", "5", "--concurrency", "2", "--quiet", *extra],
+                timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr + read_text(self.log_path)[-2000:])
+        self.assertNotIn("warning", r.stderr)  # the server's prompt lengths agree with the tokenizer's
+        return r
+
+    def decode(self, ids):
+        r = run(["tokenize", "--model", MODEL, "--decode", ",".join(map(str, ids)), "--json"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return json.loads(r.stdout)["text"]
+
+    def check_stores(self, prompts, n_samples, *flags):
+        """Captures `prompts` into a signal store and a text store; checks both and that they agree."""
+        sig, txt = os.path.join(self.dir, "sig" + "".join(flags)), os.path.join(self.dir, "txt" + "".join(flags))
+        self.capture(prompts, sig, "--teacher-tokenizer", MODEL, *flags)
+        self.capture(prompts, txt, *flags)
+        got, man, prov = read_signal_store(sig)
+        recs, tman = read_text_store(txt)
+        for m in (man, tman):
+            self.assertTrue(m["complete"])
+            self.assertEqual(m["source"]["usage"]["unmappable"] + m["source"]["usage"]["refused"], 0, m["source"])
+        self.assertEqual(sorted(got), list(range(n_samples)))  # every sample once (read_* assert no duplicates)
+        self.assertEqual(sorted(recs), list(range(n_samples)))
+        self.assertEqual(man["source"]["stop_signal"], "label")
+
+        # What llama-server says it is, asked directly: provenance must name it.
+        chat = "--no-chat" not in flags
+        probe = post_json(self.url + ("/chat/completions" if chat else "/completions"),
+                          dict(model=MODEL, max_tokens=1, **({"messages": [{"role": "user", "content": "hi"}]}
+                                                            if chat else {"prompt": "hi"})))
+        self.assertEqual(sorted(p["sample_id"] for p in prov), list(range(n_samples)))
+        for p in prov:
+            self.assertEqual(p["model"], probe["model"])
+            self.assertEqual(p["system_fingerprint"], probe.get("system_fingerprint"))
+            self.assertEqual(p["endpoint"], self.url)
+        self.assertEqual(man["source"]["servers_last_run"][0]["model"], probe["model"])
+
+        k = man["k"]
+        stops = 0
+        for sid in range(n_samples):
+            toks, pl, lp, top_ids, top_lp, tail = got[sid]
+            rec = recs[sid]
+            # Text store: the token bytes are the completion, and the server's ids decode to it.
+            pieces = rec["tokens"]
+            self.assertEqual(b"".join(bytes.fromhex(t["bytes"]) for t in pieces), rec["completion"].encode(), sid)
+            self.assertTrue(all("id" in t and all(len(a) == 3 for a in t["top"]) for t in pieces), sid)
+            self.assertEqual(rec["server"]["model"], probe["model"])
+            stopped = rec["finish_reason"] == "stop"
+            if stopped:  # llama-server lists the stop token: no bytes, a special id
+                self.assertEqual(pieces[-1]["bytes"], "")
+                pieces = pieces[:-1]
+            self.assertEqual(self.decode([t["id"] for t in pieces]), rec["completion"], sid)
+            # Signal store: the same seed gave the same tokens; ids decode to the completion.
+            gen = toks[pl:]
+            if stopped:
+                stops += 1
+                self.assertEqual(gen[-1], recs[sid]["tokens"][-1]["id"])  # the label is the listed stop token
+                self.assertEqual((lp[-1], top_ids[-1][0], top_lp[-1][0], tail[-1]), (0.0, gen[-1], 0.0, 0.0))
+                gen, n = gen[:-1], len(gen) - 1
+            else:
+                n = len(gen)
+            self.assertEqual(gen, [t["id"] for t in pieces], f"sample {sid}: the same seed gave other tokens")
+            self.assertEqual(self.decode(gen), rec["completion"], sid)
+            for j in range(n):
+                self.assertTrue(math.isfinite(lp[j]) and lp[j] <= 0, (sid, j, lp[j]))
+                self.assertTrue(all(math.isfinite(x) and x <= 0 for x in top_lp[j]), (sid, j))
+                self.assertEqual(top_lp[j], sorted(top_lp[j], reverse=True), (sid, j))
+                self.assertEqual(len(set(top_ids[j])), k, (sid, j))
+                self.assertEqual(top_ids[j], [a[2] for a in sorted(pieces[j]["top"][:k], key=lambda a: (-a[1], a[2]))],
+                                 (sid, j))
+                self.assertLess(abs(lp[j] - pieces[j]["logprob"]), 1e-6, (sid, j))
+                if gen[j] in top_ids[j]:
+                    self.assertEqual(lp[j], top_lp[j][top_ids[j].index(gen[j])], (sid, j))
+                self.assertTrue(0.0 <= tail[j] <= 1.0, (sid, j))
+        return recs, stops
+
+    def test_chat_capture(self):
+        prompts = os.path.join(self.dir, "chat.jsonl")
+        with open(prompts, "w") as f:
+            for q in ["What is 2+2? Answer in one word.", "Name a colour.", "Say hi."]:
+                f.write(json.dumps({"prompt": q}) + "\n")
+        recs, stops = self.check_stores(prompts, 6, "--samples", "2")
+        self.assertGreater(stops, 0, "no completion ended on its stop token: the listed stop token went untested")
+        # The seed is honoured: another --seed gives other text.
+        other = os.path.join(self.dir, "other-seed")
+        self.capture(prompts, other, "--samples", "2", "--signal", "text", seed=8)
+        again, _ = read_text_store(other)
+        self.assertNotEqual([again[s]["completion"] for s in range(6)], [recs[s]["completion"] for s in range(6)])
+
+    def test_completions_capture(self):
+        prompts = os.path.join(self.dir, "raw.jsonl")
+        with open(prompts, "w") as f:
+            for q in ["The capital of France is", "1, 2, 3, 4,"]:
+                f.write(json.dumps({"prompt": q}) + "\n")
+        self.check_stores(prompts, 2, "--no-chat")
 
 
 if __name__ == "__main__":

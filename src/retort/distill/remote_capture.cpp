@@ -168,7 +168,7 @@ class SignalSink : public Sink {
   SignalSink(const std::string& dir, StoreManifest manifest, const Tokenizer& tok,
              const std::vector<std::vector<int32_t>>& prompt_ids, const std::vector<int32_t>& stop_token,
              int64_t n_vocab)
-      : writer_(dir, std::move(manifest)), vocab_(tok), prompt_ids_(prompt_ids), stop_token_(stop_token),
+      : writer_(dir, std::move(manifest)), tok_(tok), vocab_(tok), prompt_ids_(prompt_ids), stop_token_(stop_token),
         n_vocab_(n_vocab), k_(writer_.manifest().k) {}
 
   std::set<int64_t> stored() const override {
@@ -193,7 +193,16 @@ class SignalSink : public Sink {
     const int64_t prompt_len = int64_t(tokens.size());
     std::vector<float> token_lp, top_lp, tail;
     std::vector<int32_t> top_ids;
-    for (size_t j = 0; j < toks.size(); ++j) {
+    const bool stopped = r.value("finish_reason", "") == "stop";
+    size_t n_listed = toks.size();
+    int32_t listed_stop = -1;
+    if (stopped && n_listed > 0 && toks[n_listed - 1]["bytes"] == "") {
+      // The server listed the stop token (llama-server does, as a token without bytes): its position is the
+      // label below, with the id the server gave where it is a special token of the teacher's.
+      const json& last = toks[--n_listed];
+      if (last.contains("id")) listed_stop = sent_id(last["id"], "");
+    }
+    for (size_t j = 0; j < n_listed; ++j) {
       const json& t = toks[j];
       const json& top = t["top"];
       check(int64_t(top.size()) >= k_, "the endpoint returned ", top.size(), " top_logprobs at token ", j, " of ",
@@ -203,6 +212,11 @@ class SignalSink : public Sink {
       std::set<int32_t> used;
       for (int64_t q = 0; q < k_; ++q) {
         const std::string b = from_hex(top[q][0].get<std::string>(), where);
+        if (const int32_t i = top[q].size() > 2 ? sent_id(top[q][2], b) : -1; i >= 0 && !used.count(i)) {
+          used.insert(i);
+          entries.push_back({std::max(kVeryUnlikely, float(top[q][1].get<double>())), i});
+          continue;
+        }
         const std::vector<int32_t>* c = vocab_.find(b);
         if (c == nullptr)
           throw SkipSample(cat("top_logprobs[", q, "] of token ", j, " (bytes ", to_hex(b),
@@ -217,7 +231,11 @@ class SignalSink : public Sink {
       // The sampled token: the alternative with the same bytes and logprob, else the best candidate.
       const std::string b = from_hex(t["bytes"].get<std::string>(), where);
       const float lp = std::max(kVeryUnlikely, float(t["logprob"].get<double>()));
-      int32_t chosen = -1;
+      int32_t chosen = t.contains("id") ? sent_id(t["id"], b) : -1;
+      if (chosen < 0 && t.contains("id") && merged(t["id"], b))
+        throw SkipSample(cat("token ", j, " (bytes ", to_hex(b), ") holds more than the bytes of its id ",
+                             t["id"].dump(), ": the server listed several tokens as one (llama-server does for tokens that end inside "
+                             "a UTF-8 character), so the logprobs of the others are unknown"));
       for (int64_t q = 0; q < k_ && chosen < 0; ++q)
         if (from_hex(top[q][0].get<std::string>(), where) == b && entries[size_t(q)].first == lp)
           chosen = entries[size_t(q)].second;
@@ -239,9 +257,9 @@ class SignalSink : public Sink {
       }
       tail.push_back(float(std::clamp(1.0 - mass, 0.0, 1.0)));
     }
-    if (r.value("finish_reason", "") == "stop") {
+    if (stopped) {
       // The stop token, as a hard label (remote_capture.h).
-      const int32_t stop = stop_token_.at(size_t(p));
+      const int32_t stop = listed_stop >= 0 ? listed_stop : stop_token_.at(size_t(p));
       tokens.push_back(stop);
       token_lp.push_back(0.f);
       top_ids.push_back(stop);
@@ -261,7 +279,23 @@ class SignalSink : public Sink {
   }
 
  private:
+  // The id a server sent with a token's bytes (llama.cpp's server sends ids), when it is the teacher tokenizer's
+  // token for those bytes — a special token has no bytes there; else -1 and the bytes decide.
+  int32_t sent_id(const json& id, const std::string& b) const {
+    if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= tok_.n_vocab()) return -1;
+    const auto i = int32_t(id.get<int64_t>());
+    if (tok_.is_hole(i)) return -1;
+    return tok_.token_bytes(i) == b || (b.empty() && tok_.is_special(i)) ? i : -1;
+  }
+  // Whether bytes b are longer than token id's and end with them: the server listed several tokens as one.
+  bool merged(const json& id, const std::string& b) const {
+    if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= tok_.n_vocab()) return false;
+    const std::string own = tok_.token_bytes(int32_t(id.get<int64_t>()));
+    return !own.empty() && b.size() > own.size() && b.compare(b.size() - own.size(), own.size(), own) == 0;
+  }
+
   SignalStoreWriter writer_;
+  const Tokenizer& tok_;
   ByteVocab vocab_;
   const std::vector<std::vector<int32_t>>& prompt_ids_;
   const std::vector<int32_t>& stop_token_;
@@ -407,8 +441,14 @@ json make_record(int64_t id, int64_t p, int64_t s, const PromptLine& line, const
     json toks = json::array();
     for (const auto& t : ch.logprobs) {
       json top = json::array();
-      for (const auto& a : t.top) top.push_back({to_hex(a.bytes), a.logprob});
-      toks.push_back({{"bytes", to_hex(t.bytes)}, {"logprob", t.logprob}, {"top", top}});
+      for (const auto& a : t.top) {
+        json e = {to_hex(a.bytes), a.logprob};
+        if (a.id >= 0) e.push_back(a.id);  // the server's token id (llama.cpp's server sends them)
+        top.push_back(std::move(e));
+      }
+      json e = {{"bytes", to_hex(t.bytes)}, {"logprob", t.logprob}, {"top", top}};
+      if (t.id >= 0) e["id"] = t.id;
+      toks.push_back(std::move(e));
     }
     r["tokens"] = toks;
   }

@@ -16,10 +16,15 @@
 // byte-fallback tokens <0xNN> beside a one-character piece), the id the tokenizer itself gives those bytes
 // wins, and alternatives at one position with the same bytes take the next candidate. A token the tokenizer
 // cannot represent makes the sample an unmappable skip (recorded in skipped.jsonl, counted, not asked again).
+// llama.cpp's llama-server also sends each token's id, and special tokens with no bytes: an id whose token has
+// exactly those bytes (or no bytes and a special token) is taken as is. It lists a token that ends inside a
+// UTF-8 character together with the next one (the bytes of both, the logprobs of the second): such a sample
+// is an unmappable skip, as the first token's logprobs are unknown.
 //
-// The stop token. APIs do not list the token that ended a completion (OpenAI, vLLM, llama-server, retort serve
-// alike), so its distribution is unknown. A completion with finish_reason "stop" gets the end-of-turn token
-// (chat: the template's; raw: the tokenizer's EOS) appended as a hard label: logprob 0, top-k = that token at
+// The stop token. APIs do not list the token that ended a completion (OpenAI, vLLM, retort serve alike), so
+// its distribution is unknown; llama-server lists it without bytes, and that entry is dropped. A completion
+// with finish_reason "stop" gets the end-of-turn token (chat: the template's; raw: the tokenizer's EOS; the id
+// llama-server listed, where it is a special token) appended as a hard label: logprob 0, top-k = that token at
 // log-probability 0 and k-1 filler ids (the lowest others) at -9999 (the API's "very unlikely"), tail mass 0.
 // The manifest says so ("source"."stop_signal": "label"). Every other position equals what a local capture
 // stores, up to the API's decimal rendering of float32 (exact for retort serve).
@@ -41,7 +46,9 @@
 // "generation", "prompts", "source", "shards": [{"file", "samples", "bytes", "sha256"}], "complete"}) and
 // text-NNNNN.jsonl shards, one record per sample:
 //   {"sample_id", "prompt_index", "sample_index", "messages" | "prompt", "completion", "finish_reason",
-//    "tokens": [{"bytes": hex, "logprob", "top": [[hex, logprob], ...]}, ...]   (signal logprobs only),
+//    "tokens": [{"bytes": hex, "logprob", "top": [[hex, logprob], ...]}, ...]   (signal logprobs only; where the
+//              server sends token ids, as llama-server does, each token also has "id" and each top entry a
+//              third element, the id),
 //    "server": {"model", "system_fingerprint", "response_id", "created"}, "time", "usage"}
 // A record is also a valid line of a score-mode prompts file (prompt/messages + completion).
 #pragma once

@@ -1175,6 +1175,13 @@ std::pair<std::string, bool> token_bytes_of(const std::string& token, const json
   return {token, token.find("\xEF\xBF\xBD") == std::string::npos};
 }
 
+// llama.cpp's server adds each token's id ("id"); other servers send none. Anything but a non-negative
+// integer counts as none.
+int64_t token_id_of(const json& obj) {
+  const auto it = obj.find("id");
+  return it != obj.end() && it->is_number_integer() && it->get<int64_t>() >= 0 ? it->get<int64_t>() : -1;
+}
+
 void sort_top(std::vector<ParsedTopLogprob>& top) {
   std::stable_sort(top.begin(), top.end(),
                    [](const ParsedTopLogprob& a, const ParsedTopLogprob& b) { return a.logprob > b.logprob; });
@@ -1196,6 +1203,7 @@ std::vector<ParsedTokenLogprob> parse_chat_logprobs(const json& lp, const std::s
     t.token = token.get<std::string>();
     std::tie(t.bytes, t.exact_bytes) = token_bytes_of(t.token, e, p);
     t.logprob = number(need(e, "logprob", p + ".logprob"), p + ".logprob");
+    t.id = token_id_of(e);
     if (const auto tl = e.find("top_logprobs"); tl != e.end() && !tl->is_null()) {
       if (!tl->is_array()) bad_response(p + ".top_logprobs", "an array", *tl);
       for (size_t k = 0; k < tl->size(); ++k) {
@@ -1208,6 +1216,7 @@ std::vector<ParsedTokenLogprob> parse_chat_logprobs(const json& lp, const std::s
         alt.token = at.get<std::string>();
         alt.bytes = token_bytes_of(alt.token, a, pk).first;
         alt.logprob = number(need(a, "logprob", pk + ".logprob"), pk + ".logprob");
+        alt.id = token_id_of(a);
         t.top.push_back(std::move(alt));
       }
       sort_top(t.top);
@@ -1219,6 +1228,8 @@ std::vector<ParsedTokenLogprob> parse_chat_logprobs(const json& lp, const std::s
 
 std::vector<ParsedTokenLogprob> parse_legacy_logprobs(const json& lp, const std::string& path) {
   if (!lp.is_object()) bad_response(path, "an object or null", lp);
+  // llama.cpp's server answers /completions with the chat shape.
+  if (lp.contains("content") && !lp.contains("tokens")) return parse_chat_logprobs(lp, path);
   std::vector<ParsedTokenLogprob> out;
   const json& tokens = need(lp, "tokens", path + ".tokens");
   if (!tokens.is_array()) bad_response(path + ".tokens", "an array", tokens);

@@ -324,12 +324,14 @@ struct ParsedTopLogprob {
   std::string token;
   std::string bytes;  // from "bytes" when sent, else decoded from the token string
   double logprob = 0;
+  int64_t id = -1;    // the token id where the server sends one (llama.cpp's server: "id"), else -1
 };
 struct ParsedTokenLogprob {
   std::string token;
   std::string bytes;         // exact when the response had "bytes" or a "bytes:\xNN" token; else the string's UTF-8
   bool exact_bytes = false;
   double logprob = 0;
+  int64_t id = -1;           // as ParsedTopLogprob::id
   std::vector<ParsedTopLogprob> top;  // by logprob desc (legacy dicts carry no order: sorted, ties by token)
   int64_t text_offset = -1;           // legacy completions only
 };
@@ -348,6 +350,8 @@ struct ParsedCompletion {
   TokenUsage usage;
 };
 ParsedCompletion parse_chat_response(const nlohmann::json& body);
+// Legacy logprobs ({"tokens", "token_logprobs", "top_logprobs", "text_offset"}) or, as llama.cpp's server
+// answers /completions, the chat shape ({"content": [...]}).
 ParsedCompletion parse_completion_response(const nlohmann::json& body);
 // Folds one stream chunk (chat.completion.chunk or text_completion) into `acc`: text and logprobs appended
 // per choice index, finish_reason and usage taken when present. Empty `acc` takes the chunk's id/model.
