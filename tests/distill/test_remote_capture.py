@@ -246,7 +246,10 @@ class FakeServerCapture(unittest.TestCase):
         self.assertGreater(usage["throttled"], 0, usage)
         self.assertGreater(usage["server_errors"], 0, usage)
         self.assertGreater(usage["transport_errors"], 0, usage)  # the slow answers
-        self.assertEqual(usage["requests"], api.n, usage)  # every attempt the server saw is counted
+        # Every attempt is counted: each sample's answered one plus the retries. (The server may see fewer: an
+        # attempt that timed out before it was read can still sit in its backlog when the capture ends.)
+        self.assertEqual(usage["requests"], 24 + usage["retries"], usage)
+        self.assertLessEqual(api.n, usage["requests"], usage)
         self.assertRegex(r.stderr, r"\d+ throttled")
         # Each record is the answer to its own sample's seed, with its provenance.
         for sid, rec in recs.items():
@@ -322,7 +325,7 @@ class FakeServerCapture(unittest.TestCase):
 
     def test_ctrl_c_stops_cleanly_and_resumes(self):
         out = os.path.join(self.dir, "interrupted")
-        api = FakeApi(delay=0.1)
+        api = FakeApi(delay=0.25)  # 24 samples / 4 in flight take >= 1.5 s: the signal comes long before the end
         try:
             p = subprocess.Popen([RETORT, "capture", "--teacher-url", api.url, "--teacher-model", "fake-teacher",
                                   "--prompts", self.prompts, "--out", out, "--samples", "2", "--k", "5",
