@@ -787,16 +787,20 @@ TEST(CliDistill, MainJobFlagsOverrideConfigAndStaleRunsMoveAside) {
     std::string l;
     for (int i = 0; i < 2 && std::getline(in, l); ++i) t << l << "\n";
   }
-  auto job = [&](const std::string& steps, const std::string& capture_tokens = "8") {
+  // --batch 2 (the config has 8): a step costs about a quarter. The first run trains both losses; the
+  // reruns train fkl alone (--losses fkl), since what they check is how the fkl run and the stores move aside.
+  auto job = [&](const std::string& steps, const std::string& capture_tokens, const std::string& losses) {
     return run_cli({"distill", "--config", config, "--out", out, "--train-limit", "8", "--heldout-limit", "4",
                     "--capture-max-tokens", capture_tokens, "--steps", steps, "--warmup", "2", "--clip", "0.5",
-                    "--tasks", tasks, "--quiet"});
+                    "--batch", "2", "--losses", losses, "--tasks", tasks, "--quiet"});
   };
-  const CliRun first = job("2");
+  const CliRun first = job("2", "8", "ce,fkl");
   expect_ok(first);
   const json state = json::parse(read_all(out + "/train-fkl/checkpoints/step-000002/trainer_state.json"));
   EXPECT_EQ(state["config"]["warmup"], 2) << state["config"];
   EXPECT_EQ(state["config"]["clip"], 0.5) << state["config"];
+  EXPECT_EQ(state["config"]["batch"], 2) << state["config"];
+  EXPECT_TRUE(fs::exists(out + "/train-ce/checkpoints/step-000002"));
   std::ifstream metrics(out + "/train-fkl/metrics.jsonl");
   std::string line;
   ASSERT_TRUE(std::getline(metrics, line));
@@ -805,6 +809,7 @@ TEST(CliDistill, MainJobFlagsOverrideConfigAndStaleRunsMoveAside) {
   // The summary: each model's own greedy answers to the 4 held-out prompts (at most 8 tokens each), the
   // tasks for the teacher and the KD student.
   const json summary = json::parse(read_all(out + "/summary.json"));
+  ASSERT_EQ(summary["table"].size(), 4u) << summary["table"];  // teacher, student before, SFT-only (ce), KD (fkl)
   for (const auto& row : summary["table"]) {
     if (row["model"] == "student before") continue;  // not measured: an untrained student
     ASSERT_TRUE(row.contains("answers")) << row;
@@ -816,15 +821,15 @@ TEST(CliDistill, MainJobFlagsOverrideConfigAndStaleRunsMoveAside) {
   EXPECT_TRUE(fs::exists(out + "/student-fkl-q8_0.gguf"));
   EXPECT_TRUE(fs::exists(out + "/train-fkl/final/model.safetensors"));
 
-  const CliRun again = job("3");
+  const CliRun again = job("3", "8", "fkl");
   expect_ok(again);
   EXPECT_NE(again.err.find("moved it to " + out + "/train-fkl.previous-1"), std::string::npos) << show(again);
   EXPECT_TRUE(fs::exists(out + "/train-fkl.previous-1/checkpoints/step-000002"));
   EXPECT_TRUE(fs::exists(out + "/train-fkl/checkpoints/step-000003"));
 
-  // Other capture settings: the stores are captured again and the runs trained on the old train store
-  // are moved aside with them — nothing reused that the config no longer describes, nothing deleted.
-  const CliRun recaptured = job("3", "6");
+  // Other capture settings: the stores are captured again and the run trained on the old train store
+  // is moved aside with them — nothing reused that the config no longer describes, nothing deleted.
+  const CliRun recaptured = job("3", "6", "fkl");
   expect_ok(recaptured);
   EXPECT_NE(recaptured.err.find("was captured with other settings (max_tokens 8 (now 6))"), std::string::npos)
       << show(recaptured);

@@ -341,8 +341,15 @@ std::vector<RealPrompt> first_prompts(size_t n) {
   return out;
 }
 
-// Greedy answers of a model in the cache to the first 50 shipped prompts, 16 tokens, through its chat
-// template: computed once per test binary.
+// Prompts the in-process real-model tests ask: 20, with a wide margin. Measured with the teacher's answers
+// as the suspect: closer to the teacher than to Gemma on every one of the first 50 prompts (signs +50 −0);
+// over the first 20 (+20 −0) the sign test gives p = 2^-20 ≈ 1e-6 against α = 0.01 (17 of 20 would still
+// pass), mean similarity 0.69 to the teacher (test: > 0.5) and 0.025 to Gemma (test: < 0.3); over 50,
+// 0.71 and 0.022.
+constexpr size_t kRealPrompts = 20;
+
+// Greedy answers of a model in the cache to the first kRealPrompts shipped prompts, 16 tokens, through its
+// chat template: computed once per test binary.
 const std::vector<std::string>& answers(const std::string& path) {
   static std::map<std::string, std::vector<std::string>> cache;
   if (auto it = cache.find(path); it != cache.end()) return it->second;
@@ -350,7 +357,7 @@ const std::vector<std::string>& answers(const std::string& path) {
   RuntimeLoaded m = load_runtime_model(path);
   const ChatTemplate tpl = ChatTemplate::from_jinja(m.chat_template, *m.tokenizer);
   std::vector<GenerationRequest> reqs;
-  for (const RealPrompt& p : first_prompts(50)) {
+  for (const RealPrompt& p : first_prompts(kRealPrompts)) {
     GenerationRequest q;
     q.prompt = tpl.encode(p.messages, *m.tokenizer);
     q.sampling.temperature = 0;
@@ -365,7 +372,7 @@ const std::vector<std::string>& answers(const std::string& path) {
 ProvenanceTest run_real(const std::vector<std::string>& s, const std::vector<std::string>& t,
                         const std::vector<std::string>& c) {
   ProvenanceConfig cfg;
-  cfg.budget = 50;  // one look at alpha 0.01
+  cfg.batch = cfg.budget = int64_t(s.size());  // one look at alpha 0.01
   ProvenanceTest test(cfg, 1, 1, int64_t(s.size()));
   for (size_t i = 0; i < s.size(); ++i) test.add_answers(s[i], {t[i]}, {c[i]});
   test.look();

@@ -130,23 +130,6 @@ std::vector<std::string> read_lines(const std::string& path) {
   return out;
 }
 
-
-OJson test_json(const DetectionResult& r) {
-  OJson j;
-  j["tokens_scored"] = r.tokens_scored;
-  j["score"] = r.score;
-  if (r.too_short) {
-    j["z"] = nullptr;
-    j["p_value"] = nullptr;
-    j["log10_p"] = nullptr;
-  } else {
-    j["z"] = r.z;
-    j["p_value"] = r.p_value;  // 0 below ~1e-308; log10_p is exact
-    j["log10_p"] = r.log10_p;
-  }
-  return j;
-}
-
 // The plain-words reading of one result.
 std::string verdict(const RadioactivityResult& r, const DetectorConfig& c) {
   const double alpha_log10 = std::log10(r.target_p);
@@ -179,7 +162,7 @@ OJson result_json(const RadioactivityResult& r, const DetectorConfig& c) {
                  {"unseen", n.unseen},       {"unscorable", n.unscorable}, {"in_text", n.in_text},
                  {"repeated", n.repeated},
                  {"scored", n.scored}};
-  j["test"] = test_json(r.test);
+  j["test"] = detection_json(r.test);
   j["test"]["method"] = c.scheme == "kgw" ? "exact binomial tail P[Bin(T, gamma) >= green]"
                                           : "exact gamma tail P[Gamma(T, 1) >= score]";
   j["score_rate"] = r.score_rate;
@@ -189,14 +172,7 @@ OJson result_json(const RadioactivityResult& r, const DetectorConfig& c) {
   j["target_p"] = r.target_p;
   if (!r.accounts.empty()) {
     OJson ja = OJson::array();
-    for (const auto& a : r.accounts) {
-      OJson e = test_json(a.result);
-      e["account"] = a.account;
-      e["key_commitment"] = a.key_commitment;
-      e["p_holm"] = a.result.too_short ? json(nullptr) : json(a.p_holm);
-      e["log10_p_holm"] = a.result.too_short ? json(nullptr) : json(a.log10_p_holm);
-      ja.push_back(std::move(e));
-    }
+    for (const auto& a : r.accounts) ja.push_back(account_detection_json(a));
     j["accounts"] = ja;
     j["accounts_correction"] = "holm-bonferroni";
   }

@@ -62,38 +62,6 @@ struct Doc {
   DocPrompt prompt;
 };
 
-// "3.1e-42" for any log10 p, also below the double range ("2.4e-512").
-std::string format_p(double log10_p) {
-  if (log10_p > -300) {
-    char b[32];
-    std::snprintf(b, sizeof b, "%.3g", std::pow(10.0, log10_p));
-    return b;
-  }
-  double e = std::floor(log10_p);
-  double m = std::pow(10.0, log10_p - e);
-  if (m >= 9.995) m = 1, e += 1;
-  char b[48];
-  std::snprintf(b, sizeof b, "%.2fe%.0f", m, e);
-  return b;
-}
-
-json result_json(const DetectionResult& r, bool entropy_filter = false) {
-  json j = {{"tokens", r.tokens}, {"tokens_scored", r.tokens_scored}, {"too_short", r.too_short}};
-  if (entropy_filter) j["tokens_skipped_low_entropy"] = r.tokens_masked;
-  if (r.too_short) {
-    j["score"] = nullptr;
-    j["z"] = nullptr;
-    j["p_value"] = nullptr;
-    j["log10_p"] = nullptr;
-  } else {
-    j["score"] = r.score;
-    j["z"] = r.z;
-    j["p_value"] = r.p_value;  // 0 when below ~1e-308; log10_p is exact
-    j["log10_p"] = r.log10_p;
-  }
-  return j;
-}
-
 std::vector<Doc> read_docs(const DetectArgs& a, const Tokenizer& tok) {
   // --text "" is a (too short) document, not a missing option.
   int given = a.text_given + !a.file.empty() + !a.jsonl.empty();
@@ -345,7 +313,7 @@ void run_detect(DetectArgs& a) {
       add_doc(one, i);
       per_doc.push_back(one.result());
       add_doc(all, i);
-      json j = result_json(per_doc.back(), filter);
+      json j = detection_json(per_doc.back(), filter);
       j["id"] = docs[i].id;
       if (filter) j["prompt_used"] = docs[i].prompt.given;
       jdocs.push_back(std::move(j));
@@ -353,7 +321,7 @@ void run_detect(DetectArgs& a) {
     DetectionResult agg = all.result();
     if (a.json_out) {
       out["documents"] = jdocs;
-      out["aggregate"] = result_json(agg, filter);
+      out["aggregate"] = detection_json(agg, filter);
       std::cout << out.dump(2) << "\n";
       return;
     }
@@ -375,14 +343,7 @@ void run_detect(DetectArgs& a) {
   std::vector<AccountDetection> res = detect_accounts(master, accounts, cfg, ids, masks);
   if (a.json_out) {
     json ja = json::array();
-    for (const auto& r : res) {
-      json j = result_json(r.result, filter);
-      j["account"] = r.account;
-      j["key_commitment"] = r.key_commitment;
-      j["p_holm"] = r.result.too_short ? json(nullptr) : json(r.p_holm);
-      j["log10_p_holm"] = r.result.too_short ? json(nullptr) : json(r.log10_p_holm);
-      ja.push_back(std::move(j));
-    }
+    for (const auto& r : res) ja.push_back(json(account_detection_json(r, filter)));
     out["accounts"] = ja;
     out["correction"] = "holm-bonferroni";
     std::cout << out.dump(2) << "\n";

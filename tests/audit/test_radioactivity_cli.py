@@ -69,8 +69,11 @@ class RadioactivityCli(unittest.TestCase):
             with open(accounts, "w") as f:
                 f.write("alice\nbob\nmallory\ncarol\n")
             env_key = dict(os.environ, SUSPECT_KEY=key)
+            # 12 answers of 40 tokens: ~400 distinct pairs scored per account (>= 100 needed). Two runs (a new
+            # key each) gave mallory p_holm 6e-41 and 3e-37 (test: < 1e-5), every other account 1.0 (test:
+            # > 1e-3); 80 tokens gave 9e-92.
             p = run("audit", "radioactivity", "--suspect-url", server.base + "/v1", "--api-key-env", "SUSPECT_KEY",
-                    "--prompts", self.prompts, "--key-file", self.key, "--accounts", accounts, "--max-tokens", "80",
+                    "--prompts", self.prompts, "--key-file", self.key, "--accounts", accounts, "--max-tokens", "40",
                     "--temperature", "1", "--min-tokens", "100", "--json",
                     "--out", os.path.join(self.dir, "suspect_closed.json"), env=env_key)
             r = json.loads(p.stdout)
@@ -120,8 +123,10 @@ class RadioactivityCli(unittest.TestCase):
         key = serve_test.create_key(home, "someone")
         server = serve_test.ServerProcess(home, ["--watermark", "none"])
         try:
+            # 12 answers of 32 tokens: ~310 distinct pairs scored (>= 100 needed; p was 0.48 and 0.78). Were
+            # the server watermarking, far fewer pairs would show it: the test above gets p < 1e-36 from ~400.
             p = run("audit", "radioactivity", "--suspect-url", server.base, "--api-key-env", "K", "--texts", texts,
-                    "--max-tokens", "64", "--temperature", "1", "--min-tokens", "100", "--key-file", self.key,
+                    "--max-tokens", "32", "--temperature", "1", "--min-tokens", "100", "--key-file", self.key,
                     "--json", "--out", os.path.join(self.dir, "control_closed.json"), env=dict(os.environ, K=key))
             r = json.loads(p.stdout)
         finally:

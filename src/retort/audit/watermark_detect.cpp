@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <nlohmann/json.hpp>
 
 #include "retort/model/runtime_model.h"
 #include "retort/util/error.h"
@@ -339,46 +340,10 @@ std::vector<std::vector<double>> model_entropies(RuntimeModel& model, const std:
     if (!seqs[d].empty()) seqs[d].pop_back();
     if (n_ctx > 0 && int64_t(seqs[d].size()) > n_ctx) seqs[d].resize(size_t(n_ctx));
   }
-  // Longest first, `group` sequences sharing one cache: rows of similar length pad little.
-  std::vector<size_t> order(texts.size());
-  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return seqs[a].size() > seqs[b].size(); });
-  std::vector<float> logits;
-  for (size_t g0 = 0; g0 < order.size(); g0 += size_t(group)) {
-    const size_t g1 = std::min(order.size(), g0 + size_t(group));
-    const int64_t max_len = int64_t(seqs[order[g0]].size());
-    if (max_len == 0) break;  // the rest are empty too
-    std::unique_ptr<KvSlots> cache = model.new_cache(int64_t(g1 - g0), max_len);
-    for (int64_t done = 0; done < max_len; done += chunk) {
-      std::vector<size_t> active;  // indices into order
-      std::vector<int64_t> slots, n_new;
-      for (size_t i = g0; i < g1; ++i) {
-        const int64_t len = int64_t(seqs[order[i]].size());
-        if (len <= done) continue;
-        active.push_back(i);
-        slots.push_back(int64_t(i - g0));
-        n_new.push_back(std::min(chunk, len - done));
-      }
-      const int64_t B = int64_t(active.size()), T = *std::max_element(n_new.begin(), n_new.end());
-      std::vector<int64_t> tok(size_t(B * T), 0);
-      for (int64_t b = 0; b < B; ++b) {
-        const auto& s = seqs[order[active[size_t(b)]]];
-        for (int64_t t = 0; t < n_new[size_t(b)]; ++t) tok[size_t(b * T + t)] = s[size_t(done + t)];
-      }
-      model.forward_rows(tok.data(), B, T, slots, n_new, *cache, /*last_only=*/false, /*hidden_only=*/false, logits);
-      // Rows come ordered by (batch row, column): row of (b, t) is the sequence's row done + t.
-      std::vector<std::pair<size_t, int64_t>> where;  // (doc, text position) of each returned row, or t = −1
-      for (int64_t b = 0; b < B; ++b) {
-        const size_t d = order[active[size_t(b)]];
-        for (int64_t t = 0; t < n_new[size_t(b)]; ++t) where.push_back({d, done + t + 1 - int64_t(prompt_len[d])});
-      }
-#pragma omp parallel for schedule(static)
-      for (int64_t r = 0; r < int64_t(where.size()); ++r) {
-        const auto [d, t] = where[size_t(r)];
-        if (t >= 0) out[d][size_t(t)] = logits_entropy(logits.data() + r * V, V);
-      }
-    }
-  }
+  for_each_position_logits(model, seqs, chunk, group, [&](size_t d, int64_t r, const float* row) {
+    const int64_t t = r + 1 - int64_t(prompt_len[d]);  // rows inside the prompt score nothing
+    if (t >= 0) out[d][size_t(t)] = logits_entropy(row, V);
+  });
   return out;
 }
 
@@ -409,6 +374,30 @@ std::vector<AccountDetection> detect_accounts(const WatermarkKey& master, const 
     out[i].p_holm = std::exp(adj[i]);
   }
   return out;
+}
+
+nlohmann::ordered_json detection_json(const DetectionResult& r, bool entropy_filter) {
+  using J = nlohmann::ordered_json;
+  J j;
+  j["tokens"] = r.tokens;
+  j["tokens_scored"] = r.tokens_scored;
+  j["too_short"] = r.too_short;
+  if (entropy_filter) j["tokens_skipped_low_entropy"] = r.tokens_masked;
+  j["score"] = r.score;
+  j["z"] = r.too_short ? J(nullptr) : J(r.z);
+  j["p_value"] = r.too_short ? J(nullptr) : J(r.p_value);
+  j["log10_p"] = r.too_short ? J(nullptr) : J(r.log10_p);
+  return j;
+}
+
+nlohmann::ordered_json account_detection_json(const AccountDetection& a, bool entropy_filter) {
+  using J = nlohmann::ordered_json;
+  J j = detection_json(a.result, entropy_filter);
+  j["account"] = a.account;
+  j["key_commitment"] = a.key_commitment;
+  j["p_holm"] = a.result.too_short ? J(nullptr) : J(a.p_holm);
+  j["log10_p_holm"] = a.result.too_short ? J(nullptr) : J(a.log10_p_holm);
+  return j;
 }
 
 }  // namespace retort

@@ -26,6 +26,7 @@
 #pragma once
 
 #include <cstdint>
+#include <nlohmann/json_fwd.hpp>
 #include <span>
 #include <string>
 #include <vector>
@@ -170,5 +171,12 @@ std::vector<AccountDetection> detect_accounts(const WatermarkKey& master, const 
                                               const DetectorConfig& c,
                                               const std::vector<std::vector<int32_t>>& docs,
                                               const std::vector<std::vector<uint8_t>>& masks = {});
+
+// A result as the commands write it (`watermark detect --json`, `audit radioactivity`): tokens, tokens_scored,
+// too_short, score, then z, p_value, log10_p (null when too short; p_value is 0 below ~1e-308, log10_p
+// exact). entropy_filter adds tokens_skipped_low_entropy (tokens_masked).
+nlohmann::ordered_json detection_json(const DetectionResult& r, bool entropy_filter = false);
+// One account's row: detection_json, then account, key_commitment, p_holm and log10_p_holm (null when too short).
+nlohmann::ordered_json account_detection_json(const AccountDetection& a, bool entropy_filter = false);
 
 }  // namespace retort

@@ -15,6 +15,7 @@
 #include "retort/text/tokenizer.h"
 #include "retort/util/error.h"
 #include "retort/util/file.h"
+#include "retort/util/parallel.h"
 
 namespace fs = std::filesystem;
 
@@ -422,10 +423,13 @@ void for_each_position_logits(RuntimeModel& model, const std::vector<std::vector
         for (int64_t t = 0; t < n_new[size_t(b)]; ++t) tok[size_t(b * T + t)] = s[size_t(done + t)];
       }
       model.forward_rows(tok.data(), B, T, slots, n_new, *cache, /*last_only=*/false, /*hidden_only=*/false, logits);
-      // Rows come ordered by (batch row, column), n_new[b] of them per row.
-      const float* row = logits.data();
+      // Rows come ordered by (batch row, column), n_new[b] of them per row: (sequence, position) of each.
+      std::vector<std::pair<size_t, int64_t>> where;
       for (int64_t b = 0; b < B; ++b)
-        for (int64_t t = 0; t < n_new[size_t(b)]; ++t, row += V) fn(order[active[size_t(b)]], done + t, row);
+        for (int64_t t = 0; t < n_new[size_t(b)]; ++t) where.push_back({order[active[size_t(b)]], done + t});
+      parallel_for(0, int64_t(where.size()), 1, [&](int64_t lo, int64_t hi) {
+        for (int64_t r = lo; r < hi; ++r) fn(where[size_t(r)].first, where[size_t(r)].second, logits.data() + r * V);
+      });
     }
   }
 }

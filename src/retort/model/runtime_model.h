@@ -56,8 +56,9 @@ CheckpointInfo read_checkpoint_info(const std::string& spec, bool load_tokenizer
 // Teacher forcing over many token sequences: the logits [n_vocab] at every position t of each sequence s
 // (the distribution of token t + 1 given seqs[s][0..t]), through fn(s, t, logits). Sequences run longest
 // first in groups of `group` cache slots, `chunk` tokens per forward, so rows of similar length pad
-// little; within a sequence fn sees t in increasing order, sequences interleave. Rows are batched, so
-// logits equal one sequence at a time up to the kernels' summation order.
+// little. The rows of one forward go to fn on all threads at once (parallel_for), each (s, t) exactly
+// once and in no set order: fn must write only what belongs to its (s, t). Rows are batched, so logits
+// equal one sequence at a time up to the kernels' summation order.
 class RuntimeModel;
 void for_each_position_logits(RuntimeModel& model, const std::vector<std::vector<int32_t>>& seqs, int64_t chunk,
                               int64_t group, const std::function<void(size_t s, int64_t t, const float* logits)>& fn);
