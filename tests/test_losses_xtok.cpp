@@ -16,7 +16,9 @@
 #include <vector>
 
 #include "retort/distill/losses.h"
+#include "retort/distill/student.h"
 #include "retort/distill/xtok_align.h"
+#include "retort/model/causal_lm.h"
 #include "retort/util/error.h"
 
 using namespace retort;
@@ -527,4 +529,79 @@ TEST(XTokLoss, BadInputIsAnError) {
   EXPECT_EQ(empty.numel(), 0);
   empty.sum().backward();
   EXPECT_TRUE(zg.grad().defined());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Through a student's output head (the trainer's path)
+
+// xtok_loss_backward runs the head one sequence at a time on detached rows and hands the hidden-state
+// gradient back in one backward; plain autograd over the whole batch is the reference: the same loss sums and
+// the same gradient on every parameter. Two sequences (the second cut, so one span falls outside its rows),
+// CE and span terms with different scales, uld and the hybrid.
+TEST(XTokLoss, HeadBackwardEqualsPlainAutograd) {
+  ModelHParams hp;
+  hp.arch = "llama";
+  hp.n_vocab = int64_t(kStudentVocab.size()), hp.n_embd = 16, hp.n_layer = 1, hp.n_head = 2, hp.n_head_kv = 1;
+  hp.head_dim = 8, hp.n_ff = 24, hp.max_position = 32, hp.rope_theta = 10000.0, hp.rms_eps = 1e-5;
+  hp.tie_embeddings = true;
+  CausalLM student = make_random_student(hp, 3);
+  std::mt19937_64 rng(5);
+  const auto teacher = to_signal(make_teacher(random_logits(rng, kTeacherText.size(), kTeacherVocab.size(), 2.0),
+                                              kTeacherText, 4),
+                                 map_vocab_by_bytes(kTeacherVocab, kStudentVocab));
+  const auto spans = align_token_spans(spell(kTeacherVocab, kTeacherText), spell(kStudentVocab, kStudentText));
+  // Batch [2, 8]: prompt {5, 0} then the student text; the second row is cut after 4 completion tokens.
+  std::vector<int64_t> row = {5, 0};
+  row.insert(row.end(), kStudentText.begin(), kStudentText.end());
+  auto tokens = torch::tensor(row, torch::kInt64).view({1, 8}).repeat({2, 1});
+  std::vector<int64_t> rows, targets;
+  for (int64_t b = 0; b < 2; ++b)
+    for (int64_t j = 2; j < (b == 0 ? 8 : 6); ++j) rows.push_back(b * 8 + j - 1), targets.push_back(row[size_t(j)]);
+  const auto rows_t = torch::tensor(rows, torch::kInt64), targets_t = torch::tensor(targets, torch::kInt64);
+  std::vector<TokenSpan> cut;
+  for (const auto& sp : spans)
+    if (sp.s1 <= 4) cut.push_back(sp);
+  ASSERT_LT(cut.size(), spans.size());
+  const std::vector<XTokSequenceRows> seqs = {{0, 6, &teacher, spans}, {6, 4, &teacher, cut}};
+  const double ce_scale = 0.3, span_scale = 0.7;
+
+  for (bool hybrid : {false, true}) {
+    XTokConfig c;
+    c.hybrid = hybrid;
+    c.merge = hybrid ? SpanMerge::Last : SpanMerge::First;
+    if (hybrid) c.matched_weight = 0.6, c.unmatched_weight = 0.4;
+    auto grads = [&]() {
+      std::vector<torch::Tensor> g;
+      for (auto& p : student->parameters()) {
+        g.push_back(p.grad().defined() ? p.grad().clone() : torch::zeros_like(p));
+        if (p.grad().defined()) p.mutable_grad().zero_();
+      }
+      return g;
+    };
+    for (auto& p : student->parameters()) p.requires_grad_(true);
+    auto hidden = student->forward_hidden(tokens).reshape({-1, hp.n_embd}).index_select(0, rows_t);
+    const auto r = xtok_loss_backward(*student.ptr(), hidden, targets_t, seqs, c, ce_scale, span_scale);
+    const auto got = grads();
+
+    hidden = student->forward_hidden(tokens).reshape({-1, hp.n_embd}).index_select(0, rows_t);
+    auto logits = student->lm_logits(hidden);
+    auto ce = torch::nn::functional::cross_entropy(
+        logits, targets_t, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
+    auto span_sum = xtok_loss_spans(logits.narrow(0, 0, 6), targets_t.narrow(0, 0, 6), teacher, spans, c).sum() +
+                    xtok_loss_spans(logits.narrow(0, 6, 4), targets_t.narrow(0, 6, 4), teacher, cut, c).sum();
+    (ce * ce_scale + span_sum * span_scale).backward();
+    const auto want = grads();
+
+    EXPECT_NEAR(r.ce_sum, ce.item<double>(), 1e-5 * std::abs(ce.item<double>()));
+    EXPECT_NEAR(r.span_sum, span_sum.item<double>(), 1e-5 * std::abs(span_sum.item<double>()) + 1e-7);
+    EXPECT_EQ(r.rows, 10);
+    EXPECT_EQ(r.spans, int64_t(spans.size() + cut.size()));
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t i = 0; i < got.size(); ++i) {
+      const double scale = want[i].abs().max().item<double>();
+      EXPECT_LE((got[i] - want[i]).abs().max().item<double>(), 1e-5 * scale + 1e-8)
+          << "parameter " << i << (hybrid ? " (hybrid)" : " (uld)");
+    }
+    EXPECT_GT(got[0].abs().sum().item<double>(), 0.0);  // something was learned
+  }
 }

@@ -9,7 +9,9 @@
 #include "retort/distill/pipeline.h"
 #include "retort/distill/signal_store.h"
 #include "retort/distill/student.h"
+#include "retort/distill/text_store.h"
 #include "retort/distill/trainer.h"
+#include "retort/distill/xtok_data.h"
 #include "retort/io/hf_checkpoint.h"
 #include "retort/util/error.h"
 #include "retort/util/file.h"
@@ -31,6 +33,7 @@ struct DistillArgs {
   double dist_timeout = 60;       // seconds
   double bucket_mb = 25;
   bool no_overlap = false;
+  std::string xtok_merge = "first";
   TrainerConfig t;
 };
 
@@ -157,12 +160,32 @@ void run_trainer_mode(const DistillArgs& a, bool threads_given) {
   mo.device = a.device;
   const torch::Device dev(a.device);
 
-  auto data = SignalStore::open(a.data);
-  std::optional<SignalStore> eval_store;
-  if (!a.eval_data.empty()) eval_store.emplace(SignalStore::open(a.eval_data));
+  // A text store (a teacher behind an API, tokenizer unknown): the student learns across tokenizers.
+  const bool text_store = TextStore::is_text_store(a.data);
+  std::optional<SignalStore> data_store, eval_store;
+  if (!text_store) data_store.emplace(SignalStore::open(a.data));
+  if (!a.eval_data.empty()) {
+    check(TextStore::is_text_store(a.eval_data) == text_store, "--eval-data ", a.eval_data, " is a ",
+          text_store ? "signal store" : "text store", " but --data ", a.data, " is a ",
+          text_store ? "text store" : "signal store", "; give held-out data of the same kind");
+    if (!text_store) eval_store.emplace(SignalStore::open(a.eval_data));
+  }
 
   TrainerConfig cfg = a.t;
-  cfg.loss.kind = loss_kind_from_name(a.loss);
+  cfg.cross_tokenizer = text_store;
+  if (text_store && (a.loss == "uld" || a.loss == "gold")) {
+    cfg.xtok_loss = a.loss;
+    cfg.loss.kind = LossKind::CE;
+    check(a.xtok_merge == "first" || a.xtok_merge == "last", "--xtok-merge must be first or last, got ", a.xtok_merge);
+    cfg.xtok.merge = a.xtok_merge == "first" ? SpanMerge::First : SpanMerge::Last;
+    cfg.xtok.student_temperature = cfg.xtok.teacher_temperature = a.t.loss.temperature;
+    cfg.xtok.beta = a.t.loss.beta;
+  } else {
+    check(a.loss != "uld" && a.loss != "gold", "--loss ", a.loss, " distills across tokenizers: --data must be a text "
+          "store (retort capture --teacher-url without --teacher-tokenizer), but ", a.data, " is a signal store in the "
+          "teacher's tokenizer; train it with ce, fkl, rkl, jsd, skl, srkl or tvd");
+    cfg.loss.kind = loss_kind_from_name(a.loss);
+  }
   cfg.loss.t2_scale = !a.no_t2;
   cfg.progress = !a.quiet && root;
 
@@ -194,6 +217,8 @@ void run_trainer_mode(const DistillArgs& a, bool threads_given) {
     info.generation_defaults = sm.generation_defaults;
     student_desc = {{"from", sm.path}};
   } else {
+    check(!text_store, "--student ", a.student, ": across tokenizers the student must be a model with its own "
+          "tokenizer (an HF dir, a checkpoint or a GGUF, e.g. the gemma3-270m of the model cache), not a config");
     check(teacher.has_value(), "--student ", a.student, ": a student made from a config needs the teacher (--teacher MODEL)");
     StudentConfig sc;
     if (a.student.size() > 5 && a.student.substr(a.student.size() - 5) == ".json") {
@@ -212,8 +237,8 @@ void run_trainer_mode(const DistillArgs& a, bool threads_given) {
       // Calibration: the first samples of the training store, cut to a common length.
       std::vector<int64_t> ids;
       int64_t rows = 0, len = 64;
-      for (int64_t i = 0; i < data.n_samples() && rows < 16; ++i) {
-        auto s = data.sample(i);
+      for (int64_t i = 0; i < data_store->n_samples() && rows < 16; ++i) {
+        auto s = data_store->sample(i);
         if (s.n_tokens < len) continue;
         ids.insert(ids.end(), s.tokens, s.tokens + len);
         ++rows;
@@ -235,8 +260,34 @@ void run_trainer_mode(const DistillArgs& a, bool threads_given) {
   info.provenance = {{"teacher", a.teacher}, {"data", a.data}, {"loss", a.loss}, {"student", student_desc}};
   in.export_info = info;
   in.provenance = info.provenance;
-  in.data = &data;
+  in.data = data_store ? &*data_store : nullptr;
   in.eval_data = eval_store ? &*eval_store : nullptr;
+  std::optional<XTokData> xtok_data, xtok_eval;
+  if (text_store) {
+    CheckpointInfo sinfo;  // the student's tokenizer and chat template, for its own encoding of the prompts
+    sinfo.path = a.student;
+    sinfo.tokenizer = tok;
+    sinfo.chat_template = info.chat_template;
+    sinfo.eos_ids = info.eos_ids;
+    auto report = [&](const char* what, const XTokData& d) {
+      if (!root) return;
+      std::fprintf(stderr, "%s %s: %zu samples for the student's tokenizer, %zu skipped", what, d.dir.c_str(),
+                   d.examples.size(), d.skipped.size());
+      if (!d.skipped.empty()) std::fprintf(stderr, " (e.g. %s: %s)", d.skipped.front().where.c_str(), d.skipped.front().reason.c_str());
+      if (d.k > 0) std::fprintf(stderr, "; %.1f%% of the teacher's top-%lld tokens are student tokens", 100 * d.matched_share,
+                                static_cast<long long>(d.k));
+      std::fprintf(stderr, "\n");
+    };
+    xtok_data.emplace(make_xtok_data(TextStore::open(a.data), sinfo));
+    report("data", *xtok_data);
+    if (!a.eval_data.empty()) {
+      xtok_eval.emplace(make_xtok_data(TextStore::open(a.eval_data), sinfo));
+      report("eval data", *xtok_eval);
+    }
+    in.xtok_data = &*xtok_data;
+    in.xtok_eval = xtok_eval ? &*xtok_eval : nullptr;
+    in.provenance["cross_tokenizer"] = xtok_data->summary();
+  }
   in.teacher = teacher ? &*teacher : nullptr;
   in.dist = dist.get();
 
@@ -259,6 +310,13 @@ void run_trainer_mode(const DistillArgs& a, bool threads_given) {
   std::printf("trained %lld steps (from step %lld): %lld tokens in %.1f s (%.0f tok/s), last loss %.4f\n",
               static_cast<long long>(r.steps), static_cast<long long>(r.start_step), static_cast<long long>(r.tokens),
               r.seconds, r.tokens_per_s, r.last_loss);
+  if (!r.xtok_eval.is_null()) {
+    const auto& e = r.xtok_eval;
+    auto num = [](const nlohmann::json& v) { return v.is_number() ? v.get<double>() : NAN; };
+    std::printf("held-out (student tokens): nll/byte %.4f  bits/byte %.4f  teacher nll/byte %.4f  top-1 agreement %.4f "
+                "(%lld positions)\n", num(e["nll_per_byte"]), num(e["bits_per_byte"]), num(e["teacher_nll_per_byte"]),
+                num(e["top1_agree"]), static_cast<long long>(e["agree_positions"].get<int64_t>()));
+  }
   if (r.eval)
     std::printf("held-out: nll %.4f  ppl %.2f  top-1 agreement %.4f  KL %.4f\n", r.eval->nll, r.eval->ppl,
                 r.eval->top1_agree, r.eval->kl);
@@ -282,7 +340,17 @@ void register_distill(CLI::App& app) {
   sub->add_option("--student", a->student,
                   "student: \"layers=8,hidden=256,heads=4,kv_heads=2,ffn=768,init=prune\", a JSON file, "
                   "or a model (HF dir / checkpoint / GGUF) to continue from");
-  sub->add_option("--loss", a->loss, "ce | fkl | rkl | jsd | skl | srkl | tvd")->capture_default_str();
+  sub->add_option("--loss", a->loss,
+                  "ce | fkl | rkl | jsd | skl | srkl | tvd; on a text store (another tokenizer): ce (SFT on the "
+                  "teacher's text) | uld | gold")
+      ->capture_default_str();
+  sub->add_option("--xtok-merge", a->xtok_merge, "uld/gold: which row of a multi-token span carries it: first | last")
+      ->capture_default_str();
+  sub->add_option("--xtok-ce-weight", t.xtok_ce_weight, "uld/gold: weight of CE on the teacher's text")
+      ->capture_default_str();
+  sub->add_option("--xtok-weight", t.xtok_weight, "uld/gold: weight of the span loss")->capture_default_str();
+  sub->add_option("--xtok-matched-weight", t.xtok.matched_weight,
+                  "gold: weight of the exact part (tokens both vocabularies have); default: the store's matched share");
   sub->add_option("--out", a->out, "output directory (main job default: $RETORT_HOME/runs/quickstart)");
   sub->add_option("--temperature", t.loss.temperature, "distillation temperature τ")->capture_default_str();
   sub->add_option("--beta", t.loss.beta, "JSD β")->capture_default_str();

@@ -19,6 +19,8 @@
 #include "retort/distill/evaluate.h"
 #include "retort/distill/signal_store.h"
 #include "retort/distill/tasks.h"
+#include "retort/distill/text_store.h"
+#include "retort/distill/xtok_data.h"
 #include "retort/text/tokenizer.h"
 #include "retort/util/error.h"
 
@@ -265,8 +267,39 @@ TaskRun task_run(const std::string& role, LoadedModel& m, const std::vector<Task
   return r;
 }
 
+// A text store (a teacher behind an API whose tokenizer is unknown): the model's NLL of the teacher's text on its
+// own tokenization, per byte, beside the teacher's own (xtok_data.h) — comparable across tokenizers.
+void run_text_store(const EvalArgs& a) {
+  check(a.tasks.empty() && a.answers == 0, "retort eval: --tasks and --answers work with a signal store; ", a.data,
+        " is a text store (per-byte NLL only)");
+  const TextStore store = TextStore::open(a.data);
+  LoadedModel m = load_for_cli(a.student, true, false);
+  const XTokData d = make_xtok_data(store, m);
+  const auto t0 = Clock::now();
+  const XTokEval e = evaluate_xtok(*m.model, d, a.max_samples);
+  std::fprintf(stderr, "[%s: %lld samples, %lld bytes scored in %.1f s]\n", m.path.c_str(), (long long)e.samples,
+               (long long)e.bytes, std::chrono::duration<double>(Clock::now() - t0).count());
+  json out = {{"data", d.summary()},
+              {"model", {{"spec", a.student.model}, {"path", m.path}, {"format", m.format}}},
+              {"metrics", e.to_json()}};
+  if (a.json_out) {
+    std::printf("%s\n", out.dump(-1, ' ', false, json::error_handler_t::replace).c_str());
+    return;
+  }
+  auto num = [](const json& v) { return v.is_number() ? v.get<double>() : NAN; };
+  const json& j = out["metrics"];
+  std::printf("held-out teacher text: %s (%lld samples, %lld bytes; %zu skipped)\n", d.dir.c_str(), (long long)e.samples,
+              (long long)e.bytes, d.skipped.size());
+  std::printf("  model NLL per byte (its own tokens)   %.4f nats  %.4f bits\n", num(j["nll_per_byte"]),
+              num(j["bits_per_byte"]));
+  std::printf("  teacher NLL per byte (its samples)    %.4f nats\n", num(j["teacher_nll_per_byte"]));
+  std::printf("  top-1 agreement (one-token spans)     %.4f over %lld positions\n", num(j["top1_agree"]),
+              (long long)e.agree_positions);
+}
+
 void run(const EvalArgs& a) {
   check(!a.student.model.empty(), "retort eval: --model STUDENT is required");
+  if (!a.data.empty() && TextStore::is_text_store(a.data)) return run_text_store(a);
   check(!a.data.empty() || !a.tasks.empty(),
         "retort eval: give --data STORE (held-out teacher text), --tasks FILE (answer-checkable tasks, e.g. "
         "data/tasks/tasks.jsonl), or both");
@@ -366,7 +399,9 @@ void register_eval(CLI::App& app) {
   add_model_options(*sub, a->student);
   sub->get_option("--model")->description("the student: a .gguf file, a Hugging Face directory, or a cached name")->required();
   sub->add_option("--teacher", a->teacher.model, "the teacher (same forms as --model)")->capture_default_str();
-  sub->add_option("--data", a->data, "signal store directory of held-out teacher text (from `retort capture`)");
+  sub->add_option("--data", a->data,
+                  "held-out teacher text from `retort capture`: a signal store, or a text store (a teacher behind an "
+                  "API with another tokenizer: NLL per byte on the model's own tokens)");
   sub->add_option("--tasks", a->tasks,
                   "answer-checkable tasks (JSONL, e.g. data/tasks/tasks.jsonl): greedy replies of both models, scored "
                   "by exact rules, accuracy per category and the share of the teacher's the student keeps");

@@ -602,6 +602,49 @@ torch::Tensor uld_loss_rows(const torch::Tensor& student_logits, const XTokTeach
   return xtok_rows(student_logits, nullptr, teacher, spans, cfg);
 }
 
+XTokLossResult xtok_loss_backward(CausalLMImpl& student, const torch::Tensor& hidden, const torch::Tensor& targets,
+                                  const std::vector<XTokSequenceRows>& seqs, const XTokConfig& cfg, double ce_scale,
+                                  double span_scale, bool backward) {
+  const char* what = "cross-tokenizer loss";
+  check(hidden.defined() && hidden.dim() == 2 && hidden.size(1) == student.hparams().n_embd, what,
+        ": student hidden states must be [N, n_embd], got ", hidden.defined() ? hidden.sizes() : torch::IntArrayRef{});
+  const int64_t N = hidden.size(0);
+  check_targets(targets, N, student.hparams().n_vocab, what);
+  XTokLossResult res;
+  auto h_all = hidden.detach();
+  torch::Tensor grad_hidden = backward ? torch::zeros_like(h_all) : torch::Tensor();
+  auto tg = targets.to(hidden.device());
+  for (const XTokSequenceRows& q : seqs) {
+    check(q.row0 >= 0 && q.rows >= 0 && q.row0 + q.rows <= N, what, ": sequence rows [", q.row0, ", ", q.row0 + q.rows,
+          ") outside the ", N, " rows");
+    if (q.rows == 0) continue;
+    auto hc = h_all.narrow(0, q.row0, q.rows).detach();
+    if (backward) hc.requires_grad_(true);
+    torch::AutoGradMode grad_mode(backward);
+    auto logits = student.lm_logits(hc).to(torch::kFloat32);  // [rows, V]
+    auto y = tg.narrow(0, q.row0, q.rows);
+    auto ce = torch::nn::functional::cross_entropy(
+        logits, y, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
+    auto total = ce * ce_scale;
+    res.ce_sum += ce.item<double>();
+    res.rows += q.rows;
+    res.agree += logits.argmax(1).eq(y).sum().item<int64_t>();
+    if (q.teacher != nullptr && !q.spans.empty()) {
+      check(span_scale == 0 || q.teacher->topk_logprobs.defined(), what, ": a sequence has spans but no teacher signal");
+      auto l = xtok_loss_spans(logits, y, *q.teacher, q.spans, cfg).sum();
+      res.span_sum += l.item<double>();
+      res.spans += int64_t(q.spans.size());
+      if (span_scale != 0) total = total + l * span_scale;
+    }
+    if (backward) {
+      total.backward();
+      grad_hidden.narrow(0, q.row0, q.rows).copy_(hc.grad());
+    }
+  }
+  if (backward && hidden.requires_grad()) hidden.backward(grad_hidden);
+  return res;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Chunked over rows
 

@@ -33,6 +33,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <torch/torch.h>
 
@@ -114,6 +115,27 @@ torch::Tensor xtok_loss_spans(const torch::Tensor& student_logits, const torch::
 // ULD as in the paper: row i of the student against row i of the teacher (T = N_s; the caller
 // truncates both to the shorter length), no merging. [N_s].
 torch::Tensor uld_loss_rows(const torch::Tensor& student_logits, const XTokTeacher& teacher, const XTokConfig& cfg);
+
+// A micro-batch's cross-tokenizer loss, one sequence at a time through the output head (peak memory: one
+// sequence's [rows, V] logits and the loss's temporaries), like chunked_loss_backward:
+//   total = ce_scale · Σ_rows −log q(target) + span_scale · Σ_spans xtok_loss_spans
+// hidden [N, d] are the student's final hidden states of the scored rows (part of its graph), targets [N] the
+// student's tokens they predict; sequence i owns rows [row0, row0 + rows) and its spans count student rows
+// from row0 (spans past the sequence's rows must be left out by the caller). With no teacher (text-only SFT),
+// span_scale must be 0.
+struct XTokSequenceRows {
+  int64_t row0 = 0, rows = 0;
+  const XTokTeacher* teacher = nullptr;  // null: this sequence has no teacher signal (ce only)
+  std::vector<TokenSpan> spans;
+};
+struct XTokLossResult {
+  double ce_sum = 0, span_sum = 0;  // before the scales
+  int64_t rows = 0, spans = 0;
+  int64_t agree = 0;                // rows where the student's argmax is the target
+};
+XTokLossResult xtok_loss_backward(CausalLMImpl& student, const torch::Tensor& hidden, const torch::Tensor& targets,
+                                  const std::vector<XTokSequenceRows>& seqs, const XTokConfig& cfg, double ce_scale,
+                                  double span_scale, bool backward = true);
 
 // The teacher's signal for N scored rows: sparse (topk_* + tail_mass), or dense (the
 // teacher's final hidden states; logits are made per chunk with teacher->lm_logits). `targets`

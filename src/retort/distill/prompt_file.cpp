@@ -67,4 +67,16 @@ std::vector<int32_t> encode_prompt(const CheckpointInfo& m, const PromptLine& p,
   return tpl.encode(p.messages, *m.tokenizer);  // as `retort serve` encodes a chat: message text stays text
 }
 
+int32_t answer_stop_token(const CheckpointInfo& m, const PromptLine& p) {
+  if (p.chat) {
+    const std::string eot = ChatTemplate::from_jinja(m.chat_template, *m.tokenizer).end_of_turn();
+    const std::vector<int32_t> e = m.tokenizer->encode(eot, /*parse_special=*/true, /*add_bos=*/false);
+    check(e.size() == 1, m.path, ": the chat template's end-of-turn ", eot, " is not one token");
+    return e[0];
+  }
+  const auto eos = m.tokenizer->eos_id();
+  check(eos.has_value() || !m.eos_ids.empty(), m.path, ": the tokenizer has no EOS token");
+  return eos ? *eos : m.eos_ids.front();
+}
+
 }  // namespace retort

@@ -32,4 +32,8 @@ std::vector<PromptLine> read_prompt_lines(const std::string& path, const Capture
 // text parsed; chat: message text stays text, as `retort serve` encodes a chat). `path` names the file in errors.
 std::vector<int32_t> encode_prompt(const CheckpointInfo& m, const PromptLine& p, const std::string& path);
 
+// The token a model generates to end its answer to p: the chat template's end-of-turn for a chat line, the EOS
+// for a raw one. retort::Error naming m.path when the model has none (or it is not one token).
+int32_t answer_stop_token(const CheckpointInfo& m, const PromptLine& p);
+
 }  // namespace retort

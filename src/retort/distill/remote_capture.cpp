@@ -22,6 +22,7 @@
 
 #include "retort/distill/prompt_file.h"
 #include "retort/distill/signal_store.h"
+#include "retort/distill/text_store.h"
 #include "retort/model/runtime_model.h"
 #include "retort/protect/keys.h"
 #include "retort/serve/openai_client.h"
@@ -38,31 +39,9 @@ using nlohmann::json;
 
 namespace {
 
-constexpr const char* kTextFormat = "retort-text-store";
-constexpr int64_t kTextVersion = 1;
 constexpr const char* kJournal = "journal.jsonl";
 constexpr const char* kSkipped = "skipped.jsonl";
 constexpr float kVeryUnlikely = -9999.0f;  // OpenAI's logprob for "never"; what APIs send for -inf
-
-std::string to_hex(std::string_view b) {
-  static const char* d = "0123456789abcdef";
-  std::string s;
-  s.reserve(b.size() * 2);
-  for (unsigned char c : b) s += {d[c >> 4], d[c & 15]};
-  return s;
-}
-
-std::string from_hex(const std::string& h, const std::string& where) {
-  auto v = [&](char c) -> int {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    fail(where, ": \"", h, "\" is not lowercase hex");
-  };
-  check(h.size() % 2 == 0, where, ": \"", h, "\" is not hex bytes");
-  std::string b(h.size() / 2, '\0');
-  for (size_t i = 0; i < b.size(); ++i) b[i] = char(v(h[2 * i]) * 16 + v(h[2 * i + 1]));
-  return b;
-}
 
 std::string sha256_of(std::string_view s) { return sha256_hex(reinterpret_cast<const uint8_t*>(s.data()), s.size()); }
 
@@ -211,7 +190,7 @@ class SignalSink : public Sink {
       std::vector<std::pair<float, int32_t>> entries;
       std::set<int32_t> used;
       for (int64_t q = 0; q < k_; ++q) {
-        const std::string b = from_hex(top[q][0].get<std::string>(), where);
+        const std::string b = hex_to_bytes(top[q][0].get<std::string>(), where);
         if (const int32_t i = top[q].size() > 2 ? sent_id(top[q][2], b) : -1; i >= 0 && !used.count(i)) {
           used.insert(i);
           entries.push_back({std::max(kVeryUnlikely, float(top[q][1].get<double>())), i});
@@ -219,29 +198,29 @@ class SignalSink : public Sink {
         }
         const std::vector<int32_t>* c = vocab_.find(b);
         if (c == nullptr)
-          throw SkipSample(cat("top_logprobs[", q, "] of token ", j, " (bytes ", to_hex(b),
+          throw SkipSample(cat("top_logprobs[", q, "] of token ", j, " (bytes ", bytes_to_hex(b),
                                ") is no token of the teacher tokenizer"));
         auto pick = std::find_if(c->begin(), c->end(), [&](int32_t i) { return !used.count(i); });
         if (pick == c->end())
-          throw SkipSample(cat("token ", j, " lists the bytes ", to_hex(b), " more often than the teacher tokenizer "
+          throw SkipSample(cat("token ", j, " lists the bytes ", bytes_to_hex(b), " more often than the teacher tokenizer "
                                "has tokens for them"));
         used.insert(*pick);
         entries.push_back({std::max(kVeryUnlikely, float(top[q][1].get<double>())), *pick});
       }
       // The sampled token: the alternative with the same bytes and logprob, else the best candidate.
-      const std::string b = from_hex(t["bytes"].get<std::string>(), where);
+      const std::string b = hex_to_bytes(t["bytes"].get<std::string>(), where);
       const float lp = std::max(kVeryUnlikely, float(t["logprob"].get<double>()));
       int32_t chosen = t.contains("id") ? sent_id(t["id"], b) : -1;
       if (chosen < 0 && t.contains("id") && merged(t["id"], b))
-        throw SkipSample(cat("token ", j, " (bytes ", to_hex(b), ") holds more than the bytes of its id ",
+        throw SkipSample(cat("token ", j, " (bytes ", bytes_to_hex(b), ") holds more than the bytes of its id ",
                              t["id"].dump(), ": the server listed several tokens as one (llama-server does for tokens that end inside "
                              "a UTF-8 character), so the logprobs of the others are unknown"));
       for (int64_t q = 0; q < k_ && chosen < 0; ++q)
-        if (from_hex(top[q][0].get<std::string>(), where) == b && entries[size_t(q)].first == lp)
+        if (hex_to_bytes(top[q][0].get<std::string>(), where) == b && entries[size_t(q)].first == lp)
           chosen = entries[size_t(q)].second;
       if (chosen < 0) {
         const std::vector<int32_t>* c = vocab_.find(b);
-        if (c == nullptr) throw SkipSample(cat("token ", j, " (bytes ", to_hex(b), ") is no token of the teacher tokenizer"));
+        if (c == nullptr) throw SkipSample(cat("token ", j, " (bytes ", bytes_to_hex(b), ") is no token of the teacher tokenizer"));
         chosen = c->front();
       }
       // Ties by id, as a local capture orders them.
@@ -311,10 +290,10 @@ class TextSink : public Sink {
     manifest_["complete"] = false;
     if (fs::exists(mpath)) {
       json have = json::parse(read_file(mpath), nullptr, false);
-      check(!have.is_discarded() && have.is_object() && have.value("format", "") == kTextFormat, mpath,
+      check(!have.is_discarded() && have.is_object() && have.value("format", "") == kTextStoreFormat, mpath,
             ": not a text store manifest (give a new --out directory)");
-      check(have.value("version", 0) == kTextVersion, mpath, ": text store version ", have.value("version", 0),
-            " is not supported (this retort reads version ", kTextVersion, ")");
+      check(have.value("version", 0) == kTextStoreVersion, mpath, ": text store version ", have.value("version", 0),
+            " is not supported (this retort reads version ", kTextStoreVersion, ")");
       const std::string why = mismatch(have, manifest_);
       check(why.empty(), "text store ", dir_, " was captured with other settings: ", why,
             ". Resume with the original settings, or give a new --out directory");
@@ -442,11 +421,11 @@ json make_record(int64_t id, int64_t p, int64_t s, const PromptLine& line, const
     for (const auto& t : ch.logprobs) {
       json top = json::array();
       for (const auto& a : t.top) {
-        json e = {to_hex(a.bytes), a.logprob};
+        json e = {bytes_to_hex(a.bytes), a.logprob};
         if (a.id >= 0) e.push_back(a.id);  // the server's token id (llama.cpp's server sends them)
         top.push_back(std::move(e));
       }
-      json e = {{"bytes", to_hex(t.bytes)}, {"logprob", t.logprob}, {"top", top}};
+      json e = {{"bytes", bytes_to_hex(t.bytes)}, {"logprob", t.logprob}, {"top", top}};
       if (t.id >= 0) e["id"] = t.id;
       toks.push_back(std::move(e));
     }
@@ -571,22 +550,9 @@ RemoteCaptureSummary capture_remote(const RemoteTeacher& teacher, const CaptureO
     check(info.tokenizer != nullptr, teacher.tokenizer, ": has no tokenizer (--teacher-tokenizer needs one)");
     prompt_ids.resize(size_t(n_use));
     stop_token.resize(size_t(n_use));
-    int32_t end_of_turn = -1;
     for (int64_t p = 0; p < n_use; ++p) {
       prompt_ids[size_t(p)] = encode_prompt(info, lines[size_t(p)], o.prompts_path);  // checks the template
-      if (lines[size_t(p)].chat) {
-        if (end_of_turn < 0) {
-          const std::string eot = ChatTemplate::from_jinja(info.chat_template, *info.tokenizer).end_of_turn();
-          const std::vector<int32_t> e = info.tokenizer->encode(eot, /*parse_special=*/true, /*add_bos=*/false);
-          check(e.size() == 1, teacher.tokenizer, ": the chat template's end-of-turn ", eot, " is not one token");
-          end_of_turn = e[0];
-        }
-        stop_token[size_t(p)] = end_of_turn;
-      } else {
-        auto eos = info.tokenizer->eos_id();
-        check(eos.has_value() || !info.eos_ids.empty(), teacher.tokenizer, ": the tokenizer has no EOS token");
-        stop_token[size_t(p)] = eos ? *eos : info.eos_ids.front();
-      }
+      stop_token[size_t(p)] = answer_stop_token(info, lines[size_t(p)]);
     }
   }
 
@@ -635,7 +601,7 @@ RemoteCaptureSummary capture_remote(const RemoteTeacher& teacher, const CaptureO
     sink = std::make_unique<SignalSink>(o.out_dir, std::move(man), *info.tokenizer, prompt_ids, stop_token,
                                         info.hparams.n_vocab);
   } else {
-    json man = {{"format", kTextFormat}, {"version", kTextVersion}, {"teacher", teacher_json},
+    json man = {{"format", kTextStoreFormat}, {"version", kTextStoreVersion}, {"teacher", teacher_json},
                 {"generation", generation}, {"prompts", prompts_json}, {"source", source}};
     if (logprobs) man["k"] = o.k;
     sink = std::make_unique<TextSink>(o.out_dir, std::move(man));

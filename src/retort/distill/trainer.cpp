@@ -20,6 +20,7 @@
 #include "retort/distill/distributed.h"
 #include "retort/distill/report.h"
 #include "retort/distill/signal_store.h"
+#include "retort/distill/xtok_data.h"
 #include "retort/io/hf_checkpoint.h"
 #include "retort/model/loader.h"
 #include "retort/text/tokenizer.h"
@@ -103,7 +104,7 @@ int64_t sample_at(uint64_t seed, int64_t n, int64_t g) {
 // Config
 
 nlohmann::json TrainerConfig::hashed_json() const {
-  return {{"loss", loss_kind_name(loss.kind)},
+  nlohmann::json j = {{"loss", loss_kind_name(loss.kind)},
           {"temperature", loss.temperature},
           {"beta", loss.beta},
           {"alpha", loss.alpha},
@@ -126,6 +127,22 @@ nlohmann::json TrainerConfig::hashed_json() const {
           {"on_policy_max_tokens", on_policy_max_tokens},
           {"on_policy_temperature", on_policy_temperature},
           {"chunk_rows", chunk_rows}};
+  if (cross_tokenizer) {
+    j["cross_tokenizer"] = true;
+    j["loss"] = xtok_loss.empty() ? "ce" : xtok_loss;
+    if (!xtok_loss.empty()) {
+      j["xtok"] = {{"ce_weight", xtok_ce_weight},
+                   {"weight", xtok_weight},
+                   {"student_temperature", xtok.student_temperature},
+                   {"teacher_temperature", xtok.teacher_temperature},
+                   {"merge", xtok.merge == SpanMerge::First ? "first" : "last"}};
+      if (xtok.hybrid)
+        j["xtok"].update({{"matched_weight", xtok.matched_weight},
+                          {"unmatched_weight", xtok.unmatched_weight},
+                          {"beta", xtok.beta}});
+    }
+  }
+  return j;
 }
 
 nlohmann::json TrainerConfig::to_json() const {
@@ -159,6 +176,21 @@ void TrainerConfig::validate() const {
   check(chunk_rows >= 1, "--chunk-rows must be >= 1, got ", chunk_rows);
   check(eval_every >= 0 && save_every >= 0, "--eval-every and --save-every must be >= 0");
   check(keep_checkpoints >= 1, "--keep-checkpoints must be >= 1, got ", keep_checkpoints);
+  check(xtok_loss.empty() || xtok_loss == "uld" || xtok_loss == "gold", "--loss ", xtok_loss,
+        ": the cross-tokenizer losses are uld and gold");
+  if (!cross_tokenizer) {
+    check(xtok_loss.empty(), "--loss ", xtok_loss, " distills across tokenizers: train on a text store (a capture "
+          "from an API without --teacher-tokenizer)");
+    return;
+  }
+  check(xtok_loss.empty() ? loss.kind == LossKind::CE : true, "--loss ", loss_kind_name(loss.kind),
+        ": a text store (a teacher with another tokenizer) trains with ce (SFT on the teacher's text), uld or gold; "
+        "the same-vocabulary losses need a signal store in the student's tokenizer");
+  check(!dense && on_policy_lambda == 0, "--dense and --lambda need the teacher in process with the student's "
+        "tokenizer; across tokenizers the signal is the store's");
+  check(xtok_ce_weight >= 0 && xtok_weight >= 0 && std::isfinite(xtok_ce_weight) && std::isfinite(xtok_weight),
+        "--xtok-ce-weight and --xtok-weight must be >= 0");
+  if (!xtok_loss.empty()) xtok.validate();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -206,6 +238,15 @@ std::string store_identity(const SignalStore& s) {
   return fnv1a_hex(acc);
 }
 
+// The training data's identity and name, whichever kind it is.
+std::string data_identity(const TrainerInputs& in) {
+  return in.xtok_data ? in.xtok_data->identity : store_identity(*in.data);
+}
+std::string data_dir(const TrainerInputs& in) { return in.xtok_data ? in.xtok_data->dir : in.data->dir(); }
+int64_t data_samples(const TrainerInputs& in) {
+  return in.xtok_data ? int64_t(in.xtok_data->examples.size()) : in.data->n_samples();
+}
+
 }  // namespace
 
 std::string latest_checkpoint(const std::string& out_dir) {
@@ -224,6 +265,9 @@ struct MicroBatch {
   torch::Tensor tokens;  // [B, T] int64
   torch::Tensor rows;    // [N] int64
   TeacherSignal signal;
+  std::vector<XTokSequenceRows> xtok;  // across tokenizers: each sequence's rows, teacher and spans
+  std::vector<std::unique_ptr<XTokTeacher>> xtok_teachers;
+  int64_t n_spans = 0;
   int64_t n_tokens = 0;  // non-padding input tokens
   int64_t n_rows() const { return rows.defined() ? rows.size(0) : 0; }
 };
@@ -234,6 +278,7 @@ struct Sequence {
   std::vector<int64_t> ids;
   int64_t prompt_len = 0;
   const SignalSample* stored = nullptr;
+  const XTokExample* xtok = nullptr;  // across tokenizers
 };
 
 // Autocast-like mixed precision on CUDA: matmuls in bf16, master weights float32. A no-op on CPU.
@@ -269,6 +314,7 @@ class Trainer {
   void truncate_metrics(int64_t step);
   void append_metrics(const nlohmann::json& j);
   EvalMetrics run_eval(int64_t step);
+  MicroBatch build_xtok(const std::vector<Sequence>& seqs);
   void write_report(bool final);
   nlohmann::json state_json(int64_t step) const;
 
@@ -281,12 +327,30 @@ class Trainer {
   int64_t tokens_ = 0, scored_ = 0;
   std::vector<nlohmann::json> history_;  // metrics lines (for the report)
   std::optional<EvalMetrics> last_eval_;
+  nlohmann::json last_xtok_eval_;
   std::chrono::steady_clock::time_point t0_;
 };
 
 void Trainer::check_inputs() {
   check(!in_.student.is_empty(), "distill: no student model");
   check(in_.tokenizer != nullptr, "distill: the student needs a tokenizer (the teacher's)");
+  if (cfg_.cross_tokenizer) {
+    check(in_.xtok_data != nullptr, "distill: no cross-tokenizer training data (--data TEXT_STORE)");
+    check(in_.xtok_data->k > 0 || cfg_.xtok_loss.empty(), "distill: --loss ", cfg_.xtok_loss, " needs the teacher's "
+          "logprobs, but the text store ", in_.xtok_data->dir, " holds text only (captured with --signal text); "
+          "train with --loss ce, or capture again with --signal logprobs");
+    if (cfg_.xtok_loss == "gold") {
+      cfg_.xtok.hybrid = true;
+      if (cfg_.xtok.matched_weight < 0) cfg_.xtok.matched_weight = in_.xtok_data->matched_share;
+      if (cfg_.xtok.unmatched_weight < 0) cfg_.xtok.unmatched_weight = 1.0 - cfg_.xtok.matched_weight;
+    }
+    cfg_.validate();
+    for (const auto& p : in_.student->parameters())
+      check(p.scalar_type() == torch::kFloat32, "distill: the student's weights must be float32 master weights");
+    dev_ = in_.student->device();
+    k_ = in_.xtok_data->k;
+    return;
+  }
   check(in_.data != nullptr, "distill: no training data (--data STORE)");
   cfg_.validate();
   const auto& hp = in_.student->hparams();
@@ -316,6 +380,18 @@ void Trainer::check_inputs() {
 }
 
 std::vector<Sequence> Trainer::take_sequences(int64_t first_g, int64_t count, std::vector<SignalSample>& storage) {
+  if (in_.xtok_data) {
+    const auto& ex = in_.xtok_data->examples;
+    std::vector<Sequence> out(static_cast<size_t>(count));
+    for (int64_t i = 0; i < count; ++i) {
+      const XTokExample& e = ex[size_t(sample_at(cfg_.seed, int64_t(ex.size()), first_g + i))];
+      auto& q = out[size_t(i)];
+      q.ids.assign(e.ids.begin(), e.ids.begin() + std::min<int64_t>(int64_t(e.ids.size()), cfg_.max_seq));
+      q.prompt_len = e.prompt_len;
+      q.xtok = &e;
+    }
+    return out;
+  }
   const int64_t n = in_.data->n_samples();
   storage.resize(size_t(count));
   std::vector<Sequence> out(static_cast<size_t>(count));
@@ -401,7 +477,54 @@ TeacherSignal Trainer::teacher_signal(const torch::Tensor& tokens, const torch::
   return sig;
 }
 
+// Across tokenizers: the same rows as build() (the student's completion tokens), and per sequence its teacher
+// rows and the spans that lie wholly inside the rows kept (a sample cut by max_seq loses the spans past the cut).
+MicroBatch Trainer::build_xtok(const std::vector<Sequence>& seqs) {
+  const int64_t B = int64_t(seqs.size());
+  int64_t T = 1;
+  for (const auto& q : seqs) T = std::max<int64_t>(T, int64_t(q.ids.size()) - 1);
+  MicroBatch mb;
+  auto tokens = torch::zeros({B, T}, torch::kInt64);
+  auto* tp = tokens.data_ptr<int64_t>();
+  std::vector<int64_t> rows, targets;
+  const bool distill = !cfg_.xtok_loss.empty();
+  for (int64_t b = 0; b < B; ++b) {
+    const auto& q = seqs[size_t(b)];
+    const XTokExample& e = *q.xtok;
+    const int64_t len = int64_t(q.ids.size());
+    for (int64_t t = 0; t + 1 < len; ++t) tp[b * T + t] = q.ids[size_t(t)];
+    mb.n_tokens += std::max<int64_t>(0, len - 1);
+    XTokSequenceRows sr;
+    sr.row0 = int64_t(rows.size());
+    for (int64_t j = std::max<int64_t>(q.prompt_len, 1); j < len; ++j) {
+      rows.push_back(b * T + j - 1);
+      targets.push_back(q.ids[size_t(j)]);
+    }
+    sr.rows = int64_t(rows.size()) - sr.row0;
+    if (distill && e.T > 0 && sr.rows > 0) {
+      auto t = std::make_unique<XTokTeacher>();
+      const int64_t k = k_;
+      t->token_logprob = torch::tensor(e.token_logprob, torch::kFloat32);
+      t->topk_logprobs = torch::tensor(e.topk_logprobs, torch::kFloat32).view({e.T, k});
+      t->tail_mass = torch::tensor(e.tail_mass, torch::kFloat32);
+      if (cfg_.xtok.hybrid) t->topk_student_ids = torch::tensor(e.topk_student_ids, torch::kInt64).view({e.T, k});
+      // Student rows of the spans count from the first completion token, as the rows here do (prompt_len >= 1).
+      for (const TokenSpan& sp : e.spans)
+        if (sp.s1 <= sr.rows) sr.spans.push_back(sp);
+      sr.teacher = t.get();
+      mb.n_spans += int64_t(sr.spans.size());
+      mb.xtok_teachers.push_back(std::move(t));
+    }
+    mb.xtok.push_back(std::move(sr));
+  }
+  mb.tokens = tokens.to(dev_);
+  mb.rows = torch::tensor(rows, torch::kInt64).to(dev_);
+  mb.signal.targets = torch::tensor(targets, torch::kInt64).to(dev_);
+  return mb;
+}
+
 MicroBatch Trainer::build(const std::vector<Sequence>& seqs) {
+  if (in_.xtok_data) return build_xtok(seqs);
   const int64_t B = int64_t(seqs.size());
   int64_t T = 1;
   for (const auto& q : seqs) T = std::max<int64_t>(T, int64_t(q.ids.size()) - 1);
@@ -456,11 +579,11 @@ nlohmann::json Trainer::state_json(int64_t step) const {
           {"version", 1},
           {"step", step},
           {"cursor", step * per_step},
-          {"epoch", (step * per_step) / in_.data->n_samples()},
+          {"epoch", (step * per_step) / data_samples(in_)},
           {"seed", cfg_.seed},
           {"config", cfg_.to_json()},
           {"config_hash", cfg_.hash()},
-          {"data", {{"dir", in_.data->dir()}, {"identity", store_identity(*in_.data)}, {"samples", in_.data->n_samples()}}},
+          {"data", {{"dir", data_dir(in_)}, {"identity", data_identity(in_)}, {"samples", data_samples(in_)}}},
           {"tokens", tokens_},
           {"scored", scored_},
           {"world_size", in_.dist ? in_.dist->world_size() : 1},  // informational: resume works on any
@@ -529,9 +652,9 @@ int64_t Trainer::resume(AdamW& opt) {
     fail("resume: the checkpoint ", dir, " was made with another training config (", diff.empty() ? "hash differs" : diff,
          "); resume with the same settings, or train into a new --out");
   }
-  const std::string ident = store_identity(*in_.data);
+  const std::string ident = data_identity(in_);
   check(st.contains("data") && st["data"].value("identity", "") == ident, "resume: the checkpoint ", dir,
-        " was trained on another data store than ", in_.data->dir(), "; pass the same --data");
+        " was trained on another data store than ", data_dir(in_), "; pass the same --data");
   // Weights: the checkpoint is an HF dir of the same shapes.
   auto ckpt = HfCheckpoint::open(dir);
   auto hp = hparams_from_hf_config(ckpt.config(), dir + "/config.json");
@@ -590,6 +713,11 @@ void Trainer::append_metrics(const nlohmann::json& j) {
 EvalMetrics Trainer::run_eval(int64_t step) {
   torch::NoGradGuard no_grad;
   AutocastGuard ac(dev_.is_cuda());
+  if (in_.xtok_data) {
+    last_xtok_eval_ = evaluate_xtok(*in_.student.ptr(), *in_.xtok_eval, cfg_.eval_samples, cfg_.max_seq).to_json();
+    append_metrics({{"step", step}, {"eval", last_xtok_eval_}});
+    return EvalMetrics();
+  }
   auto m = evaluate_on_store(*in_.student.ptr(), *in_.eval_data, in_.tokenizer->hash(), cfg_.eval_samples);
   append_metrics({{"step", step}, {"eval", m.to_json()}});
   last_eval_ = m;
@@ -608,10 +736,14 @@ void Trainer::write_report(bool final) {
     const double x = double(j.value("step", int64_t(0)));
     if (j.contains("eval")) {
       const auto& e = j["eval"];
-      s_nll.points.emplace_back(x, e.value("nll", NAN));
-      s_tnll.points.emplace_back(x, e.value("teacher_nll", NAN));
-      s_kl.points.emplace_back(x, e.value("kl", NAN));
-      s_ag.points.emplace_back(x, e.value("top1_agree", NAN));
+      auto num = [&](const char* a, const char* b) {  // per position, or per byte across tokenizers
+        const auto& v = e.contains(a) ? e[a] : e.contains(b) ? e[b] : nlohmann::json();
+        return v.is_number() ? v.get<double>() : NAN;
+      };
+      s_nll.points.emplace_back(x, num("nll", "nll_per_byte"));
+      s_tnll.points.emplace_back(x, num("teacher_nll", "teacher_nll_per_byte"));
+      s_kl.points.emplace_back(x, num("kl", "kl"));
+      s_ag.points.emplace_back(x, num("top1_agree", "top1_agree"));
     } else {
       s_loss.points.emplace_back(x, j.value("loss", NAN));
       s_lr.points.emplace_back(x, j.value("lr", NAN));
@@ -626,8 +758,8 @@ void Trainer::write_report(bool final) {
   ag.series = {s_ag, s_tag};
   nlohmann::ordered_json summary = nlohmann::ordered_json::object();  // shown in the order written
   summary["status"] = final ? "finished" : "running";
-  summary["data"] = in_.data->dir();
-  summary["loss"] = loss_kind_name(cfg_.loss.kind);
+  summary["data"] = data_dir(in_);
+  summary["loss"] = cfg_.cross_tokenizer ? cfg_.hashed_json()["loss"].get<std::string>() : loss_kind_name(cfg_.loss.kind);
   summary["student params"] = in_.student->hparams().n_params();
   if (!history_.empty()) {
     for (auto it = history_.rbegin(); it != history_.rend(); ++it)
@@ -639,6 +771,11 @@ void Trainer::write_report(bool final) {
         summary["elapsed s"] = (*it)["elapsed"];
         break;
       }
+  }
+  if (!last_xtok_eval_.is_null()) {
+    summary["held-out NLL per byte (student tokens)"] = last_xtok_eval_["nll_per_byte"];
+    summary["teacher NLL per byte"] = last_xtok_eval_["teacher_nll_per_byte"];
+    summary["top-1 agreement (one-token spans)"] = last_xtok_eval_["top1_agree"];
   }
   if (last_eval_) {
     summary["held-out NLL"] = last_eval_->nll;
@@ -739,7 +876,7 @@ TrainResult Trainer::run() {
     const int64_t lo = per_step * rank / world, hi = per_step * (rank + 1) / world;
     std::vector<std::vector<SignalSample>> storage(size_t((hi - lo + cfg_.batch - 1) / cfg_.batch));
     std::vector<MicroBatch> micro;
-    int64_t n_rows = 0, n_tokens = 0;
+    int64_t n_rows = 0, n_tokens = 0, n_spans = 0;
     for (int64_t i = lo; i < hi; i += cfg_.batch) {
       const int64_t n = std::min(cfg_.batch, hi - i);
       auto seqs = take_sequences(step * per_step + i, n, storage[size_t((i - lo) / cfg_.batch)]);
@@ -747,13 +884,19 @@ TrainResult Trainer::run() {
       micro.push_back(build(seqs));
       n_rows += micro.back().n_rows();
       n_tokens += micro.back().n_tokens;
+      n_spans += micro.back().n_spans;
     }
     if (dist) {  // the global counts: every rank divides by the same N
-      auto c = torch::tensor({n_rows, n_tokens}, torch::kInt64);
+      auto c = torch::tensor({n_rows, n_tokens, n_spans}, torch::kInt64);
       dist->all_reduce_sum(c, cat("all-reduce of the token counts of step ", step + 1));
       n_rows = c[0].item<int64_t>();
       n_tokens = c[1].item<int64_t>();
+      n_spans = c[2].item<int64_t>();
     }
+    // Across tokenizers: the step's loss is w_ce · (Σ CE / rows) + w · (Σ span losses / spans).
+    const bool xtok = in_.xtok_data != nullptr, spans_on = xtok && !cfg_.xtok_loss.empty() && n_spans > 0;
+    const double ce_scale = xtok ? (cfg_.xtok_loss.empty() ? 1.0 : cfg_.xtok_ce_weight) / double(std::max<int64_t>(n_rows, 1)) : 0;
+    const double span_scale = spans_on ? cfg_.xtok_weight / double(n_spans) : 0;
     check(n_rows > 0, "distill: step ", step + 1, " has no completion tokens to learn from (--max-seq ", cfg_.max_seq,
           " may be shorter than the prompts)");
 
@@ -772,6 +915,13 @@ TrainResult Trainer::run() {
         AutocastGuard ac(dev_.is_cuda());
         auto hidden = student.forward_hidden(mb.tokens);  // [B, T, d]
         rows_hidden = hidden.reshape({-1, hidden.size(-1)}).index_select(0, mb.rows).to(torch::kFloat32);
+      }
+      if (xtok) {
+        auto r = xtok_loss_backward(student, rows_hidden, mb.signal.targets, mb.xtok, cfg_.xtok, ce_scale, span_scale);
+        // loss_sum · (1 / n_rows) is the step's loss, as for the other losses.
+        loss_sum += (ce_scale * r.ce_sum + span_scale * r.span_sum) * double(n_rows);
+        agree += r.agree;
+        continue;
       }
       auto r = chunked_loss_backward(student, rows_hidden, mb.signal, cfg_.loss, 1.0 / double(n_rows), cfg_.chunk_rows);
       loss_sum += r.loss_sum;
@@ -814,7 +964,7 @@ TrainResult Trainer::run() {
           "; lower --lr or raise --warmup");
 
     const bool last = step + 1 == cfg_.steps;
-    if (in_.eval_data && cfg_.eval_every > 0 && (step + 1) % cfg_.eval_every == 0 && !last) {
+    if ((in_.eval_data || in_.xtok_eval) && cfg_.eval_every > 0 && (step + 1) % cfg_.eval_every == 0 && !last) {
       on_root(cat("the evaluation at step ", step + 1), [&] {
         run_eval(step + 1);
         write_report(false);
@@ -829,7 +979,7 @@ TrainResult Trainer::run() {
   res.last_loss = last_loss;
   if (!res.halted) {
     on_root("the final evaluation, model and report", [&] {
-      if (in_.eval_data) run_eval(step);
+      if (in_.eval_data || in_.xtok_eval) run_eval(step);
       if (cfg_.write_final) {
         ExportInfo info = in_.export_info;
         info.provenance["steps"] = step;
@@ -842,6 +992,7 @@ TrainResult Trainer::run() {
   res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
   res.tokens_per_s = res.seconds > 0 ? double(tokens_ - tokens_at_start) / res.seconds : 0;
   res.eval = last_eval_;
+  res.xtok_eval = last_xtok_eval_;
   return res;
 }
 

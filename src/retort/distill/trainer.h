@@ -55,6 +55,8 @@ namespace retort {
 
 class Distributed;
 struct LoadedModel;
+struct XTokData;
+struct XTokEval;
 class SignalStore;
 class Tokenizer;
 
@@ -75,6 +77,16 @@ struct TrainerConfig {
   int64_t on_policy_max_tokens = 128;
   double on_policy_temperature = 1.0;
   int64_t chunk_rows = 256;       // rows per output-head chunk (losses.h)
+  // Across tokenizers (data: a text store made ready by xtok_data.h; TrainerInputs::xtok_data). The loss is
+  //   xtok_ce_weight · mean_rows CE(student's tokens of the teacher's text)
+  //   + xtok_weight · mean_spans xtok_loss_spans(teacher's top-k, the student)        (xtok_loss "uld" | "gold")
+  // "uld": sorted ULD on every span; "gold": the hybrid (JSD on the teacher's top-k tokens the student has, ULD
+  // on the rest; xtok.matched_weight < 0 takes the store's matched share). xtok_loss "" with LossKind CE is SFT on
+  // the teacher's text alone. Part of the hash only when cross_tokenizer.
+  bool cross_tokenizer = false;
+  std::string xtok_loss;          // "" | "uld" | "gold"
+  XTokConfig xtok;
+  double xtok_ce_weight = 1.0, xtok_weight = 1.0;
 
   // How the run is watched and saved (may change on resume).
   int64_t eval_every = 0;         // steps; 0 = only at the end (when eval data is given)
@@ -99,6 +111,8 @@ struct TrainerInputs {
   ExportInfo export_info;                  // chat template, eos, provenance for checkpoints/final
   const SignalStore* data = nullptr;
   const SignalStore* eval_data = nullptr;  // optional
+  const XTokData* xtok_data = nullptr;     // across tokenizers (TrainerConfig::cross_tokenizer), instead of data
+  const XTokData* xtok_eval = nullptr;     //   and instead of eval_data (optional)
   LoadedModel* teacher = nullptr;          // needed for dense / on-policy
   nlohmann::json provenance = nlohmann::json::object();  // teacher, student spec, ... (report, state)
   Distributed* dist = nullptr;             // data-parallel process group; null = this process alone
@@ -110,6 +124,7 @@ struct TrainResult {
   double seconds = 0, tokens_per_s = 0;   // this process
   double last_loss = 0;
   std::optional<EvalMetrics> eval;        // the last evaluation
+  nlohmann::json xtok_eval;               // across tokenizers: the last evaluation (XTokEval::to_json), or null
   bool halted = false;                    // stopped by halt_after
 };
 

@@ -1,0 +1,230 @@
+// retort/distill/xtok_data.cpp — see xtok_data.h.
+#include "retort/distill/xtok_data.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <unordered_map>
+
+#include <torch/torch.h>
+
+#include "retort/distill/prompt_file.h"
+#include "retort/distill/text_store.h"
+#include "retort/model/causal_lm.h"
+#include "retort/model/runtime_model.h"
+#include "retort/text/tokenizer.h"
+#include "retort/util/error.h"
+
+namespace retort {
+
+using nlohmann::json;
+
+namespace {
+
+// The first offset where a and b differ, with a few bytes of each around it (hex), for skip reasons.
+std::string first_difference(const std::string& a, const std::string& b, const char* a_name, const char* b_name) {
+  size_t i = 0;
+  while (i < a.size() && i < b.size() && a[i] == b[i]) ++i;
+  const size_t from = i >= 4 ? i - 4 : 0;
+  return cat("byte ", i, ": ", a_name, " ", bytes_to_hex(a.substr(from, 12)), ", ", b_name, " ",
+             bytes_to_hex(b.substr(from, 12)), " (from byte ", from, ")");
+}
+
+struct SkipSample {
+  std::string reason;
+};
+
+}  // namespace
+
+XTokData make_xtok_data(const TextStore& store, const CheckpointInfo& student) {
+  check(student.tokenizer != nullptr, student.path, ": the student has no tokenizer");
+  const Tokenizer& tok = *student.tokenizer;
+  XTokData d;
+  d.dir = store.dir();
+  d.identity = store.identity() + "/" + tok.hash();
+  d.k = store.k();
+
+  // The student's ids by their bytes (the lowest id where several share them), for the hybrid loss.
+  std::unordered_map<std::string, int64_t> by_bytes;
+  for (int32_t i = tok.n_vocab() - 1; i >= 0; --i) {
+    if (tok.is_hole(i)) continue;
+    const std::string b = tok.token_bytes(i);
+    if (!b.empty() && !tok.is_special(i)) by_bytes[b] = i;
+  }
+
+  int64_t top_entries = 0, top_matched = 0;
+  for (const TextSample& s : store.samples()) {
+    try {
+      XTokExample e;
+      e.sample_id = s.sample_id;
+      PromptLine line;
+      line.chat = s.chat;
+      line.messages = s.messages;
+      line.raw = s.prompt;
+      const std::vector<int32_t> prompt = encode_prompt(student, line, s.where);
+      e.ids.assign(prompt.begin(), prompt.end());
+      e.prompt_len = int64_t(e.ids.size());
+      check(e.prompt_len >= 1, s.where, ": the prompt encodes to no tokens for the student");
+      if (s.completion.empty()) throw SkipSample{"the completion is empty"};
+      // The student's tokens of the completion must spell it exactly.
+      const std::vector<int32_t> comp = tok.encode(s.completion, /*parse_special=*/false, /*add_bos=*/false);
+      std::vector<std::string> student_pieces;
+      std::string spelled;
+      for (int32_t id : comp) {
+        student_pieces.push_back(tok.token_bytes(id));
+        spelled += student_pieces.back();
+      }
+      if (spelled != s.completion)
+        throw SkipSample{cat("the student's tokenizer cannot represent the text (its tokens spell other bytes at ",
+                             first_difference(s.completion, spelled, "text", "tokens"), ")")};
+      e.ids.insert(e.ids.end(), comp.begin(), comp.end());
+      e.completion_bytes = int64_t(s.completion.size());
+      if (s.has_tokens) {
+        const int64_t k = d.k, T = int64_t(s.tokens.size());
+        std::vector<std::string> teacher_pieces;
+        std::string joined;
+        for (const TextToken& t : s.tokens) {
+          teacher_pieces.push_back(t.bytes);
+          joined += t.bytes;
+        }
+        if (joined != s.completion)
+          throw SkipSample{cat("the teacher's token bytes do not add up to the completion text (",
+                               first_difference(s.completion, joined, "text", "tokens"), ")")};
+        e.spans = align_token_spans(teacher_pieces, student_pieces);
+        e.T = T;
+        e.token_logprob.reserve(size_t(T));
+        e.topk_logprobs.reserve(size_t(T * k));
+        e.topk_student_ids.reserve(size_t(T * k));
+        for (const TextToken& t : s.tokens) {
+          e.token_logprob.push_back(t.logprob);
+          double mass = 0;
+          for (int64_t q = 0; q < k; ++q) {
+            const auto& [b, lp] = t.top[size_t(q)];
+            e.topk_logprobs.push_back(lp);
+            mass += std::exp(double(lp));
+            const auto it = by_bytes.find(b);
+            e.topk_student_ids.push_back(it == by_bytes.end() ? -1 : it->second);
+            top_matched += it != by_bytes.end();
+          }
+          top_entries += k;
+          e.tail_mass.push_back(float(std::clamp(1.0 - mass, 0.0, 1.0)));
+        }
+        d.teacher_rows += T;
+      }
+      if (s.finish_reason == "stop") {
+        e.ids.push_back(answer_stop_token(student, line));
+        e.stop_label = true;
+      }
+      d.completion_bytes += e.completion_bytes;
+      d.examples.push_back(std::move(e));
+    } catch (const SkipSample& x) {
+      d.skipped.push_back({s.sample_id, s.where, x.reason});
+    }
+  }
+  d.matched_share = top_entries > 0 ? double(top_matched) / double(top_entries) : 0.0;
+  if (d.examples.empty()) {
+    std::map<std::string, int64_t> why;
+    for (const auto& s : d.skipped) ++why[s.reason.substr(0, s.reason.find(" ("))];
+    std::string most;
+    int64_t n = 0;
+    for (const auto& [r, c] : why)
+      if (c > n) most = r, n = c;
+    fail("text store ", store.dir(), ": no sample is usable for the student ", student.path,
+         store.samples().empty() ? std::string(" (the store holds no samples)")
+                                 : cat(" (", d.skipped.size(), " skipped; most often: ", most, ", e.g. ",
+                                       d.skipped.front().where, ": ", d.skipped.front().reason, ")"));
+  }
+  return d;
+}
+
+json XTokData::summary() const {
+  std::map<std::string, int64_t> why;
+  for (const auto& s : skipped) ++why[s.reason.substr(0, s.reason.find(" ("))];
+  json first = json::array();
+  for (size_t i = 0; i < skipped.size() && i < 5; ++i)
+    first.push_back({{"sample_id", skipped[i].sample_id}, {"where", skipped[i].where}, {"reason", skipped[i].reason}});
+  return {{"store", dir},       {"samples", examples.size()},      {"skipped", skipped.size()},
+          {"skip_reasons", why}, {"first_skips", first},            {"k", k},
+          {"completion_bytes", completion_bytes}, {"teacher_rows", teacher_rows}, {"matched_share", matched_share}};
+}
+
+json XTokEval::to_json() const {
+  auto num = [](double x) { return std::isfinite(x) ? json(x) : json(nullptr); };
+  return {{"samples", samples},
+          {"bytes", bytes},
+          {"tokens", tokens},
+          {"nll_per_byte", num(nll_per_byte)},
+          {"bits_per_byte", num(nll_per_byte / std::log(2.0))},
+          {"teacher_nll_per_byte", num(teacher_nll_per_byte)},
+          {"top1_agree", num(top1_agree)},
+          {"agree_positions", agree_positions}};
+}
+
+XTokEval evaluate_xtok(CausalLMImpl& student, const XTokData& data, int64_t max_samples, int64_t max_seq) {
+  torch::NoGradGuard no_grad;
+  const int64_t n = max_samples > 0 ? std::min<int64_t>(max_samples, int64_t(data.examples.size()))
+                                    : int64_t(data.examples.size());
+  const int64_t ctx = student.hparams().max_position;
+  const int64_t limit = max_seq > 0 ? max_seq : (ctx > 0 ? ctx : INT64_MAX);
+  const torch::Device dev = student.device();
+  XTokEval r;
+  double nll = 0, teacher_nll = 0;
+  int64_t agree = 0;
+  // Batches of a few samples (longest first), each [B, L] right-padded; rows are scored in chunks.
+  std::vector<const XTokExample*> order;
+  for (int64_t i = 0; i < n; ++i) order.push_back(&data.examples[size_t(i)]);
+  std::stable_sort(order.begin(), order.end(), [](auto* a, auto* b) { return a->ids.size() > b->ids.size(); });
+  constexpr int64_t kBatchTokens = 2048, kChunkRows = 128;
+  for (size_t b0 = 0; b0 < order.size();) {
+    const int64_t L = std::min<int64_t>(limit, int64_t(order[b0]->ids.size()));
+    size_t b1 = b0 + 1;
+    while (b1 < order.size() && int64_t(b1 - b0 + 1) * L <= kBatchTokens) ++b1;
+    const int64_t B = int64_t(b1 - b0);
+    std::vector<int64_t> tok(size_t(B * L), 0), rows, targets, teacher_top1;  // teacher_top1: student id, -1, or -2 (no measure)
+    for (int64_t b = 0; b < B; ++b) {
+      const XTokExample& e = *order[b0 + size_t(b)];
+      const int64_t len = std::min<int64_t>(L, int64_t(e.ids.size()));
+      for (int64_t t = 0; t < len; ++t) tok[size_t(b * L + t)] = e.ids[size_t(t)];
+      // Whole samples only: one cut by the context is not measured (its bytes would not match).
+      if (len < int64_t(e.ids.size())) continue;
+      const int64_t n_text = int64_t(e.ids.size()) - e.prompt_len - (e.stop_label ? 1 : 0);
+      std::vector<int64_t> top1(size_t(n_text), -2);
+      for (const TokenSpan& sp : e.spans)
+        if (sp.t1 - sp.t0 == 1 && sp.s1 - sp.s0 == 1) top1[size_t(sp.s0)] = e.topk_student_ids[size_t(sp.t0 * data.k)];
+      for (int64_t j = 0; j < n_text; ++j) {
+        rows.push_back(b * L + e.prompt_len + j - 1);
+        targets.push_back(e.ids[size_t(e.prompt_len + j)]);
+        teacher_top1.push_back(top1[size_t(j)]);
+      }
+      for (float lp : e.token_logprob) teacher_nll -= lp;
+      r.samples += 1;
+      r.bytes += e.completion_bytes;
+      r.tokens += n_text;
+    }
+    const auto i64 = torch::TensorOptions().dtype(torch::kInt64);
+    auto hidden = student.forward_hidden(torch::tensor(tok, i64).view({B, L}).to(dev)).reshape({B * L, -1});
+    const int64_t N = int64_t(rows.size());
+    if (N > 0) {
+      hidden = hidden.index_select(0, torch::tensor(rows, i64).to(dev));
+      auto tgt = torch::tensor(targets, i64).to(dev);
+      auto t1 = torch::tensor(teacher_top1, i64).to(dev);
+      for (int64_t r0 = 0; r0 < N; r0 += kChunkRows) {
+        const int64_t c = std::min(kChunkRows, N - r0);
+        auto logits = student.lm_logits(hidden.narrow(0, r0, c)).to(torch::kFloat32);
+        nll -= logits.log_softmax(-1).gather(1, tgt.narrow(0, r0, c).unsqueeze(1)).to(torch::kFloat64).sum().item<double>();
+        auto want = t1.narrow(0, r0, c);
+        auto defined = want.ge(0);
+        agree += (logits.argmax(-1).eq(want) & defined).sum().item<int64_t>();
+        r.agree_positions += defined.sum().item<int64_t>();
+      }
+    }
+    b0 = b1;
+  }
+  r.nll_per_byte = r.bytes > 0 ? nll / double(r.bytes) : NAN;
+  r.teacher_nll_per_byte = r.bytes > 0 && data.k > 0 ? teacher_nll / double(r.bytes) : NAN;
+  r.top1_agree = r.agree_positions > 0 ? double(agree) / double(r.agree_positions) : NAN;
+  return r;
+}
+
+}  // namespace retort
