@@ -34,6 +34,7 @@ struct DistillArgs {
   double bucket_mb = 25;
   bool no_overlap = false;
   std::string xtok_merge = "first";
+  PipelineOptions::Api api;  // --teacher-url ...: the main job from a teacher behind an API
   TrainerConfig t;
 };
 
@@ -86,6 +87,22 @@ void run_pipeline_mode(const DistillArgs& a, CLI::App& sub) {
   // Flags given on the command line override the config.
   auto given = [&](const char* name) { return sub.get_option(name)->count() > 0; };
   if (given("--teacher")) o.teacher = a.teacher;
+  if (given("--teacher-url")) {
+    check(!given("--teacher"), "distill: give --teacher MODEL (a local teacher) or --teacher-url URL (one behind an "
+                               "API), not both");
+    const bool had_api = !o.api.url.empty();
+    o.api.url = a.api.url;
+    if (!had_api && !given("--losses")) o.losses = {"ce", "gold"};
+    if (!had_api && !given("--lr")) o.train.lr = kApiStudentLr;  // a pretrained student (pipeline.h)
+  }
+  if (given("--teacher-model")) o.api.model = a.api.model;
+  if (given("--api-key-env")) o.api.api_key_env = a.api.api_key_env;
+  if (given("--concurrency")) o.api.concurrency = a.api.concurrency;
+  if (given("--rpm")) o.api.rpm = a.api.rpm;
+  if (given("--timeout")) o.api.timeout_s = a.api.timeout_s;
+  if (given("--max-retries")) o.api.max_retries = a.api.max_retries;
+  for (const char* f : {"--teacher-model", "--api-key-env", "--concurrency", "--rpm", "--timeout", "--max-retries"})
+    check(!given(f) || !o.api.url.empty(), "distill: ", f, " belongs to a teacher behind an API: give --teacher-url");
   if (given("--out")) o.out = a.out;
   if (given("--student")) o.student = a.student;
   if (given("--train-prompts")) o.train_prompts = a.train_prompts;
@@ -335,6 +352,16 @@ void register_distill(CLI::App& app) {
   auto& t = a->t;
   sub->add_option("--config", a->config, "main-job config (JSON), e.g. configs/quickstart.json");
   sub->add_option("--teacher", a->teacher, "teacher model (needed for students made from a config, --dense, --lambda)");
+  sub->add_option("--teacher-url", a->api.url,
+                  "main job from a teacher behind an OpenAI-compatible API (base URL, e.g. http://host:8080/v1): text "
+                  "stores, a --student MODEL with its own tokenizer, losses ce,gold by default");
+  sub->add_option("--teacher-model", a->api.model, "with --teacher-url: the model name sent to the API");
+  sub->add_option("--api-key-env", a->api.api_key_env, "with --teacher-url: the environment variable holding the API key");
+  sub->add_option("--concurrency", a->api.concurrency, "with --teacher-url: requests in flight")->capture_default_str();
+  sub->add_option("--rpm", a->api.rpm, "with --teacher-url: client-side limit on requests per minute (0 = none)")
+      ->capture_default_str();
+  sub->add_option("--timeout", a->api.timeout_s, "with --teacher-url: seconds one request may take")->capture_default_str();
+  sub->add_option("--max-retries", a->api.max_retries, "with --teacher-url: retries per request")->capture_default_str();
   sub->add_option("--data", a->data, "signal store to train on (retort capture); without it, the main job runs");
   sub->add_option("--eval-data", a->eval_data, "held-out signal store for periodic evaluation");
   sub->add_option("--student", a->student,

@@ -100,7 +100,7 @@ class CrossTokenizer(unittest.TestCase):
         os.makedirs(home)
         log = os.path.join(cls.dir, "serve.log")
         cls.log = open(log, "w")
-        proc = subprocess.Popen([RETORT, "serve", "--port", "0", "--model", model_path(TEACHER), "--model-id", TEACHER,
+        cls.proc = proc = subprocess.Popen([RETORT, "serve", "--port", "0", "--model", model_path(TEACHER), "--model-id", TEACHER,
                                  "--no-keys", "--watermark", "none", "--parallel", "4", "--ctx-size", "512"],
                                 env=dict(os.environ, RETORT_HOME=home, OMP_WAIT_POLICY="passive"), stdout=cls.log,
                                 stderr=cls.log)
@@ -112,6 +112,7 @@ class CrossTokenizer(unittest.TestCase):
                 url = m and f"http://127.0.0.1:{m.group(1)}/v1"
                 time.sleep(0.05)
             assert url, read_text(log)
+            cls.url = url
             here = os.path.dirname(os.path.abspath(__file__))
             prompts = os.path.join(cls.dir, "prompts.jsonl")
             with open(os.path.join(here, "..", "..", "data", "prompts", "train.jsonl"), "rb") as f:
@@ -123,13 +124,20 @@ class CrossTokenizer(unittest.TestCase):
                          "--max-tokens", "40", "--k", "20", "--seed", "3", "--signal", signal, "--out", out,
                          "--quiet"])
                 assert r.returncode == 0, r.stderr
-        finally:
-            proc.terminate()
-            proc.wait(60)
-            cls.log.close()
+        except BaseException:
+            cls.stop_server()
+            raise
+
+    @classmethod
+    def stop_server(cls):
+        if cls.proc.poll() is None:
+            cls.proc.terminate()
+            cls.proc.wait(60)
+        cls.log.close()
 
     @classmethod
     def tearDownClass(cls):
+        cls.stop_server()
         cls.tmp.cleanup()
 
     def test_the_teacher_as_student_agrees_with_the_api(self):
@@ -175,6 +183,60 @@ class CrossTokenizer(unittest.TestCase):
             self.assertTrue(os.path.exists(os.path.join(out, "final", "model.safetensors")))
             self.assertIn("cross_tokenizer", read_text(os.path.join(out, "report.html")))
             shutil.rmtree(out)
+
+    def test_one_command_from_the_api_to_a_student(self):
+        # The main job from a teacher behind an API; the student here shares the teacher's tokenizer (the cheapest
+        # real model), which the job treats like any other: text stores, per-byte measures.
+        out = os.path.join(self.dir, "job")
+        here = os.path.dirname(os.path.abspath(__file__))
+        tasks = os.path.join(self.dir, "tasks.jsonl")
+        with open(os.path.join(here, "..", "..", "data", "tasks", "tasks.jsonl"), "rb") as f:
+            write_bytes(tasks, b"".join(f.readlines()[:6]))
+        cmd = ["distill", "--teacher-url", self.url, "--teacher-model", TEACHER, "--student", TEACHER,
+               "--train-limit", "6", "--heldout-limit", "4", "--capture-max-tokens", "24", "--steps", "2", "--batch",
+               "2", "--tasks", tasks, "--out", out, "--quiet"]
+        r = run(cmd)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        summary = read_json(os.path.join(out, "summary.json"))
+        rows = {row["model"]: row for row in summary["table"]}
+        self.assertEqual(list(rows), ["teacher (API)", "student before", "SFT-only (ce)", "KD (gold)"])
+        # The teacher's row is its own logprobs over the held-out text's bytes, as the store holds them.
+        _, recs = records(os.path.join(out, "data", "heldout"))
+        self.assertEqual(len(recs), 4)
+        nll = sum(-t["logprob"] for rec in recs for t in rec["tokens"]) / sum(len(rec["completion"].encode()) for rec in recs)
+        self.assertAlmostEqual(rows["teacher (API)"]["nll_per_byte"], nll, delta=1e-6 * nll)
+        # The student is the teacher's own weights: before training it scores the text as the API did.
+        self.assertLess(abs(rows["student before"]["nll_per_byte"] - nll), 0.02 * nll, rows)
+        for name in ("SFT-only (ce)", "KD (gold)"):
+            self.assertTrue(0 < rows[name]["nll_per_byte"] < 2 * nll, rows)
+        self.assertTrue(os.path.exists(summary["exports"]["gguf"]))
+        self.assertTrue(os.path.exists(os.path.join(summary["exports"]["hf"], "model.safetensors")))
+        self.assertEqual(summary["tasks"]["overall"]["n"], 6)
+        self.assertIn("task_accuracy", rows["teacher (API)"])
+        self.assertIn("KD (gold)", read_text(os.path.join(out, "report.html")))
+        stores = {d: read_text(os.path.join(out, "data", d, "manifest.json")) for d in ("train", "heldout")}
+
+        # Run again with the teacher's server gone: the finished captures and runs are reused, nothing is asked.
+        if self.__class__.proc.poll() is None:
+            self.__class__.proc.terminate()
+            self.__class__.proc.wait(60)
+        r = run(cmd[:cmd.index("--tasks")] + ["--out", out, "--quiet"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("0 new samples (0 requests", r.stderr)
+        for d in ("train", "heldout"):
+            self.assertEqual(read_text(os.path.join(out, "data", d, "manifest.json")), stores[d])
+        again = {row["model"]: row for row in read_json(os.path.join(out, "summary.json"))["table"]}
+        self.assertAlmostEqual(again["KD (gold)"]["nll_per_byte"], rows["KD (gold)"]["nll_per_byte"], delta=1e-6)
+        self.assertNotIn("moved it to", r.stderr)
+
+        # A student that is a config, and a same-vocabulary loss, are refused before anything is asked.
+        r = run(["distill", "--teacher-url", self.url, "--teacher-model", TEACHER, "--out", out + "2"])
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("the student must be a model with its own tokenizer", r.stderr)
+        r = run(["distill", "--teacher-url", self.url, "--teacher-model", TEACHER, "--student", TEACHER, "--losses",
+                 "ce,fkl", "--out", out + "2"])
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("from an API the losses are ce (SFT on its text), uld and gold", r.stderr)
 
     def test_bad_input(self):
         student = model_path(TEACHER)  # any model with a tokenizer: these fail before training

@@ -15,6 +15,7 @@
 #include "retort/distill/capture.h"
 #include "retort/distill/evaluate.h"
 #include "retort/distill/export.h"
+#include "retort/distill/pipeline_parts.h"
 #include "retort/distill/report.h"
 #include "retort/distill/signal_store.h"
 #include "retort/distill/student.h"
@@ -29,11 +30,11 @@ namespace fs = std::filesystem;
 
 namespace retort {
 
-namespace {
-
 double seconds_since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
+
+namespace {
 
 std::string resolve_input(const std::string& path, const std::string& base_dir) {
   if (path.empty() || fs::exists(path) || base_dir.empty()) return path;
@@ -68,11 +69,8 @@ bool store_done(const SignalStore& s, const PipelineOptions& o, int64_t limit) {
   return s.manifest().complete || (limit > 0 && s.n_samples() >= limit * o.samples_per_prompt);
 }
 
-// A run of the main job made with other training settings (say, by an older
-// configs/quickstart.json) can be neither resumed (the trainer refuses) nor silently reused:
-// it is moved aside, never deleted — OUT/train-<loss> -> OUT/train-<loss>.previous-<n> — and
-// the run starts over. A damaged checkpoint is left for the trainer to explain.
-// Renames dir to dir.previous-<n> (the first free n) and says why; returns the new name.
+}  // namespace
+
 std::string move_aside(const std::string& dir, const std::string& label, const std::string& why, const char* then) {
   int n = 1;
   while (fs::exists(dir + ".previous-" + std::to_string(n))) ++n;
@@ -94,6 +92,8 @@ void set_aside_run_of_other_settings(const std::string& dir, const TrainerConfig
   if (have == cfg.hash()) return;
   move_aside(dir, label, "was trained with other settings", "starting over");
 }
+
+namespace {
 
 // What differs between a store's capture settings and the config's ("" when nothing does): the
 // teacher, the prompts' content, k, and the generation settings that change the text.
@@ -189,6 +189,8 @@ torch::Tensor calibration_batch(const SignalStore& s, int64_t rows, int64_t len)
   return torch::tensor(ids, torch::kInt64).view({taken, len});
 }
 
+}  // namespace
+
 CausalLM clone_model(CausalLMImpl& src) {
   CausalLM m = make_causal_lm(src.hparams());
   m->to(src.device(), torch::kFloat32);
@@ -202,6 +204,8 @@ CausalLM clone_model(CausalLMImpl& src) {
   return m;
 }
 
+namespace {
+
 nlohmann::json metrics_row(const std::string& name, int64_t params, const EvalMetrics& m) {
   return {{"model", name}, {"params", params}, {"nll", m.nll}, {"ppl", m.ppl}, {"top1_agree", m.top1_agree},
           {"kl", m.kl}, {"positions", m.positions}};
@@ -213,11 +217,15 @@ std::string fmt(const char* f, double v) {
   return buf;
 }
 
+}  // namespace
+
 std::string params_str(int64_t n) { return fmt("%.1fM", double(n) / 1e6); }
 
 std::string loss_title(const std::string& loss) {
   return loss == "ce" ? "SFT-only (ce)" : "KD (" + loss + ")";
 }
+
+namespace {
 
 // Greedy answers (64 tokens) of the teacher and each trained student to the first 3 held-out prompts:
 // {"max_tokens", "columns": [teacher, titles...], "rows": [{"prompt", "answers": [...]}]}.
@@ -245,7 +253,7 @@ PipelineOptions PipelineOptions::from_json(const nlohmann::json& j, const std::s
                                            const std::string& base_dir) {
   check(j.is_object(), where, ": the config must be a JSON object");
   reject_unknown(j, {"teacher", "train_prompts", "heldout_prompts", "out", "capture", "student", "losses", "train",
-                     "export", "threads", "device", "comment", "tasks"},
+                     "export", "threads", "device", "comment", "tasks", "api"},
                  where);
   PipelineOptions o;
   get_opt(j, "teacher", o.teacher, where);
@@ -280,9 +288,26 @@ PipelineOptions PipelineOptions::from_json(const nlohmann::json& j, const std::s
     else
       o.student = StudentConfig::from_json(j["student"], where + " student").to_json().dump();
   }
+  if (j.contains("api")) {
+    const auto& a = j["api"];
+    const std::string w = where + " api";
+    check(a.is_object(), w, ": must be an object");
+    reject_unknown(a, {"url", "model", "api_key_env", "concurrency", "rpm", "timeout", "max_retries"}, w);
+    get_opt(a, "url", o.api.url, w);
+    get_opt(a, "model", o.api.model, w);
+    get_opt(a, "api_key_env", o.api.api_key_env, w);
+    get_opt(a, "concurrency", o.api.concurrency, w);
+    get_opt(a, "rpm", o.api.rpm, w);
+    get_opt(a, "timeout", o.api.timeout_s, w);
+    get_opt(a, "max_retries", o.api.max_retries, w);
+    if (!j.contains("losses")) o.losses = {"ce", "gold"};
+    // The student is a pretrained model here, not one cut from the teacher: a fine-tuning rate.
+    if (!j.contains("train") || !j["train"].contains("lr")) o.train.lr = kApiStudentLr;
+  }
   get_opt(j, "losses", o.losses, where);
   check(!o.losses.empty(), where, ": \"losses\" is empty");
-  for (const auto& l : o.losses) loss_kind_from_name(l);
+  for (const auto& l : o.losses)
+    if (o.api.url.empty() || (l != "uld" && l != "gold")) loss_kind_from_name(l);
   if (j.contains("train")) {
     const auto& t = j["train"];
     const std::string w = where + " train";
@@ -341,7 +366,15 @@ nlohmann::json PipelineOptions::to_json() const {
           {"losses", losses},
           {"train", train.to_json()},
           {"export", {{"gguf", gguf_type}}},
-          {"tasks", tasks}};
+          {"tasks", tasks},
+          {"api", api.url.empty() ? nlohmann::json()
+                                  : nlohmann::json{{"url", api.url},
+                                                   {"model", api.model},
+                                                   {"api_key_env", api.api_key_env},
+                                                   {"concurrency", api.concurrency},
+                                                   {"rpm", api.rpm},
+                                                   {"timeout", api.timeout_s},
+                                                   {"max_retries", api.max_retries}}}};
 }
 
 std::string summary_table(const nlohmann::json& summary) {
@@ -363,6 +396,7 @@ std::string summary_table(const nlohmann::json& summary) {
 }
 
 nlohmann::json run_pipeline(const PipelineOptions& o) {
+  if (!o.api.url.empty()) return run_api_pipeline(o);
   const auto t_start = std::chrono::steady_clock::now();
   const std::string out = o.out.empty() ? (fs::path(model_cache_dir()).parent_path() / "runs" / "quickstart").string()
                                         : o.out;

@@ -558,13 +558,13 @@ RemoteCaptureSummary capture_remote(const RemoteTeacher& teacher, const CaptureO
 
   // What the store records of its source (and what a resume must share).
   const std::string stop_signal = id_store ? "label" : "none";
-  json before_usage = json::object();
+  json before_usage = json::object(), before_source;
   {
     const std::string mpath = o.out_dir + "/manifest.json";
     if (fs::exists(mpath)) {
       json have = json::parse(read_file(mpath), nullptr, false);
       if (!have.is_discarded() && have.is_object() && have.contains("source") && have["source"].is_object())
-        before_usage = have["source"].value("usage", json::object());
+        before_source = have["source"], before_usage = have["source"].value("usage", json::object());
     }
   }
   json source = {{"kind", "api"},
@@ -792,7 +792,9 @@ RemoteCaptureSummary capture_remote(const RemoteTeacher& teacher, const CaptureO
                    {"samples", n}});
   }
   src["servers_last_run"] = srv;
-  sink->set_source(src);
+  // A run that asked nothing (the store was complete) leaves the source as it was, so a finished store reused
+  // by a later run stays byte for byte what the capture wrote.
+  sink->set_source(sum.requests == 0 && before_source.is_object() ? before_source : src);
   sum.interrupted = teacher.stop != nullptr && teacher.stop->load();
   int64_t accounted = 0;
   for (int64_t id : done)
