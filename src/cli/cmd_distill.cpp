@@ -188,9 +188,20 @@ void run_trainer_mode(const DistillArgs& a, bool threads_given) {
     if (!text_store) eval_store.emplace(SignalStore::open(a.eval_data));
   }
 
+  const bool student_is_model =
+      fs::is_directory(a.student) || (a.student.size() > 5 && a.student.substr(a.student.size() - 5) == ".gguf");
+  // Across tokenizers: a text store, or a signal store whose tokenizer is not the student's (a model with its own).
+  bool cross = text_store;
+  if (!text_store && student_is_model) {
+    const CheckpointInfo si = read_checkpoint_info(a.student, /*load_tokenizer=*/true);
+    cross = si.tokenizer != nullptr && si.tokenizer->hash() != data_store->manifest().tokenizer_hash;
+    if (cross && eval_store)
+      check(eval_store->manifest().tokenizer_hash == data_store->manifest().tokenizer_hash, "--eval-data ", a.eval_data,
+            " was captured with another tokenizer than --data ", a.data);
+  }
   TrainerConfig cfg = a.t;
-  cfg.cross_tokenizer = text_store;
-  if (text_store && (a.loss == "uld" || a.loss == "gold")) {
+  cfg.cross_tokenizer = cross;
+  if (cross && (a.loss == "uld" || a.loss == "gold")) {
     cfg.xtok_loss = a.loss;
     cfg.loss.kind = LossKind::CE;
     check(a.xtok_merge == "first" || a.xtok_merge == "last", "--xtok-merge must be first or last, got ", a.xtok_merge);
@@ -199,8 +210,9 @@ void run_trainer_mode(const DistillArgs& a, bool threads_given) {
     cfg.xtok.beta = a.t.loss.beta;
   } else {
     check(a.loss != "uld" && a.loss != "gold", "--loss ", a.loss, " distills across tokenizers: --data must be a text "
-          "store (retort capture --teacher-url without --teacher-tokenizer), but ", a.data, " is a signal store in the "
-          "teacher's tokenizer; train it with ce, fkl, rkl, jsd, skl, srkl or tvd");
+          "store (retort capture --teacher-url without --teacher-tokenizer) or a store captured with another "
+          "tokenizer than the student's, but ", a.data, " shares the student's; train it with ce, fkl, rkl, jsd, skl, "
+          "srkl or tvd");
     cfg.loss.kind = loss_kind_from_name(a.loss);
   }
   cfg.loss.t2_scale = !a.no_t2;
@@ -217,8 +229,6 @@ void run_trainer_mode(const DistillArgs& a, bool threads_given) {
   TrainerInputs in;
   std::shared_ptr<Tokenizer> tok;
   ExportInfo info;
-  const bool student_is_model =
-      fs::is_directory(a.student) || (a.student.size() > 5 && a.student.substr(a.student.size() - 5) == ".gguf");
   nlohmann::json student_desc;
   if (student_is_model) {
     // Continue training an existing model (an HF dir, a checkpoint, or a GGUF).
@@ -234,7 +244,7 @@ void run_trainer_mode(const DistillArgs& a, bool threads_given) {
     info.generation_defaults = sm.generation_defaults;
     student_desc = {{"from", sm.path}};
   } else {
-    check(!text_store, "--student ", a.student, ": across tokenizers the student must be a model with its own "
+    check(!cross, "--student ", a.student, ": across tokenizers the student must be a model with its own "
           "tokenizer (an HF dir, a checkpoint or a GGUF, e.g. the gemma3-270m of the model cache), not a config");
     check(teacher.has_value(), "--student ", a.student, ": a student made from a config needs the teacher (--teacher MODEL)");
     StudentConfig sc;
@@ -277,10 +287,10 @@ void run_trainer_mode(const DistillArgs& a, bool threads_given) {
   info.provenance = {{"teacher", a.teacher}, {"data", a.data}, {"loss", a.loss}, {"student", student_desc}};
   in.export_info = info;
   in.provenance = info.provenance;
-  in.data = data_store ? &*data_store : nullptr;
-  in.eval_data = eval_store ? &*eval_store : nullptr;
+  in.data = cross ? nullptr : data_store ? &*data_store : nullptr;
+  in.eval_data = cross ? nullptr : eval_store ? &*eval_store : nullptr;
   std::optional<XTokData> xtok_data, xtok_eval;
-  if (text_store) {
+  if (cross) {
     CheckpointInfo sinfo;  // the student's tokenizer and chat template, for its own encoding of the prompts
     sinfo.path = a.student;
     sinfo.tokenizer = tok;
@@ -295,10 +305,11 @@ void run_trainer_mode(const DistillArgs& a, bool threads_given) {
                                 static_cast<long long>(d.k));
       std::fprintf(stderr, "\n");
     };
-    xtok_data.emplace(make_xtok_data(TextStore::open(a.data), sinfo));
+    xtok_data.emplace(text_store ? make_xtok_data(TextStore::open(a.data), sinfo) : make_xtok_data(*data_store, sinfo));
     report("data", *xtok_data);
     if (!a.eval_data.empty()) {
-      xtok_eval.emplace(make_xtok_data(TextStore::open(a.eval_data), sinfo));
+      xtok_eval.emplace(text_store ? make_xtok_data(TextStore::open(a.eval_data), sinfo)
+                                   : make_xtok_data(*eval_store, sinfo));
       report("eval data", *xtok_eval);
     }
     in.xtok_data = &*xtok_data;

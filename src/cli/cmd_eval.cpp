@@ -21,6 +21,7 @@
 #include "retort/distill/tasks.h"
 #include "retort/distill/text_store.h"
 #include "retort/distill/xtok_data.h"
+#include "retort/model/runtime_model.h"
 #include "retort/text/tokenizer.h"
 #include "retort/util/error.h"
 
@@ -269,12 +270,13 @@ TaskRun task_run(const std::string& role, LoadedModel& m, const std::vector<Task
 
 // A text store (a teacher behind an API whose tokenizer is unknown): the model's NLL of the teacher's text on its
 // own tokenization, per byte, beside the teacher's own (xtok_data.h) — comparable across tokenizers.
-void run_text_store(const EvalArgs& a) {
-  check(a.tasks.empty() && a.answers == 0, "retort eval: --tasks and --answers work with a signal store; ", a.data,
-        " is a text store (per-byte NLL only)");
-  const TextStore store = TextStore::open(a.data);
+// Also a signal store captured with another tokenizer than the model's (xtok_data.h reads it as text).
+void run_text_store(const EvalArgs& a, bool text_store) {
+  check(a.tasks.empty() && a.answers == 0, "retort eval: --tasks and --answers work with a signal store in the ",
+        "model's tokenizer; ", a.data, " is ", text_store ? "a text store" : "in another tokenizer",
+        " (per-byte NLL only)");
   LoadedModel m = load_for_cli(a.student, true, false);
-  const XTokData d = make_xtok_data(store, m);
+  const XTokData d = text_store ? make_xtok_data(TextStore::open(a.data), m) : make_xtok_data(SignalStore::open(a.data), m);
   const auto t0 = Clock::now();
   const XTokEval e = evaluate_xtok(*m.model, d, a.max_samples);
   std::fprintf(stderr, "[%s: %lld samples, %lld bytes scored in %.1f s]\n", m.path.c_str(), (long long)e.samples,
@@ -299,7 +301,13 @@ void run_text_store(const EvalArgs& a) {
 
 void run(const EvalArgs& a) {
   check(!a.student.model.empty(), "retort eval: --model STUDENT is required");
-  if (!a.data.empty() && TextStore::is_text_store(a.data)) return run_text_store(a);
+  if (!a.data.empty() && TextStore::is_text_store(a.data)) return run_text_store(a, true);
+  if (!a.data.empty() && fs::exists(a.data + "/manifest.json")) {
+    // A signal store in another tokenizer than the model's: per byte, across tokenizers.
+    const CheckpointInfo si = read_checkpoint_info(a.student.model, /*load_tokenizer=*/true);
+    if (si.tokenizer && si.tokenizer->hash() != SignalStore::open(a.data).manifest().tokenizer_hash)
+      return run_text_store(a, false);
+  }
   check(!a.data.empty() || !a.tasks.empty(),
         "retort eval: give --data STORE (held-out teacher text), --tasks FILE (answer-checkable tasks, e.g. "
         "data/tasks/tasks.jsonl), or both");

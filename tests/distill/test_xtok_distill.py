@@ -159,6 +159,23 @@ class CrossTokenizer(unittest.TestCase):
         self.assertGreater(m["top1_agree"], 0.97, m)
 
     @unittest.skipUnless(os.path.exists(model_path(STUDENT)), f"the model cache has no {STUDENT}: run scripts/setup.sh")
+    def test_a_local_capture_reads_as_the_api_capture(self):
+        # The same prompts and seeds captured in process (a signal store in the teacher's ids) and through the API
+        # (the text store): read by a student with another tokenizer, both are the same text and the same teacher.
+        local = os.path.join(self.dir, "local")
+        prompts = os.path.join(self.dir, "prompts.jsonl")
+        r = run(["capture", "--teacher", TEACHER, "--prompts", prompts, "--max-tokens", "40", "--k", "20", "--seed",
+                 "3", "--out", local, "--quiet"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        api = eval_json(model_path(STUDENT), self.store)["metrics"]
+        ids = eval_json(model_path(STUDENT), local)["metrics"]
+        self.assertEqual(ids["bytes"], api["bytes"])
+        self.assertEqual(ids["samples"], api["samples"])
+        self.assertEqual(ids["agree_positions"], api["agree_positions"])
+        for key in ("nll_per_byte", "teacher_nll_per_byte", "top1_agree"):
+            self.assertAlmostEqual(ids[key], api[key], delta=1e-4 * abs(api[key]), msg=key)
+
+    @unittest.skipUnless(os.path.exists(model_path(STUDENT)), f"the model cache has no {STUDENT}: run scripts/setup.sh")
     def test_a_gemma_student_learns_the_teachers_text(self):
         before = eval_json(model_path(STUDENT), self.store)["metrics"]
         # Gemma starts far from the teacher's text (measured 0.78 nats per byte against the teacher's 0.56).

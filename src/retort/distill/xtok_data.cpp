@@ -4,20 +4,25 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <map>
 #include <unordered_map>
 
 #include <torch/torch.h>
 
 #include "retort/distill/prompt_file.h"
+#include "retort/distill/signal_store.h"
 #include "retort/distill/text_store.h"
 #include "retort/model/causal_lm.h"
 #include "retort/model/runtime_model.h"
+#include "retort/protect/keys.h"
 #include "retort/text/tokenizer.h"
 #include "retort/util/error.h"
+#include "retort/util/file.h"
 
 namespace retort {
 
+namespace fs = std::filesystem;
 using nlohmann::json;
 
 namespace {
@@ -37,13 +42,18 @@ struct SkipSample {
 
 }  // namespace
 
-XTokData make_xtok_data(const TextStore& store, const CheckpointInfo& student) {
+namespace {
+
+// The examples of a store's samples (as text: a text store's records, or a signal store's read through the
+// teacher's tokenizer).
+XTokData make_from_samples(const std::vector<TextSample>& samples, const std::string& dir, const std::string& identity,
+                           int64_t k, const CheckpointInfo& student) {
   check(student.tokenizer != nullptr, student.path, ": the student has no tokenizer");
   const Tokenizer& tok = *student.tokenizer;
   XTokData d;
-  d.dir = store.dir();
-  d.identity = store.identity() + "/" + tok.hash();
-  d.k = store.k();
+  d.dir = dir;
+  d.identity = identity + "/" + tok.hash();
+  d.k = k;
 
   // The student's ids by their bytes (the lowest id where several share them), for the hybrid loss.
   std::unordered_map<std::string, int64_t> by_bytes;
@@ -54,7 +64,7 @@ XTokData make_xtok_data(const TextStore& store, const CheckpointInfo& student) {
   }
 
   int64_t top_entries = 0, top_matched = 0;
-  for (const TextSample& s : store.samples()) {
+  for (const TextSample& s : samples) {
     try {
       XTokExample e;
       e.sample_id = s.sample_id;
@@ -130,12 +140,96 @@ XTokData make_xtok_data(const TextStore& store, const CheckpointInfo& student) {
     int64_t n = 0;
     for (const auto& [r, c] : why)
       if (c > n) most = r, n = c;
-    fail("text store ", store.dir(), ": no sample is usable for the student ", student.path,
-         store.samples().empty() ? std::string(" (the store holds no samples)")
+    fail("store ", dir, ": no sample is usable for the student ", student.path,
+         samples.empty() ? std::string(" (the store holds no samples)")
                                  : cat(" (", d.skipped.size(), " skipped; most often: ", most, ", e.g. ",
                                        d.skipped.front().where, ": ", d.skipped.front().reason, ")"));
   }
   return d;
+}
+
+}  // namespace
+
+XTokData make_xtok_data(const TextStore& store, const CheckpointInfo& student) {
+  return make_from_samples(store.samples(), store.dir(), store.identity(), store.k(), student);
+}
+
+XTokData make_xtok_data(const SignalStore& store, const CheckpointInfo& student) {
+  const StoreManifest& m = store.manifest();
+  // The teacher's tokenizer: the local teacher's model, or the one a capture from an API was given.
+  std::string spec;
+  if (m.source.is_object() && m.source.contains("teacher_tokenizer") && m.source["teacher_tokenizer"].is_object())
+    spec = m.source["teacher_tokenizer"].value("spec", "");
+  else if (m.teacher.is_object())
+    spec = m.teacher.value("path", m.teacher.value("spec", ""));
+  check(!spec.empty(), "signal store ", store.dir(), ": the manifest names no teacher, whose tokenizer is needed to read "
+        "its ids as text for a student with another tokenizer");
+  CheckpointInfo teacher;
+  try {
+    teacher = read_checkpoint_info(spec, /*load_tokenizer=*/true);
+  } catch (const std::exception& e) {
+    fail("signal store ", store.dir(), ": its teacher ", spec, " is needed to read its token ids as text for a student "
+         "with another tokenizer, and cannot be opened (", e.what(), ")");
+  }
+  check(teacher.tokenizer && teacher.tokenizer->hash() == m.tokenizer_hash, "signal store ", store.dir(), ": ", spec,
+        " does not have the tokenizer the store was captured with (hash ", m.tokenizer_hash, ")");
+  const Tokenizer& tt = *teacher.tokenizer;
+  // The prompts as text: the prompts file the store names, as long as it still holds what was captured.
+  const std::string ppath = m.prompts.is_object() ? m.prompts.value("path", "") : "";
+  check(!ppath.empty() && fs::exists(ppath), "signal store ", store.dir(), ": its prompts file ",
+        ppath.empty() ? std::string("(none named)") : ppath, " is not there; the student needs the prompts as text to "
+        "encode them its own way");
+  {
+    MappedFile f(ppath);
+    check(m.prompts.value("sha256", "") == sha256_hex(f.data(), f.size()), "signal store ", store.dir(),
+          ": its prompts file ", ppath, " changed since the capture; restore it, or capture again");
+  }
+  CaptureOptions co;
+  co.mode = m.mode;
+  co.chat = m.generation.value("chat", true);
+  co.system = m.generation.value("system", "");
+  const std::vector<PromptLine> lines = read_prompt_lines(ppath, co);
+  const int64_t S = std::max<int64_t>(1, m.generation.value("samples_per_prompt", int64_t(1)));
+  const std::vector<int32_t> eog = tt.eog_ids();
+  std::vector<TextSample> samples;
+  for (int64_t i = 0; i < store.n_samples(); ++i) {
+    const SignalSample x = store.sample(i);
+    TextSample s;
+    s.sample_id = x.id;
+    s.prompt_index = x.id / S;
+    s.sample_index = x.id % S;
+    s.where = cat(store.dir(), " sample ", x.id);
+    check(s.prompt_index < int64_t(lines.size()), s.where, ": prompt ", s.prompt_index, " is past the ", lines.size(),
+          " lines of ", ppath);
+    const PromptLine& p = lines[size_t(s.prompt_index)];
+    s.chat = p.chat;
+    s.messages = p.messages;
+    s.prompt = p.raw;
+    s.has_tokens = true;
+    const int64_t n = x.completion_len(), k = store.manifest().k;
+    for (int64_t j = 0; j < n; ++j) {
+      const int32_t id = x.tokens[x.prompt_len + j];
+      // The teacher's end of answer closes the sample: the student's own takes its place (a hard label).
+      if (j + 1 == n && std::find(eog.begin(), eog.end(), id) != eog.end()) {
+        s.finish_reason = "stop";
+        break;
+      }
+      TextToken t;
+      t.bytes = tt.is_special(id) ? std::string() : tt.token_bytes(id);
+      t.logprob = x.token_logprob[j];
+      for (int64_t q = 0; q < k; ++q) {
+        const int32_t c = x.topk_ids[j * k + q];
+        t.top.push_back({tt.is_special(c) ? std::string() : tt.token_bytes(c), x.topk_logprobs[j * k + q]});
+      }
+      s.completion += t.bytes;
+      s.tokens.push_back(std::move(t));
+    }
+    if (s.finish_reason.empty()) s.finish_reason = "length";
+    samples.push_back(std::move(s));
+  }
+  std::string ident = m.tokenizer_hash + "/" + std::to_string(store.n_samples());
+  for (const auto& sh : m.shards) ident += "/" + sh.sha256.substr(0, 16);
+  return make_from_samples(samples, store.dir(), ident, m.k, student);
 }
 
 json XTokData::summary() const {

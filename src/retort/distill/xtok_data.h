@@ -35,6 +35,7 @@ namespace retort {
 
 class CausalLMImpl;
 struct CheckpointInfo;
+class SignalStore;
 class TextStore;
 
 struct XTokExample {
@@ -72,6 +73,13 @@ struct XTokData {
 // `student` needs its tokenizer (and a chat template when the store has chat prompts). retort::Error when
 // nothing is left to train on, naming the store and the most common reason.
 XTokData make_xtok_data(const TextStore& store, const CheckpointInfo& student);
+// A signal store of a teacher with another tokenizer (a local capture, or one from an API with
+// --teacher-tokenizer), read as text: ids to bytes through the teacher's tokenizer (the manifest's teacher, or
+// its source's teacher_tokenizer; it must be here), prompts from the prompts file the manifest names (its
+// sha256 must still match). The teacher's end-of-answer token at a completion's end becomes the student's own
+// (a hard label); a special token among the top-k has no bytes and no student id (its probability still counts
+// in the sorted comparison).
+XTokData make_xtok_data(const SignalStore& store, const CheckpointInfo& student);
 
 struct XTokEval {
   int64_t samples = 0, bytes = 0, tokens = 0;
