@@ -78,9 +78,12 @@ void run_remote(CaptureArgs& a) {
     std::fprintf(stderr, "interrupted: run the same command again to resume\n");
     std::exit(130);
   }
-  if (!s.complete)
+  if (s.failed > 0)
     std::fprintf(stderr, "not complete: %lld samples failed after their retries; run the same command again to "
                  "ask them again\n", (long long)s.failed);
+  else if (!s.complete && c.limit > 0)
+    std::fprintf(stderr, "the first %lld prompts are captured (--limit); the store is complete once every prompt of "
+                 "the file is: run again with a larger --limit, or none, to add the rest\n", (long long)c.limit);
 }
 
 std::string hex_digest(const std::string& bytes) {

@@ -69,6 +69,10 @@ def records(store):
     return man, out
 
 
+def recs_of(store):
+    return records(store)[1]
+
+
 def rewrite_shard(store, fn):
     """Applies fn to the records of the first shard and rewrites it with a manifest that matches (size, sha256)."""
     man = read_json(os.path.join(store, "manifest.json"))
@@ -295,10 +299,18 @@ class CrossTokenizer(unittest.TestCase):
 
         def edit(recs):
             recs[1]["completion"] = recs[1]["completion"] + "!"
+            # An answer cut by max_tokens inside a character: the text ends in U+FFFD, the tokens in the raw byte
+            # (what servers send). Used, cut back to the last whole character.
+            r = recs[3]
+            r["finish_reason"] = "length"
+            r["completion"] += "\ufffd"
+            r["tokens"].append({"bytes": "c3", "logprob": -0.5, "top": r["tokens"][-1]["top"]})
+        before = eval_json(student, self.store)["metrics"]
         rewrite_shard(bad, edit)
         e = eval_json(student, bad)
         self.assertEqual(e["data"]["skipped"], 1)
         self.assertEqual(e["data"]["samples"], 11)
+        self.assertEqual(e["metrics"]["bytes"], before["bytes"] - len(recs_of(self.store)[1]["completion"].encode()))
         self.assertIn("the teacher's token bytes do not add up to the completion text", e["data"]["skip_reasons"])
         self.assertIn("text-00000.jsonl:2", e["data"]["first_skips"][0]["where"])
         # A record missing a field: an error naming the file, line and field.

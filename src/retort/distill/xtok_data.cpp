@@ -40,6 +40,17 @@ struct SkipSample {
   std::string reason;
 };
 
+// The length of the longest prefix of b that ends on a whole UTF-8 character (b is assumed valid before a
+// possibly cut last character).
+size_t complete_utf8_prefix(const std::string& b) {
+  size_t i = b.size(), back = 0;
+  while (i > 0 && back < 4 && (static_cast<unsigned char>(b[i - 1]) & 0xC0) == 0x80) --i, ++back;
+  if (i == 0) return b.size();
+  const unsigned char lead = static_cast<unsigned char>(b[i - 1]);
+  const size_t need = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1;
+  return need == back + 1 ? b.size() : (need > back + 1 ? i - 1 : b.size());
+}
+
 }  // namespace
 
 namespace {
@@ -76,37 +87,59 @@ XTokData make_from_samples(const std::vector<TextSample>& samples, const std::st
       e.ids.assign(prompt.begin(), prompt.end());
       e.prompt_len = int64_t(e.ids.size());
       check(e.prompt_len >= 1, s.where, ": the prompt encodes to no tokens for the student");
-      if (s.completion.empty()) throw SkipSample{"the completion is empty"};
+      // An answer cut by max_tokens inside a UTF-8 character: the server renders the partial character as
+      // U+FFFD in the text while the tokens carry its raw bytes. Both are cut back to the last whole character,
+      // with the teacher tokens that end by then (a token is never cut).
+      std::string completion = s.completion;
+      std::vector<TextToken> kept_tokens;
+      const std::vector<TextToken>* tokens = &s.tokens;
+      if (s.has_tokens && s.finish_reason != "stop") {
+        std::string joined;
+        for (const TextToken& t : s.tokens) joined += t.bytes;
+        const size_t whole = complete_utf8_prefix(joined);
+        if (whole < joined.size() &&
+            (completion == joined.substr(0, whole) + "\xEF\xBF\xBD" || completion == joined.substr(0, whole))) {
+          size_t end = 0;
+          for (const TextToken& t : s.tokens) {
+            if (end + t.bytes.size() > whole) break;
+            end += t.bytes.size();
+            kept_tokens.push_back(t);
+          }
+          completion = joined.substr(0, end);
+          tokens = &kept_tokens;
+        }
+      }
+      if (completion.empty()) throw SkipSample{"the completion is empty"};
       // The student's tokens of the completion must spell it exactly.
-      const std::vector<int32_t> comp = tok.encode(s.completion, /*parse_special=*/false, /*add_bos=*/false);
+      const std::vector<int32_t> comp = tok.encode(completion, /*parse_special=*/false, /*add_bos=*/false);
       std::vector<std::string> student_pieces;
       std::string spelled;
       for (int32_t id : comp) {
         student_pieces.push_back(tok.token_bytes(id));
         spelled += student_pieces.back();
       }
-      if (spelled != s.completion)
+      if (spelled != completion)
         throw SkipSample{cat("the student's tokenizer cannot represent the text (its tokens spell other bytes at ",
-                             first_difference(s.completion, spelled, "text", "tokens"), ")")};
+                             first_difference(completion, spelled, "text", "tokens"), ")")};
       e.ids.insert(e.ids.end(), comp.begin(), comp.end());
-      e.completion_bytes = int64_t(s.completion.size());
+      e.completion_bytes = int64_t(completion.size());
       if (s.has_tokens) {
-        const int64_t k = d.k, T = int64_t(s.tokens.size());
+        const int64_t k = d.k, T = int64_t((*tokens).size());
         std::vector<std::string> teacher_pieces;
         std::string joined;
-        for (const TextToken& t : s.tokens) {
+        for (const TextToken& t : *tokens) {
           teacher_pieces.push_back(t.bytes);
           joined += t.bytes;
         }
-        if (joined != s.completion)
+        if (joined != completion)
           throw SkipSample{cat("the teacher's token bytes do not add up to the completion text (",
-                               first_difference(s.completion, joined, "text", "tokens"), ")")};
+                               first_difference(completion, joined, "text", "tokens"), ")")};
         e.spans = align_token_spans(teacher_pieces, student_pieces);
         e.T = T;
         e.token_logprob.reserve(size_t(T));
         e.topk_logprobs.reserve(size_t(T * k));
         e.topk_student_ids.reserve(size_t(T * k));
-        for (const TextToken& t : s.tokens) {
+        for (const TextToken& t : *tokens) {
           e.token_logprob.push_back(t.logprob);
           double mass = 0;
           for (int64_t q = 0; q < k; ++q) {
