@@ -224,3 +224,44 @@ TEST_F(EngineTest, ShutdownCancelsAtTheDeadlineAndCallsEveryDone) {
   EXPECT_EQ(out.done.size(), 4u);
   for (int i = 0; i < 3; ++i) EXPECT_EQ(out.done[i].finish_reason, "cancelled") << i;
 }
+
+// The crawl monitor's prompt embedding: summed from the prefill's own final hidden states (chunked, while
+// other rows decode), it equals the mean of the prompt's final hidden states from a separate forward.
+TEST_F(EngineTest, PromptEmbeddingIsTheMeanFinalHiddenState) {
+  std::string long_text;
+  for (int i = 0; i < 12; ++i) long_text += "Sentence number " + std::to_string(i) + " is about rivers. ";
+  BatchDecoderOptions opts;
+  opts.n_slots = 2;
+  opts.max_len = 512;
+  opts.prefill_chunk = 16;  // the long prompt is summed over several steps
+  opts.prefill_budget = 16;
+  BatchDecoder dec(*model_, *model_->model, opts);
+  std::vector<GenerationRequest> reqs = {request("The capital of France is", 8, 0, 0), request(long_text, 4, 0, 0),
+                                         request("No embedding asked", 4, 0, 0)};
+  reqs[0].want_prompt_embedding = reqs[1].want_prompt_embedding = true;
+  Outcomes out;
+  for (size_t i = 0; i < reqs.size(); ++i) dec.add(reqs[i], nullptr, out.sink(int(i)));
+  while (!dec.idle()) dec.step();
+  ASSERT_EQ(out.done.size(), 3u);
+  EXPECT_TRUE(out.done[2].prompt_embedding.empty());
+  const int64_t E = model_->hparams.n_embd;
+  for (int i = 0; i < 2; ++i) {
+    const auto& prompt = reqs[size_t(i)].prompt;
+    ASSERT_EQ(int64_t(out.done[i].prompt_embedding.size()), E);
+    auto cache = model_->model->new_cache(1, 512);
+    std::vector<int64_t> toks(prompt.begin(), prompt.end());
+    std::vector<float> hidden;
+    model_->model->forward_rows(toks.data(), 1, int64_t(toks.size()), {0}, {int64_t(toks.size())}, *cache,
+                                /*last_only=*/false, /*hidden_only=*/true, hidden);
+    double max_err = 0, max_abs = 0;
+    for (int64_t e = 0; e < E; ++e) {
+      double mean = 0;
+      for (size_t t = 0; t < prompt.size(); ++t) mean += hidden[t * size_t(E) + size_t(e)];
+      mean /= double(prompt.size());
+      max_err = std::max(max_err, std::abs(mean - double(out.done[i].prompt_embedding[size_t(e)])));
+      max_abs = std::max(max_abs, std::abs(mean));
+    }
+    // Rows are batch-invariant (cpu_kernels.h); only the float32 sum's order differs: T·ε·max|h|.
+    EXPECT_LE(max_err, double(prompt.size()) * 1.2e-7 * max_abs + 1e-6) << "request " << i;
+  }
+}

@@ -8,6 +8,7 @@
 #include "cli/watermark_options.h"
 #include "retort/decode/generate.h"
 #include "retort/io/jsonl.h"
+#include "retort/protect/antidistill.h"
 #include "retort/text/chat_template.h"
 #include "retort/text/tokenizer.h"
 #include "retort/util/error.h"
@@ -52,6 +53,8 @@ struct GenerateArgs {
   int top_logprobs = 0;
   int64_t batch = 32;
   WatermarkCliOptions watermark;
+  std::string antidistill;  // directory from `retort antidistill prepare`
+  double antidistill_lambda = 0;
 };
 
 // One input: a raw prompt or a conversation, plus the id the user gave it (echoed back).
@@ -123,6 +126,8 @@ void run(GenerateArgs& a) {
   check(a.max_tokens > 0, "--max-tokens must be at least 1");
   check(a.top_logprobs >= 0 && a.top_logprobs <= 100, "--top-logprobs must be between 0 and 100");
   check(a.batch >= 1, "--batch must be at least 1");
+  check(a.antidistill_lambda == 0 || !a.antidistill.empty(),
+        "--antidistill-lambda needs --antidistill DIR (from `retort antidistill prepare`)");
   std::vector<Input> inputs;
   if (!a.prompts_file.empty()) {
     inputs = read_prompts_jsonl(a.prompts_file, a.chat, a.system);
@@ -142,6 +147,8 @@ void run(GenerateArgs& a) {
   const CheckpointInfo& m = *cm;
   a.watermark.synthid_seed = a.sampling.seed;  // SynthID's tournament draws follow --seed like plain sampling
   std::shared_ptr<LogitsProcessor> watermark = make_watermark_processor(a.watermark, m.hparams.n_vocab);
+  std::shared_ptr<AntidistillFactory> antidistill;
+  if (!a.antidistill.empty()) antidistill = load_antidistill(a.antidistill, a.antidistill_lambda, m);
   std::vector<GenerationRequest> reqs;
   for (const auto& in : inputs) {
     GenerationRequest r;
@@ -152,7 +159,8 @@ void run(GenerateArgs& a) {
     r.ignore_eos = a.ignore_eos;
     r.min_tokens = a.min_tokens;
     r.top_logprobs = a.top_logprobs;
-    r.processor = watermark;
+    // Antidistillation first (it keeps per-sequence proxy caches: one per request), then the watermark.
+    r.processor = chain_processors({antidistill ? antidistill->make(r.sampling) : nullptr, watermark});
     reqs.push_back(std::move(r));
   }
 
@@ -208,6 +216,12 @@ void register_generate(CLI::App& app) {
   sub->add_option("--batch", a->batch, "sequences decoded together")->capture_default_str();
   sub->add_flag("--json", a->json_out, "JSONL output: text, tokens, logprobs, usage");
   add_watermark_options(*sub, a->watermark);
+  sub->add_option("--antidistill", a->antidistill,
+                  "antidistillation sampling with the proxy directory from `retort antidistill prepare`");
+  sub->add_option("--antidistill-lambda", a->antidistill_lambda,
+                  "its strength λ: sample from softmax(z/τ + λ/(2ε)(z₊ − z₋)); the term moves logits by about "
+                  "λ·delta_std nats (delta_std in DIR/antidistill.json); 0 = off")
+      ->capture_default_str();
   sub->callback([a] { run(*a); });
 }
 

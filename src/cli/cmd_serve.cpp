@@ -20,6 +20,7 @@ struct ServeArgs {
   ServeConfig c;
   bool no_keys = false;
   bool print_config = false;
+  bool no_monitor = false;
 };
 
 void run_serve(ServeArgs& a, const CLI::App& sub) {
@@ -42,6 +43,11 @@ void run_serve(ServeArgs& a, const CLI::App& sub) {
   if (given("--watermark-key-file")) c.watermark_key_file = a.c.watermark_key_file;
   if (given("--max-top-logprobs")) c.max_top_logprobs = a.c.max_top_logprobs;
   if (a.no_keys) c.require_keys = false;
+  if (a.no_monitor) c.monitor = false;
+  if (given("--monitor-calibration")) c.monitor_calibration = a.c.monitor_calibration;
+  if (given("--monitor-actions")) c.monitor_actions = a.c.monitor_actions;
+  if (given("--antidistill")) c.antidistill = a.c.antidistill;
+  if (given("--antidistill-lambda")) c.antidistill_lambda = a.c.antidistill_lambda;
   if (a.print_config) {
     std::printf("%s\n", serve_config_json(c).dump(2).c_str());
     return;
@@ -103,6 +109,15 @@ void register_serve(CLI::App& app) {
   sub->add_option("--max-top-logprobs", a->c.max_top_logprobs, "server-wide cap on top_logprobs (0-20)")
       ->capture_default_str();
   sub->add_flag("--no-keys", a->no_keys, "serve requests without an API key too (keys are required by default)");
+  sub->add_flag("--no-monitor", a->no_monitor, "run without the crawl monitor (it is on by default)");
+  sub->add_option("--monitor-calibration", a->c.monitor_calibration,
+                  "the crawl monitor's calibration (`retort monitor calibrate`); without one it scores nothing");
+  sub->add_option("--monitor-actions", a->c.monitor_actions,
+                  "what a flagged account or cluster gets: flag throttle cap_logprobs antidistill block")
+      ->delimiter(',');
+  sub->add_option("--antidistill", a->c.antidistill,
+                  "antidistillation proxy directory (`retort antidistill prepare`), for the antidistill action");
+  sub->add_option("--antidistill-lambda", a->c.antidistill_lambda, "antidistillation strength λ");
   sub->add_flag("--print-config", a->print_config, "print the effective config as JSON and exit");
   sub->callback([a, sub] { run_serve(*a, *sub); });
 }

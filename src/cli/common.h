@@ -54,11 +54,13 @@ void register_generate(CLI::App& app);
 void register_chat(CLI::App& app);
 void register_watermark(CLI::App& app);
 void register_keys(CLI::App& app);
+void register_monitor(CLI::App& app);  // `monitor calibrate|report` (cmd_monitor.cpp)
 void register_serve(CLI::App& app);
 void register_capture(CLI::App& app);
 void register_eval(CLI::App& app);
 void register_distill(CLI::App& app);
 void register_export(CLI::App& app);
+void register_antidistill(CLI::App& app);  // `antidistill prepare` (cmd_antidistill.cpp, retort-torch)
 void register_audit(CLI::App& app);
 // `audit provenance` (cmd_audit_provenance.cpp), added under `audit` by register_audit.
 void register_audit_provenance(CLI::App* audit);

@@ -42,6 +42,7 @@ const std::pair<const char*, const char*> kTorchCommands[] = {
     {"distill", "train a student from a teacher's signal (runs in retort-torch)"},
     {"eval", "evaluate a student against its teacher on a held-out store (runs in retort-torch)"},
     {"export", "export a model as a Hugging Face directory or GGUF (runs in retort-torch)"},
+    {"antidistill", "prepare antidistillation sampling: a proxy student perturbed along its loss gradient (runs in retort-torch)"},
 };
 
 #ifndef RETORT_CLI_TORCH
@@ -97,6 +98,7 @@ int main(int argc, char** argv) {
   register_chat(app);
   register_watermark(app);
   register_keys(app);
+  register_monitor(app);
   register_serve(app);
   register_audit(app);
 #ifdef RETORT_CLI_TORCH
@@ -104,6 +106,7 @@ int main(int argc, char** argv) {
   register_capture(app);
   register_eval(app);
   register_export(app);
+  register_antidistill(app);
 #else
   for (const auto& [name, help] : kTorchCommands) app.add_subcommand(name, help)->allow_extras();
 #endif

@@ -61,6 +61,7 @@ struct BatchDecoder::Sequence {
   std::string text;               // decoded completion so far
   size_t emitted = 0;             // bytes of `text` already passed to on_token
   bool done = false;
+  std::vector<float> hidden_sum;  // [E] prompt tokens' final hidden states summed (want_prompt_embedding)
 };
 
 BatchDecoder::BatchDecoder(const CheckpointInfo& model, CachedLM& lm, const BatchDecoderOptions& opts)
@@ -183,7 +184,30 @@ void BatchDecoder::step() {
     for (int64_t t = 0; t < n_new[b]; ++t) flat[b * T + t] = s->context[from + t];
   }
   logits_.resize(size_t(B * n_vocab_));
-  lm_.forward_last(flat.data(), B, T, slots, n_new, *cache_, logits_.data());  // [B, V]
+  // Prompt embeddings: the final hidden states of prefill rows are summed in the same forward.
+  bool want_hidden = false;
+  for (int64_t b = 0; b < B; ++b) want_hidden = want_hidden || (!rows[b]->generating && rows[b]->req.want_prompt_embedding);
+  const int64_t E = lm_.hparams().n_embd;
+  bool pooled = false;
+  if (want_hidden) {
+    hidden_sums_.resize(size_t(B * E));
+    pooled = lm_.forward_last_pooled(flat.data(), B, T, slots, n_new, *cache_, logits_.data(), hidden_sums_.data());
+  } else {
+    lm_.forward_last(flat.data(), B, T, slots, n_new, *cache_, logits_.data());  // [B, V]
+  }
+  if (pooled)
+    for (int64_t b = 0; b < B; ++b) {
+      Sequence* s = rows[b];
+      if (s->generating || !s->req.want_prompt_embedding) continue;
+      if (s->hidden_sum.empty()) s->hidden_sum.assign(size_t(E), 0.0f);
+      for (int64_t e = 0; e < E; ++e) s->hidden_sum[size_t(e)] += hidden_sums_[size_t(b * E + e)];
+      if (s->prefilled + n_new[b] == int64_t(s->context.size())) {  // the prompt is complete: its mean
+        s->result.prompt_embedding.resize(size_t(E));
+        const float inv = 1.0f / float(s->context.size());
+        for (int64_t e = 0; e < E; ++e) s->result.prompt_embedding[size_t(e)] = s->hidden_sum[size_t(e)] * inv;
+        s->hidden_sum = {};
+      }
+    }
 
   // Rows that sample now: the generating ones and those whose prompt this step completed. Their logits
   // move to the front of logits_, in order (sampled rows ascend, so no row is overwritten before it moves).

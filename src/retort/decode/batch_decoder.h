@@ -89,6 +89,7 @@ class BatchDecoder {
   BatchDecoderOptions opts_;
   int64_t n_vocab_ = 0, n_slots_ = 0, max_len_ = 0;
   std::unique_ptr<KvSlots> cache_;
+  std::vector<float> hidden_sums_;  // [B, E] scratch for prompt embeddings
   std::vector<int64_t> free_slots_;
   uint64_t next_id_ = 1;
   std::deque<std::unique_ptr<Sequence>> queue_;   // waiting for a slot, in arrival order

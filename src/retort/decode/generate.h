@@ -42,6 +42,9 @@ struct GenerationRequest {
   int64_t min_tokens = 0;
   int top_logprobs = 0;         // alternatives to report per token (raw and processed), 0 = none
   std::shared_ptr<LogitsProcessor> processor;  // may be null
+  // BatchDecoder only: also return the prompt's embedding (GenerationResult::prompt_embedding), the
+  // mean of its tokens' final hidden states, summed during prefill at no extra forward.
+  bool want_prompt_embedding = false;
 };
 
 struct GenerationResult {
@@ -54,6 +57,9 @@ struct GenerationResult {
   std::string finish_reason;
   std::string error;
   int64_t prompt_tokens = 0;
+  // [n_embd] mean over the prompt's tokens of their final hidden states (after the final norm), when
+  // want_prompt_embedding and the model can give them (runtime models); empty otherwise.
+  std::vector<float> prompt_embedding;
 };
 
 struct GenerateOptions {

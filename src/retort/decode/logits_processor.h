@@ -4,7 +4,8 @@
 //   - KGW green list: process() adds δ to the logits of a keyed green list of the context.
 //   - Gumbel-max / SynthID tournament: choose() replaces the draw with a keyed choice over
 //     the final distribution.
-//   - Antidistillation: process() adds (λ / 2ε)(logits_{θ+εg} − logits_{θ−εg}) from a proxy.
+//   - Antidistillation (protect/antidistill.h): process() adds τ·(λ / 2ε)(logits_{θ+εg} − logits_{θ−εg})
+//     from a proxy, so that after the temperature the logits are logits/τ + (λ / 2ε)(...).
 //
 // Calls per generated token of one sequence, in order:
 //   process(context, logits) once, then (if the sequence samples) choose(context, probs) once.
@@ -18,7 +19,10 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <span>
+#include <utility>
+#include <vector>
 
 namespace retort {
 
@@ -36,5 +40,48 @@ class LogitsProcessor {
     return -1;
   }
 };
+
+struct SamplingParams;
+
+// Makes the processor of one request. A server shares one factory between all requests; make() may be
+// called on several threads at once. A scheme without per-sequence state may return the same object
+// every time; one with state (antidistillation's proxy KV caches) returns a fresh one. `sampling` is
+// the request's settings (antidistillation scales its term by the temperature).
+class LogitsProcessorFactory {
+ public:
+  virtual ~LogitsProcessorFactory() = default;
+  virtual std::shared_ptr<LogitsProcessor> make(const SamplingParams& sampling) const = 0;
+};
+
+// Several processors on one sequence, e.g. antidistillation and a watermark: process() runs each in
+// the order given (each sees the logits the previous one left); choose() asks each in order and the
+// first that returns a token (>= 0) chooses. Null entries are skipped. Per-sequence state is the parts';
+// a chain holding a stateful part is itself per request.
+class ChainedProcessor : public LogitsProcessor {
+ public:
+  explicit ChainedProcessor(std::vector<std::shared_ptr<LogitsProcessor>> parts) : parts_(std::move(parts)) {}
+  void process(std::span<const int32_t> context, float* logits, int64_t n_vocab) override {
+    for (const auto& p : parts_)
+      if (p) p->process(context, logits, n_vocab);
+  }
+  int32_t choose(std::span<const int32_t> context, const float* probs, int64_t n_vocab) override {
+    for (const auto& p : parts_)
+      if (p)
+        if (int32_t t = p->choose(context, probs, n_vocab); t >= 0) return t;
+    return -1;
+  }
+  const std::vector<std::shared_ptr<LogitsProcessor>>& parts() const { return parts_; }
+
+ private:
+  std::vector<std::shared_ptr<LogitsProcessor>> parts_;
+};
+
+// The processor of a request from optional parts: null when none, the part itself when one, else a chain.
+inline std::shared_ptr<LogitsProcessor> chain_processors(std::vector<std::shared_ptr<LogitsProcessor>> parts) {
+  std::erase(parts, nullptr);
+  if (parts.empty()) return nullptr;
+  if (parts.size() == 1) return parts[0];
+  return std::make_shared<ChainedProcessor>(std::move(parts));
+}
 
 }  // namespace retort

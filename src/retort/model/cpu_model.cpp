@@ -189,7 +189,7 @@ constexpr int64_t kChunkRows = 512;
 
 void run_cached_rows(const ModelHParams& hp, const FamilyInfo& family, const CpuWeights& w, CpuRopeTables& rope,
                      const CachedRows& rows, const std::vector<int64_t>& want, const KvView& cache, bool hidden_only,
-                     float* out) {
+                     float* out, float* hidden_sums) {
   const int64_t E = hp.n_embd, V = hp.n_vocab, N = rows.n();
   check(int64_t(w.layers.size()) == hp.n_layer && int64_t(cache.k.size()) == hp.n_layer, "cached pass: ",
         w.layers.size(), " layers of weights and ", cache.k.size(), " of cache for a model of ", hp.n_layer);
@@ -199,6 +199,12 @@ void run_cached_rows(const ModelHParams& hp, const FamilyInfo& family, const Cpu
   for (int64_t r0 = 0; r0 < N; r0 += kChunkRows) {
     const int64_t r1 = std::min(N, r0 + kChunkRows);
     family.pass(hp, w, rope, rows, r0, r1, cache, chunk.data());
+    if (hidden_sums != nullptr)
+      for (int64_t i = r0; i < r1; ++i) {
+        float* dst = hidden_sums + rows.batch_row[size_t(i)] * E;
+        const float* src = chunk.data() + (i - r0) * E;
+        for (int64_t e = 0; e < E; ++e) dst[e] += src[e];
+      }
     for (; k < want.size() && want[k] < r1; ++k)
       std::memcpy(hidden.data() + int64_t(k) * E, chunk.data() + (want[k] - r0) * E, size_t(E) * 4);
   }

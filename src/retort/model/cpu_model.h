@@ -171,9 +171,11 @@ void embed_rows(const cpu::WeightRef& embedding, const int64_t* tok, int64_t n, 
 // Runs rows in chunks through the family's pass, then the head for the rows asked for:
 // want_rows (indices into rows, ascending); out: logits [n_want, V], or (hidden_only) final hidden
 // states [n_want, E]. The cache lengths are not touched (the caller advances them).
+// hidden_sums (optional): [B, E]; every row's final hidden state is added to hidden_sums[batch_row]
+// (the crawl monitor's prompt embedding is their mean over a prompt: no extra forward).
 void run_cached_rows(const ModelHParams& hp, const FamilyInfo& family, const CpuWeights& w, CpuRopeTables& rope,
                      const CachedRows& rows, const std::vector<int64_t>& want_rows, const KvView& cache,
-                     bool hidden_only, float* out);
+                     bool hidden_only, float* out, float* hidden_sums = nullptr);
 
 // The model interface generation uses (decode/generate.h): any model that can extend a KV cache by a
 // batch of tokens and return each row's next-token logits. Implemented by runtime models (no libtorch)
@@ -188,6 +190,15 @@ class CachedLM {
   // make_cached_rows) and the cache advances. logits: [B, V] float32, each row's last new token.
   virtual void forward_last(const int64_t* tokens, int64_t B, int64_t T, const std::vector<int64_t>& slots,
                             const std::vector<int64_t>& n_new, KvSlots& cache, float* logits) = 0;
+  // forward_last, and also the sum over each batch row's new tokens of their final hidden states
+  // (after the final norm): hidden_sums [B, E], overwritten. Returns false (sums untouched) for a
+  // model that cannot give them at no extra cost; the default.
+  virtual bool forward_last_pooled(const int64_t* tokens, int64_t B, int64_t T, const std::vector<int64_t>& slots,
+                                   const std::vector<int64_t>& n_new, KvSlots& cache, float* logits,
+                                   float* hidden_sums) {
+    forward_last(tokens, B, T, slots, n_new, cache, logits);
+    return false;
+  }
 };
 
 }  // namespace retort

@@ -392,6 +392,19 @@ void RuntimeModel::forward_last(const int64_t* tokens, int64_t B, int64_t T, con
   for (int64_t b = 0; b < B; ++b) cache.lengths[size_t(slots[size_t(b)])] = rows.new_len[size_t(b)];
 }
 
+bool RuntimeModel::forward_last_pooled(const int64_t* tokens, int64_t B, int64_t T, const std::vector<int64_t>& slots,
+                                       const std::vector<int64_t>& n_new, KvSlots& cache, float* logits,
+                                       float* hidden_sums) {
+  const CachedRows rows = make_cached_rows(tokens, B, T, slots, n_new, cache, hp_.n_vocab);
+  std::vector<int64_t> want;
+  for (int64_t i = 0; i < rows.n(); ++i)
+    if (i + 1 == rows.n() || rows.batch_row[size_t(i + 1)] != rows.batch_row[size_t(i)]) want.push_back(i);
+  std::fill_n(hidden_sums, B * hp_.n_embd, 0.0f);
+  run_cached_rows(hp_, *family_, w_, *rope_, rows, want, cache.view(), /*hidden_only=*/false, logits, hidden_sums);
+  for (int64_t b = 0; b < B; ++b) cache.lengths[size_t(slots[size_t(b)])] = rows.new_len[size_t(b)];
+  return true;
+}
+
 void for_each_position_logits(RuntimeModel& model, const std::vector<std::vector<int32_t>>& seqs, int64_t chunk,
                               int64_t group, const std::function<void(size_t s, int64_t t, const float* logits)>& fn) {
   check(chunk >= 1 && group >= 1, "for_each_position_logits: chunk and group must be >= 1");

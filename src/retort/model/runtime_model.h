@@ -76,6 +76,9 @@ class RuntimeModel : public CachedLM {
   std::unique_ptr<KvSlots> new_cache(int64_t n_slots, int64_t max_len) override;
   void forward_last(const int64_t* tokens, int64_t B, int64_t T, const std::vector<int64_t>& slots,
                     const std::vector<int64_t>& n_new, KvSlots& cache, float* logits) override;
+  bool forward_last_pooled(const int64_t* tokens, int64_t B, int64_t T, const std::vector<int64_t>& slots,
+                           const std::vector<int64_t>& n_new, KvSlots& cache, float* logits,
+                           float* hidden_sums) override;
   // The rows asked for of a batch (want_rows: indices into make_cached_rows' rows): their logits
   // [n_want, V], or final hidden states [n_want, E] (hidden_only). The cache advances.
   void forward_rows(const int64_t* tokens, int64_t B, int64_t T, const std::vector<int64_t>& slots,

@@ -49,6 +49,11 @@ Metrics::Metrics() {
   declare("retort_policy_actions_total", "counter",
           "Logprob and quota policy actions, by action (capped, refused, rounded, rate_limited, ...).");
   declare("retort_watermark_detect_total", "counter", "Calls of POST /v1/watermark/detect.");
+  declare("retort_monitor_events_total", "counter", "Requests the crawl monitor observed.");
+  declare("retort_monitor_flagged_total", "counter", "Accounts and clusters the crawl monitor flagged, by kind.");
+  declare("retort_monitor_actions_total", "counter", "Actions the crawl monitor decided on flagging, by action.");
+  declare("retort_monitor_enforced_total", "counter",
+          "Requests a monitor action applied to (block, throttle, cap_logprobs, antidistill), by action.");
   // Step times from ~1 ms (one decode row of a small model) to seconds (a long prefill).
   declare("retort_step_seconds", "histogram", "Duration of one engine step (a forward pass and sampling).",
           {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5});

@@ -66,6 +66,33 @@ CREATE INDEX ledger_started ON ledger(started_unix_ms);
 CREATE INDEX ledger_key_started ON ledger(key_id, started_unix_ms);
 )sql";
 
+// Version 2 adds the crawl monitor's tables (a version-1 file is upgraded in place on open).
+const char* kSchemaV2Monitor = R"sql(
+CREATE TABLE IF NOT EXISTS monitor_events(
+  request_id TEXT PRIMARY KEY,
+  account TEXT NOT NULL,
+  unix_ms INTEGER NOT NULL,
+  event TEXT NOT NULL,
+  embedding BLOB
+);
+CREATE INDEX IF NOT EXISTS monitor_events_account ON monitor_events(account, unix_ms);
+CREATE TABLE IF NOT EXISTS monitor_actions(
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  unix_ms INTEGER NOT NULL,
+  subject TEXT NOT NULL,
+  members TEXT NOT NULL,
+  actions TEXT NOT NULL,
+  score REAL NOT NULL,
+  requests INTEGER NOT NULL,
+  reasons TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS monitor_verdicts(
+  subject TEXT PRIMARY KEY,
+  updated_unix_ms INTEGER NOT NULL,
+  verdict TEXT NOT NULL
+);
+)sql";
+
 // Creates the file 0600 when it does not exist, so keys and ledger are not world-readable (SQLite
 // gives its -wal and -shm files the same mode).
 void create_private_file(const std::string& path) {
@@ -162,9 +189,18 @@ std::unique_ptr<ServeDb> ServeDb::open(const std::string& path) {
     if (!check_ours(read_pragma("PRAGMA application_id"), read_pragma("PRAGMA user_version"),
                     read_pragma(kCountObjects))) {
       db->exec(kSchemaV1, "create the schema");
+      db->exec(kSchemaV2Monitor, "create the schema");
       db->exec(cat("PRAGMA application_id=", kServeDbApplicationId, "; PRAGMA user_version=", kServeDbSchemaVersion)
                    .c_str(),
                "mark the schema");
+    }
+    tx.commit();
+  } else if (read_pragma("PRAGMA user_version") < kServeDbSchemaVersion) {
+    // Version 1 -> 2: the monitor's tables. Decided again under the write lock.
+    SqlTransaction tx(*db, "upgrade the schema to version 2");
+    if (read_pragma("PRAGMA user_version") < 2) {
+      db->exec(kSchemaV2Monitor, "upgrade the schema to version 2");
+      db->exec(cat("PRAGMA user_version=", kServeDbSchemaVersion).c_str(), "mark the schema");
     }
     tx.commit();
   }

@@ -31,6 +31,11 @@
 //          watermark_scheme, watermark_key_commitment, policy, finish_reason TEXT)
 //     -- one row per request; see ledger.h for what each field means.
 //   indexes: keys(account), ledger(started_unix_ms), ledger(key_id, started_unix_ms)
+// Version 2 adds the crawl monitor's tables (monitor_db.h); a version-1 file is upgraded on open:
+//   monitor_events(request_id TEXT PRIMARY KEY, account TEXT, unix_ms INTEGER, event TEXT  -- JSON
+//                  embedding BLOB NULL)      -- float32 little-endian, the prompt's mean hidden state
+//   monitor_actions(id INTEGER PRIMARY KEY, unix_ms, subject, members, actions, score, requests, reasons)
+//   monitor_verdicts(subject TEXT PRIMARY KEY, updated_unix_ms INTEGER, verdict TEXT)  -- JSON
 #pragma once
 
 #include <sqlite3.h>
@@ -43,7 +48,7 @@
 namespace retort {
 
 inline constexpr int32_t kServeDbApplicationId = 0x72747376;  // "rtsv"
-inline constexpr int kServeDbSchemaVersion = 1;
+inline constexpr int kServeDbSchemaVersion = 2;
 
 // $RETORT_HOME/serve.db, else ~/.cache/retort/serve.db (the directory of the model cache's parent).
 std::string default_serve_db_path();

@@ -23,10 +23,13 @@
 #include "retort/protect/gumbel.h"
 #include "retort/protect/keys.h"
 #include "retort/protect/kgw.h"
+#include "retort/protect/antidistill.h"
+#include "retort/protect/crawl_monitor.h"
 #include "retort/serve/accounts.h"
 #include "retort/serve/engine.h"
 #include "retort/serve/ledger.h"
 #include "retort/serve/metrics.h"
+#include "retort/serve/monitor_db.h"
 #include "retort/serve/openai_schema.h"
 #include "retort/text/chat_template.h"
 #include "retort/text/tokenizer.h"
@@ -153,6 +156,35 @@ struct Pending {
   bool all_done(size_t n) const { return n_done == int(n); }
 };
 
+// What the crawl monitor sees of a request (the embedding comes from the prefill, later).
+MonitorEvent monitor_event_of(const ApiRequest& r, const json& body, const std::string& account,
+                              const std::string& client_ip, int64_t unix_ms) {
+  MonitorEvent e;
+  e.account = account;
+  e.client_ip = client_ip;
+  e.unix_ms = unix_ms;
+  e.user_turns = 0;
+  for (const ChatMessage& m : r.messages) {
+    if (m.role == "user") {
+      ++e.user_turns;
+      e.prompt_text = m.content;  // the last one
+    } else if (m.role == "assistant") {
+      e.has_history = true;
+    } else if (m.role == "system" && e.system_prompt.empty()) {
+      e.system_prompt = m.content;
+    }
+  }
+  if (r.kind == Endpoint::completion) {
+    e.user_turns = 1;
+    e.prompt_text = r.prompt_is_ids ? std::string() : r.prompt;
+  }
+  e.n = r.n;
+  e.top_logprobs = r.logprobs ? r.top_logprobs : -1;
+  if (body.contains("max_tokens") || body.contains("max_completion_tokens")) e.max_tokens = r.max_tokens.value_or(-1);
+  if (body.contains("temperature")) e.temperature = r.sampling.temperature;
+  return e;
+}
+
 }  // namespace
 
 ServeConfig load_serve_config(const std::string& path) {
@@ -176,7 +208,9 @@ void apply_serve_config(ServeConfig& c, const json& j, const std::string& source
       "prefill_chunk", "max_body_bytes", "request_timeout_s", "shutdown_grace_s", "read_timeout_s",
       "keep_alive_timeout_s", "max_connections", "max_top_logprobs", "round_logprobs_digits", "default_rpm",
       "default_tpm", "default_tokens_per_day", "watermark", "watermark_key_file", "kgw_gamma", "kgw_delta",
-      "kgw_context", "watermark_h"};
+      "kgw_context", "watermark_h", "monitor", "monitor_calibration", "monitor_actions", "monitor_throttle_rpm",
+      "monitor_cap_top_logprobs", "monitor_replay_clock", "max_completion_tokens", "antidistill", "antidistill_lambda",
+      "antidistill_all"};
   for (const auto& [k, v] : j.items())
     check(std::find(known.begin(), known.end(), k) != known.end(), source, ": unknown field \"", k,
           "\" (known fields are listed in docs/serve.md)");
@@ -208,6 +242,16 @@ void apply_serve_config(ServeConfig& c, const json& j, const std::string& source
   read_field(j, "kgw_delta", c.kgw_delta, source);
   read_field(j, "kgw_context", c.kgw_context, source);
   read_field(j, "watermark_h", c.watermark_h, source);
+  read_field(j, "monitor", c.monitor, source);
+  read_field(j, "monitor_calibration", c.monitor_calibration, source);
+  read_field(j, "monitor_actions", c.monitor_actions, source);
+  read_field(j, "monitor_throttle_rpm", c.monitor_throttle_rpm, source);
+  read_field(j, "monitor_cap_top_logprobs", c.monitor_cap_top_logprobs, source);
+  read_field(j, "monitor_replay_clock", c.monitor_replay_clock, source);
+  read_field(j, "max_completion_tokens", c.max_completion_tokens, source);
+  read_field(j, "antidistill", c.antidistill, source);
+  read_field(j, "antidistill_lambda", c.antidistill_lambda, source);
+  read_field(j, "antidistill_all", c.antidistill_all, source);
 }
 
 json serve_config_json(const ServeConfig& c) {
@@ -221,7 +265,12 @@ json serve_config_json(const ServeConfig& c) {
           {"default_rpm", c.default_rpm}, {"default_tpm", c.default_tpm},
           {"default_tokens_per_day", c.default_tokens_per_day}, {"watermark", c.watermark},
           {"watermark_key_file", c.watermark_key_file}, {"kgw_gamma", c.kgw_gamma}, {"kgw_delta", c.kgw_delta},
-          {"kgw_context", c.kgw_context}, {"watermark_h", c.watermark_h}};
+          {"kgw_context", c.kgw_context}, {"watermark_h", c.watermark_h}, {"monitor", c.monitor},
+          {"monitor_calibration", c.monitor_calibration}, {"monitor_actions", c.monitor_actions},
+          {"monitor_throttle_rpm", c.monitor_throttle_rpm}, {"monitor_cap_top_logprobs", c.monitor_cap_top_logprobs},
+          {"monitor_replay_clock", c.monitor_replay_clock}, {"max_completion_tokens", c.max_completion_tokens},
+          {"antidistill", c.antidistill}, {"antidistill_lambda", c.antidistill_lambda},
+          {"antidistill_all", c.antidistill_all}};
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -244,6 +293,22 @@ struct Server::Impl {
   std::mutex wm_mu;
   std::unordered_map<std::string, std::pair<std::shared_ptr<LogitsProcessor>, std::string>> wm_by_account;
 
+  // Antidistillation sampling (cfg.antidistill): for every request (antidistill_all) or the accounts the
+  // monitor gives the antidistill action; null when not configured.
+  std::shared_ptr<AntidistillFactory> antidistill;
+  // The crawl monitor and its worker: HTTP threads queue events; the worker observes them, records them
+  // (and every decision) in the serve database on its own connection.
+  std::unique_ptr<CrawlMonitor> monitor;
+  std::unique_ptr<ServeDb> monitor_db;
+  std::thread monitor_thread;
+  std::mutex monitor_mu;
+  std::condition_variable monitor_cv;
+  std::deque<std::pair<std::string, MonitorEvent>> monitor_queue;  // (request id, event)
+  bool monitor_stop = false;
+  void monitor_loop();
+  // The actions that apply to `account` now (empty when it is not flagged), and the verdict behind them.
+  std::pair<std::vector<std::string>, std::optional<MonitorVerdict>> monitor_actions_for(const std::string& account);
+
   httplib::Server http;
   std::atomic<bool> accepting{true}, shut{false};
   std::mutex life_mu;
@@ -264,6 +329,8 @@ struct Server::Impl {
     Clock::time_point t0 = Clock::now();
     bool committed = false;
     std::optional<KeyRecord> key;
+    std::vector<std::string> monitor_actions;  // what the monitor applies to this call's account
+    json monitor_note;                          // {"subject", "score", "actions"} for the ledger's policy
     // Calls in flight are counted from arrival to their ledger row (a stream's ends after its last byte):
     // shutdown waits for them.
     Call(Impl& srv, const httplib::Request& req, const std::string& endpoint) : s(srv) {
@@ -329,13 +396,33 @@ struct Server::Impl {
     authenticate(req, call);
     if (!call.key) return;
     KeyRecord k = *call.key;
+    if (monitor) {
+      auto [actions, verdict] = monitor_actions_for(k.account);
+      if (verdict) {
+        call.monitor_actions = actions;
+        call.monitor_note = {{"subject", verdict->subject}, {"score", verdict->score}, {"actions", actions}};
+        call.row.policy = json{{"monitor", call.monitor_note}}.dump();
+        auto has = [&](const char* a) { return std::find(actions.begin(), actions.end(), a) != actions.end(); };
+        if (has("block")) {
+          metrics.add("retort_monitor_enforced_total", {{"action", "block"}});
+          throw forbidden("this account is blocked by the crawl monitor (" + verdict->subject +
+                          "); contact the provider to review the decision");
+        }
+        if (has("throttle")) {
+          metrics.add("retort_monitor_enforced_total", {{"action", "throttle"}});
+          k.policy.rpm = k.policy.rpm == 0 ? cfg.monitor_throttle_rpm : std::min(k.policy.rpm, cfg.monitor_throttle_rpm);
+        }
+      }
+    }
     if (k.policy.rpm == 0) k.policy.rpm = cfg.default_rpm;
     if (k.policy.tpm == 0) k.policy.tpm = cfg.default_tpm;
     if (k.policy.tokens_per_day == 0) k.policy.tokens_per_day = cfg.default_tokens_per_day;
     const Admission a = quotas.admit(k, now_ms());
     if (!a.ok) {
       metrics.add("retort_policy_actions_total", {{"action", "rate_limited_" + a.reason}});
-      call.row.policy = json{{"rate_limited", a.reason}}.dump();
+      json pol = {{"rate_limited", a.reason}};
+      if (!call.monitor_note.is_null()) pol["monitor"] = call.monitor_note;
+      call.row.policy = pol.dump();
       throw rate_limited(a.message, int(std::max<int64_t>(1, a.retry_after_seconds)),
                          a.reason == "tokens_per_day" ? "insufficient_quota" : "rate_limit_exceeded");
     }
@@ -371,6 +458,7 @@ struct Server::Impl {
   void detokenize(const httplib::Request& req, httplib::Response& res);
   void models(const httplib::Request& req, httplib::Response& res);
   void detect(const httplib::Request& req, httplib::Response& res);
+  void monitor_report(const httplib::Request& req, httplib::Response& res);
 };
 
 Server::Impl::Impl(const ServeConfig& c) : cfg(c) {
@@ -393,6 +481,18 @@ Server::Impl::Impl(const ServeConfig& c) : cfg(c) {
   }
   store = AccountStore::open(cfg.db);
   ledger = Ledger::open(cfg.db);
+  std::optional<MonitorCalibration> calibration;
+  if (cfg.monitor) {
+    static const std::vector<std::string> known_actions = {"flag", "throttle", "cap_logprobs", "antidistill", "block"};
+    for (const auto& a : cfg.monitor_actions)
+      check(std::find(known_actions.begin(), known_actions.end(), a) != known_actions.end(),
+            "serve: monitor_actions: unknown action \"", a, "\" (flag, throttle, cap_logprobs, antidistill, block)");
+    check(cfg.monitor_throttle_rpm >= 1, "serve: monitor_throttle_rpm must be at least 1, got ", cfg.monitor_throttle_rpm);
+    check(cfg.monitor_cap_top_logprobs >= 0 && cfg.monitor_cap_top_logprobs <= 20,
+          "serve: monitor_cap_top_logprobs must be in [0, 20], got ", cfg.monitor_cap_top_logprobs);
+    if (!cfg.monitor_calibration.empty()) calibration = MonitorCalibration::load(cfg.monitor_calibration);
+    monitor_db = ServeDb::open(cfg.db);
+  }
   if (cfg.watermark != "none") {
     wm.scheme = cfg.watermark;
     wm.kgw.gamma = cfg.kgw_gamma;
@@ -432,6 +532,30 @@ Server::Impl::Impl(const ServeConfig& c) : cfg(c) {
                                          {"retort_slots", double(engine->n_slots())}};
   });
   quotas.seed_day_tokens(store->tokens_today_by_key(now_ms()), now_ms());
+  const bool antidistill_action = std::find(cfg.monitor_actions.begin(), cfg.monitor_actions.end(), "antidistill") !=
+                                  cfg.monitor_actions.end();
+  check(cfg.antidistill.empty() || cfg.antidistill_lambda != 0, "serve: antidistill is set but antidistill_lambda is "
+        "0 (nothing would change); give --antidistill-lambda, e.g. 0.1");
+  check(!(cfg.monitor && antidistill_action) || !cfg.antidistill.empty(), "serve: monitor_actions has antidistill but "
+        "no antidistill proxy is configured; make one with `retort antidistill prepare` and pass --antidistill DIR");
+  check(!cfg.antidistill_all || !cfg.antidistill.empty(), "serve: antidistill_all needs antidistill (a proxy directory)");
+  if (!cfg.antidistill.empty()) {
+    antidistill = load_antidistill(cfg.antidistill, cfg.antidistill_lambda, model);
+    std::fprintf(stderr, "serve: antidistillation proxy %s, lambda %g (%s)\n", cfg.antidistill.c_str(),
+                 cfg.antidistill_lambda, cfg.antidistill_all ? "every request" : "accounts the monitor flags");
+  }
+  if (cfg.monitor) {
+    if (calibration)
+      check(calibration->n_embd == 0 || calibration->n_embd == model.hparams.n_embd, "serve: the monitor calibration ",
+            cfg.monitor_calibration, " has embeddings of ", calibration->n_embd, " values, this model's have ",
+            model.hparams.n_embd, " (it was made for ", calibration->model, "); calibrate again on this model");
+    std::fprintf(stderr, "serve: crawl monitor on (%s; actions:%s)\n",
+                 calibration ? ("calibrated on " + std::to_string(calibration->benign_accounts) + " benign accounts").c_str()
+                             : "uncalibrated: recording features, scoring nothing",
+                 [&] { std::string a; for (const auto& x : cfg.monitor_actions) a += " " + x; return a; }().c_str());
+    monitor = std::make_unique<CrawlMonitor>(std::move(calibration));
+    monitor_thread = std::thread([this] { monitor_loop(); });
+  }
   routes();
 }
 
@@ -474,6 +598,7 @@ void Server::Impl::routes() {
   http.Post("/tokenize", [this](const httplib::Request& q, httplib::Response& r) { tokenize(q, r); });
   http.Post("/detokenize", [this](const httplib::Request& q, httplib::Response& r) { detokenize(q, r); });
   http.Post("/v1/watermark/detect", [this](const httplib::Request& q, httplib::Response& r) { detect(q, r); });
+  http.Get("/v1/monitor", [this](const httplib::Request& q, httplib::Response& r) { monitor_report(q, r); });
 
   // Requests httplib answers itself (no route: 404; body over the limit: 413; a malformed request line:
   // 400) get an OpenAI error body and their ledger row here. Responses our handlers made have a body.
@@ -501,6 +626,101 @@ void Server::Impl::routes() {
     call.fail(res, internal("internal error; the server logged it"));
     call.commit();
   });
+}
+
+std::pair<std::vector<std::string>, std::optional<MonitorVerdict>> Server::Impl::monitor_actions_for(
+    const std::string& account) {
+  std::optional<MonitorVerdict> v = monitor->flagged(account);
+  if (!v) return {{}, std::nullopt};
+  return {cfg.monitor_actions, v};
+}
+
+// The monitor's worker: observes queued events in order, records them in batches, records every new
+// flag with the actions it brings, and keeps the verdicts table current (every 2 s and at the end).
+void Server::Impl::monitor_loop() {
+  auto last_snapshot = Clock::now();
+  bool dirty = false;
+  for (;;) {
+    std::deque<std::pair<std::string, MonitorEvent>> batch;
+    bool stopping;
+    {
+      std::unique_lock<std::mutex> lock(monitor_mu);
+      monitor_cv.wait_for(lock, std::chrono::milliseconds(200), [&] { return monitor_stop || !monitor_queue.empty(); });
+      batch.swap(monitor_queue);
+      stopping = monitor_stop;
+    }
+    std::vector<std::pair<std::string, MonitorEvent>> rows;
+    for (auto& [id, e] : batch) {
+      std::vector<MonitorVerdict> flagged;
+      try {  // nothing the monitor does may take the server down
+        flagged = monitor->observe(e);
+        metrics.add("retort_monitor_events_total", {});
+      } catch (const std::exception& ex) {
+        std::fprintf(stderr, "serve: monitor: %s\n", ex.what());
+      }
+      dirty = true;
+      for (const MonitorVerdict& v : flagged) {
+        MonitorActionRecord a;
+        a.unix_ms = now_ms();
+        a.subject = v.subject;
+        a.members = v.members;
+        a.actions = cfg.monitor_actions;
+        a.score = v.score;
+        a.requests = v.requests;
+        a.reasons = v.to_json()["reasons"];
+        if (v.cluster) a.reasons.push_back({{"test", "links"}, {"text", json(v.links).dump()}});
+        try {
+          for (const auto& act : a.actions) metrics.add("retort_monitor_actions_total", {{"action", act}});
+          metrics.add("retort_monitor_flagged_total", {{"kind", v.cluster ? "cluster" : "account"}});
+        } catch (const std::exception& ex) {
+          std::fprintf(stderr, "serve: monitor: %s\n", ex.what());
+        }
+        std::string why = v.reasons.empty() ? std::string("score ") + std::to_string(v.score) : v.reasons[0].text;
+        std::fprintf(stderr, "serve: monitor flagged %s (%zu account%s, %lld requests): %s\n", v.subject.c_str(),
+                     v.members.size(), v.members.size() == 1 ? "" : "s", static_cast<long long>(v.requests),
+                     why.c_str());
+        try {
+          write_monitor_action(*monitor_db, a);
+        } catch (const std::exception& ex) {
+          std::fprintf(stderr, "serve: monitor: %s\n", ex.what());
+        }
+      }
+      rows.emplace_back(std::move(id), std::move(e));
+    }
+    try {
+      write_monitor_events(*monitor_db, rows);
+      if (dirty && (stopping || Clock::now() - last_snapshot > std::chrono::seconds(2))) {
+        write_monitor_verdicts(*monitor_db, monitor->verdicts(), now_ms());
+        last_snapshot = Clock::now();
+        dirty = false;
+      }
+    } catch (const std::exception& ex) {
+      std::fprintf(stderr, "serve: monitor: %s\n", ex.what());
+    }
+    if (stopping) {
+      std::lock_guard<std::mutex> lock(monitor_mu);
+      if (monitor_queue.empty()) return;
+    }
+  }
+}
+
+void Server::Impl::monitor_report(const httplib::Request& req, httplib::Response& res) {
+  Call call(*this, req, "/v1/monitor");
+  try {
+    admit(req, res, call);
+    if (!(call.key && call.key->policy.admin)) throw forbidden("the monitor report needs an admin key (retort keys create --admin)");
+    if (!monitor) throw bad_request("", "this server runs without the crawl monitor (monitor: false)");
+    json vs = json::array();
+    for (const auto& v : monitor->verdicts()) vs.push_back(v.to_json());
+    json j = {{"calibrated", monitor->calibrated()}, {"actions", cfg.monitor_actions}, {"verdicts", vs}};
+    if (const MonitorCalibration* c = monitor->calibration())
+      j["calibration"] = {{"threshold", c->threshold}, {"window", c->window}, {"min_requests", c->min_requests},
+                          {"benign_accounts", c->benign_accounts}, {"benign_requests", c->benign_requests}};
+    res.set_content(j.dump(), "application/json");
+  } catch (const ApiError& e) {
+    call.fail(res, e);
+  }
+  call.commit();
 }
 
 void Server::Impl::models(const httplib::Request& req, httplib::Response& res) {
@@ -657,9 +877,11 @@ void Server::Impl::generate(const httplib::Request& req, httplib::Response& res,
   std::vector<int32_t> prompt;
   json policy = json::object();
   std::string wm_scheme, wm_commitment;
+  std::shared_ptr<MonitorEvent> event;  // what the monitor observes once the request is served
   try {
     if (!accepting.load()) throw unavailable("the server is shutting down", 5);
     admit(req, res, *call);
+    if (!call->monitor_note.is_null()) policy["monitor"] = call->monitor_note;
     const json body = parse_body(req.body);
     r = kind == Endpoint::chat ? parse_chat_request(body) : parse_completion_request(body);
     call->row.model = r.model;
@@ -667,7 +889,16 @@ void Server::Impl::generate(const httplib::Request& req, httplib::Response& res,
     call->row.stream = r.stream;
     call->row.logprobs_requested = r.logprobs ? r.top_logprobs : -1;
     check_model(r.model);
-
+    if (monitor && call->key) 
+      event = std::make_shared<MonitorEvent>(monitor_event_of(r, body, call->key->account, req.remote_addr,
+                                                             call->row.started_unix_ms));
+    if (event && cfg.monitor_replay_clock && req.has_header("X-Retort-Replay-Time-Ms")) {
+      try {
+        event->unix_ms = std::stoll(req.get_header_value("X-Retort-Replay-Time-Ms"));
+      } catch (const std::exception&) {
+        throw bad_request("X-Retort-Replay-Time-Ms", "expected Unix milliseconds");
+      }
+    }
 
     // Logprob policy: the key's (refuse, cap, round), then the server's cap.
     const KeyPolicy kp = call->key ? call->key->policy : KeyPolicy{};
@@ -679,6 +910,10 @@ void Server::Impl::generate(const httplib::Request& req, httplib::Response& res,
     }
     int cap = cfg.max_top_logprobs;
     if (kp.max_top_logprobs) cap = std::min(cap, *kp.max_top_logprobs);
+    const bool monitor_cap = std::find(call->monitor_actions.begin(), call->monitor_actions.end(), "cap_logprobs") !=
+                             call->monitor_actions.end();
+    if (monitor_cap) cap = std::min(cap, cfg.monitor_cap_top_logprobs);
+    if (monitor_cap && r.logprobs) metrics.add("retort_monitor_enforced_total", {{"action", "cap_logprobs"}});
     const int digits = kp.round_logprobs_digits >= 0 ? kp.round_logprobs_digits : cfg.round_logprobs_digits;
     lp = granted_logprobs(r, cap, digits);
     if (r.logprobs && lp.top < r.top_logprobs) {
@@ -710,7 +945,8 @@ void Server::Impl::generate(const httplib::Request& req, httplib::Response& res,
     if (prompt.empty()) throw bad_request(kind == Endpoint::chat ? "messages" : "prompt", "the prompt is empty");
     call->row.prompt_tokens = int64_t(prompt.size());
     call->row.prompt_sha256 = prompt_hash(prompt);
-    const int64_t max_tokens = resolve_max_tokens(r, int64_t(prompt.size()), engine->slot_len());
+    int64_t max_tokens = resolve_max_tokens(r, int64_t(prompt.size()), engine->slot_len());
+    if (cfg.max_completion_tokens > 0) max_tokens = std::min(max_tokens, cfg.max_completion_tokens);
 
     std::shared_ptr<LogitsProcessor> processor;
     if (watermarking && (!call->key || call->key->policy.watermark)) {
@@ -721,6 +957,13 @@ void Server::Impl::generate(const httplib::Request& req, httplib::Response& res,
     }
     call->row.watermark_scheme = wm_scheme;
     call->row.watermark_key_commitment = wm_commitment;
+    const bool use_antidistill =
+        antidistill && (cfg.antidistill_all || std::find(call->monitor_actions.begin(), call->monitor_actions.end(),
+                                                         "antidistill") != call->monitor_actions.end());
+    if (use_antidistill) {
+      policy["antidistill"] = {{"lambda", antidistill->lambda()}};
+      if (!cfg.antidistill_all) metrics.add("retort_monitor_enforced_total", {{"action", "antidistill"}});
+    }
     call->row.policy = policy.dump();
 
     const ResponseMeta meta = make_meta(kind, model_id, fingerprint);
@@ -732,7 +975,10 @@ void Server::Impl::generate(const httplib::Request& req, httplib::Response& res,
     const auto deadline = Clock::now() + std::chrono::milliseconds(int64_t(cfg.request_timeout_s * 1000));
     for (int i = 0; i < r.n; ++i) {
       GenerationRequest g = generation_request(r, prompt, i, max_tokens, fallback_seed, lp.top);
-      g.processor = processor;
+      // Antidistillation keeps per-sequence proxy caches: a processor per choice, before the watermark
+      // (which marks the distribution the sampler finally draws from).
+      g.processor = chain_processors({use_antidistill ? antidistill->make(g.sampling) : nullptr, processor});
+      g.want_prompt_embedding = event != nullptr && i == 0;
       auto on_token = [this, p, i](const GeneratedToken& t, const std::string& piece) {
         std::lock_guard<std::mutex> lock(p->mu);
         if (!p->first_token) {
@@ -800,7 +1046,7 @@ void Server::Impl::generate(const httplib::Request& req, httplib::Response& res,
     for (uint64_t t : tickets) engine->cancel(t);
   };
   // Ledger, quotas and metrics once the response is over (or the client is gone).
-  auto finish_row = [this, call, p, n, t_arrival, wm_scheme](bool client_gone) {
+  auto finish_row = [this, call, p, n, t_arrival, wm_scheme, event](bool client_gone) {
     std::lock_guard<std::mutex> lock(p->mu);
     int64_t completion = 0;
     std::string reasons;
@@ -832,6 +1078,12 @@ void Server::Impl::generate(const httplib::Request& req, httplib::Response& res,
     if (p->first_token)
       metrics.observe("retort_time_to_first_token_seconds",
                       std::chrono::duration<double>(*p->first_token - t_arrival).count());
+    if (event && (call->row.http_status == 0 || call->row.http_status == 499)) {  // the prompt was taken
+      event->embedding = p->results.empty() ? std::vector<float>{} : p->results[0].prompt_embedding;
+      std::lock_guard<std::mutex> lock(monitor_mu);
+      monitor_queue.emplace_back(call->row.request_id, std::move(*event));
+      monitor_cv.notify_one();
+    }
     call->commit();
   };
   if (!call->row.policy.empty() && call->row.policy != "{}") res.set_header("x-retort-policy", call->row.policy);
@@ -998,6 +1250,14 @@ void Server::shutdown() {
     s.ledger->flush();
   } catch (const std::exception& e) {
     std::fprintf(stderr, "serve: ledger flush failed: %s\n", e.what());
+  }
+  if (s.monitor_thread.joinable()) {
+    {
+      std::lock_guard<std::mutex> lock(s.monitor_mu);
+      s.monitor_stop = true;
+      s.monitor_cv.notify_all();
+    }
+    s.monitor_thread.join();
   }
   std::lock_guard<std::mutex> lock(s.life_mu);
   s.shut = true;

@@ -48,6 +48,23 @@ struct ServeConfig {
   double kgw_gamma = 0.25, kgw_delta = 2.0;
   std::string kgw_context = "selfhash";
   int watermark_h = 0;  // context width; 0 = the scheme's default
+  // The crawl monitor (protect/crawl_monitor.h): every served request of an account is observed; with a
+  // calibration (`retort monitor calibrate`) accounts and clusters are scored, and a flagged one gets
+  // monitor_actions (flag | throttle | cap_logprobs | antidistill | block), each recorded with its reasons.
+  bool monitor = true;
+  std::string monitor_calibration;                    // "" = uncalibrated: features recorded, nothing scored
+  std::vector<std::string> monitor_actions = {"flag"};
+  int64_t monitor_throttle_rpm = 6;                   // throttle: requests per minute left to a flagged account
+  int monitor_cap_top_logprobs = 0;                   // cap_logprobs: top_logprobs left to a flagged account
+  // Evaluation only: the monitor takes each request's time from its X-Retort-Replay-Time-Ms header (recorded
+  // traffic replayed faster than it happened). Never on a server clients can reach: they would set it.
+  bool monitor_replay_clock = false;
+  int64_t max_completion_tokens = 0;  // server-wide cap on tokens generated per choice; 0 = none
+  // Antidistillation sampling (protect/antidistill.h): a directory made by `retort antidistill prepare`;
+  // applied to flagged accounts (action antidistill), or to every request when antidistill_all.
+  std::string antidistill;
+  double antidistill_lambda = 0;
+  bool antidistill_all = false;
 };
 
 // A JSON config file (fields as ServeConfig's members). Unknown fields and wrong types: retort::Error

@@ -164,4 +164,80 @@ std::string format_p(double log10_p) {
   return b;
 }
 
+double normal_quantile(double p) {
+  check(p > 0 && p < 1, "normal_quantile: p must be in (0, 1), got ", p);
+  // Acklam's coefficients.
+  static const double a[] = {-3.969683028665376e+01, 2.209460984245205e+02, -2.759285104469687e+02,
+                             1.383577518672690e+02, -3.066479806614716e+01, 2.506628277459239e+00};
+  static const double b[] = {-5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+02,
+                             6.680131188771972e+01, -1.328068155288572e+01};
+  static const double c[] = {-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e+00,
+                             -2.549732539343734e+00, 4.374664141464968e+00, 2.938163982698783e+00};
+  static const double d[] = {7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e+00,
+                             3.754408661907416e+00};
+  const double lo = 0.02425, hi = 1 - lo;
+  double x;
+  if (p < lo) {
+    const double q = std::sqrt(-2 * std::log(p));
+    x = (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) /
+        ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1);
+  } else if (p <= hi) {
+    const double q = p - 0.5, r = q * q;
+    x = (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q /
+        (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1);
+  } else {
+    const double q = std::sqrt(-2 * std::log1p(-p));
+    x = -(((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) /
+        ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1);
+  }
+  // One Halley step: e = Φ(x) − p.
+  const double e = 0.5 * std::erfc(-x / std::sqrt(2.0)) - p;
+  const double u = e * std::sqrt(2 * M_PI) * std::exp(x * x / 2);
+  return x - u / (1 + x * u / 2);
+}
+
+double shapiro_wilk_w(std::vector<double> x) {
+  const int64_t n = int64_t(x.size());
+  check(n >= 3 && n <= 5000, "shapiro_wilk_w: needs 3 to 5000 values, got ", n);
+  std::sort(x.begin(), x.end());
+  double mean = 0;
+  for (double v : x) mean += v;
+  mean /= double(n);
+  double ss = 0;
+  for (double v : x) ss += (v - mean) * (v - mean);
+  if (!(ss > 0)) return 1.0;
+  std::vector<double> m(static_cast<size_t>(n)), a(static_cast<size_t>(n));
+  double mm = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    m[size_t(i)] = normal_quantile((double(i + 1) - 0.375) / (double(n) + 0.25));
+    mm += m[size_t(i)] * m[size_t(i)];
+  }
+  if (n == 3) {  // exact: a = (−√½, 0, √½)
+    a[0] = -std::sqrt(0.5), a[1] = 0, a[2] = std::sqrt(0.5);
+  } else {
+    const double u = 1 / std::sqrt(double(n));
+    const double mn = m[size_t(n - 1)], mn1 = m[size_t(n - 2)];
+    const double an = mn / std::sqrt(mm) + 0.221157 * u - 0.147981 * u * u - 2.071190 * std::pow(u, 3) +
+                      4.434685 * std::pow(u, 4) - 2.706056 * std::pow(u, 5);
+    double phi;
+    int64_t k;  // coefficients set at each end
+    double an1 = 0;
+    if (n > 5) {
+      an1 = mn1 / std::sqrt(mm) + 0.042981 * u - 0.293762 * u * u - 1.752461 * std::pow(u, 3) +
+            5.682633 * std::pow(u, 4) - 3.582633 * std::pow(u, 5);
+      phi = (mm - 2 * mn * mn - 2 * mn1 * mn1) / (1 - 2 * an * an - 2 * an1 * an1);
+      k = 2;
+    } else {
+      phi = (mm - 2 * mn * mn) / (1 - 2 * an * an);
+      k = 1;
+    }
+    for (int64_t i = k; i < n - k; ++i) a[size_t(i)] = m[size_t(i)] / std::sqrt(phi);
+    a[size_t(n - 1)] = an, a[0] = -an;
+    if (k == 2) a[size_t(n - 2)] = an1, a[1] = -an1;
+  }
+  double num = 0;
+  for (int64_t i = 0; i < n; ++i) num += a[size_t(i)] * x[size_t(i)];
+  return std::min(1.0, num * num / ss);
+}
+
 }  // namespace retort

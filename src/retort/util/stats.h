@@ -39,6 +39,19 @@ struct KsResult {
 };
 KsResult ks_uniform(std::vector<double> x);
 
+// Φ⁻¹(p), the standard normal quantile, 0 < p < 1 (Acklam's rational approximation, relative error
+// < 1.2e-9, refined by one Halley step on erfc).
+double normal_quantile(double p);
+
+// The Shapiro–Wilk W statistic of a sample (3 <= n <= 5000), with Royston's (1992, AS R94)
+// approximation of the coefficients:
+//   m_i = Φ⁻¹((i − 3/8)/(n + 1/4)),  c = m/|m|,  u = 1/√n,
+//   a_n = c_n + 0.221157u − 0.147981u² − 2.071190u³ + 4.434685u⁴ − 2.706056u⁵,
+//   a_{n−1} = c_{n−1} + 0.042981u − 0.293762u² − 1.752461u³ + 5.682633u⁴ − 3.582633u⁵  (n > 5),
+//   the middle a_i = m_i/√φ with φ making Σa² = 1;  W = (Σ a_i x_(i))² / Σ (x_i − x̄)².
+// W is in (0, 1]; near 1 for a normal sample. A constant sample gives 1 (nothing to reject).
+double shapiro_wilk_w(std::vector<double> x);
+
 // A p-value for people, from its log10 (exact far below the double range): "0.0123", "3.1e-42",
 // "2.50e-412" (3 significant digits above 1e-300, mantissa and exponent below).
 std::string format_p(double log10_p);

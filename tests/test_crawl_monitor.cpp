@@ -1,0 +1,343 @@
+// The crawl monitor (protect/crawl_monitor.h): its statistics against float64 recomputations and
+// published values, calibration, account and cluster verdicts on synthetic traffic, the serve
+// database's monitor tables.
+#include <sqlite3.h>
+
+#include <cmath>
+#include <random>
+#include <set>
+
+#include "retort/protect/crawl_monitor.h"
+#include "retort/serve/monitor_db.h"
+#include "retort/serve/serve_db.h"
+#include "retort/util/stats.h"
+#include "test_util.h"
+
+using namespace retort;
+using retort_test::expect_error;
+using retort_test::TempDir;
+
+TEST(MonitorStats, NormalQuantileMatchesKnownValues) {
+  EXPECT_NEAR(normal_quantile(0.975), 1.959963984540054, 1e-12);
+  EXPECT_NEAR(normal_quantile(0.5), 0.0, 1e-15);
+  EXPECT_NEAR(normal_quantile(1e-10), -6.361340902404056, 1e-9);
+  for (double p : {1e-6, 0.01, 0.3, 0.77, 0.999999}) EXPECT_NEAR(normal_sf(-normal_quantile(p)), p, 1e-12 * std::max(1.0, p / 1e-6));
+}
+
+TEST(MonitorStats, ShapiroWilkOnPublishedExamples) {
+  // Shapiro & Wilk (1965), section 4 example: weights of 11 men (lb), W = 0.79 (two decimals in the paper).
+  EXPECT_NEAR(shapiro_wilk_w({148, 154, 158, 160, 161, 162, 166, 170, 182, 195, 236}), 0.79, 0.006);
+  // Normal scores are as normal as a sample gets; a two-point sample is far from normal.
+  std::vector<double> scores;
+  for (int i = 1; i <= 50; ++i) scores.push_back(normal_quantile((i - 0.375) / 50.25));
+  EXPECT_GT(shapiro_wilk_w(scores), 0.99);
+  std::vector<double> two(40, 0.0);
+  for (size_t i = 0; i < 20; ++i) two[i] = 1;
+  EXPECT_LT(shapiro_wilk_w(two), 0.7);
+  EXPECT_EQ(shapiro_wilk_w({3, 3, 3, 3}), 1.0);
+  expect_error([] { shapiro_wilk_w({1, 2}); }, {"3 to 5000"});
+}
+
+TEST(MonitorStats, MinHashEstimatesJaccard) {
+  const auto a = minhash_signature("Explain photosynthesis in detail, step by step, as a textbook would.");
+  const auto b = minhash_signature("Explain plate tectonics in detail, step by step, as a textbook would.");
+  const auto c = minhash_signature("My tomato plants have yellow leaves, what should I do?");
+  // Bigram sets: a and b share 9 of 13 distinct bigrams (Jaccard 0.69); a and c share none.
+  EXPECT_NEAR(minhash_similarity(a, b), 9.0 / 13.0, 0.2);
+  EXPECT_LT(minhash_similarity(a, c), 0.1);
+  EXPECT_EQ(minhash_similarity(a, minhash_signature("explain PHOTOSYNTHESIS in detail step by step as a textbook would")), 1.0);
+}
+
+namespace {
+
+// Synthetic traffic. Benign users talk about two topics of their own (embeddings near two random unit
+// directions), pause 5-120 s, vary their parameters; crawlers cover everything evenly and regularly.
+struct Traffic {
+  std::mt19937_64 rng{20261203};
+  static constexpr int kDim = 16;
+  std::vector<float> direction() {
+    std::normal_distribution<float> n(0, 1);
+    std::vector<float> v(kDim);
+    double s = 0;
+    for (auto& x : v) x = n(rng), s += x * x;
+    for (auto& x : v) x = float(x / std::sqrt(s));
+    return v;
+  }
+  std::vector<float> near(const std::vector<float>& c, float noise) {
+    std::normal_distribution<float> n(0, noise);
+    std::vector<float> v(c);
+    for (auto& x : v) x += n(rng);
+    return v;
+  }
+  std::string words(int n) {
+    std::string s;
+    for (int i = 0; i < n; ++i) s += "w" + std::to_string(rng() % 5000) + " ";
+    return s;
+  }
+  std::vector<MonitorEvent> benign(const std::string& account, int requests, int64_t t0) {
+    const auto topic_a = direction(), topic_b = direction();
+    std::vector<MonitorEvent> out;
+    int64_t t = t0;
+    for (int i = 0; i < requests; ++i) {
+      MonitorEvent e;
+      e.account = account;
+      e.unix_ms = t;
+      t += 5000 + int64_t(rng() % 115000);
+      e.prompt_text = words(8 + int(rng() % 12));
+      e.embedding = near(rng() % 2 ? topic_a : topic_b, 0.35f);
+      e.has_history = rng() % 2;
+      if (rng() % 4 == 0) e.temperature = 0.7;
+      if (rng() % 5 == 0) e.max_tokens = 100 + int64_t(rng() % 400);
+      out.push_back(std::move(e));
+    }
+    return out;
+  }
+  MonitorEvent crawl(const std::string& account, int64_t t) {
+    MonitorEvent e;
+    e.account = account;
+    e.unix_ms = t;
+    e.prompt_text = words(12);
+    e.embedding = near(std::vector<float>(kDim, 0.0f), 1.0f);  // every direction
+    e.max_tokens = 256;
+    e.top_logprobs = 20;
+    return e;
+  }
+};
+
+MonitorCalibration calibrated(Traffic& tr, int accounts) {
+  std::map<std::string, std::vector<MonitorEvent>> benign;
+  for (int u = 0; u < accounts; ++u) {
+    const std::string name = "cal-" + std::to_string(u);
+    benign[name] = tr.benign(name, 60, 0);
+  }
+  CalibrateOptions o;
+  o.window = 32;
+  o.min_requests = 8;
+  o.pool_size = 256;
+  o.model = "synthetic";
+  return calibrate_monitor(benign, o);
+}
+
+}  // namespace
+
+TEST(CrawlMonitor, MmdEqualsFloat64Recomputation) {
+  Traffic tr;
+  const MonitorCalibration cal = calibrated(tr, 12);
+  ASSERT_EQ(cal.n_embd, Traffic::kDim);
+  ASSERT_GE(cal.pool.size(), 200u);
+  auto events = tr.benign("x", 20, 0);
+  std::vector<MonitorItem> items;
+  for (const auto& e : events) items.push_back(make_monitor_item(e, &cal));
+  std::vector<const MonitorItem*> win;
+  for (const auto& it : items) win.push_back(&it);
+  const double got = monitor_statistics(win, {}, &cal).at("mmd");
+  // float64: centre, normalise, Gaussian kernel, the unbiased MMD² against the pool.
+  auto unit = [&](const std::vector<float>& e) {
+    std::vector<double> u(e.size());
+    double n = 0;
+    for (size_t i = 0; i < e.size(); ++i) u[i] = double(e[i]) - double(cal.center[i]), n += u[i] * u[i];
+    for (auto& x : u) x /= std::sqrt(n);
+    return u;
+  };
+  auto k = [&](const std::vector<double>& a, const std::vector<double>& b) {
+    double d = 0;
+    for (size_t i = 0; i < a.size(); ++i) d += (a[i] - b[i]) * (a[i] - b[i]);
+    return std::exp(-d / (2 * cal.sigma2));
+  };
+  std::vector<std::vector<double>> x, y;
+  for (const auto& e : events) x.push_back(unit(e.embedding));
+  for (const auto& p : cal.pool) y.push_back(std::vector<double>(p.begin(), p.end()));
+  double kxx = 0, kyy = 0, kxy = 0;
+  const double m = double(x.size()), p = double(y.size());
+  for (size_t i = 0; i < x.size(); ++i)
+    for (size_t j = 0; j < x.size(); ++j)
+      if (i != j) kxx += k(x[i], x[j]);
+  for (size_t i = 0; i < y.size(); ++i)
+    for (size_t j = 0; j < y.size(); ++j)
+      if (i != j) kyy += k(y[i], y[j]);
+  for (const auto& a : x)
+    for (const auto& b : y) kxy += k(a, b);
+  const double want = kxx / (m * (m - 1)) + kyy / (p * (p - 1)) - 2 * kxy / (m * p);
+  // Unit vectors stored in float32: kernel values carry ~1e-7 relative error each.
+  EXPECT_NEAR(got, want, 1e-5);
+}
+
+TEST(CrawlMonitor, FlagsCrawlersNotHeldOutBenignUsers) {
+  Traffic tr;
+  const MonitorCalibration cal = calibrated(tr, 24);
+  for (const char* t : {"mmd", "prada", "rate", "spread", "logprobs"}) EXPECT_TRUE(cal.threshold.count(t)) << t;
+  CrawlMonitor m(cal);
+  // Ten held-out benign users and one crawler (a request every 2 s), interleaved in time.
+  std::vector<MonitorEvent> stream;
+  for (int u = 0; u < 10; ++u) {
+    auto ev = tr.benign("user-" + std::to_string(u), 60, 0);
+    stream.insert(stream.end(), ev.begin(), ev.end());
+  }
+  for (int i = 0; i < 200; ++i) stream.push_back(tr.crawl("crawler", 1000 + int64_t(i) * 2000));
+  std::stable_sort(stream.begin(), stream.end(), [](const auto& a, const auto& b) { return a.unix_ms < b.unix_ms; });
+  for (const auto& e : stream) m.observe(e);
+  m.update_clusters();
+  const auto crawler = m.flagged("crawler");
+  ASSERT_TRUE(crawler.has_value());
+  EXPECT_LE(crawler->flagged_at_request, cal.min_requests + 4);
+  ASSERT_FALSE(crawler->reasons.empty());
+  EXPECT_GE(crawler->reasons[0].ratio, 1.0);
+  EXPECT_FALSE(crawler->reasons[0].text.empty());
+  for (int u = 0; u < 10; ++u) {
+    const auto v = m.flagged("user-" + std::to_string(u));
+    EXPECT_FALSE(v.has_value()) << "user-" << u << " flagged: " << v->to_json().dump();
+  }
+}
+
+TEST(CrawlMonitor, LinksAHydraCrawlIntoOneCluster) {
+  Traffic tr;
+  MonitorCalibration cal = calibrated(tr, 24);
+  CrawlMonitor m(cal);
+  std::vector<MonitorEvent> stream;
+  for (int u = 0; u < 6; ++u) {
+    auto ev = tr.benign("user-" + std::to_string(u), 40, 0);
+    stream.insert(stream.end(), ev.begin(), ev.end());
+  }
+  // 12 accounts, 10 requests each, one prompt set split between them, one client's parameters; the
+  // router hands each request to an account at random, so no account keeps a machine's rhythm.
+  std::vector<int> owner;
+  for (int i = 0; i < 120; ++i) owner.push_back(i % 12);
+  std::shuffle(owner.begin(), owner.end(), tr.rng);
+  for (int i = 0; i < 120; ++i) {
+    MonitorEvent e = tr.crawl("hydra-" + std::to_string(owner[size_t(i)]), 5000 + int64_t(i) * 2500);
+    e.top_logprobs = -1;  // no logprobs: nothing per account gives it away
+    stream.push_back(e);
+  }
+  std::stable_sort(stream.begin(), stream.end(), [](const auto& a, const auto& b) { return a.unix_ms < b.unix_ms; });
+  for (const auto& e : stream) m.observe(e);
+  m.update_clusters();
+  std::optional<MonitorVerdict> cluster;
+  for (const auto& v : m.verdicts())
+    if (v.cluster && v.members[0].rfind("hydra-", 0) == 0 && (!cluster || v.members.size() > cluster->members.size()))
+      cluster = v;  // (earlier, smaller clusters that were flagged stay on record)
+  ASSERT_TRUE(cluster.has_value());
+  EXPECT_EQ(cluster->members.size(), 12u);
+  for (const auto& name : cluster->members) EXPECT_EQ(name.rfind("hydra-", 0), 0u) << name;
+  EXPECT_TRUE(cluster->flagged);
+  EXPECT_EQ(cluster->requests, 120);
+  EXPECT_FALSE(cluster->links.empty());
+  for (int i = 0; i < 12; ++i) EXPECT_TRUE(m.flagged("hydra-" + std::to_string(i)).has_value());
+  for (int u = 0; u < 6; ++u) EXPECT_FALSE(m.flagged("user-" + std::to_string(u)).has_value());
+}
+
+TEST(CrawlMonitor, UncalibratedScoresNothing) {
+  Traffic tr;
+  CrawlMonitor m(std::nullopt);
+  for (int i = 0; i < 50; ++i) EXPECT_TRUE(m.observe(tr.crawl("c", int64_t(i) * 1000)).empty());
+  const auto v = m.verdicts();
+  ASSERT_FALSE(v.empty());
+  EXPECT_EQ(v[0].score, 0);
+  EXPECT_TRUE(v[0].statistics.count("rate"));  // features are still computed
+}
+
+TEST(CrawlMonitor, CalibrationFileRoundTripAndBadInput) {
+  TempDir dir;
+  Traffic tr;
+  const MonitorCalibration cal = calibrated(tr, 8);
+  const std::string path = (dir.path / "cal.json").string();
+  cal.save(path);
+  const MonitorCalibration back = MonitorCalibration::load(path);
+  EXPECT_EQ(back.threshold, cal.threshold);
+  EXPECT_EQ(back.pool.size(), cal.pool.size());
+  EXPECT_EQ(back.sigma2, cal.sigma2);
+  expect_error([&] { MonitorCalibration::load((dir.path / "missing.json").string()); }, {"missing.json", "monitor calibrate"});
+  retort::write_file_atomic((dir.path / "bad.json").string(), "{\"format\": \"retort-monitor-calibration/1\"}");
+  expect_error([&] { MonitorCalibration::load((dir.path / "bad.json").string()); }, {"bad.json", "missing"});
+  std::map<std::string, std::vector<MonitorEvent>> few = {{"a", tr.benign("a", 5, 0)}};
+  expect_error([&] { calibrate_monitor(few, {}); }, {"at least 4 accounts"});
+  // An event of another width than the calibration's.
+  CrawlMonitor m(cal);
+  MonitorEvent e = tr.crawl("c", 0);
+  e.embedding.resize(8);
+  expect_error([&] { m.observe(e); }, {"8 values", "16", "synthetic"});
+}
+
+TEST(MonitorDb, EventsActionsVerdictsAndUpgradeFromVersion1) {
+  TempDir dir;
+  const std::string path = (dir.path / "serve.db").string();
+  Traffic tr;
+  {
+    auto db = ServeDb::open(path);
+    auto ev = tr.benign("alice", 3, 1000);
+    ev[1].top_logprobs = 5;
+    ev[2].system_prompt = "be brief";
+    std::vector<std::pair<std::string, MonitorEvent>> rows;
+    for (size_t i = 0; i < ev.size(); ++i) rows.push_back({"req-" + std::to_string(i), ev[i]});
+    write_monitor_events(*db, rows);
+    write_monitor_events(*db, rows);  // the same request ids again: kept once
+    const auto back = read_monitor_events(*db, {});
+    ASSERT_EQ(back.at("alice").size(), 3u);
+    for (size_t i = 0; i < 3; ++i) {
+      EXPECT_EQ(back.at("alice")[i].embedding, ev[i].embedding);
+      EXPECT_EQ(back.at("alice")[i].prompt_text, ev[i].prompt_text);
+      EXPECT_EQ(back.at("alice")[i].top_logprobs, ev[i].top_logprobs);
+      EXPECT_EQ(back.at("alice")[i].system_prompt, ev[i].system_prompt);
+    }
+    EXPECT_TRUE(read_monitor_events(*db, {"bob"}).empty());
+    MonitorActionRecord a;
+    a.unix_ms = 5;
+    a.subject = "cluster:x";
+    a.members = {"x", "y"};
+    a.actions = {"flag", "throttle"};
+    a.score = 2.5;
+    a.requests = 40;
+    a.reasons = nlohmann::json::array({{{"test", "rate"}, {"text", "fast"}}});
+    write_monitor_action(*db, a);
+    const auto acts = read_monitor_actions(*db);
+    ASSERT_EQ(acts.size(), 1u);
+    EXPECT_EQ(acts[0].members, a.members);
+    EXPECT_EQ(acts[0].actions, a.actions);
+    EXPECT_DOUBLE_EQ(acts[0].score, 2.5);
+    MonitorVerdict v1, v2;
+    v1.subject = "a", v1.score = 0.5;
+    v2.subject = "b", v2.score = 3;
+    write_monitor_verdicts(*db, {v1, v2}, 7);
+    v1.score = 4;
+    write_monitor_verdicts(*db, {v1}, 8);  // updated in place
+    const auto vs = read_monitor_verdicts(*db);
+    ASSERT_EQ(vs.size(), 2u);
+    EXPECT_EQ(vs[0]["subject"], "a");
+    EXPECT_EQ(vs[0]["score"], 4.0);
+  }
+  // A version-1 file (no monitor tables) is upgraded in place on open; its rows stay.
+  const std::string old = (dir.path / "v1.db").string();
+  {
+    auto db = ServeDb::open(old);
+    db->exec("DROP TABLE monitor_events; DROP TABLE monitor_actions; DROP TABLE monitor_verdicts; "
+             "PRAGMA user_version=1",
+             "make a version-1 file");
+  }
+  auto db = ServeDb::open(old);
+  SqlStatement v(*db, "PRAGMA user_version");
+  ASSERT_TRUE(v.step("read"));
+  EXPECT_EQ(v.int64(0), 2);
+  EXPECT_TRUE(read_monitor_events(*db, {}).empty());
+}
+
+// The per-account caches (distances and near-duplicates to earlier requests, filled as each request
+// arrives) give the same statistics as computing the window afresh.
+TEST(CrawlMonitor, CachedWindowStatisticsEqualDirectOnes) {
+  Traffic tr;
+  const MonitorCalibration cal = calibrated(tr, 8);
+  CrawlMonitor m(cal);
+  auto events = tr.benign("u", 80, 0);  // more than the window: old requests leave it
+  for (int i = 0; i < 10; ++i) events[size_t(i * 7)].prompt_text = events[3].prompt_text + " again";  // near-duplicates
+  for (const auto& e : events) m.observe(e);
+  std::vector<MonitorItem> items;
+  for (size_t i = events.size() - size_t(cal.window); i < events.size(); ++i) items.push_back(make_monitor_item(events[i], &cal));
+  std::vector<const MonitorItem*> win;
+  for (const auto& it : items) win.push_back(&it);
+  const auto direct = monitor_statistics(win, {}, &cal);
+  const auto v = m.verdicts();
+  ASSERT_EQ(v.size(), 1u);
+  for (const auto& [name, value] : direct) {
+    ASSERT_TRUE(v[0].statistics.count(name)) << name;
+    EXPECT_NEAR(v[0].statistics.at(name), value, 1e-5 * std::max(1.0, std::abs(value))) << name;
+  }
+  EXPECT_GT(direct.at("templated"), 0.0);
+}
