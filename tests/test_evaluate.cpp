@@ -115,6 +115,7 @@ std::vector<TinySample> write_tiny_store(const std::string& dir, int64_t n, int6
 struct Reference {
   int64_t positions = 0;
   double nll = 0, teacher_nll = 0, top1_agree = 0, kl = 0;
+  double student_tail = 0, teacher_tail = 0;
 };
 
 // Independent recomputation: one unbatched forward per sample, everything after it in double.
@@ -144,6 +145,8 @@ Reference reference(CausalLMImpl& model, const std::vector<TinySample>& samples,
       }
       psum += (p[k] = std::max(double(s.tail[j]), 1e-8));
       qq[k] = q.sum().item<double>() - qk;
+      r.student_tail += qq[k];
+      r.teacher_tail += std::max(0.0, double(s.tail[j]));
       double kl = 0;
       for (int64_t i = 0; i <= k; ++i) {
         double pi = p[i] / psum;
@@ -154,8 +157,28 @@ Reference reference(CausalLMImpl& model, const std::vector<TinySample>& samples,
     }
   }
   r.nll /= r.positions, r.teacher_nll /= r.positions, r.kl /= r.positions;
+  r.student_tail /= r.positions, r.teacher_tail /= r.positions;
   r.top1_agree = double(agree) / r.positions;
   return r;
+}
+
+// Mean KL(p_teacher ‖ q_student) over the whole vocabulary at every completion position, from one
+// unbatched forward of each model per sample, in double.
+double dense_kl_reference(CausalLMImpl& student, CausalLMImpl& teacher, const std::vector<TinySample>& samples) {
+  torch::NoGradGuard no_grad;
+  double sum = 0;
+  int64_t n = 0;
+  for (const auto& s : samples) {
+    std::vector<int64_t> ids(s.tokens.begin(), s.tokens.end());
+    auto x = torch::tensor(ids).unsqueeze(0);
+    auto logq = torch::log_softmax(student.forward(x)[0].to(torch::kFloat64), -1);
+    auto logp = torch::log_softmax(teacher.forward(x)[0].to(torch::kFloat64), -1);
+    for (int64_t j = 0; j < int64_t(s.tokens.size()) - s.prompt_len; ++j, ++n) {
+      auto lp = logp[s.prompt_len - 1 + j], lq = logq[s.prompt_len - 1 + j];
+      sum += (lp.exp() * (lp - lq)).sum().item<double>();
+    }
+  }
+  return sum / n;
 }
 
 }  // namespace
@@ -187,7 +210,11 @@ TEST(Evaluate, MatchesAnUnbatchedFloat64Recomputation) {
     EXPECT_NEAR(m.teacher_nll, ref.teacher_nll, 1e-6 * ref.teacher_nll);
     EXPECT_DOUBLE_EQ(m.top1_agree, ref.top1_agree);
     EXPECT_NEAR(m.kl, ref.kl, 1e-5 * ref.kl + 1e-6);
+    EXPECT_NEAR(m.student_tail, ref.student_tail, 1e-5);
+    EXPECT_NEAR(m.teacher_tail, ref.teacher_tail, 1e-6);
+    EXPECT_LT(m.kl_dense, 0);  // no teacher model: not measured, and not in the JSON
     nlohmann::json j = m.to_json();
+    EXPECT_FALSE(j.contains("kl_dense"));
     EXPECT_EQ(j["positions"].get<int64_t>(), ref.positions);
     EXPECT_DOUBLE_EQ(j["kl"].get<double>(), m.kl);
   }
@@ -199,6 +226,37 @@ TEST(Evaluate, MatchesAnUnbatchedFloat64Recomputation) {
   EXPECT_EQ(m3.positions, ref3.positions);
   EXPECT_NEAR(m3.nll, ref3.nll, 1e-5 * ref3.nll);
   EXPECT_NEAR(m3.kl, ref3.kl, 1e-5 * ref3.kl + 1e-6);
+}
+
+// kl_dense: the whole-vocabulary KL from a teacher model's own forward pass, against the float64
+// recomputation; zero for a model against itself; refused across vocabulary sizes.
+TEST(Evaluate, DenseKLFromATeacherModel) {
+  TempDir dir;
+  ModelHParams hp = tiny_hparams();
+  auto samples = write_tiny_store(dir / "store", /*n=*/9, /*k=*/5, hp.n_vocab, /*seed=*/11);
+  SignalStore store = SignalStore::open(dir / "store");
+  LlamaModel student(hp), teacher(hp);
+  student->init_weights(/*seed=*/3, /*std=*/0.3);
+  teacher->init_weights(/*seed=*/4, /*std=*/0.3);
+  const double ref = dense_kl_reference(*student, *teacher, samples);
+  EXPECT_GT(ref, 0.05);
+  for (int64_t batch_tokens : {1, 4096}) {
+    SCOPED_TRACE(cat("batch_tokens ", batch_tokens));
+    EvalMetrics m = evaluate_on_store(*student, store, "tiny-tokenizer", 0, batch_tokens, teacher.get());
+    EXPECT_NEAR(m.kl_dense, ref, 1e-5 * ref);
+    EXPECT_DOUBLE_EQ(m.to_json()["kl_dense"].get<double>(), m.kl_dense);
+    // The stored-signal metrics do not depend on the teacher model.
+    EvalMetrics plain = evaluate_on_store(*student, store, "tiny-tokenizer", 0, batch_tokens);
+    EXPECT_DOUBLE_EQ(m.kl, plain.kl);
+    EXPECT_DOUBLE_EQ(m.nll, plain.nll);
+  }
+  EvalMetrics self = evaluate_on_store(*student, store, "tiny-tokenizer", 0, 4096, student.get());
+  EXPECT_NEAR(self.kl_dense, 0.0, 1e-6);  // the student's log q rounds in float32
+  ModelHParams other = hp;
+  other.n_vocab = 120;
+  LlamaModel wide(other);
+  wide->init_weights(1);
+  EXPECT_THROW(evaluate_on_store(*student, store, "tiny-tokenizer", 0, 4096, wide.get()), Error);
 }
 
 TEST(Evaluate, RefusesAStoreFromAnotherTokenizer) {
@@ -258,6 +316,7 @@ TEST(Evaluate, TeacherAgainstItsOwnCapture) {
   EXPECT_EQ(m.top1_agree, 1.0);
   EXPECT_NEAR(m.kl, 0.0, 2e-4);
   EXPECT_GE(m.kl, -1e-6);
+  EXPECT_NEAR(m.student_tail, m.teacher_tail, 2e-3);  // its own mass outside its own top-k, as stored
   EXPECT_NEAR(m.nll, m.teacher_nll, 2e-3);  // full forward vs the cached decode that captured it
   EXPECT_GT(m.nll, 0.05);                    // sampled text: a real, non-zero NLL
   EXPECT_THROW(evaluate_on_store(*teacher.model, store, "0000000000000000"), Error);

@@ -44,6 +44,7 @@ struct EvalArgs {
   int64_t batch_tokens = 4096;
   int64_t speed_prompt = 128, speed_tokens = 32;
   bool json_out = false;
+  bool dense_kl = false;
 };
 
 // Every regular file of a checkpoint (a .gguf file, or a directory walked recursively) with its size.
@@ -172,7 +173,7 @@ std::string human_bytes(double b) {
 }
 
 json evaluate_model(const std::string& role, const ModelOptions& mo, LoadedModel& m, const SignalStore& store,
-                    const EvalArgs& a) {
+                    const EvalArgs& a, CausalLMImpl* dense_teacher = nullptr) {
   check(m.tokenizer != nullptr, role, " ", m.path,
         ": the checkpoint has no tokenizer, so its tokenizer cannot be matched with the store's");
   int64_t params = 0;
@@ -182,7 +183,8 @@ json evaluate_model(const std::string& role, const ModelOptions& mo, LoadedModel
   for (const auto& f : files) bytes += f["bytes"].get<int64_t>();
 
   const Clock::time_point t0 = Clock::now();
-  EvalMetrics metrics = evaluate_on_store(*m.model, store, m.tokenizer->hash(), a.max_samples, a.batch_tokens);
+  EvalMetrics metrics =
+      evaluate_on_store(*m.model, store, m.tokenizer->hash(), a.max_samples, a.batch_tokens, dense_teacher);
   const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
   std::fprintf(stderr, "[%s: %lld positions scored in %.1f s]\n", role.c_str(), (long long)metrics.positions, secs);
 
@@ -222,6 +224,11 @@ void print_table(const json& out) {
   row("top-1 agreement with teacher", fmt("%.2f%%", 100 * sm["top1_agree"].get<double>()),
       fmt("%.2f%%", 100 * tm["top1_agree"].get<double>()));
   row("KL(teacher‖model), top-k+tail", fmt("%.4f", sm["kl"].get<double>()), fmt("%.4f", tm["kl"].get<double>()));
+  if (sm.contains("kl_dense"))
+    row("KL(teacher‖model), dense", fmt("%.4f", sm["kl_dense"].get<double>()),
+        tm.contains("kl_dense") ? fmt("%.4f", tm["kl_dense"].get<double>()) : std::string("-"));
+  row("mass outside teacher's top-k", fmt("%.4f", sm["student_tail"].get<double>()),
+      fmt("%.4f", tm["student_tail"].get<double>()));
   auto speed = [](const json& m, const char* key) {
     return m["speed"].contains(key) ? fmt("%.1f", m["speed"][key].get<double>()) : std::string("-");
   };
@@ -341,9 +348,14 @@ void run(const EvalArgs& a) {
   if (store && a.answers > 0) answer_prompts = store_prompts(*store, a.answers);
   AnswerQuality student_answers, teacher_answers;
   const bool inference_only = !store;  // tasks only: generation, no teacher-forced pass
+  check(!a.dense_kl || store, "--dense-kl needs --data STORE (the held-out text both models read)");
+  // --dense-kl: the teacher stays loaded beside the student (both in memory), otherwise one at a time.
+  std::optional<LoadedModel> teacher_kept;
+  if (a.dense_kl) teacher_kept.emplace(load_for_cli(a.teacher, true, false));
   {
     LoadedModel student = load_for_cli(a.student, true, inference_only);
-    out["student"] = store ? evaluate_model("student", a.student, student, *store, a)
+    out["student"] = store ? evaluate_model("student", a.student, student, *store, a,
+                                            teacher_kept ? teacher_kept->model.get() : nullptr)
                            : json{{"spec", a.student.model}, {"path", student.path}, {"format", student.format}};
     if (!prompts.empty()) student_text = greedy_replies(student, *student.model, prompts, a.max_tokens);
     if (!answer_prompts.empty())
@@ -351,7 +363,8 @@ void run(const EvalArgs& a) {
     if (!tasks.empty()) student_tasks = task_run("student", student, tasks);
   }  // one model in memory at a time
   {
-    LoadedModel teacher = load_for_cli(a.teacher, true, inference_only);
+    LoadedModel teacher = teacher_kept ? std::move(*teacher_kept) : load_for_cli(a.teacher, true, inference_only);
+    teacher_kept.reset();
     out["teacher"] = store ? evaluate_model("teacher", a.teacher, teacher, *store, a)
                            : json{{"spec", a.teacher.model}, {"path", teacher.path}, {"format", teacher.format}};
     if (!prompts.empty()) teacher_text = greedy_replies(teacher, *teacher.model, prompts, a.max_tokens);
@@ -427,6 +440,10 @@ void register_eval(CLI::App& app) {
   sub->add_option("--speed-tokens", a->speed_tokens, "tokens of the batch-1 decode speed measurement (0 = skip speed)")
       ->capture_default_str()->check(CLI::NonNegativeNumber);
   sub->add_flag("--json", a->json_out, "print everything as one JSON object");
+  sub->add_flag("--dense-kl", a->dense_kl,
+                "also KL(teacher‖student) over the whole vocabulary from the teacher's own forward pass (both "
+                "models in memory): its excess over the top-k+tail KL is what the student gets wrong inside the "
+                "tail bucket");
   sub->callback([a] {
     a->teacher.threads = a->student.threads;
     a->teacher.device = a->student.device;

@@ -18,12 +18,15 @@
 namespace retort {
 
 nlohmann::json EvalMetrics::to_json() const {
-  return {{"samples", samples}, {"positions", positions},   {"nll", nll}, {"ppl", ppl},
-          {"teacher_nll", teacher_nll}, {"top1_agree", top1_agree}, {"kl", kl}};
+  nlohmann::json j = {{"samples", samples},         {"positions", positions},       {"nll", nll},
+                      {"ppl", ppl},                 {"teacher_nll", teacher_nll},   {"top1_agree", top1_agree},
+                      {"kl", kl},                   {"student_tail", student_tail}, {"teacher_tail", teacher_tail}};
+  if (kl_dense >= 0) j["kl_dense"] = kl_dense;
+  return j;
 }
 
 EvalMetrics evaluate_on_store(CausalLMImpl& model, const SignalStore& store, const std::string& tokenizer_hash,
-                              int64_t max_samples, int64_t batch_tokens) {
+                              int64_t max_samples, int64_t batch_tokens, CausalLMImpl* dense_teacher) {
   const StoreManifest& man = store.manifest();
   check(man.tokenizer_hash == tokenizer_hash, "signal store ", store.dir(), " was captured with tokenizer ",
         man.tokenizer_hash, " but the model being evaluated uses tokenizer ", tokenizer_hash,
@@ -33,6 +36,9 @@ EvalMetrics evaluate_on_store(CausalLMImpl& model, const SignalStore& store, con
         " but the model has only ", hp.n_vocab, " logits");
   check(man.k >= 1, "signal store ", store.dir(), ": k = ", man.k, " (need at least the teacher's top-1)");
   check(batch_tokens >= 1, "evaluate: batch_tokens must be >= 1 (got ", batch_tokens, ")");
+  check(!dense_teacher || dense_teacher->hparams().n_vocab == hp.n_vocab, "evaluate: the teacher has ",
+        dense_teacher ? dense_teacher->hparams().n_vocab : 0, " logits and the model ", hp.n_vocab,
+        ": a dense KL needs one vocabulary");
 
   const int64_t n = max_samples > 0 ? std::min(max_samples, store.n_samples()) : store.n_samples();
   const int64_t k = man.k;
@@ -58,7 +64,7 @@ EvalMetrics evaluate_on_store(CausalLMImpl& model, const SignalStore& store, con
   const torch::Device dev = model.device();
 
   torch::NoGradGuard no_grad;
-  double nll_sum = 0, teacher_nll_sum = 0, kl_sum = 0;
+  double nll_sum = 0, teacher_nll_sum = 0, kl_sum = 0, kl_dense_sum = 0, student_tail_sum = 0, teacher_tail_sum = 0;
   int64_t agree = 0, positions = 0;
   size_t b0 = 0;
   while (b0 < samples.size()) {
@@ -84,6 +90,7 @@ EvalMetrics evaluate_on_store(CausalLMImpl& model, const SignalStore& store, con
           topk_lp.push_back(s.topk_logprobs[j * k + i]);
         }
         tail.push_back(std::max(0.0f, s.tail_mass[j]));
+        teacher_tail_sum += std::max(0.0f, s.tail_mass[j]);
         teacher_nll_sum -= s.token_logprob[j];
       }
     }
@@ -97,6 +104,11 @@ EvalMetrics evaluate_on_store(CausalLMImpl& model, const SignalStore& store, con
     torch::Tensor ids = torch::from_blob(topk_ids.data(), {N, k}, i64).to(dev);
     torch::Tensor lps = torch::from_blob(topk_lp.data(), {N, k}, f32).to(dev);
     torch::Tensor tails = torch::from_blob(tail.data(), {N}, f32).to(dev);
+    torch::Tensor teacher_hidden;  // [N, d_teacher]
+    if (dense_teacher)
+      teacher_hidden = dense_teacher->forward_hidden(tokens.to(dense_teacher->device()))
+                           .reshape({B * L, -1})
+                           .index_select(0, torch::from_blob(rows.data(), {N}, i64).to(dense_teacher->device()));
 
     for (int64_t r0 = 0; r0 < N; r0 += chunk_rows) {
       const int64_t r1 = std::min(N, r0 + chunk_rows);
@@ -107,6 +119,16 @@ EvalMetrics evaluate_on_store(CausalLMImpl& model, const SignalStore& store, con
       torch::Tensor kl = sparse_loss_rows(logits, ids.slice(0, r0, r1), lps.slice(0, r0, r1),
                                           tails.slice(0, r0, r1), fkl);
       kl_sum += kl.to(torch::kFloat64).sum().item<double>();
+      // q mass outside the teacher's top-k: 1 − Σ_{i ∈ top-k} q_i  (float64 so the sum of small terms holds)
+      torch::Tensor q_topk = logq.gather(1, ids.slice(0, r0, r1)).to(torch::kFloat64).exp().sum(1);
+      student_tail_sum += (1.0 - q_topk).clamp_min(0.0).sum().item<double>();
+      if (dense_teacher) {
+        // KL(p‖q) = Σ_v p_v (log p_v − log q_v) over the whole vocabulary, in float64.
+        torch::Tensor logp = torch::log_softmax(
+            dense_teacher->lm_logits(teacher_hidden.slice(0, r0, r1)).to(torch::kFloat64), -1);
+        torch::Tensor lq = logq.to(torch::kFloat64).to(logp.device());
+        kl_dense_sum += (logp.exp() * (logp - lq)).sum().item<double>();
+      }
     }
     positions += N;
     b0 = b1;
@@ -120,6 +142,9 @@ EvalMetrics evaluate_on_store(CausalLMImpl& model, const SignalStore& store, con
     m.teacher_nll = teacher_nll_sum / positions;
     m.top1_agree = double(agree) / positions;
     m.kl = kl_sum / positions;
+    m.student_tail = student_tail_sum / positions;
+    m.teacher_tail = teacher_tail_sum / positions;
+    if (dense_teacher) m.kl_dense = kl_dense_sum / positions;
   }
   m.ppl = std::exp(m.nll);
   return m;

@@ -5,6 +5,11 @@
 //   teacher_nll  mean −log p_teacher(token)            (from the store: token_logprob)
 //   top1_agree   fraction of positions where argmax q_student == the teacher's top-1
 //   kl           mean KL(p_teacher ‖ q_student) on the stored top-k + tail bucket (see losses.h)
+//   student_tail mean q_student mass outside the teacher's stored top-k; teacher_tail: the stored tail mass
+//   kl_dense     with a teacher model: mean KL(p_teacher ‖ q_student) over the whole vocabulary, from the
+//                teacher's own forward pass. By the chain rule kl_dense = kl + Σ p_tail·KL(p|tail ‖ q|tail)
+//                (up to the stored signal's rounding), so kl_dense − kl is what the student gets wrong
+//                *inside* the tail bucket — the part a sparse top-k signal cannot teach.
 // plus, when asked, speed (tokens/s for prefill and batch-1 decode) and size (parameters, bytes).
 #pragma once
 
@@ -26,13 +31,17 @@ struct GenerationResult;
 struct EvalMetrics {
   int64_t samples = 0, positions = 0;
   double nll = 0, ppl = 0, teacher_nll = 0, top1_agree = 0, kl = 0;
+  double student_tail = 0, teacher_tail = 0;
+  double kl_dense = -1;  // < 0: not measured (no teacher model given)
   nlohmann::json to_json() const;
 };
 
 // Teacher-forced pass of `model` over the store's samples (batched by length, no grad).
 // max_samples = 0: all. The store's tokenizer hash must equal `tokenizer_hash` (retort::Error otherwise).
+// `dense_teacher` (optional, same tokenizer and vocabulary size): also measure kl_dense.
 EvalMetrics evaluate_on_store(CausalLMImpl& model, const SignalStore& store, const std::string& tokenizer_hash,
-                              int64_t max_samples = 0, int64_t batch_tokens = 4096);
+                              int64_t max_samples = 0, int64_t batch_tokens = 4096,
+                              CausalLMImpl* dense_teacher = nullptr);
 
 // The store's first `n` distinct prompts (token ids as captured: chat formatting included).
 std::vector<std::vector<int32_t>> store_prompts(const SignalStore& store, int64_t n);
