@@ -282,6 +282,9 @@ void run_text_store(const EvalArgs& a, bool text_store) {
   check(a.tasks.empty() && a.answers == 0, "retort eval: --tasks and --answers work with a signal store in the ",
         "model's tokenizer; ", a.data, " is ", text_store ? "a text store" : "in another tokenizer",
         " (per-byte NLL only)");
+  check(!a.dense_kl, "retort eval: --dense-kl compares two models' distributions over one vocabulary; ", a.data, " is ",
+        text_store ? "a text store" : "in another tokenizer than the model's",
+        ", so only the per-byte NLL is measured (drop --dense-kl)");
   LoadedModel m = load_for_cli(a.student, true, false);
   const XTokData d = text_store ? make_xtok_data(TextStore::open(a.data), m) : make_xtok_data(SignalStore::open(a.data), m);
   const auto t0 = Clock::now();

@@ -282,6 +282,10 @@ class CrossTokenizer(unittest.TestCase):
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("must be a text store", r.stderr)
 
+        # --dense-kl needs one vocabulary for both models: on a text store it is refused, not silently ignored.
+        r = run(["eval", "--model", student, "--data", self.store, "--dense-kl", "--teacher", TEACHER])
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("--dense-kl compares two models' distributions over one vocabulary", r.stderr)
         # A damaged shard: named, with its sha256.
         damaged = os.path.join(self.dir, "damaged")
         shutil.copytree(self.store, damaged)
