@@ -31,8 +31,8 @@
 # Environment: RUNS (work dir kept for reuse; default $RETORT_HOME/bench/radioactivity), STEPS (51 = one
 # epoch of 408 at batch 8), BATCH (8), MAX_SEQ (128), LR (3e-4), N_TOKENS (64), CLOSED_SAMPLES (2),
 # ACCOUNTS (100), FRACTIONS ("0 1 5 20 100", percent), PARAPHRASE (1), THREADS (0 = all), RETORT (binary).
-# Everything found finished in RUNS is reused. Cost on an idle 2-core machine: ~8 min of generation, ~4 min
-# per student, ~3 min of tests per model.
+# Everything found finished in RUNS is reused. Cost on a 2-core Intel Xeon: ~8 min of generation, ~6.5 min
+# per student (2 of them the teacher-forced store), 3-7 min of tests per model: 77 min in all.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out_json="${1:-$here/bench/results/radioactivity_fractions.json}"
