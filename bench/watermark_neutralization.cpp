@@ -41,7 +41,6 @@
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
-#include <set>
 #include <sstream>
 #include <string>
 #include <unordered_map>
@@ -51,6 +50,7 @@
 #include "retort/audit/radioactivity.h"
 #include "retort/audit/watermark_detect.h"
 #include "retort/decode/generate.h"
+#include "retort/distill/answer_quality.h"
 #include "retort/decode/logits_processor.h"
 #include "retort/io/jsonl.h"
 #include "retort/model/runtime_model.h"
@@ -191,17 +191,6 @@ class Neutralizer : public LogitsProcessor {
   float delta_;
 };
 
-double repeated_4gram_share(const std::vector<int32_t>& t) {
-  if (t.size() < 5) return 0.0;
-  std::set<std::vector<int32_t>> seen;
-  int64_t rep = 0, n = 0;
-  for (size_t i = 0; i + 4 <= t.size(); ++i, ++n) {
-    std::vector<int32_t> g(t.begin() + long(i), t.begin() + long(i + 4));
-    if (!seen.insert(g).second) ++rep;
-  }
-  return n ? double(rep) / double(n) : 0.0;
-}
-
 OJson result_row(const RadioactivityResult& r) {
   return {{"scored", r.counts.scored},
           {"green_rate", r.score_rate},
@@ -283,7 +272,7 @@ int run(int argc, char** argv) {
       const std::vector<int32_t> ids = enc(res[i].text);
       plain.add_text(ids);
       seen.add_text(ids);
-      rep += repeated_4gram_share(ids);
+      rep += repeated_ngram_share(ids, 4);  // as `retort eval --answers` counts it
       std::vector<int32_t> s = rendered[i];
       answer_start.push_back(s.size());
       s.insert(s.end(), ids.begin(), ids.end());
