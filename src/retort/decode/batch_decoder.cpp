@@ -227,7 +227,41 @@ void BatchDecoder::step() {
   retire_finished();
 }
 
+// The rows' batchable processor work (logits_processor.h: BatchedWork), one prepare() per work object.
+// An error here is not the rows' end: each part then does its work alone in process() and reports it.
+static void prepare_batched_work(const std::vector<std::pair<const GenerationRequest*, const std::vector<int32_t>*>>& rows) {
+  std::vector<BatchedPart> parts;
+  std::vector<std::span<const int32_t>> part_ctx;
+  for (const auto& [req, ctx] : rows) {
+    if (!req->processor) continue;
+    req->processor->batched_parts(parts);
+    part_ctx.resize(parts.size(), std::span<const int32_t>(*ctx));
+  }
+  if (parts.empty()) return;
+  std::vector<bool> taken(parts.size(), false);
+  for (size_t i = 0; i < parts.size(); ++i) {
+    if (taken[i]) continue;
+    std::vector<LogitsProcessor*> group;
+    std::vector<std::span<const int32_t>> contexts;
+    for (size_t j = i; j < parts.size(); ++j)
+      if (!taken[j] && parts[j].work == parts[i].work) {
+        taken[j] = true;
+        group.push_back(parts[j].part);
+        contexts.push_back(part_ctx[j]);
+      }
+    try {
+      parts[i].work->prepare(group, contexts);
+    } catch (...) {
+    }
+  }
+}
+
 void BatchDecoder::advance_rows(const std::vector<Sequence*>& rows, const float* base) {
+  {
+    std::vector<std::pair<const GenerationRequest*, const std::vector<int32_t>*>> work_rows;
+    for (Sequence* s : rows) work_rows.emplace_back(&s->req, &s->context);
+    prepare_batched_work(work_rows);
+  }
   std::vector<GeneratedToken> picked(rows.size());
   auto sample_row = [&](size_t b) {
     Sequence& s = *rows[b];

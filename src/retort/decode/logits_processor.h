@@ -26,6 +26,26 @@
 
 namespace retort {
 
+class LogitsProcessor;
+
+// Work that the processors of several sequences can do together: antidistillation runs its two proxies
+// over all of a decode step's rows in one batched forward instead of one forward per row. Before it
+// samples a step's rows, BatchDecoder asks each row's processor for its batched parts, groups them by
+// BatchedWork object and calls prepare() once per group, on the decoding thread; each part's process()
+// then finds its result ready. prepare() is only an optimisation: a part whose row it skipped (or that
+// is used outside BatchDecoder) does the work alone in process(), with the same bits.
+class BatchedWork {
+ public:
+  virtual ~BatchedWork() = default;
+  // parts[i] (a processor that named this object) at contexts[i] (as process() will get it). Must not
+  // throw for one bad row: it leaves that row to its own process(), which reports the error.
+  virtual void prepare(std::span<LogitsProcessor* const> parts, std::span<const std::span<const int32_t>> contexts) = 0;
+};
+struct BatchedPart {
+  BatchedWork* work;
+  LogitsProcessor* part;
+};
+
 class LogitsProcessor {
  public:
   virtual ~LogitsProcessor() = default;
@@ -39,6 +59,9 @@ class LogitsProcessor {
     (void)context, (void)probs, (void)n_vocab;
     return -1;
   }
+  // Appends this processor's parts whose process() work can be batched with other sequences'
+  // (see BatchedWork; a chain appends its parts'). Default: none.
+  virtual void batched_parts(std::vector<BatchedPart>& out) { (void)out; }
 };
 
 struct SamplingParams;
@@ -69,6 +92,10 @@ class ChainedProcessor : public LogitsProcessor {
       if (p)
         if (int32_t t = p->choose(context, probs, n_vocab); t >= 0) return t;
     return -1;
+  }
+  void batched_parts(std::vector<BatchedPart>& out) override {
+    for (const auto& p : parts_)
+      if (p) p->batched_parts(out);
   }
   const std::vector<std::shared_ptr<LogitsProcessor>>& parts() const { return parts_; }
 

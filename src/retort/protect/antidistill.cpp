@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <mutex>
 
 #include "retort/model/runtime_model.h"
 #include "retort/text/tokenizer.h"
@@ -19,8 +20,10 @@ namespace {
 
 // Prompt tokens per proxy forward when (re)filling a cache: bounds the activations ([chunk, n_ff]).
 constexpr int64_t kFillChunk = 512;
-// Smallest KV cache a sequence starts with; it doubles (and is refilled) when the sequence outgrows it.
+// Slot length the pool starts with; it doubles (and every slot is refilled) when a sequence outgrows it.
 constexpr int64_t kMinCacheLen = 256;
+// Slots the pool starts with; they double (and every slot is refilled) when all are taken.
+constexpr int64_t kMinSlots = 4;
 
 const char* kPrepareHint =
     "prepare one for this teacher with `retort antidistill prepare --proxy STUDENT.gguf --teacher MODEL "
@@ -87,69 +90,198 @@ std::shared_ptr<const AntidistillProxy> load_antidistill_proxy(const std::string
   p->minus = minus.model;
   p->n_vocab = proxy_vocab;
   p->max_position = plus.hparams.max_position > 0 ? plus.hparams.max_position : INT64_MAX;
+  p->pool = std::make_shared<AntidistillPool>(p->plus, p->minus, p->n_vocab, p->max_position);
   return p;
 }
+
+// ---- the pool of proxy KV slots ---------------------------------------------------------------------
+
+// One slot per processor in each proxy's cache. Every entry point takes mu_: the decoder's prepare() and
+// the processors' own process() (on the sampling threads) may come at once; a processor's fed_, slot_ and
+// z are only touched under it, except that process() reads its own z after its call here returned (only
+// a run over that same processor writes them, and runs over it come from its own sequence's steps).
+class AntidistillPool : public BatchedWork {
+ public:
+  AntidistillPool(std::shared_ptr<RuntimeModel> plus, std::shared_ptr<RuntimeModel> minus, int64_t n_vocab,
+                  int64_t max_position)
+      : plus_(std::move(plus)), minus_(std::move(minus)), n_vocab_(n_vocab), max_position_(max_position) {}
+
+  // The decoder's batch: every row that can be served goes through each proxy in one forward per chunk.
+  void prepare(std::span<LogitsProcessor* const> parts, std::span<const std::span<const int32_t>> contexts) override {
+    std::lock_guard lock(mu_);
+    std::vector<Row> rows;
+    for (size_t i = 0; i < parts.size(); ++i) {
+      auto* p = dynamic_cast<AntidistillProcessor*>(parts[i]);
+      const int64_t n = int64_t(contexts[i].size());
+      if (!p || p->lambda_ == 0 || n < 1 || n > max_position_) continue;  // left to process(), which says why
+      if (std::any_of(rows.begin(), rows.end(), [&](const Row& r) { return r.p == p; })) continue;  // one object, two rows
+      rows.push_back({p, contexts[i]});
+    }
+    if (!rows.empty()) run(rows);
+  }
+
+  // One processor alone (process() when prepare did not bring it to this context).
+  void advance(AntidistillProcessor& p, std::span<const int32_t> context) {
+    const int64_t n = int64_t(context.size());
+    check(n >= 1, "antidistillation: empty context");
+    check(n <= max_position_, "antidistillation: the sequence (", n, " tokens) is longer than the proxy's context (",
+          max_position_, " tokens)");
+    std::lock_guard lock(mu_);
+    std::vector<Row> rows{{&p, context}};
+    run(rows);
+  }
+
+  AntidistillStats stats() {
+    std::lock_guard lock(mu_);
+    return stats_;
+  }
+
+  void release(AntidistillProcessor& p) {
+    std::lock_guard lock(mu_);
+    if (p.slot_ >= 0 && size_t(p.slot_) < owner_.size() && owner_[size_t(p.slot_)] == &p) owner_[size_t(p.slot_)] = nullptr;
+    p.slot_ = -1;
+  }
+
+ private:
+  struct Row {
+    AntidistillProcessor* p;
+    std::span<const int32_t> context;
+  };
+
+  // (Re)allocates both caches at n_slots × max_len. Every slot keeps its owner but loses its tokens: the
+  // owners refill from the start on their next run, which on the float32 kernels changes no bits (a
+  // token's logits do not depend on whether its prefix came at once or token by token, cpu_model.h).
+  void reallocate(int64_t n_slots, int64_t max_len) {
+    kv_plus_.reset();
+    kv_minus_.reset();
+    if (n_slots > 0) {  // none before the first sequence takes a slot
+      kv_plus_ = plus_->new_cache(n_slots, max_len);
+      kv_minus_ = minus_->new_cache(n_slots, max_len);
+    }
+    owner_.resize(size_t(n_slots), nullptr);
+    max_len_ = max_len;
+    for (AntidistillProcessor* o : owner_)
+      if (o) o->fed_.clear();
+  }
+
+  // Brings every row's slot to its context and leaves the last position's logits in its z. Under mu_.
+  void run(std::vector<Row>& rows) {
+    // Slots and lengths first: growing the caches empties every slot.
+    int64_t need_len = std::max(max_len_, kMinCacheLen);
+    for (const Row& r : rows) {
+      while (need_len < int64_t(r.context.size())) need_len *= 2;
+    }
+    need_len = std::min(need_len, max_position_);
+    if (need_len > max_len_) reallocate(int64_t(owner_.size()), need_len);
+    for (Row& r : rows) {
+      if (r.p->slot_ >= 0) continue;
+      auto it = std::find(owner_.begin(), owner_.end(), nullptr);
+      if (it == owner_.end()) {
+        const size_t old = owner_.size();
+        reallocate(std::max<int64_t>(kMinSlots, 2 * int64_t(old)), max_len_);
+        it = owner_.begin() + ptrdiff_t(old);
+      }
+      *it = r.p;
+      r.p->slot_ = int64_t(it - owner_.begin());
+      r.p->fed_.clear();
+    }
+
+    // Per row: keep the common prefix with what the slot holds (at least one token must be fed to get
+    // the last position's logits); a row already at its context needs nothing.
+    std::vector<Row> todo;
+    std::vector<int64_t> pos;
+    for (Row& r : rows) {
+      AntidistillProcessor& p = *r.p;
+      const int64_t n = int64_t(r.context.size()), n_fed = int64_t(p.fed_.size());
+      int64_t common = 0;
+      while (common < std::min(n, n_fed) && p.fed_[size_t(common)] == r.context[size_t(common)]) ++common;
+      if (common == n && n == n_fed && !p.z_plus_.empty()) continue;
+      const int64_t keep = std::min(common, n - 1);
+      kv_plus_->lengths[size_t(p.slot_)] = keep;  // entries past `keep` are stale and masked
+      kv_minus_->lengths[size_t(p.slot_)] = keep;
+      p.fed_.resize(size_t(keep));
+      todo.push_back(r);
+      pos.push_back(keep);
+    }
+
+    // Chunks of at most kFillChunk tokens per row; each forward takes every row that still has tokens.
+    // tokens [B, T] right-padded -> each proxy's logits at each row's last new token [B, V].
+    const int64_t V = n_vocab_;
+    std::vector<int64_t> tok, slots, n_new;
+    std::vector<size_t> which;
+    while (true) {
+      which.clear();
+      for (size_t i = 0; i < todo.size(); ++i)
+        if (pos[i] < int64_t(todo[i].context.size())) which.push_back(i);
+      if (which.empty()) break;
+      const int64_t B = int64_t(which.size());
+      int64_t T = 0;
+      for (size_t i : which) T = std::max(T, std::min(kFillChunk, int64_t(todo[i].context.size()) - pos[i]));
+      tok.assign(size_t(B * T), 0);
+      slots.assign(size_t(B), 0);
+      n_new.assign(size_t(B), 0);
+      for (int64_t b = 0; b < B; ++b) {
+        const size_t i = which[size_t(b)];
+        const int64_t len = std::min(kFillChunk, int64_t(todo[i].context.size()) - pos[i]);
+        for (int64_t t = 0; t < len; ++t) tok[size_t(b * T + t)] = todo[i].context[size_t(pos[i] + t)];
+        slots[size_t(b)] = todo[i].p->slot_;
+        n_new[size_t(b)] = len;
+      }
+      z_plus_.resize(size_t(B * V));
+      z_minus_.resize(size_t(B * V));
+      ++stats_.forwards;
+      stats_.rows += B;
+      plus_->forward_last(tok.data(), B, T, slots, n_new, *kv_plus_, z_plus_.data());
+      minus_->forward_last(tok.data(), B, T, slots, n_new, *kv_minus_, z_minus_.data());
+      for (int64_t b = 0; b < B; ++b) {
+        const size_t i = which[size_t(b)];
+        AntidistillProcessor& p = *todo[i].p;
+        pos[i] += n_new[size_t(b)];
+        p.tokens_fed_ += n_new[size_t(b)];
+        if (pos[i] == int64_t(todo[i].context.size())) {
+          p.z_plus_.assign(z_plus_.begin() + b * V, z_plus_.begin() + (b + 1) * V);
+          p.z_minus_.assign(z_minus_.begin() + b * V, z_minus_.begin() + (b + 1) * V);
+          p.fed_.assign(todo[i].context.begin(), todo[i].context.end());
+        }
+      }
+    }
+  }
+
+  std::mutex mu_;
+  std::shared_ptr<RuntimeModel> plus_, minus_;
+  int64_t n_vocab_ = 0, max_position_ = 0;
+  std::unique_ptr<KvSlots> kv_plus_, kv_minus_;
+  std::vector<AntidistillProcessor*> owner_;  // by slot; null = free
+  int64_t max_len_ = 0;
+  std::vector<float> z_plus_, z_minus_;       // [B, V] scratch of the last forward
+  AntidistillStats stats_;
+};
+
+AntidistillStats antidistill_stats(const AntidistillProxy& proxy) { return proxy.pool->stats(); }
 
 // ---- one sequence ------------------------------------------------------------------------------
 
 AntidistillProcessor::AntidistillProcessor(std::shared_ptr<const AntidistillProxy> proxy, double lambda,
                                            double temperature)
     : proxy_(std::move(proxy)), lambda_(lambda) {
-  check(proxy_ != nullptr, "antidistillation: no proxy loaded");
+  check(proxy_ != nullptr && proxy_->pool != nullptr, "antidistillation: no proxy loaded");
   check(std::isfinite(lambda), "antidistillation: lambda must be a finite number, got ", lambda);
   check(std::isfinite(temperature) && temperature >= 0, "antidistillation: temperature must be >= 0, got ", temperature);
   // After sampling's ÷τ the added τ·λ/(2ε)·Δz becomes λ/(2ε)·Δz (antidistill.h); greedy adds λ/(2ε)·Δz.
   scale_ = (temperature > 0 ? temperature : 1.0) * lambda / (2.0 * proxy_->eps);
 }
 
-AntidistillProcessor::~AntidistillProcessor() = default;
+AntidistillProcessor::~AntidistillProcessor() { proxy_->pool->release(*this); }
 
-void AntidistillProcessor::advance(std::span<const int32_t> context) {
-  const int64_t n = int64_t(context.size());
-  check(n >= 1, "antidistillation: empty context");
-  check(n <= proxy_->max_position, "antidistillation: the sequence (", n, " tokens) is longer than the proxy's context (",
-        proxy_->max_position, " tokens)");
-  int64_t common = 0;
-  const int64_t n_fed = int64_t(fed_.size());
-  while (common < std::min(n, n_fed) && fed_[size_t(common)] == context[size_t(common)]) ++common;
-  if (common == n && n == n_fed && !z_plus_.empty()) return;  // same context as the last call
-  // Keep the common prefix (at least one token must be fed to get the last position's logits).
-  int64_t keep = std::min(common, n - 1);
-
-  if (!cache_plus_ || n > cache_plus_->max_len()) {
-    int64_t cap = cache_plus_ ? cache_plus_->max_len() : kMinCacheLen;
-    while (cap < n) cap *= 2;
-    cap = std::min(cap, proxy_->max_position);
-    // A fresh cache is refilled from the start: on the float32 kernels a token's logits do not depend on
-    // whether its prefix came at once or token by token (cpu_model.h), so refilling changes no bits.
-    cache_plus_ = proxy_->plus->new_cache(1, cap);
-    cache_minus_ = proxy_->minus->new_cache(1, cap);
-    keep = 0;
-  }
-  cache_plus_->lengths[0] = keep;  // entries past `keep` are stale and masked
-  cache_minus_->lengths[0] = keep;
-  fed_.resize(size_t(keep));
-
-  const int64_t V = proxy_->n_vocab;
-  z_plus_.resize(size_t(V));
-  z_minus_.resize(size_t(V));
-  std::vector<int64_t> tok;
-  for (int64_t c0 = keep; c0 < n; c0 += kFillChunk) {
-    const int64_t c1 = std::min(n, c0 + kFillChunk), len = c1 - c0;
-    tok.assign(context.begin() + c0, context.begin() + c1);
-    // tok [1, len] -> each proxy's logits at the chunk's last token [1, V]; both caches advance by len.
-    proxy_->plus->forward_last(tok.data(), 1, len, {0}, {len}, *cache_plus_, z_plus_.data());
-    proxy_->minus->forward_last(tok.data(), 1, len, {0}, {len}, *cache_minus_, z_minus_.data());
-    tokens_fed_ += len;
-  }
-  fed_.assign(context.begin(), context.end());
+void AntidistillProcessor::batched_parts(std::vector<BatchedPart>& out) {
+  if (lambda_ != 0) out.push_back({proxy_->pool.get(), this});
 }
 
 void AntidistillProcessor::process(std::span<const int32_t> context, float* logits, int64_t n_vocab) {
   check(n_vocab == proxy_->n_vocab, "antidistillation: the teacher has ", n_vocab, " tokens, the proxy in ",
         proxy_->dir, " ", proxy_->n_vocab);
   if (lambda_ == 0) return;
-  advance(context);
+  proxy_->pool->advance(*this, context);  // no work when the decoder's prepare() already brought it here
   // logits[v] += scale · (z₊[v] − z₋[v]) for v in [0, V); banned tokens (-inf) stay banned.
   for (int64_t v = 0; v < n_vocab; ++v)
     logits[v] = float(double(logits[v]) + scale_ * (double(z_plus_[size_t(v)]) - double(z_minus_[size_t(v)])));

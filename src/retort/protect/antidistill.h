@@ -20,9 +20,12 @@
 // (argmax of z_T/τ + λΔ tends to argmax z_T as τ → 0), so at τ = 0 the term is added unscaled and the
 // token is argmax(z_T + λΔ) — what the reference code's greedy setting (tau 0) does.
 //
-// Cost: the two perturbed proxies, θ+εg and θ−εg, each keep a KV cache of the sequence and are fed
-// only the tokens new since the last call: two proxy decode steps per generated token (plus one
-// prefill of the prompt in each).
+// Cost: the two perturbed proxies, θ+εg and θ−εg, keep a KV cache of each sequence (a slot in a pool
+// shared by all sequences on this proxy) and are fed only the tokens new since the last call: two proxy
+// decode steps per generated token (plus one prefill of the prompt in each). Under BatchDecoder (generate,
+// serve) a step's rows go through each proxy in ONE batched forward (BatchedWork, logits_processor.h), so
+// the proxies' weights are read once per step rather than once per row; the CPU kernels are
+// batch-invariant, so a sequence gets the same bits alone or in any batch.
 //
 // On disk (written by prepare, read by load_antidistill): a directory with
 //   antidistill.json   the manifest (kAntidistillManifest below)
@@ -47,8 +50,8 @@
 namespace retort {
 
 class RuntimeModel;
-class KvSlots;
 struct CheckpointInfo;
+class AntidistillPool;  // the proxies' KV slots of all sequences (antidistill.cpp)
 
 inline constexpr const char* kAntidistillManifest = "antidistill.json";
 inline constexpr const char* kAntidistillFormat = "retort-antidistill";
@@ -61,6 +64,9 @@ struct AntidistillProxy {
   double eps = 0;                               // ε: the proxies are θ ± εg
   std::shared_ptr<RuntimeModel> plus, minus;    // θ + εg, θ − εg
   int64_t n_vocab = 0, max_position = 0;
+  // Every sequence's proxy KV caches, and the batched forward over them; grows with use (slots double
+  // when all are taken, slot length doubles when a sequence outgrows it) and is never shrunk.
+  std::shared_ptr<AntidistillPool> pool;
 };
 
 // Reads DIR/antidistill.json and loads both proxies. The manifest must name the teacher's tokenizer
@@ -68,6 +74,13 @@ struct AntidistillProxy {
 // and the command that prepares a proxy for this teacher. Missing dir/files, a foreign or newer manifest
 // -> retort::Error naming the path.
 std::shared_ptr<const AntidistillProxy> load_antidistill_proxy(const std::string& dir, const CheckpointInfo& teacher);
+
+// What the pool has done since the proxy was loaded: forwards of each proxy and the rows they carried
+// (rows / forwards is the batch the proxies ran at; one sequence alone gives 1).
+struct AntidistillStats {
+  int64_t forwards = 0, rows = 0;
+};
+AntidistillStats antidistill_stats(const AntidistillProxy& proxy);
 
 // One sequence's processor (per request: it keeps the sequence's proxy KV caches).
 //   scale = τ·λ/(2ε) for τ > 0, λ/(2ε) for τ = 0 (see above); process() adds scale·(z₊ − z₋), z± [V]
@@ -77,6 +90,7 @@ class AntidistillProcessor : public LogitsProcessor {
   AntidistillProcessor(std::shared_ptr<const AntidistillProxy> proxy, double lambda, double temperature);
   ~AntidistillProcessor() override;
   void process(std::span<const int32_t> context, float* logits, int64_t n_vocab) override;
+  void batched_parts(std::vector<BatchedPart>& out) override;
 
   double scale() const { return scale_; }
   // The proxies' logits [V] at the last processed context (for tests): z₊ = proxy(θ + εg), z₋ = proxy(θ − εg).
@@ -86,13 +100,12 @@ class AntidistillProcessor : public LogitsProcessor {
   int64_t tokens_fed() const { return tokens_fed_; }
 
  private:
-  // Brings both caches to `context` and leaves the last position's logits in z_plus_/z_minus_.
-  void advance(std::span<const int32_t> context);
+  friend class AntidistillPool;  // brings the slot to a context and writes z_plus_/z_minus_ (under its lock)
   std::shared_ptr<const AntidistillProxy> proxy_;
   double lambda_ = 0, scale_ = 0;
-  std::unique_ptr<KvSlots> cache_plus_, cache_minus_;
-  std::vector<int32_t> fed_;  // the tokens both caches hold, in order
-  std::vector<float> z_plus_, z_minus_;
+  int64_t slot_ = -1;          // this sequence's slot in proxy_->pool; -1 until the first call
+  std::vector<int32_t> fed_;   // the tokens the slot holds in both proxies' caches, in order
+  std::vector<float> z_plus_, z_minus_;  // [V] at fed_ (empty before the first call)
   int64_t tokens_fed_ = 0;
 };
 
