@@ -434,7 +434,8 @@ std::vector<Task> load_tasks(const std::string& path) {
   return tasks;
 }
 
-TaskRun run_tasks(const CheckpointInfo& info, CachedLM& lm, const std::vector<Task>& tasks, int64_t max_batch) {
+TaskRun run_tasks(const CheckpointInfo& info, CachedLM& lm, const std::vector<Task>& tasks, int64_t max_batch,
+                  const TaskDecoding& decoding) {
   check(info.tokenizer != nullptr, "tasks: ", info.path, " has no tokenizer");
   const Tokenizer& tok = *info.tokenizer;
   const bool chat = ChatTemplate::available(info.chat_template, tok);
@@ -445,7 +446,9 @@ TaskRun run_tasks(const CheckpointInfo& info, CachedLM& lm, const std::vector<Ta
   for (const auto& t : tasks) {
     GenerationRequest r;
     r.prompt = chat ? tpl->encode({{"user", t.prompt}}, tok) : tok.encode(t.prompt, /*parse_special=*/false, /*add_bos=*/true);
-    r.sampling.temperature = 0;
+    r.sampling = decoding.sampling;
+    r.sampling.seed = decoding.sampling.seed + uint64_t(reqs.size());
+    if (decoding.processors) r.processor = decoding.processors->make(r.sampling);
     r.max_tokens = t.max_tokens;
     reqs.push_back(std::move(r));
   }

@@ -42,6 +42,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include "retort/decode/logits_processor.h"
+#include "retort/decode/sampling.h"
+
 namespace retort {
 
 struct CheckpointInfo;
@@ -93,10 +96,20 @@ struct TaskRun {
   int64_t tokens = 0;
 };
 
-// Greedy replies of `lm` to every task, each prompt formatted as one user message with the model's
-// chat template (raw text with BOS when it has none), then scored. `info` gives the tokenizer,
-// template and end-of-turn ids (a student shares its teacher's).
-TaskRun run_tasks(const CheckpointInfo& info, CachedLM& lm, const std::vector<Task>& tasks, int64_t max_batch = 32);
+// How the replies are decoded: greedy by default (the scores of `retort eval --tasks`). A sampled run
+// (a provider's serving settings, e.g. antidistillation) gives task i the seed sampling.seed + i and, when
+// `processors` is set, a processor of its own from it.
+struct TaskDecoding {
+  SamplingParams sampling;  // temperature 0 = greedy
+  const LogitsProcessorFactory* processors = nullptr;
+  TaskDecoding() { sampling.temperature = 0; }
+};
+
+// Replies of `lm` to every task, each prompt formatted as one user message with the model's chat
+// template (raw text with BOS when it has none), then scored. `info` gives the tokenizer, template and
+// end-of-turn ids (a student shares its teacher's).
+TaskRun run_tasks(const CheckpointInfo& info, CachedLM& lm, const std::vector<Task>& tasks, int64_t max_batch = 32,
+                  const TaskDecoding& decoding = TaskDecoding());
 
 // {"correct", "total", "accuracy"} overall and per category (categories in first-seen order):
 // {"overall": {...}, "categories": [{"category": ..., "correct", "total", "accuracy"}, ...]}.
