@@ -21,6 +21,8 @@
 #include "retort/distill/export.h"
 #include "retort/distill/signal_store.h"
 #include "retort/distill/student.h"
+#include "retort/distill/tasks.h"
+#include "retort/text/chat_template.h"
 #include "retort/model/runtime_model.h"
 #include "retort/protect/antidistill.h"
 #include "retort/text/tokenizer.h"
@@ -140,6 +142,12 @@ struct Fixture {
     t.hparams = hp;
     t.tokenizer = std::make_shared<Tokenizer>(tok);
     return t;
+  }
+  // A teacher on the proxy's tokenizer: the proxy itself at θ, as a GGUF in DIR (with DIR/ad prepared).
+  RuntimeLoaded teacher_in(const std::string& dir) {
+    prepare(dir + "/ad", kAntidistillEpsRel);
+    export_gguf(*proxy, tok, ExportInfo{}, dir + "/teacher.gguf", "f32");
+    return load_runtime_model(dir + "/teacher.gguf");
   }
   // DIR for eps_rel; returns ε.
   double prepare(const std::string& dir, double eps_rel) {
@@ -295,9 +303,7 @@ TEST(Antidistill, IncrementalCacheEqualsFreshForward) {
 TEST(Antidistill, LambdaZeroIsPlainSampling) {
   Fixture& f = fixture();
   TempDir tmp;
-  f.prepare(tmp / "ad", kAntidistillEpsRel);
-  export_gguf(*f.proxy, f.tok, ExportInfo{}, tmp / "teacher.gguf", "f32");  // the teacher: the proxy at θ
-  RuntimeLoaded teacher = load_runtime_model(tmp / "teacher.gguf");
+  RuntimeLoaded teacher = f.teacher_in(tmp.path.string());  // the teacher: the proxy at θ
   auto proxy = load_antidistill_proxy(tmp / "ad", teacher);
   EXPECT_EQ(AntidistillFactory(proxy, 0.0).make(SamplingParams{}), nullptr);  // the factory adds nothing
   std::vector<GenerationRequest> plain, zero, strong;
@@ -327,6 +333,95 @@ TEST(Antidistill, LambdaZeroIsPlainSampling) {
       differ += a[i].tokens[t].token != c[i].tokens[t].token;
   }
   EXPECT_GT(differ, 0) << "a strong λ changes nothing: the processor is not applied";
+}
+
+// Under BatchDecoder the proxies run once per step for all rows (BatchedWork), with the bits of each
+// sequence alone: 6 sequences (more than the pool's first 4 slots), prompts prefilled in chunks of 8 so
+// rows are at different stages in one step, and one prompt past the pool's first slot length (256).
+TEST(Antidistill, BatchedProxiesEqualOneSequenceAtATime) {
+  Fixture& f = fixture();
+  TempDir tmp;
+  RuntimeLoaded teacher = f.teacher_in(tmp.path.string());
+  auto make_requests = [&](std::shared_ptr<const AntidistillProxy> proxy) {
+    std::vector<GenerationRequest> reqs;
+    for (int i = 0; i < 6; ++i) {
+      GenerationRequest r;
+      r.prompt = random_ids(i == 2 ? 270 : 5 + 7 * i, f.hp.n_vocab, 80 + i);
+      r.sampling.temperature = i == 4 ? 0.0 : 1.0;
+      r.sampling.seed = 2000 + i;
+      r.max_tokens = 20;
+      r.ignore_eos = true;
+      r.processor = std::make_shared<AntidistillProcessor>(proxy, 20.0, r.sampling.temperature);
+      reqs.push_back(r);
+    }
+    return reqs;
+  };
+  auto batched_proxy = load_antidistill_proxy(tmp / "ad", teacher);
+  auto alone_proxy = load_antidistill_proxy(tmp / "ad", teacher);
+  GenerateOptions batched;
+  batched.max_batch = 6, batched.prefill_chunk = 8;
+  auto a = generate(teacher, make_requests(batched_proxy), batched);
+  std::vector<GenerationResult> b;
+  auto alone_reqs = make_requests(alone_proxy);
+  for (auto& r : alone_reqs) b.push_back(generate(teacher, std::vector<GenerationRequest>{r})[0]);
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    ASSERT_EQ(a[i].tokens.size(), b[i].tokens.size()) << i;
+    for (size_t t = 0; t < a[i].tokens.size(); ++t) {
+      EXPECT_EQ(a[i].tokens[t].token, b[i].tokens[t].token) << i << " " << t;
+      EXPECT_EQ(a[i].tokens[t].logprob, b[i].tokens[t].logprob) << i << " " << t;
+    }
+  }
+  const AntidistillStats sa = antidistill_stats(*batched_proxy), sb = antidistill_stats(*alone_proxy);
+  // Alone: one forward per generated token per sequence (20 each) plus the prompts' fills.
+  EXPECT_EQ(sb.rows, sb.forwards);
+  EXPECT_GE(sb.forwards, 6 * 20);
+  // Batched: the decode steps carry several rows each, so far fewer forwards for at least as many rows.
+  EXPECT_GE(sa.rows, 6 * 20);
+  EXPECT_LT(sa.forwards, sb.forwards / 2) << sa.rows << " rows";
+}
+
+// Tasks answered under a provider's sampling (distill/tasks.h TaskDecoding): task i gets seed + i and a
+// processor of its own from the factory — the replies of those requests generated one by one.
+TEST(Antidistill, SampledTasksUseTheFactoryAndSeeds) {
+  Fixture& f = fixture();
+  TempDir tmp;
+  RuntimeLoaded teacher = f.teacher_in(tmp.path.string());
+  AntidistillFactory factory(load_antidistill_proxy(tmp / "ad", teacher), 50.0);
+  std::vector<Task> tasks;
+  for (int i = 0; i < 4; ++i) {
+    Task t;
+    t.id = "t" + std::to_string(i), t.category = "c", t.check = "contains", t.answer = "a";
+    t.prompt = "question number " + std::to_string(i);
+    t.max_tokens = 10;
+    tasks.push_back(t);
+  }
+  TaskDecoding dec;
+  dec.sampling.temperature = 1.0;
+  dec.sampling.seed = 77;
+  dec.processors = &factory;
+  const TaskRun run = run_tasks(teacher, *teacher.model, tasks, 3, dec);
+  TaskDecoding plain = dec;
+  plain.processors = nullptr;
+  const TaskRun run_plain = run_tasks(teacher, *teacher.model, tasks, 3, plain);
+  ASSERT_EQ(run.outcomes.size(), tasks.size());
+  const bool chat = ChatTemplate::available(teacher.chat_template, *teacher.tokenizer);
+  int differ = 0;
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    GenerationRequest r;
+    r.prompt = chat ? ChatTemplate::from_jinja(teacher.chat_template, *teacher.tokenizer)
+                          .encode({{"user", tasks[i].prompt}}, *teacher.tokenizer)
+                    : teacher.tokenizer->encode(tasks[i].prompt, /*parse_special=*/false, /*add_bos=*/true);
+    r.sampling = dec.sampling;
+    r.sampling.seed = 77 + i;
+    r.max_tokens = 10;
+    r.processor = factory.make(r.sampling);
+    const GenerationResult g = generate(teacher, std::vector<GenerationRequest>{r})[0];
+    EXPECT_EQ(run.outcomes[i].reply, g.text) << i;
+    EXPECT_EQ(run.outcomes[i].tokens, int64_t(g.tokens.size())) << i;
+    differ += run_plain.outcomes[i].reply != g.text;
+  }
+  EXPECT_GT(differ, 0) << "the factory's processors change no reply: they are not applied";
 }
 
 // (d) The central difference approximates ⟨∇θ z, g⟩. Reference: float64 central difference with a step
