@@ -61,6 +61,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.h"
 #include "retort/audit/radioactivity.h"
 #include "retort/audit/watermark_detect.h"
 #include "retort/decode/generate.h"
@@ -76,7 +77,9 @@
 
 using namespace retort;
 using OJson = nlohmann::ordered_json;
-using clk = std::chrono::steady_clock;
+using retort_bench::clk;
+using retort_bench::secs_since;
+using retort_bench::utc_date;
 
 namespace {
 
@@ -95,7 +98,6 @@ struct Options {
   std::string out;
 };
 
-double secs_since(clk::time_point t0) { return std::chrono::duration<double>(clk::now() - t0).count(); }
 
 uint64_t splitmix(uint64_t x) {
   x += 0x9e3779b97f4a7c15ull;
@@ -180,12 +182,6 @@ void parse(int argc, char** argv, Options& o) {
   check(o.keys >= 1 && o.prompts_per_key >= 1 && o.max_tokens >= 1 && !o.readers.empty(), "bad options");
 }
 
-std::string utc_date() {
-  const std::time_t t = std::time(nullptr);
-  char b[16];
-  std::strftime(b, sizeof b, "%Y-%m-%d", std::gmtime(&t));
-  return b;
-}
 
 // One key's texts file: (prompt, watermarked completion) records.
 struct KeyTexts {
@@ -432,11 +428,4 @@ int run(int argc, char** argv) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "audit_controls: %s\n", e.what());
-    return 1;
-  }
-}
+int main(int argc, char** argv) { return retort_bench::run_main("audit_controls", run, argc, argv); }

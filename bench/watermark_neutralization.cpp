@@ -47,6 +47,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "bench_util.h"
 #include "retort/audit/radioactivity.h"
 #include "retort/audit/watermark_detect.h"
 #include "retort/decode/generate.h"
@@ -62,7 +63,9 @@
 
 using namespace retort;
 using OJson = nlohmann::ordered_json;
-using clk = std::chrono::steady_clock;
+using retort_bench::clk;
+using retort_bench::secs_since;
+using retort_bench::utc_date;
 
 namespace {
 
@@ -78,7 +81,6 @@ struct Options {
   int threads = 2;
 };
 
-double secs_since(clk::time_point t0) { return std::chrono::duration<double>(clk::now() - t0).count(); }
 
 void parse(int argc, char** argv, Options& o) {
   for (int i = 1; i < argc; ++i) {
@@ -108,12 +110,6 @@ void parse(int argc, char** argv, Options& o) {
   check(!o.deltas.empty() && o.samples >= 1 && o.max_tokens >= 1, "bad options");
 }
 
-std::string utc_date() {
-  const std::time_t t = std::time(nullptr);
-  char b[16];
-  std::strftime(b, sizeof b, "%Y-%m-%d", std::gmtime(&t));
-  return b;
-}
 
 // A field of every record of a JSONL file.
 std::vector<std::string> read_field(const std::string& path, const std::string& field) {
@@ -335,11 +331,4 @@ int run(int argc, char** argv) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "watermark_neutralization: %s\n", e.what());
-    return 1;
-  }
-}
+int main(int argc, char** argv) { return retort_bench::run_main("watermark_neutralization", run, argc, argv); }
