@@ -4,6 +4,9 @@
 # driven in turn (off, on, off, on, ...) by bench/serve_load with the same requests (--mix mixed, 8 keyed
 # accounts). Prints JSON: steady completion tokens/s of each run and the ratio of the medians (goal: >= 0.95).
 #   bash bench/run_monitor_overhead.sh [ROUNDS=3] [DURATION_S=40]
+# MONITOR_CALIBRATION=FILE (from `retort monitor calibrate`, e.g. the work dir of `bench/monitor_eval.py --keep`)
+# runs the monitor calibrated — every test scored, the pool kernel for the MMD — as a provider would; without
+# it the monitor records features but scores nothing. Its only action is the default, flag (no throttling).
 # Needs build/retort and build/serve_load (cmake --build build --target retort_cli serve_load).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -41,7 +44,13 @@ start() {  # NAME FLAGS...
   done
   echo "retort serve ($name) did not start" >&2; exit 1
 }
-start on
+calibration="${MONITOR_CALIBRATION:-}"
+if [ -n "$calibration" ]; then
+  [ -f "$calibration" ] || { echo "no calibration file $calibration" >&2; exit 1; }
+  start on --monitor-calibration "$calibration"
+else
+  start on
+fi
 start off --no-monitor
 
 for r in $(seq "$rounds"); do
@@ -51,13 +60,16 @@ for r in $(seq "$rounds"); do
   done
 done
 events=$(curl -s "http://127.0.0.1:${port[on]}/metrics" | awk '/^retort_monitor_events_total/{print $2}')
-python3 - "$tmp" "$rounds" "$duration" "${events:-0}" <<'PY'
+flagged=$(curl -s "http://127.0.0.1:${port[on]}/metrics" | awk '/^retort_monitor_flagged/{s+=$2} END{print s+0}')
+python3 - "$tmp" "$rounds" "$duration" "${events:-0}" "$calibration" "${flagged:-0}" <<'PY'
 import json, statistics, sys
 tmp, rounds, duration, events = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+calibration, flagged = sys.argv[5], float(sys.argv[6])
 runs = {n: [json.load(open(f"{tmp}/{n}-{r}.json")) for r in range(1, rounds + 1)] for n in ("off", "on")}
 tps = {n: [r["steady"]["completion_tok_s"] for r in rs] for n, rs in runs.items()}
 print(json.dumps({"bench": "monitor_overhead", "rounds": rounds, "duration_s": duration,
                   "tokens_per_s": tps, "monitor_events": events,
+                  "monitor_calibration": calibration or None, "monitor_flagged_metric": flagged,
                   "on_over_off_median": round(statistics.median(tps["on"]) / statistics.median(tps["off"]), 3),
                   "goal": ">= 0.95"}, indent=1))
 PY
