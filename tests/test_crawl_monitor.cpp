@@ -225,6 +225,121 @@ TEST(CrawlMonitor, LinksAHydraCrawlIntoOneCluster) {
   for (int u = 0; u < 6; ++u) EXPECT_FALSE(m.flagged("user-" + std::to_string(u)).has_value());
 }
 
+// The runs test against its definition in float64, and its null distribution: independent Poisson
+// streams give z of mean 0 and deviation 1; accounts served in turn alternate (z large).
+TEST(MonitorStats, LockstepRunsTest) {
+  // Perfect alternation, 20 and 20, a first: the common span drops a's first and b's last request, so
+  // n1 = n2 = 19, R = 38, E[R] = 1 + 2·361/38 = 20, Var[R] = 2·361·(722 − 38)/(38²·37).
+  std::vector<int64_t> a, b;
+  for (int i = 0; i < 20; ++i) a.push_back(1000 * (2 * i)), b.push_back(1000 * (2 * i + 1));
+  EXPECT_NEAR(lockstep_z(a, b), (38.0 - 20.0) / std::sqrt(2.0 * 361 * 684 / (1444.0 * 37)), 1e-12);
+  // Only the common span counts: b starting after a ends leaves nothing in common.
+  std::vector<int64_t> late;
+  for (int i = 0; i < 20; ++i) late.push_back(100'000 + 1000 * i);
+  EXPECT_TRUE(std::isnan(lockstep_z(a, late)));
+  EXPECT_TRUE(std::isnan(lockstep_z({1, 2, 3}, {4, 5, 6})));
+  // Null: 2,000 pairs of independent Poisson streams of 30 requests.
+  std::mt19937_64 rng(7);
+  std::exponential_distribution<double> gap(1.0 / 20'000);
+  auto poisson = [&](int n) {
+    std::vector<int64_t> t;
+    double x = 0;
+    for (int i = 0; i < n; ++i) t.push_back(int64_t(x += gap(rng)));
+    return t;
+  };
+  double sum = 0, sum2 = 0;
+  int n = 0, past = 0;
+  for (int k = 0; k < 2000; ++k) {
+    const double z = lockstep_z(poisson(30), poisson(30));
+    if (std::isnan(z)) continue;
+    sum += z, sum2 += z * z, ++n;
+    past += z >= MonitorCalibration::kMinLockstepZ;
+  }
+  ASSERT_GT(n, 1900);
+  const double mean = sum / n, sd = std::sqrt(sum2 / n - mean * mean);
+  EXPECT_NEAR(mean, 0.0, 0.1);
+  EXPECT_NEAR(sd, 1.0, 0.1);
+  EXPECT_LE(past, 10);  // P(z >= 3) ≈ 0.0013 under the null
+  // One Poisson stream handed to 5 accounts in turn: every pair alternates.
+  const auto stream = poisson(150);
+  std::vector<std::vector<int64_t>> acc(5);
+  for (size_t i = 0; i < stream.size(); ++i) acc[i % 5].push_back(stream[i]);
+  for (int i = 0; i < 5; ++i)
+    for (int j = i + 1; j < 5; ++j) EXPECT_GT(lockstep_z(acc[size_t(i)], acc[size_t(j)]), 5.0);
+}
+
+// A crawl split by topic over 20 accounts (each account its own corner of the embedding space, so no
+// two look like one distribution), dispatched in turn: linked on timing and parameters, flagged as one.
+// Benign users sending the very same parameters at their own times stay out of it.
+TEST(CrawlMonitor, LinksATopicSplitHydraByTiming) {
+  Traffic tr;
+  const MonitorCalibration cal = calibrated(tr, 24);
+  CrawlMonitor m(cal);
+  std::vector<MonitorEvent> stream;
+  for (int u = 0; u < 6; ++u) {
+    auto ev = tr.benign("user-" + std::to_string(u), 40, 0);
+    for (auto& e : ev) e.max_tokens = 256, e.temperature = -1, e.seed_given = true, e.has_history = false;
+    stream.insert(stream.end(), ev.begin(), ev.end());
+  }
+  std::vector<std::vector<float>> topic;
+  for (int h = 0; h < 20; ++h) topic.push_back(tr.direction());
+  std::exponential_distribution<double> gap(1.0 / 15'000);
+  double t = 5000;
+  // 40 requests per account: the synthetic benign users keep a steady pace (gaps 5-120 s), so pairs of
+  // them alternate more than random (calibration puts the bar at z ≈ 6; people's sessions give ~3).
+  for (int i = 0; i < 800; ++i) {
+    MonitorEvent e = tr.crawl("hydra-" + std::to_string(100 + i % 20), int64_t(t += gap(tr.rng)));
+    e.embedding = tr.near(topic[size_t(i % 20)], 0.3f);
+    e.top_logprobs = -1;
+    e.seed_given = true;
+    stream.push_back(e);
+  }
+  std::stable_sort(stream.begin(), stream.end(), [](const auto& a, const auto& b) { return a.unix_ms < b.unix_ms; });
+  for (const auto& e : stream) m.observe(e);
+  m.update_clusters();
+  std::optional<MonitorVerdict> cluster;
+  for (const auto& v : m.verdicts())
+    if (v.cluster && v.members[0].rfind("hydra-", 0) == 0 && (!cluster || v.members.size() > cluster->members.size()))
+      cluster = v;
+  ASSERT_TRUE(cluster.has_value()) << "link_lockstep_z " << cal.link_lockstep_z;
+  EXPECT_EQ(cluster->members.size(), 20u);
+  for (const auto& name : cluster->members) EXPECT_EQ(name.rfind("hydra-", 0), 0u) << name;
+  EXPECT_TRUE(cluster->flagged);
+  EXPECT_EQ(cluster->statistics.at("lockstep"), 20.0);
+  ASSERT_FALSE(cluster->flag_reasons.empty());
+  EXPECT_EQ(cluster->flag_reasons[0].test, "lockstep");
+  bool timing = false;
+  for (const auto& l : cluster->links) timing = timing || l.find("lockstep timing") != std::string::npos;
+  EXPECT_TRUE(timing);
+  for (int u = 0; u < 6; ++u) {
+    const auto v = m.flagged("user-" + std::to_string(u));
+    EXPECT_FALSE(v.has_value()) << u << ": " << v->to_json().dump();
+  }
+}
+
+// A script's rhythm is context, not evidence: a benign user sending like clockwork at a benign pace
+// shows the regularity reason, unscored, and stays unflagged.
+TEST(CrawlMonitor, RegularityAloneDoesNotFlag) {
+  Traffic tr;
+  const MonitorCalibration cal = calibrated(tr, 24);
+  CrawlMonitor m(cal);
+  auto ev = tr.benign("cron", 60, 0);
+  for (size_t i = 0; i < ev.size(); ++i) ev[i].unix_ms = 60'000 * int64_t(i) + int64_t(i % 3) * 100;
+  for (const auto& e : ev) m.observe(e);
+  std::optional<MonitorVerdict> v;
+  for (const auto& x : m.verdicts())
+    if (x.subject == "cron") v = x;
+  ASSERT_TRUE(v.has_value());
+  EXPECT_GT(v->statistics.at("regularity"), 2 * cal.threshold.at("regularity")[2]);
+  EXPECT_FALSE(v->flagged) << v->to_json().dump();
+  bool shown = false;
+  for (const auto& r : v->reasons)
+    shown = shown || (r.test == "regularity" && r.text.find("not scored") != std::string::npos);
+  EXPECT_TRUE(shown);
+  EXPECT_FALSE(monitor_test_scored("regularity"));
+  EXPECT_TRUE(monitor_test_scored("rate"));
+}
+
 TEST(CrawlMonitor, UncalibratedScoresNothing) {
   Traffic tr;
   CrawlMonitor m(std::nullopt);
@@ -245,6 +360,8 @@ TEST(CrawlMonitor, CalibrationFileRoundTripAndBadInput) {
   EXPECT_EQ(back.threshold, cal.threshold);
   EXPECT_EQ(back.pool.size(), cal.pool.size());
   EXPECT_EQ(back.sigma2, cal.sigma2);
+  EXPECT_EQ(back.link_lockstep_z, cal.link_lockstep_z);
+  EXPECT_GE(cal.link_lockstep_z, MonitorCalibration::kMinLockstepZ);
   expect_error([&] { MonitorCalibration::load((dir.path / "missing.json").string()); }, {"missing.json", "monitor calibrate"});
   retort::write_file_atomic((dir.path / "bad.json").string(), "{\"format\": \"retort-monitor-calibration/1\"}");
   expect_error([&] { MonitorCalibration::load((dir.path / "bad.json").string()); }, {"bad.json", "missing"});
@@ -266,6 +383,7 @@ TEST(MonitorDb, EventsActionsVerdictsAndUpgradeFromVersion1) {
     auto ev = tr.benign("alice", 3, 1000);
     ev[1].top_logprobs = 5;
     ev[2].system_prompt = "be brief";
+    ev[2].seed_given = true;
     std::vector<std::pair<std::string, MonitorEvent>> rows;
     for (size_t i = 0; i < ev.size(); ++i) rows.push_back({"req-" + std::to_string(i), ev[i]});
     write_monitor_events(*db, rows);
@@ -277,6 +395,7 @@ TEST(MonitorDb, EventsActionsVerdictsAndUpgradeFromVersion1) {
       EXPECT_EQ(back.at("alice")[i].prompt_text, ev[i].prompt_text);
       EXPECT_EQ(back.at("alice")[i].top_logprobs, ev[i].top_logprobs);
       EXPECT_EQ(back.at("alice")[i].system_prompt, ev[i].system_prompt);
+      EXPECT_EQ(back.at("alice")[i].seed_given, ev[i].seed_given);
     }
     EXPECT_TRUE(read_monitor_events(*db, {"bob"}).empty());
     MonitorActionRecord a;

@@ -1,6 +1,8 @@
 // `retort monitor`: calibrate the crawl monitor on benign history, and report what it found.
 //   retort monitor calibrate --db serve.db --accounts-file benign.txt --out calibration.json
 //   retort monitor report --db serve.db [--html report.html] [--json]
+//   retort monitor rescore --db serve.db --calibration calibration.json [--json]
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -68,6 +70,8 @@ void run_calibrate(const CalibrateArgs& a) {
     for (double t : thr) std::printf(" %12.5g", t);
     std::printf("\n");
   }
+  std::printf("timing links: runs test z >= %.2f (largest between two benign accounts: %.2f)\n", cal.link_lockstep_z,
+              cal.benign_lockstep_z);
   std::printf("wrote %s\n", a.out.c_str());
 }
 
@@ -86,6 +90,22 @@ std::string reasons_text(const json& v) {
   return r;
 }
 
+void print_verdict_table(const std::vector<json>& verdicts, bool all) {
+  std::printf("%-28s %8s %7s %8s %9s  %s\n", "account / cluster", "requests", "score", "flagged", "at request",
+              "reasons");
+  int shown = 0;
+  for (const auto& v : verdicts) {
+    if (!all && !v.value("flagged", false) && shown >= 20) continue;
+    ++shown;
+    std::string subject = v.value("subject", "");
+    if (v.value("cluster", false)) subject += " (" + std::to_string(v["members"].size()) + ")";
+    std::printf("%-28s %8lld %7.2f %8s %9lld  %s\n", subject.c_str(),
+                static_cast<long long>(v.value("requests", int64_t(0))), v.value("score", 0.0),
+                v.value("flagged", false) ? "yes" : "no", static_cast<long long>(v.value("flagged_at_request", int64_t(-1))),
+                reasons_text(v).c_str());
+  }
+}
+
 void run_report(const ReportArgs& a) {
   auto db = open_existing_db(a.db);
   const auto verdicts = read_monitor_verdicts(*db);
@@ -98,19 +118,7 @@ void run_report(const ReportArgs& a) {
                       {"reasons", x.reasons}});
     std::printf("%s\n", json{{"verdicts", verdicts}, {"actions", acts}}.dump(2).c_str());
   } else {
-    std::printf("%-28s %8s %7s %8s %9s  %s\n", "account / cluster", "requests", "score", "flagged", "at request",
-                "reasons");
-    int shown = 0;
-    for (const auto& v : verdicts) {
-      if (!a.all && !v.value("flagged", false) && shown >= 20) continue;
-      ++shown;
-      std::string subject = v.value("subject", "");
-      if (v.value("cluster", false)) subject += " (" + std::to_string(v["members"].size()) + ")";
-      std::printf("%-28s %8lld %7.2f %8s %9lld  %s\n", subject.c_str(),
-                  static_cast<long long>(v.value("requests", int64_t(0))), v.value("score", 0.0),
-                  v.value("flagged", false) ? "yes" : "no", static_cast<long long>(v.value("flagged_at_request", int64_t(-1))),
-                  reasons_text(v).c_str());
-    }
+    print_verdict_table(verdicts, a.all);
     std::printf("\n%zu decisions recorded\n", actions.size());
     for (const auto& x : actions) {
       std::string acts;
@@ -154,6 +162,35 @@ void run_report(const ReportArgs& a) {
   }
 }
 
+struct RescoreArgs {
+  std::string db, calibration;
+  bool json_out = false, all = false;
+};
+
+// Every recorded request of every account, in time order, through a fresh monitor with the given
+// calibration: what it would have found in that traffic (nothing is written; no action is taken).
+void run_rescore(const RescoreArgs& a) {
+  MonitorCalibration cal = MonitorCalibration::load(a.calibration);
+  auto db = open_existing_db(a.db);
+  std::vector<MonitorEvent> stream;
+  for (auto& [name, events] : read_monitor_events(*db, {}))
+    for (auto& e : events) stream.push_back(std::move(e));
+  std::stable_sort(stream.begin(), stream.end(), [](const auto& x, const auto& y) { return x.unix_ms < y.unix_ms; });
+  CrawlMonitor m(cal);
+  for (const auto& e : stream) m.observe(e);
+  m.update_clusters();
+  std::vector<json> verdicts;
+  for (const auto& v : m.verdicts()) verdicts.push_back(v.to_json());
+  std::stable_sort(verdicts.begin(), verdicts.end(),
+                   [](const json& x, const json& y) { return x.value("max_score", 0.0) > y.value("max_score", 0.0); });
+  if (a.json_out) {
+    std::printf("%s\n", json{{"requests", stream.size()}, {"verdicts", verdicts}}.dump(2).c_str());
+    return;
+  }
+  std::printf("%zu recorded requests rescored with %s\n", stream.size(), a.calibration.c_str());
+  print_verdict_table(verdicts, a.all);
+}
+
 }  // namespace
 
 void register_monitor(CLI::App& app) {
@@ -181,6 +218,16 @@ void register_monitor(CLI::App& app) {
   rep->add_flag("--json", r->json_out, "print JSON instead of the table");
   rep->add_flag("--all", r->all, "list every account (default: flagged ones and the top 20)");
   rep->callback([r] { run_report(*r); });
+
+  auto s = std::make_shared<RescoreArgs>();
+  auto* res = mon->add_subcommand("rescore", "what a calibration would have found in recorded traffic (replays every "
+                                             "monitored request through a fresh monitor; writes nothing)");
+  res->add_option("--db", s->db, "serve database (default $RETORT_HOME/serve.db)")->envname("RETORT_SERVE_DB");
+  res->add_option("--calibration", s->calibration, "calibration file (JSON, from `retort monitor calibrate`)")
+      ->required();
+  res->add_flag("--json", s->json_out, "print JSON instead of the table");
+  res->add_flag("--all", s->all, "list every account (default: flagged ones and the top 20)");
+  res->callback([s] { run_rescore(*s); });
 }
 
 }  // namespace retort::cli

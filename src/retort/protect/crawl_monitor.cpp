@@ -26,8 +26,11 @@ constexpr int kHistory = 256;          // embeddings kept per account for neares
 constexpr int64_t kBurstMs = 10'000;   // the span bursts are counted in
 constexpr double kStrongRatio = 2.0;   // one test this far past its threshold flags alone
 
+// Accounts join the linking from this many requests on.
+int min_link_requests(int min_requests) { return std::max(4, min_requests / 2); }
+
 const char* kTestNames[] = {"mmd",    "prada",     "rate",        "burst",    "regularity",
-                            "spread", "templated", "single_turn", "logprobs", "fingerprint"};
+                            "spread", "templated", "single_turn", "logprobs", "fingerprint", "lockstep"};
 
 // What a test's statistic measures, for the reasons people read.
 std::string describe(const std::string& test, double v, double thr) {
@@ -46,6 +49,7 @@ std::string describe(const std::string& test, double v, double thr) {
   if (test == "single_turn") return f("single-turn requests only: share %.2f > %.2f");
   if (test == "logprobs") return f("heavy logprob use: %.2f > %.2f (share × (top_logprobs+1)/21)");
   if (test == "fingerprint") return f("one fixed parameter set: share %.2f > %.2f");
+  if (test == "lockstep") return f("%.0f member accounts send in lockstep (their requests alternate) > %.1f");
   return f("%.4f > %.4f");
 }
 
@@ -86,12 +90,18 @@ double mmd2_between(const std::vector<const std::vector<float>*>& x, const std::
 
 const char* monitor_test_name(MonitorTest t) { return kTestNames[int(t)]; }
 
+bool monitor_test_scored(const std::string& name) {
+  return name != "regularity" && name != "single_turn" && name != "fingerprint";
+}
+
 std::string monitor_fingerprint(const MonitorEvent& e) {
   // Explicit parameters only: a request that sets none has no fingerprint.
-  if (e.max_tokens < 0 && e.temperature < 0 && e.top_logprobs < 0 && e.n == 1 && e.system_prompt.empty()) return "";
+  if (e.max_tokens < 0 && e.temperature < 0 && e.top_logprobs < 0 && e.n == 1 && e.system_prompt.empty() &&
+      !e.seed_given)
+    return "";
   std::ostringstream o;
   o << "max_tokens=" << e.max_tokens << ";temperature=" << e.temperature << ";top_logprobs=" << e.top_logprobs
-    << ";n=" << e.n << ";system=" << std::hex << fnv1a(e.system_prompt);
+    << ";n=" << e.n << ";seed=" << (e.seed_given ? "given" : "none") << ";system=" << std::hex << fnv1a(e.system_prompt);
   return o.str();
 }
 
@@ -108,7 +118,8 @@ json MonitorCalibration::to_json() const {
           {"min_requests", min_requests}, {"margin", margin}, {"sigma2", sigma2}, {"k_yy", k_yy},
           {"threshold", threshold}, {"benign_extreme", benign_extreme}, {"benign_accounts", benign_accounts},
           {"benign_requests", benign_requests}, {"benign_windows", benign_windows}, {"link_mmd", link_mmd},
-          {"common_fingerprints", common_fingerprints}, {"center", center},
+          {"link_lockstep_z", link_lockstep_z},
+          {"benign_lockstep_z", benign_lockstep_z}, {"common_fingerprints", common_fingerprints}, {"center", center},
           {"pool", pool}};
 }
 
@@ -130,6 +141,8 @@ MonitorCalibration MonitorCalibration::from_json(const json& j, const std::strin
     c.benign_requests = j.at("benign_requests").get<int>();
     c.benign_windows = j.at("benign_windows").get<int>();
     c.link_mmd = j.at("link_mmd").get<double>();
+    c.link_lockstep_z = j.value("link_lockstep_z", 0.0);  // absent in files made before timing links
+    c.benign_lockstep_z = j.value("benign_lockstep_z", 0.0);
     c.common_fingerprints = j.at("common_fingerprints").get<std::vector<std::string>>();
     c.center = j.at("center").get<std::vector<float>>();
     c.pool = j.at("pool").get<std::vector<std::vector<float>>>();
@@ -197,6 +210,26 @@ std::vector<float> monitor_normalize(const std::vector<float>& e, const MonitorC
 
 double monitor_kernel(const std::vector<float>& a, const std::vector<float>& b, double sigma2) {
   return std::exp(-sqdist(a, b) / (2 * sigma2));
+}
+
+double lockstep_z(const std::vector<int64_t>& a_ms, const std::vector<int64_t>& b_ms, int min_each) {
+  if (a_ms.empty() || b_ms.empty()) return NAN;
+  const int64_t from = std::max(a_ms.front(), b_ms.front()), to = std::min(a_ms.back(), b_ms.back());
+  auto a0 = std::lower_bound(a_ms.begin(), a_ms.end(), from), a1 = std::upper_bound(a_ms.begin(), a_ms.end(), to);
+  auto b0 = std::lower_bound(b_ms.begin(), b_ms.end(), from), b1 = std::upper_bound(b_ms.begin(), b_ms.end(), to);
+  const double n1 = double(a1 - a0), n2 = double(b1 - b0), n = n1 + n2;
+  if (n1 < min_each || n2 < min_each) return NAN;
+  // Merge (a first at equal times) and count the runs.
+  int runs = 0, last = -1;
+  while (a0 != a1 || b0 != b1) {
+    const int who = (b0 == b1 || (a0 != a1 && *a0 <= *b0)) ? 0 : 1;
+    (who == 0 ? a0 : b0)++;
+    runs += who != last;
+    last = who;
+  }
+  const double mean = 1 + 2 * n1 * n2 / n;
+  const double var = 2 * n1 * n2 * (2 * n1 * n2 - n) / (n * n * (n - 1));
+  return var > 0 ? (double(runs) - mean) / std::sqrt(var) : NAN;
 }
 
 std::vector<uint32_t> minhash_signature(const std::string& text) {
@@ -368,15 +401,21 @@ struct CrawlMonitor::Impl {
       if (it == cal->threshold.end() || !(it->second[size_t(b)] > 0)) continue;
       const double thr = it->second[size_t(b)];
       const double ratio = value / thr;
-      if (ratio > r1) r2 = r1, r1 = ratio;
-      else r2 = std::max(r2, ratio);
-      if (ratio >= 1) v.reasons.push_back({test, value, thr, ratio, describe(test, value, thr)});
+      const bool scored = monitor_test_scored(test);
+      if (scored && ratio > r1) r2 = r1, r1 = ratio;
+      else if (scored) r2 = std::max(r2, ratio);
+      if (ratio >= 1)
+        v.reasons.push_back({test, value, thr, ratio, describe(test, value, thr) + (scored ? "" : " (context, not scored)")});
     }
-    // Each threshold is a benign extreme, so with ten tests a benign account passes one of them now and
-    // then; it takes two tests past their thresholds, or one past twice its threshold.
+    // Each threshold is a benign extreme, so with several tests a benign account passes one of them now
+    // and then; it takes two scored tests past their thresholds, or one past twice its threshold.
     v.score = std::max(r2, r1 / kStrongRatio);
     v.max_score = std::max(v.max_score, v.score);
-    std::sort(v.reasons.begin(), v.reasons.end(), [](const auto& a, const auto& b) { return a.ratio > b.ratio; });
+    // Scored reasons first (what flagged it), each group by ratio.
+    std::sort(v.reasons.begin(), v.reasons.end(), [](const auto& a, const auto& b) {
+      const bool sa = monitor_test_scored(a.test), sb = monitor_test_scored(b.test);
+      return sa != sb ? sa : a.ratio > b.ratio;
+    });
     if (v.score >= 1 && !v.flagged) {
       v.flag_reasons = v.reasons;
       v.flagged = true;
@@ -454,7 +493,7 @@ std::vector<MonitorVerdict> CrawlMonitor::update_clusters() {
   Impl& s = *impl_;
   std::lock_guard<std::mutex> lock(s.mu);
   const MonitorCalibration* cal = s.cal ? &*s.cal : nullptr;
-  const int min_link = std::max(4, s.min_requests() / 2);
+  const int min_link = min_link_requests(s.min_requests());
   std::vector<Impl::Account*> acc;
   for (auto& [name, a] : s.accounts)
     if (a.verdict.requests >= min_link) acc.push_back(&a);
@@ -505,6 +544,24 @@ std::vector<MonitorVerdict> CrawlMonitor::update_clusters() {
     for (size_t j = i + 1; j < A; ++j)
       if (fps[i] == fps[j]) evidence[{i, j}].insert("the same request parameters");
   }
+  // Timing, for pairs with other evidence (the runs test is O(window); all pairs would be O(accounts²)):
+  // one client handing its requests to its accounts in turn makes their requests alternate.
+  const std::string kLockstepEvidence = "lockstep timing";
+  std::set<std::pair<size_t, size_t>> lockstep;
+  if (cal && cal->link_lockstep_z > 0)
+    for (auto& [pair, ev] : evidence) {
+      auto times = [&](size_t i) {
+        std::vector<int64_t> t;
+        for (const auto& it : acc[i]->window) t.push_back(it.event.unix_ms);
+        return t;
+      };
+      const double z = lockstep_z(times(pair.first), times(pair.second));
+      if (!(z >= cal->link_lockstep_z)) continue;
+      char buf[128];
+      std::snprintf(buf, sizeof(buf), " (their requests alternate: runs test z %.1f >= %.1f)", z, cal->link_lockstep_z);
+      ev.insert(kLockstepEvidence + buf);
+      lockstep.insert(pair);
+    }
   // Complementary coverage, for pairs with other evidence: no prompt in common, yet prompts from one
   // distribution — their two-sample MMD² below link_mmd, the smallest between any two benign users.
   for (auto& [pair, ev] : evidence) {
@@ -518,7 +575,8 @@ std::vector<MonitorVerdict> CrawlMonitor::update_clusters() {
       if (!it.unit.empty()) x.push_back(&it.unit);
     for (const auto& it : acc[j]->window)
       if (!it.unit.empty()) y.push_back(&it.unit);
-    if (x.size() < 4 || y.size() < 4) continue;
+    // link_mmd was measured between windows of at least min_requests; fewer scatter below it by chance.
+    if (x.size() < size_t(s.min_requests()) || y.size() < size_t(s.min_requests())) continue;
     if (mmd2_between(x, y, cal->sigma2) < cal->link_mmd) ev.insert("complementary coverage (disjoint prompts, one distribution)");
   }
   // Link on two kinds of evidence; clusters are the connected components.
@@ -571,6 +629,11 @@ std::vector<MonitorVerdict> CrawlMonitor::update_clusters() {
       seen.push_back(&it->unit);
     }
     v.statistics = monitor_statistics(merged, nearest, cal);
+    // Members in lockstep with another member: one client's accounts.
+    std::set<size_t> in_step;
+    for (const auto& [i, j] : lockstep)
+      if (root(i) == r && root(j) == r) in_step.insert(i), in_step.insert(j);
+    v.statistics["lockstep"] = double(in_step.size());
     v.links.clear();
     for (const auto& [pair, ev] : links)
       if (root(pair.first) == r) {
@@ -724,6 +787,40 @@ MonitorCalibration calibrate_monitor(const std::map<std::string, std::vector<Mon
   cal.link_mmd = std::isfinite(closest) ? std::max(0.0, closest) : 0;
   for (const auto& [fp, n] : fingerprint_accounts)
     if (n >= 2) cal.common_fingerprints.push_back(fp);
+  // Timing: every pair of benign accounts' windows as the monitor sees them — the accounts' requests
+  // merged in time, every kClusterEvery requests — and the largest runs-test z between any two.
+  {
+    std::vector<std::pair<int64_t, size_t>> stream;  // (time, account)
+    size_t a = 0;
+    for (const auto& [name, events] : benign) {
+      for (const auto& e : events) stream.push_back({e.unix_ms, a});
+      ++a;
+    }
+    std::stable_sort(stream.begin(), stream.end(), [](const auto& x, const auto& y) { return x.first < y.first; });
+    std::vector<std::vector<int64_t>> win(a);
+    std::vector<int64_t> seen(a, 0);
+    double zmax = -INFINITY;
+    const int min_link = min_link_requests(opts.min_requests);
+    for (size_t k = 0; k < stream.size(); ++k) {
+      auto& w = win[stream[k].second];
+      w.push_back(stream[k].first);
+      if (int(w.size()) > opts.window) w.erase(w.begin());
+      ++seen[stream[k].second];
+      if ((k + 1) % CrawlMonitor::kClusterEvery != 0 && k + 1 != stream.size()) continue;
+      for (size_t i = 0; i < a; ++i)
+        for (size_t j = i + 1; j < a; ++j)
+          if (seen[i] >= min_link && seen[j] >= min_link) {
+            const double z = lockstep_z(win[i], win[j]);
+            if (std::isfinite(z)) zmax = std::max(zmax, z);
+          }
+    }
+    cal.benign_lockstep_z = std::isfinite(zmax) ? zmax : 0;
+    cal.link_lockstep_z = std::max(MonitorCalibration::kMinLockstepZ, std::isfinite(zmax) ? zmax * opts.margin : 0);
+  }
+  // Accounts in lockstep within a cluster: by the threshold above no two benign accounts are, but one
+  // customer spreading its own job over two keys would be; the benign extreme taken is 2.
+  cal.benign_extreme["lockstep"] = std::vector<double>(MonitorCalibration::kBuckets, 2.0);
+  cal.threshold["lockstep"] = std::vector<double>(MonitorCalibration::kBuckets, 2.0 * opts.margin);
   return cal;
 }
 

@@ -16,11 +16,15 @@
 //     account (Juuti et al. 2019); an alarm when W falls below the benign range;
 //   - behaviour: request rate, bursts, inter-arrival regularity, embedding spread (coverage),
 //     templated prompts (MinHash near-duplicates), single-turn share, logprob and n use, a fixed
-//     parameter fingerprint. Each is compared with the benign range of the same feature.
+//     parameter fingerprint. Each is compared with the benign range of the same feature;
+//   - lockstep (clusters): member accounts whose requests alternate with another member's (lockstep_z).
 // A test's ratio is its statistic over its threshold (≥ 1 = past it). Each threshold is a benign
-// extreme, so one of ten tests passing it barely is expected now and then of a benign account: the
-// score is max(second-largest ratio, largest ratio / 2) — two tests past their thresholds, or one
-// twice past — and score ≥ 1 flags. Every test past its threshold is a reason. A test speaks only once the
+// extreme, so one of the tests passing it barely is expected now and then of a benign account: the
+// score is max(second-largest ratio, largest ratio / 2) over the scored tests — two tests past their
+// thresholds, or one twice past — and score ≥ 1 flags. Three tests only describe how a client sends
+// (context: regularity, single_turn, fingerprint): an API's customers are scripts, and a script's
+// rhythm or fixed parameters are not evidence of harvesting, so they are reported and used to link
+// accounts but not scored. Every test past its threshold is a reason. A test speaks only once the
 // account has min_requests requests (the statistics are meaningless on fewer).
 //
 // Thread-safe: observe() from any thread; the state is guarded by one mutex (the work per event is
@@ -52,13 +56,18 @@ struct MonitorEvent {
   int64_t max_tokens = -1;        // -1 = not given
   double temperature = -1;        // -1 = not given
   std::string system_prompt;      // "" = none
+  bool seed_given = false;        // the client sent a seed (its value says nothing: every request may differ)
 };
 
 // The tests in the order they are reported.
 enum class MonitorTest : int {
-  kMmd, kPrada, kRate, kBurst, kRegularity, kSpread, kTemplated, kSingleTurn, kLogprobs, kFingerprint, kCount
+  kMmd, kPrada, kRate, kBurst, kRegularity, kSpread, kTemplated, kSingleTurn, kLogprobs, kFingerprint,
+  kLockstep,  // clusters only: member accounts sending in lockstep
+  kCount
 };
 const char* monitor_test_name(MonitorTest t);  // "mmd", "prada", ...
+// Context tests (regularity, single_turn, fingerprint): reported, not scored (see above).
+bool monitor_test_scored(const std::string& name);
 std::optional<MonitorTest> monitor_test_from_name(const std::string& name);
 
 // The benign ranges the tests compare against, and the reference pool. Made by calibrate_monitor()
@@ -87,6 +96,11 @@ struct MonitorCalibration {
   // parameter sets that two or more benign accounts share are no evidence of a link.
   double link_mmd = 0;
   std::vector<std::string> common_fingerprints;
+  // Linking on timing: two accounts "in lockstep" when the runs test of their interleaved requests
+  // (lockstep_z) reaches link_lockstep_z — the largest z between any two benign accounts' windows ×
+  // margin, at least kMinLockstepZ (0 = never: a calibration made before timing links existed).
+  static constexpr double kMinLockstepZ = 3.0;
+  double link_lockstep_z = 0, benign_lockstep_z = 0;
   int benign_accounts = 0, benign_requests = 0, benign_windows = 0;
   std::string model;                    // the served model the embeddings came from (path stem)
   int64_t n_embd = 0;
@@ -153,6 +167,13 @@ inline constexpr int kMinHashes = 64;
 std::vector<uint32_t> minhash_signature(const std::string& text);
 // The explicit request parameters of an event as one string ("" when it sets none).
 std::string monitor_fingerprint(const MonitorEvent& e);
+// Timing: the Wald–Wolfowitz runs test on two accounts' request times (each ascending). Over the span
+// both are active, label the requests by account in time order and count the runs R (maximal blocks of
+// one account). Independent streams interleave at random: E[R] = 1 + 2·n1·n2/N,
+// Var[R] = 2·n1·n2·(2·n1·n2 − N) / (N²·(N − 1)). One client handing requests to its accounts in turn makes
+// them alternate (R near N): z = (R − E[R]) / √Var[R] is large; people's sessions clump (z < 0).
+// NaN when either account has fewer than min_each requests in the common span.
+double lockstep_z(const std::vector<int64_t>& a_ms, const std::vector<int64_t>& b_ms, int min_each = 6);
 // Share of equal positions: an unbiased estimate of the Jaccard similarity of the two bigram sets.
 double minhash_similarity(const std::vector<uint32_t>& a, const std::vector<uint32_t>& b);
 inline constexpr double kNearDuplicate = 0.5;  // MinHash similarity from which two prompts share a template

@@ -14,7 +14,8 @@ json monitor_event_json(const MonitorEvent& e) {
   return {{"account", e.account},         {"client_ip", e.client_ip}, {"unix_ms", e.unix_ms},
           {"prompt_text", e.prompt_text}, {"user_turns", e.user_turns}, {"has_history", e.has_history},
           {"n", e.n},                     {"top_logprobs", e.top_logprobs}, {"max_tokens", e.max_tokens},
-          {"temperature", e.temperature}, {"system_prompt", e.system_prompt}};
+          {"temperature", e.temperature}, {"system_prompt", e.system_prompt},
+          {"seed_given", e.seed_given}};
 }
 
 MonitorEvent monitor_event_from_json(const json& j, const std::string& where) {
@@ -31,6 +32,7 @@ MonitorEvent monitor_event_from_json(const json& j, const std::string& where) {
     e.max_tokens = j.value("max_tokens", int64_t(-1));
     e.temperature = j.value("temperature", -1.0);
     e.system_prompt = j.value("system_prompt", "");
+    e.seed_given = j.value("seed_given", false);
   } catch (const json::exception& ex) {
     fail(where, ": a monitor event is malformed (", ex.what(), ")");
   }

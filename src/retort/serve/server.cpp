@@ -182,6 +182,7 @@ MonitorEvent monitor_event_of(const ApiRequest& r, const json& body, const std::
   e.top_logprobs = r.logprobs ? r.top_logprobs : -1;
   if (body.contains("max_tokens") || body.contains("max_completion_tokens")) e.max_tokens = r.max_tokens.value_or(-1);
   if (body.contains("temperature")) e.temperature = r.sampling.temperature;
+  e.seed_given = r.seed.has_value();
   return e;
 }
 
