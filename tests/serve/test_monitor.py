@@ -10,7 +10,8 @@ Needs the default model in the model cache (scripts/setup.sh); skips with a mess
 3. A server with that calibration and actions flag+block: a crawler (the shipped prompts, top_logprobs 20,
    one fixed parameter set) is flagged within its first requests and then refused with 403 naming the
    monitor; the decision is in monitor_actions with its reasons, the refused requests' ledger rows say
-   why, /metrics counts it, `retort monitor report` (table, JSON, HTML) shows it; benign users go on.
+   why, /metrics counts it, `retort monitor report` (table, JSON, HTML) shows it, `retort monitor rescore`
+   finds the same in the recorded traffic; benign users go on.
 4. Bad input: calibrate without accounts, a corrupt calibration, an unknown action.
 """
 import argparse
@@ -216,6 +217,22 @@ class Monitor(unittest.TestCase):
         self.assertTrue(crawler["flag_reasons"])
         for a in self.benign:
             self.assertFalse(next(v for v in rep["verdicts"] if v["subject"] == a)["flagged"], a)
+
+        # Rescoring the recorded traffic with the same calibration finds the same: the crawler flagged after
+        # as many requests as the server saw, the benign users not.
+        out = subprocess.run([RETORT, "monitor", "rescore", "--db", self.db, "--calibration", cal, "--json"],
+                             capture_output=True, text=True)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        res = json.loads(out.stdout)
+        again = next(v for v in res["verdicts"] if v["subject"] == "crawler")
+        self.assertTrue(again["flagged"])
+        self.assertEqual(again["flagged_at_request"], crawler["flagged_at_request"])
+        for a in self.benign:
+            self.assertFalse(next(v for v in res["verdicts"] if v["subject"] == a)["flagged"], a)
+        out = subprocess.run([RETORT, "monitor", "rescore", "--db", self.db, "--calibration", os.path.join(self.home, "nope.json")],
+                             capture_output=True, text=True)
+        self.assertNotEqual(out.returncode, 0)
+        self.assertIn("nope.json", out.stderr)
 
     def test_bad_input(self):
         out = subprocess.run([RETORT, "monitor", "calibrate", "--db", self.db, "--out", "x.json"], capture_output=True,
