@@ -2,7 +2,8 @@
 # bench/run_monitor_overhead.sh — serving throughput with the crawl monitor on against off, one machine, one
 # run: two `retort serve` processes on the same model (one --no-monitor), never loaded at the same time,
 # driven in turn (off, on, off, on, ...) by bench/serve_load with the same requests (--mix mixed, 8 keyed
-# accounts). Prints JSON: steady completion tokens/s of each run and the ratio of the medians (goal: >= 0.95).
+# accounts). Prints JSON: steady completion tokens/s of each run, the ratio of the medians and the median of
+# each round's on/off ratio (rounds alternate off-on, on-off; goal: >= 0.95).
 #   bash bench/run_monitor_overhead.sh [ROUNDS=3] [DURATION_S=40]
 # MONITOR_CALIBRATION=FILE (from `retort monitor calibrate`, e.g. the work dir of `bench/monitor_eval.py --keep`)
 # runs the monitor calibrated — every test scored, the pool kernel for the MMD — as a provider would; without
@@ -54,7 +55,9 @@ fi
 start off --no-monitor
 
 for r in $(seq "$rounds"); do
-  for name in off on; do
+  # off-on, then on-off: a drift in the machine's speed over the run falls on both alike.
+  order="off on"; [ $((r % 2)) -eq 0 ] && order="on off"
+  for name in $order; do
     "$build/serve_load" --port "${port[$name]}" --keys "$keys" --clients 16 --mix mixed --seed "$r" \
       --duration "$duration" --warmup 10 --timeout 120 > "$tmp/$name-$r.json"
   done
@@ -71,5 +74,9 @@ print(json.dumps({"bench": "monitor_overhead", "rounds": rounds, "duration_s": d
                   "tokens_per_s": tps, "monitor_events": events,
                   "monitor_calibration": calibration or None, "monitor_flagged_metric": flagged,
                   "on_over_off_median": round(statistics.median(tps["on"]) / statistics.median(tps["off"]), 3),
+                  # Each round's on run against its own off run (adjacent in time), then the median: what a
+                  # noisy machine's slow minutes do to one round does not move the others.
+                  "on_over_off_paired": [round(a / b, 3) for a, b in zip(tps["on"], tps["off"])],
+                  "on_over_off_paired_median": round(statistics.median(a / b for a, b in zip(tps["on"], tps["off"])), 3),
                   "goal": ">= 0.95"}, indent=1))
 PY
