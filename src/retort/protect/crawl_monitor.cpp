@@ -816,7 +816,7 @@ MonitorCalibration calibrate_monitor(const std::map<std::string, std::vector<Mon
     }
     std::stable_sort(stream.begin(), stream.end(), [](const auto& x, const auto& y) { return x.first < y.first; });
     std::vector<std::vector<int64_t>> win(a);
-    std::vector<int64_t> seen(a, 0);
+    std::vector<int64_t> seen(a, 0), seen_before(a, 0);  // requests so far; at the previous update
     double zmax = -INFINITY;
     const int min_link = min_link_requests(opts.min_requests);
     for (size_t k = 0; k < stream.size(); ++k) {
@@ -825,12 +825,15 @@ MonitorCalibration calibrate_monitor(const std::map<std::string, std::vector<Mon
       if (int(w.size()) > opts.window) w.erase(w.begin());
       ++seen[stream[k].second];
       if ((k + 1) % CrawlMonitor::kClusterEvery != 0 && k + 1 != stream.size()) continue;
+      // Only pairs with an account that sent since the previous update have new windows (the rest
+      // would repeat their z): O(changed × accounts) per update, not O(accounts²).
       for (size_t i = 0; i < a; ++i)
         for (size_t j = i + 1; j < a; ++j)
-          if (seen[i] >= min_link && seen[j] >= min_link) {
+          if (seen[i] >= min_link && seen[j] >= min_link && (seen[i] != seen_before[i] || seen[j] != seen_before[j])) {
             const double z = lockstep_z(win[i], win[j]);
             if (std::isfinite(z)) zmax = std::max(zmax, z);
           }
+      seen_before = seen;
     }
     cal.benign_lockstep_z = std::isfinite(zmax) ? zmax : 0;
     cal.link_lockstep_z = std::max(MonitorCalibration::kMinLockstepZ, std::isfinite(zmax) ? zmax * opts.margin : 0);
