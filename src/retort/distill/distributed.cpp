@@ -491,6 +491,10 @@ void launch_local_ranks(int nproc, bool threads_given) {
     pids[size_t(r)] = pid;
   }
   std::string first_failure, hint;
+  // A rank killed from outside is the cause; ranks that then fail on its broken connections are not, and
+  // either may be reaped first: the final error names a killed rank when there is one.
+  std::string killed_failure;
+  bool signalled = false;  // the launcher has sent SIGTERM/SIGKILL (its own kills are not the cause)
   int alive = nproc;
   // After a failure: the others get 5 s to stop on their own (and print their errors), then
   // SIGTERM, then SIGKILL 10 s later.
@@ -506,6 +510,7 @@ void launch_local_ranks(int nproc, bool threads_given) {
       const double t = now_s();
       const int sig = t > kill_at ? SIGKILL : t > term_at ? SIGTERM : 0;
       if (sig != 0) {
+        signalled = true;
         for (pid_t p : pids)
           if (p > 0) ::kill(p, sig);
         if (sig == SIGKILL) kill_at = t + 3600;
@@ -520,6 +525,8 @@ void launch_local_ranks(int nproc, bool threads_given) {
     *it = -1;
     --alive;
     const bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    if (WIFSIGNALED(status) && killed_failure.empty() && !signalled)
+      killed_failure = cat("rank ", r, " (pid ", pid, ") ", describe_status(status));
     if (!ok && first_failure.empty()) {
       first_failure = cat("rank ", r, " (pid ", pid, ") ", describe_status(status));
       hint = WIFSIGNALED(status) ? "; it was killed from outside (out of memory? see `dmesg`) and printed no error"
@@ -530,6 +537,10 @@ void launch_local_ranks(int nproc, bool threads_given) {
         kill_at = term_at + 10;
       }
     }
+  }
+  if (!killed_failure.empty() && killed_failure != first_failure) {
+    first_failure = killed_failure;
+    hint = "; it was killed from outside (out of memory? see `dmesg`) and printed no error";
   }
   check(first_failure.empty(), "distill --nproc ", nproc, ": ", first_failure, hint, "; the other ranks were stopped");
 }
