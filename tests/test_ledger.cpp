@@ -12,6 +12,7 @@
 #include <atomic>
 #include <functional>
 #include <chrono>
+#include <map>
 #include <cstdio>
 #include <fstream>
 #include <thread>
@@ -247,6 +248,79 @@ TEST(Ledger, DuplicateRequestIdIsRejectedAloneAndTheBatchKept) {
   EXPECT_EQ(rows[0], row_for(0));
   EXPECT_EQ(rows[1], row_for(1));
   EXPECT_EQ(rows[2], row_for(2));
+}
+
+// Served texts (record_completions): one row per choice, committed with the request's ledger row; the text
+// comes back byte for byte (quotes, newlines, unicode, an empty choice); a row the ledger rejects brings no
+// texts; the account filter.
+TEST(Ledger, ServedTextsAreWrittenWithTheirRowAndReadBackExactly) {
+  TempDir tmp;
+  const std::string path = tmp / "serve.db";
+  LedgerRow a = row_for(1);  // acct-1, chat, 200, kgw
+  a.served = ServedTexts{"[{\"role\":\"user\",\"content\":"
+                         "\"na\u00efve caf\u00e9 \u2014 \u65e5\u672c\u8a9e \U0001F642\"}]",
+                         {"R\u00e9ponse \u00ab un \u00bb \"quoted\" 'single'\n\U0001F642", ""}};
+  LedgerRow b = row_for(2);  // acct-2, completions
+  b.served = ServedTexts{"\"Once upon\"", {" a time"}};
+  LedgerRow dup = row_for(1);  // the same request_id again: rejected, and its texts with it
+  dup.served = ServedTexts{"\"other\"", {"must not replace", "nor add", "a third"}};
+  {
+    auto ledger = Ledger::open(path);
+    ledger->append(a);
+    ledger->append(b);
+    ledger->append(row_for(3));  // acct-0, nothing recorded
+    ledger->append(dup);
+    ledger->flush();
+    EXPECT_EQ(ledger->stats().rejected, 1u);
+  }
+  auto db = ServeDb::open(path);
+  auto read = [&](const std::vector<std::string>& accounts) {
+    std::vector<ServedTextRecord> out;
+    for_each_served_text(*db, accounts, [&](const ServedTextRecord& r) { out.push_back(r); });
+    return out;
+  };
+  auto rec = [](const LedgerRow& r, int64_t choice) {
+    return ServedTextRecord{r.request_id, choice, r.account, r.started_unix_ms, r.endpoint, r.served->prompt,
+                            r.served->completions[size_t(choice)], r.watermark_scheme, r.watermark_key_commitment};
+  };
+  const std::vector<ServedTextRecord> all = {rec(a, 0), rec(a, 1), rec(b, 0)};
+  EXPECT_EQ(read({}), all);
+  EXPECT_EQ(read({"acct-2"}), std::vector<ServedTextRecord>{rec(b, 0)});
+  EXPECT_EQ(read({"nobody", "acct-1"}), (std::vector<ServedTextRecord>{rec(a, 0), rec(a, 1)}));
+  EXPECT_TRUE(read({"acct-0"}).empty());
+  EXPECT_EQ(count_served_texts(*db), (std::map<std::string, int64_t>{{"acct-1", 2}, {"acct-2", 1}}));
+  const auto rows = read_rows(path);  // the ledger rows themselves are unchanged
+  ASSERT_EQ(rows.size(), 3u);
+  EXPECT_EQ(rows[0], row_for(1));
+}
+
+// A version-2 file (before served_texts) is upgraded in place and keeps its rows; a file without the table
+// is refused by the reader with what to do.
+TEST(ServeDb, UpgradesAVersion2FileInPlace) {
+  TempDir tmp;
+  const std::string path = tmp / "serve.db";
+  {
+    auto ledger = Ledger::open(path);
+    ledger->append(row_for(1));
+  }
+  auto raw_exec = [&](const char* sql) {
+    sqlite3* h = nullptr;
+    ASSERT_EQ(sqlite3_open(path.c_str(), &h), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(h, sql, nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(h);
+    sqlite3_close(h);
+  };
+  raw_exec("DROP TABLE served_texts; PRAGMA user_version=2");
+  {
+    auto db = ServeDb::open(path);
+    SqlStatement v(*db, "PRAGMA user_version");
+    ASSERT_TRUE(v.step("v"));
+    EXPECT_EQ(v.int64(0), 3);
+    EXPECT_TRUE(count_served_texts(*db).empty());
+  }
+  EXPECT_EQ(read_rows(path), std::vector<LedgerRow>{row_for(1)});
+  raw_exec("DROP TABLE served_texts");  // version 3 without the table: not recreated, and said so
+  auto db = ServeDb::open(path);
+  expect_error([&] { count_served_texts(*db); }, {path, "no served_texts table", "record_completions"});
 }
 
 TEST(Ledger, EmptyRequestIdIsAnError) {

@@ -1,8 +1,10 @@
-// `retort keys`: create, list, update and revoke API keys, and read the usage ledger, in the serve
-// database `retort serve` uses (--db, default $RETORT_HOME/serve.db).
+// `retort keys`: create, list, update and revoke API keys, read the usage ledger and export the served texts
+// (record_completions), in the serve database `retort serve` uses (--db, default $RETORT_HOME/serve.db).
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -13,6 +15,7 @@
 #include "retort/serve/ledger.h"
 #include "retort/serve/serve_db.h"
 #include "retort/util/error.h"
+#include "retort/util/file.h"
 
 namespace retort::cli {
 
@@ -339,6 +342,85 @@ void run_usage(const UsageArgs& a) {
   print_totals_row("total", r.total);
 }
 
+// ---------------------------------------------------------------------------------------------
+// served: the texts a server with record_completions kept, as the JSONL `retort audit radioactivity --texts`
+// reads ("completion", and "messages" or "prompt").
+
+struct ServedArgs {
+  std::string db, accounts_file, out;
+  std::vector<std::string> accounts;
+};
+
+void run_served(const ServedArgs& a) {
+  std::vector<std::string> accounts = a.accounts;
+  if (!a.accounts_file.empty()) {
+    std::ifstream f(a.accounts_file);
+    check(bool(f), "keys served: cannot read ", a.accounts_file, " (one account name per line)");
+    for (std::string line; std::getline(f, line);) {
+      while (!line.empty() && (line.back() == '\r' || line.back() == ' ' || line.back() == '\t')) line.pop_back();
+      const size_t start = line.find_first_not_of(" \t");
+      if (start != std::string::npos && line[start] != '#') accounts.push_back(line.substr(start));
+    }
+    check(!accounts.empty(), "keys served: ", a.accounts_file, " names no account (one per line)");
+  }
+  const std::string path = db_path(a.db);
+  std::error_code ec;
+  check(std::filesystem::exists(path, ec), "serve db ", path, " does not exist; pass --db with the database "
+        "`retort serve --record-completions` wrote");
+  auto db = ServeDb::open(path);
+  const std::map<std::string, int64_t> counts = count_served_texts(*db);
+  check(!counts.empty(), "serve db ", path, " holds no served texts: they are recorded only while `retort serve` "
+        "runs with record_completions (\"record_completions\": true in its config, or --record-completions)");
+  if (!accounts.empty()) {
+    std::string have;
+    for (const auto& [account, n] : counts) have += cat(have.empty() ? "" : ", ", account.empty() ? "(none)" : account);
+    bool any = false;
+    for (const std::string& account : accounts) {
+      if (counts.count(account)) any = true;
+      else std::fprintf(stderr, "keys served: account %s has no served texts in %s\n", account.c_str(), path.c_str());
+    }
+    check(any, "keys served: none of the accounts asked for has served texts in ", path,
+          "; accounts with texts: ", have);
+  }
+
+  // Line by line into a file published whole at the end (an error leaves no half export), or to stdout.
+  std::optional<AtomicFile> file;
+  if (!a.out.empty()) file.emplace(a.out, cat("keys served ", a.out));
+  std::string line;
+  int64_t lines = 0;
+  std::map<std::string, int64_t> per_account;
+  for_each_served_text(*db, accounts, [&](const ServedTextRecord& r) {
+    ordered_json prompt;  // the messages' keys stay in the order stored
+    try {
+      prompt = ordered_json::parse(r.prompt);
+    } catch (const json::exception& e) {
+      fail("serve db ", path, ": served_texts row ", r.request_id, " choice ", r.choice, ": the prompt is not JSON (",
+           e.what(), ")");
+    }
+    ordered_json j;
+    j["request_id"] = r.request_id;
+    j["choice"] = r.choice;
+    j["account"] = r.account;
+    j["unix_ms"] = r.unix_ms;
+    if (prompt.is_array()) j["messages"] = prompt;
+    else if (prompt.is_string()) j["prompt"] = prompt;
+    else fail("serve db ", path, ": served_texts row ", r.request_id, " choice ", r.choice,
+              ": the prompt is neither a messages array nor a string");
+    j["completion"] = r.completion;
+    line = j.dump(-1, ' ', false, ordered_json::error_handler_t::replace);
+    line += '\n';
+    if (file) file->write(line.data(), line.size());
+    else std::fwrite(line.data(), 1, line.size(), stdout);
+    ++lines;
+    ++per_account[r.account];
+  });
+  if (file) file->commit();
+  else check(std::fflush(stdout) == 0, "keys served: cannot write to stdout");
+  std::fprintf(stderr, "keys served: %lld texts of %zu account%s from %s%s\n", static_cast<long long>(lines),
+               per_account.size(), per_account.size() == 1 ? "" : "s", path.c_str(),
+               a.out.empty() ? "" : cat(" written to ", a.out).c_str());
+}
+
 }  // namespace
 
 void register_keys(CLI::App& app) {
@@ -388,6 +470,16 @@ void register_keys(CLI::App& app) {
   usage->add_option("--until", g->until, "only requests started before this UTC date/time");
   usage->add_flag("--json", g->json_out, "JSON output");
   usage->callback([g] { run_usage(*g); });
+
+  auto sv = std::make_shared<ServedArgs>();
+  CLI::App* served = keys->add_subcommand(
+      "served", "export the texts a server with record_completions served, as JSONL for `audit radioactivity --texts`");
+  add_db_option(*served, sv->db);
+  served->add_option("--account", sv->accounts, "only this account's texts (repeatable, or comma-separated)")
+      ->delimiter(',');
+  served->add_option("--accounts-file", sv->accounts_file, "only these accounts' texts (one per line)");
+  served->add_option("-o,--out", sv->out, "JSONL file to write (atomically); default stdout");
+  served->callback([sv] { run_served(*sv); });
 }
 
 }  // namespace retort::cli

@@ -21,6 +21,7 @@ struct ServeArgs {
   bool no_keys = false;
   bool print_config = false;
   bool no_monitor = false;
+  bool record_completions = false;
 };
 
 void run_serve(ServeArgs& a, const CLI::App& sub) {
@@ -44,6 +45,7 @@ void run_serve(ServeArgs& a, const CLI::App& sub) {
   if (given("--max-top-logprobs")) c.max_top_logprobs = a.c.max_top_logprobs;
   if (a.no_keys) c.require_keys = false;
   if (a.no_monitor) c.monitor = false;
+  if (a.record_completions) c.record_completions = true;
   if (given("--monitor-calibration")) c.monitor_calibration = a.c.monitor_calibration;
   if (given("--monitor-actions")) c.monitor_actions = a.c.monitor_actions;
   if (given("--antidistill")) c.antidistill = a.c.antidistill;
@@ -118,6 +120,9 @@ void register_serve(CLI::App& app) {
   sub->add_option("--antidistill", a->c.antidistill,
                   "antidistillation proxy directory (`retort antidistill prepare`), for the antidistill action");
   sub->add_option("--antidistill-lambda", a->c.antidistill_lambda, "antidistillation strength λ");
+  sub->add_flag("--record-completions", a->record_completions,
+                "keep every served answer with its prompt in the serve db (`retort keys served` exports them); "
+                "stores users' text, off by default");
   sub->add_flag("--print-config", a->print_config, "print the effective config as JSON and exit");
   sub->callback([a, sub] { run_serve(*a, *sub); });
 }

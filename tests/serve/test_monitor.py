@@ -12,7 +12,11 @@ Needs the default model in the model cache (scripts/setup.sh); skips with a mess
    monitor; the decision is in monitor_actions with its reasons, the refused requests' ledger rows say
    why, /metrics counts it, `retort monitor report` (table, JSON, HTML) shows it, `retort monitor rescore`
    finds the same in the recorded traffic; benign users go on.
-4. Bad input: calibrate without accounts, a corrupt calibration, an unknown action.
+4. Replay mode for a live client beside a replayer: a request without X-Retort-Replay-Time-Ms is stamped on
+   the scaled clock (monitor_clock_origin_ms + (now - start) x monitor_clock_speedup), and
+   X-Retort-Replay-Max-Tokens caps a request's completion (chat, completions, streamed) while the monitor records
+   the request's own max_tokens; a request without it is not capped; a malformed one is a 400 naming it.
+5. Bad input: calibrate without accounts, a corrupt calibration, an unknown action, an invalid scaled clock.
 """
 import argparse
 import json
@@ -50,8 +54,8 @@ class Server:
     def __init__(self, home, config):
         path = os.path.join(home, "serve-%d.json" % time.time_ns())
         with open(path, "w") as f:
-            json.dump(dict(config, model=model_path(), parallel=4, ctx_size=1024, watermark="none",
-                           monitor_replay_clock=True, max_completion_tokens=1), f)
+            json.dump(dict(dict(model=model_path(), parallel=4, ctx_size=1024, watermark="none",
+                                monitor_replay_clock=True, max_completion_tokens=1), **config), f)
         self.log_path = os.path.join(home, "serve-%d.log" % time.time_ns())
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen([RETORT, "serve", "--config", path, "--port", "0",
@@ -234,6 +238,67 @@ class Monitor(unittest.TestCase):
         self.assertNotEqual(out.returncode, 0)
         self.assertIn("nope.json", out.stderr)
 
+    def test_scaled_clock_and_replay_cap(self):
+        home = os.path.join(self.home, "clock")  # a database of its own: the other tests count events
+        os.makedirs(home)
+        key = subprocess.run([RETORT, "keys", "create", "--account", "live", "--db", os.path.join(home, "serve.db")],
+                             capture_output=True, text=True, check=True, env=dict(os.environ, RETORT_HOME=home)).stdout.strip()
+        origin, speedup = T0_MS + 50_000_000, 60
+        srv = Server(home, {"monitor_clock_origin_ms": origin, "monitor_clock_speedup": speedup,
+                            "max_completion_tokens": 0})
+        self.assertIsNotNone(srv.port, srv.log())
+        status, body = srv.get("/health")
+        clock = json.loads(body)["monitor_clock"]
+        self.assertEqual((clock["origin_ms"], clock["speedup"]), (origin, speedup))
+        start = clock["start_unix_ms"]
+        self.assertIn("monitor clock (replay evaluation): %d + (now - %d) x 60" % (origin, start), srv.log())
+        c = srv.client(key)
+        msgs = [{"role": "user", "content": "Tell me about rivers."}]
+        free = {"ignore_eos": True}  # every token up to the limit is generated
+
+        def cap(n, t=None):
+            h = {"X-Retort-Replay-Max-Tokens": str(n)}
+            if t is not None:
+                h["X-Retort-Replay-Time-Ms"] = str(t)
+            return h
+
+        # Replayed: its own time, its generation capped (the monitor sees max_tokens 40).
+        replayed = c.chat.completions.create(model=MODEL, messages=msgs, max_tokens=40, extra_body=free,
+                                             extra_headers=cap(3, origin + 5000))
+        self.assertEqual(replayed.usage.completion_tokens, 3)
+        self.assertEqual(replayed.choices[0].finish_reason, "length")
+        # Live (no headers): on the scaled clock, not capped.
+        live = c.chat.completions.create(model=MODEL, messages=msgs, max_tokens=8, extra_body=free)
+        self.assertEqual(live.usage.completion_tokens, 8)
+        # The cap without the time header, on completions, and streamed.
+        capped = c.completions.create(model=MODEL, prompt="Rivers of Europe:", max_tokens=20, extra_body=free,
+                                      extra_headers=cap(4))
+        self.assertEqual(capped.usage.completion_tokens, 4)
+        stream = c.chat.completions.create(model=MODEL, messages=msgs, max_tokens=30, extra_body=free, stream=True,
+                                           stream_options={"include_usage": True}, extra_headers=cap(2, origin + 9000))
+        chunks = list(stream)
+        self.assertEqual(chunks[-1].usage.completion_tokens, 2)
+        for bad in ("0", "-1", "3.5", "x", "99999999999999999999"):
+            with self.assertRaises(openai.BadRequestError, msg=bad) as e:
+                c.chat.completions.create(model=MODEL, messages=msgs, max_tokens=4, extra_headers=cap(bad))
+            self.assertEqual(e.exception.body["param"], "X-Retort-Replay-Max-Tokens")
+            self.assertIn("positive integer", e.exception.body["message"])
+        srv.stop()
+        self.assertEqual(srv.assert_rc, 0, srv.log())
+
+        with sqlite3.connect(os.path.join(home, "serve.db")) as db:
+            events = {rid: (ms, json.loads(ev)) for rid, ms, ev in db.execute("SELECT request_id, unix_ms, event FROM monitor_events")}
+            started = dict(db.execute("SELECT request_id, started_unix_ms FROM ledger"))
+        self.assertEqual(len(events), 4, events)
+        self.assertEqual(events[replayed.id][0], origin + 5000)
+        self.assertEqual(events[replayed.id][1]["max_tokens"], 40)  # the request's own, not the cap
+        for r in (live, capped):  # stamped from the request's arrival, as the ledger has it
+            self.assertEqual(events[r.id][0], origin + (started[r.id] - start) * speedup, r.id)
+            self.assertGreater(events[r.id][0], origin)
+        self.assertEqual(events[capped.id][1]["max_tokens"], 20)
+        self.assertEqual(events[chunks[0].id][0], origin + 9000)
+        self.assertEqual(events[chunks[0].id][1]["max_tokens"], 30)
+
     def test_bad_input(self):
         out = subprocess.run([RETORT, "monitor", "calibrate", "--db", self.db, "--out", "x.json"], capture_output=True,
                              text=True)
@@ -256,6 +321,16 @@ class Monitor(unittest.TestCase):
         srv = Server(self.home, {"monitor_actions": ["antidistill"]})
         self.assertIsNone(srv.port)
         self.assertIn("retort antidistill prepare", srv.log())
+        # The scaled clock is for replay evaluations only, and must run forward.
+        for config, message in (({"monitor_replay_clock": False, "monitor_clock_origin_ms": T0_MS},
+                                 "monitor_clock_origin_ms needs monitor_replay_clock: true"),
+                                ({"monitor_clock_origin_ms": T0_MS, "monitor_clock_speedup": 0},
+                                 "monitor_clock_speedup must be > 0"),
+                                ({"monitor_clock_origin_ms": -5}, "monitor_clock_origin_ms must be >= 0"),
+                                ({"monitor_clock_speedup": 10}, "monitor_clock_speedup needs monitor_clock_origin_ms")):
+            srv = Server(self.home, config)
+            self.assertIsNone(srv.port, config)
+            self.assertIn(message, srv.log())
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ Covers issue 12's compatibility and abuse deliverables with real clients on loop
 completions, logprobs in both shapes, n > 1, the client's typed errors (401, 403, 404, 429, 400, 413),
 per-key logprob policy, per-account watermarks and the admin detect endpoint, special-token injection,
 client disconnects freeing their slot, idle and slowloris connections not blocking a new client, one ledger
-row per request, and a graceful SIGTERM (exit 0, ledger flushed).
+row per request, and a graceful SIGTERM (exit 0, ledger flushed). The server records the texts it serves
+(record_completions): `retort keys served` exports exactly what the client received, per account, in the shape
+`retort audit radioactivity --texts` reads, and only successful answers are kept.
 """
 import argparse
 import json
@@ -131,7 +133,10 @@ class OpenAIClient(unittest.TestCase):
         cls.revoked = create_key(cls.home, "frank")
         subprocess.run([RETORT, "keys", "revoke", cls.revoked.split("_")[1]], env=dict(os.environ, RETORT_HOME=cls.home),
                        check=True, capture_output=True)
-        cls.server = ServerProcess(cls.home, config={"max_body_bytes": 65536, "read_timeout_s": 5})
+        cls.gina = create_key(cls.home, "gina")
+        cls.hank = create_key(cls.home, "hank")
+        cls.server = ServerProcess(cls.home, config={"max_body_bytes": 65536, "read_timeout_s": 5,
+                                                     "record_completions": True})
         cls.requests_sent = 0
 
     @classmethod
@@ -396,6 +401,109 @@ class OpenAIClient(unittest.TestCase):
                 s.close()
             slow.close()
 
+    # ---- served texts (record_completions) ---------------------------------------------------------
+
+    def served(self, *args):
+        p = subprocess.run([RETORT, "keys", "served", "--db", os.path.join(self.home, "serve.db"), *args],
+                           capture_output=True, text=True)
+        return p
+
+    def test_served_texts_are_what_the_client_received(self):
+        t0 = int(time.time() * 1000)
+        want = {}  # (request_id, choice) -> the line `keys served` must write
+
+        def expect(account, r, choice, text, prompt=None, messages=None):
+            line = {"request_id": r.id, "choice": choice, "account": account, "completion": text}
+            line.update({"messages": messages} if messages is not None else {"prompt": prompt})
+            want[(r.id, choice)] = line
+
+        g = self.server.client(self.gina)
+        # Chat: a developer turn (-> system) and content parts (joined with "\n"), as the template saw them.
+        msgs = [{"role": "developer", "content": "Answer in French, with «guillemets» and \"quotes\"."},
+                {"role": "user", "content": [{"type": "text", "text": "Naïve café — 日本語?"},
+                                             {"type": "text", "text": "Réponds 🙂"}]}]
+        r = g.chat.completions.create(model=MODEL, messages=msgs, max_tokens=24, temperature=1.0, seed=5)
+        self.count()
+        stored = [{"role": "system", "content": msgs[0]["content"]},
+                  {"role": "user", "content": "Naïve café — 日本語?\nRéponds 🙂"}]
+        expect("gina", r, 0, r.choices[0].message.content, messages=stored)
+        # Completions with n = 2: every choice.
+        r = g.completions.create(model=MODEL, prompt="Ünïcode prompt: «Once upon", max_tokens=10, n=2, seed=9,
+                                 temperature=1.0)
+        self.count()
+        for ch in r.choices:
+            expect("gina", r, ch.index, ch.text, prompt="Ünïcode prompt: «Once upon")
+        # A stream: the deltas joined.
+        stream = g.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Écris un haïku."}],
+                                           max_tokens=16, temperature=1.0, seed=3, stream=True)
+        rid, text = None, ""
+        for ch in stream:
+            rid = ch.id
+            text += "".join(c.delta.content or "" for c in ch.choices)
+        self.count()
+        want[(rid, 0)] = {"request_id": rid, "choice": 0, "account": "gina", "completion": text,
+                          "messages": [{"role": "user", "content": "Écris un haïku."}]}
+        # Refused: no text kept.
+        with self.assertRaises(openai.BadRequestError):
+            g.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], temperature=7)
+        self.count()
+        # Another account; a prompt sent as token ids is kept as its text. Replay headers mean nothing without
+        # monitor_replay_clock: neither the cap nor a malformed value changes anything.
+        h = self.server.client(self.hank)
+        s, body, _ = http("POST", self.server.base + "/tokenize", json.dumps({"content": "Bonjour le monde"}).encode(),
+                          self.hank)
+        self.count()
+        ids = json.loads(body)["tokens"]
+        r = h.completions.create(model=MODEL, prompt=ids, max_tokens=6, seed=1, extra_body={"ignore_eos": True},
+                                 extra_headers={"X-Retort-Replay-Max-Tokens": "1"})
+        self.count()
+        self.assertEqual(r.usage.completion_tokens, 6, "the replay cap applies only with monitor_replay_clock")
+        expect("hank", r, 0, r.choices[0].text, prompt="Bonjour le monde")
+        r = h.completions.create(model=MODEL, prompt="Hi", max_tokens=2, extra_headers={"X-Retort-Replay-Max-Tokens": "x"})
+        self.count()
+        expect("hank", r, 0, r.choices[0].text, prompt="Hi")
+        t1 = int(time.time() * 1000)
+
+        # Rows are committed just after the response's last byte: wait for them.
+        out = os.path.join(self.home, "served-gina.jsonl")
+        deadline = time.time() + 10
+        while True:
+            p = self.served("--account", "gina", "--out", out)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            with open(out, encoding="utf-8") as f:
+                lines = [json.loads(l) for l in f]
+            if len(lines) >= 4 or time.time() > deadline:
+                break
+            time.sleep(0.1)
+        for l in lines:
+            self.assertTrue(t0 <= l.pop("unix_ms") <= t1)
+        self.assertEqual(sorted(lines, key=lambda l: (l["request_id"], l["choice"])),
+                         [v for k, v in sorted(want.items()) if v["account"] == "gina"])
+        # Every account asked for, from --account (repeated) or a file; stdout is the same as --out.
+        time.sleep(0.2)
+        both = self.served("--account", "gina", "--account", "hank")
+        self.assertEqual(both.returncode, 0, both.stderr)
+        got = [json.loads(l) for l in both.stdout.splitlines()]
+        for l in got:
+            l.pop("unix_ms")
+        self.assertEqual(sorted(got, key=lambda l: (l["request_id"], l["choice"])), [v for k, v in sorted(want.items())])
+        accounts = os.path.join(self.home, "accounts.txt")
+        with open(accounts, "w") as f:
+            f.write("# audit these\nhank\n\n  gina  \n")
+        self.assertEqual(self.served("--accounts-file", accounts).stdout, both.stdout)
+        hank = self.served("--account", "hank")
+        self.assertEqual({json.loads(l)["account"] for l in hank.stdout.splitlines()}, {"hank"})
+        p = self.served("--account", "nobody")
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("accounts with texts:", p.stderr)
+        self.assertIn("gina", p.stderr)
+        # What `retort audit radioactivity --texts` reads, as exported.
+        p = subprocess.run([RETORT, "audit", "radioactivity", "--suspect", os.path.join(model_cache(), MODEL + ".gguf"),
+                            "--texts", out, "--key-file", os.path.join(self.home, "serve-watermark.key"), "--json",
+                            "--threads", "2"], capture_output=True, text=True)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(json.loads(p.stdout)["inputs"]["texts_count"], 4, p.stdout)
+
     # ---- last: the ledger and a graceful stop -------------------------------------------------------
 
     def test_zz_ledger_has_one_row_per_request_and_sigterm_is_graceful(self):
@@ -409,6 +517,13 @@ class OpenAIClient(unittest.TestCase):
         rest = "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices)  # finishes within the grace
         self.assertTrue(rest)
         self.assertEqual(self.server.proc.wait(60), 0)
+        # Served texts: exactly the choices of the generations answered 200 (not refused, not the 499), the
+        # last stream's text included.
+        db = sqlite3.connect(os.path.join(self.home, "serve.db"))
+        texts = {(rid, choice): t for rid, choice, t in db.execute("SELECT request_id, choice, completion FROM served_texts")}
+        db.close()
+        self.assertIn((first.id, 0), texts)
+        self.assertEqual(texts[(first.id, 0)], (first.choices[0].delta.content or "") + rest)
         rows = ledger_rows(self.home)
         # The slowloris connection never completed its request line and headers: when it closes, the server
         # answers 400 and records it under endpoint "?" (if it saw it at all). Every request sent has a row.
@@ -421,6 +536,9 @@ class OpenAIClient(unittest.TestCase):
         self.assertIn(499, statuses, "the disconnected stream is recorded as 499")
         served = [r for r in rows if r["endpoint"] == "/v1/completions" and r["http_status"] == 200]
         self.assertTrue(all(r["prompt_tokens"] > 0 and len(r["prompt_sha256"]) == 64 for r in served))
+        generated = [r for r in rows if r["endpoint"] in ("/v1/chat/completions", "/v1/completions")]
+        self.assertEqual(sorted(texts), sorted((r["request_id"], i) for r in generated if r["http_status"] == 200
+                                               for i in range(r["n"])))
         bob = [r for r in rows if r["account"] == "bob" and r["endpoint"] == "/v1/completions"]
         self.assertTrue(bob and all(r["watermark_scheme"] == "kgw" and len(r["watermark_key_commitment"]) == 64
                                     for r in bob))

@@ -2,6 +2,8 @@
 
 #include <cstdio>
 
+#include <nlohmann/json.hpp>
+
 #include "retort/util/error.h"
 
 namespace retort {
@@ -15,6 +17,11 @@ const char* kInsertRow =
     "http_status, error_type, prompt_sha256, prompt_tokens, completion_tokens, n, stream, logprobs_requested, "
     "logprobs_granted, watermark_scheme, watermark_key_commitment, policy, finish_reason) "
     "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)";
+
+// A request's texts are kept with the first ledger row of its id (a row the ledger rejects brings none).
+const char* kInsertText =
+    "INSERT OR IGNORE INTO served_texts(request_id, choice, account, unix_ms, endpoint, prompt, completion, "
+    "watermark_scheme, watermark_key_commitment) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 
 // Binds every parameter; the text is not copied (the row outlives the step).
 void bind_row(SqlStatement& st, const LedgerRow& r) {
@@ -91,6 +98,7 @@ std::string Ledger::last_error() const {
 
 void Ledger::writer_loop() {
   SqlStatement insert(*db_, kInsertRow);
+  SqlStatement insert_text(*db_, kInsertText);
   std::vector<LedgerRow> batch;
   std::chrono::steady_clock::time_point stop_deadline{};
   std::unique_lock<std::mutex> lk(mu_);
@@ -111,7 +119,7 @@ void Ledger::writer_loop() {
     }
     lk.unlock();
     uint64_t rejected = 0;
-    std::string err = commit_batch(insert, batch, rejected);
+    std::string err = commit_batch(insert, insert_text, batch, rejected);
     lk.lock();
     if (err.empty()) {
       committed_ += batch.size();
@@ -139,11 +147,13 @@ void Ledger::writer_loop() {
   }
 }
 
-std::string Ledger::commit_batch(SqlStatement& insert, const std::vector<LedgerRow>& batch, uint64_t& rejected) {
+std::string Ledger::commit_batch(SqlStatement& insert, SqlStatement& insert_text, const std::vector<LedgerRow>& batch,
+                                 uint64_t& rejected) {
   sqlite3* h = db_->handle();
   auto error = [&](const char* step) {
     std::string e = cat("ledger ", path_, ": ", step, ": ", sqlite3_errmsg(h));
     insert.reset();
+    insert_text.reset();
     sqlite3_exec(h, "ROLLBACK", nullptr, nullptr, nullptr);
     return e;
   };
@@ -159,12 +169,28 @@ std::string Ledger::commit_batch(SqlStatement& insert, const std::vector<LedgerR
     }
     int rc = insert.step_rc();
     insert.reset_keep_bindings();
-    if (rc == SQLITE_DONE) continue;
     if ((rc & 0xff) == SQLITE_CONSTRAINT) {  // a request_id already in the ledger: keep the first row
       if (rejected++ == 0) first_rejected = row.request_id;
       continue;
     }
-    return error(cat("insert row ", row.request_id).c_str());
+    if (rc != SQLITE_DONE) return error(cat("insert row ", row.request_id).c_str());
+    if (!row.served) continue;
+    for (size_t i = 0; i < row.served->completions.size(); ++i) {
+      try {
+        insert_text.bind_static(1, row.request_id).bind(2, int64_t(i)).bind_static(3, row.account);
+        insert_text.bind(4, row.started_unix_ms).bind_static(5, row.endpoint).bind_static(6, row.served->prompt);
+        insert_text.bind_static(7, row.served->completions[i]).bind_static(8, row.watermark_scheme);
+        insert_text.bind_static(9, row.watermark_key_commitment);
+      } catch (const Error& e) {
+        insert.reset();
+        insert_text.reset();
+        sqlite3_exec(h, "ROLLBACK", nullptr, nullptr, nullptr);
+        return e.what();
+      }
+      rc = insert_text.step_rc();
+      insert_text.reset_keep_bindings();
+      if (rc != SQLITE_DONE) return error(cat("insert the served texts of ", row.request_id).c_str());
+    }
   }
   if (sqlite3_exec(h, "COMMIT", nullptr, nullptr, nullptr) != SQLITE_OK) return error("commit a batch");
   if (rejected > 0) {
@@ -229,6 +255,55 @@ std::map<std::string, int64_t> read_tokens_by_key_since(const ServeDb& db, int64
   st.bind(1, since_unix_ms);
   std::map<std::string, int64_t> out;
   while (st.step("read today's tokens")) out[st.text(0)] = st.int64(1);
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Served texts
+
+namespace {
+
+void check_served_texts_table(const ServeDb& db) {
+  SqlStatement st(db, "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'served_texts'");
+  check(st.step("look for served_texts") && st.int64(0) == 1, "serve db ", db.path(),
+        " has no served_texts table: texts are recorded only by a server started with record_completions "
+        "(\"record_completions\": true in its config, or --record-completions)");
+}
+
+}  // namespace
+
+void for_each_served_text(const ServeDb& db, const std::vector<std::string>& accounts,
+                          const std::function<void(const ServedTextRecord&)>& fn) {
+  check_served_texts_table(db);
+  // The account list goes in as one JSON array: any number of accounts in one indexed query.
+  std::string sql =
+      "SELECT request_id, choice, account, unix_ms, endpoint, prompt, completion, watermark_scheme, "
+      "watermark_key_commitment FROM served_texts";
+  if (!accounts.empty()) sql += " WHERE account IN (SELECT value FROM json_each(?1))";
+  sql += " ORDER BY unix_ms, request_id, choice";
+  SqlStatement st(db, sql.c_str());
+  const std::string list = nlohmann::json(accounts).dump();
+  if (!accounts.empty()) st.bind(1, list);
+  ServedTextRecord r;
+  while (st.step("read served texts")) {
+    r.request_id = st.text(0);
+    r.choice = st.int64(1);
+    r.account = st.text(2);
+    r.unix_ms = st.int64(3);
+    r.endpoint = st.text(4);
+    r.prompt = st.text(5);
+    r.completion = st.text(6);
+    r.watermark_scheme = st.text(7);
+    r.watermark_key_commitment = st.text(8);
+    fn(r);
+  }
+}
+
+std::map<std::string, int64_t> count_served_texts(const ServeDb& db) {
+  check_served_texts_table(db);
+  SqlStatement st(db, "SELECT account, count(*) FROM served_texts GROUP BY account");
+  std::map<std::string, int64_t> out;
+  while (st.step("count served texts")) out[st.text(0)] = st.int64(1);
   return out;
 }
 

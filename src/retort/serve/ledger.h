@@ -23,6 +23,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -34,6 +35,17 @@
 #include "retort/serve/serve_db.h"
 
 namespace retort {
+
+// The texts one successful generation served, kept when the server runs with record_completions: one row
+// per choice in served_texts (serve_db.h), written by the ledger's writer in the transaction of the
+// request's ledger row (so a text is on disk exactly when its row is). Account, endpoint, time and the
+// watermark columns come from the row.
+struct ServedTexts {
+  std::string prompt;                    // JSON: the messages array (chat) or the prompt string (completions)
+  std::vector<std::string> completions;  // choice i's text, as the client received it
+
+  bool operator==(const ServedTexts&) const = default;
+};
 
 struct LedgerRow {
   std::string request_id;                // unique per request (the server's id, e.g. "chatcmpl-...")
@@ -57,6 +69,7 @@ struct LedgerRow {
   std::string watermark_key_commitment;  // commitment of the key that marked the text (keys.h); "" when none
   std::string policy;                    // JSON object: what the policy did, e.g. {"top_logprobs_capped_to":5}
   std::string finish_reason;             // "stop", "length", ... comma-joined over choices; "" when none
+  std::optional<ServedTexts> served;     // record_completions: the texts served (not a ledger column)
 
   bool operator==(const LedgerRow&) const = default;
 };
@@ -99,7 +112,8 @@ class Ledger {
   Ledger(std::unique_ptr<ServeDb> db);
   void writer_loop();
   // Inserts `batch` in one transaction. Returns "" on success, else the error (batch not committed).
-  std::string commit_batch(SqlStatement& insert, const std::vector<LedgerRow>& batch, uint64_t& rejected);
+  std::string commit_batch(SqlStatement& insert, SqlStatement& insert_text, const std::vector<LedgerRow>& batch,
+                           uint64_t& rejected);
 
   std::unique_ptr<ServeDb> db_;  // used by the writer thread only
   std::string path_;
@@ -149,5 +163,28 @@ UsageReport read_usage(const ServeDb& db, const UsageQuery& q);
 // Tokens (prompt + completion) per key_id in rows started at or after `since_unix_ms`: what the quota
 // tracker starts a day from.
 std::map<std::string, int64_t> read_tokens_by_key_since(const ServeDb& db, int64_t since_unix_ms);
+
+// ---------------------------------------------------------------------------------------------
+// Reading the served texts (record_completions)
+
+struct ServedTextRecord {
+  std::string request_id;
+  int64_t choice = 0;
+  std::string account;                   // "" when unauthenticated
+  int64_t unix_ms = 0;                   // the request's started_unix_ms (wall clock)
+  std::string endpoint;                  // "/v1/chat/completions" or "/v1/completions"
+  std::string prompt;                    // JSON, as ServedTexts::prompt
+  std::string completion;
+  std::string watermark_scheme, watermark_key_commitment;  // "" when unmarked
+
+  bool operator==(const ServedTextRecord&) const = default;
+};
+
+// Rows of served_texts in the order served (unix_ms, request_id, choice), those of `accounts` only unless it
+// is empty; committed rows only. Throws Error naming the file when it has no served_texts table.
+void for_each_served_text(const ServeDb& db, const std::vector<std::string>& accounts,
+                          const std::function<void(const ServedTextRecord&)>& fn);
+// Rows per account in served_texts (every account that has one).
+std::map<std::string, int64_t> count_served_texts(const ServeDb& db);
 
 }  // namespace retort

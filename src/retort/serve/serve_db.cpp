@@ -93,6 +93,25 @@ CREATE TABLE IF NOT EXISTS monitor_verdicts(
 );
 )sql";
 
+// Version 3 adds the texts served, for servers that record them (record_completions; empty otherwise). A
+// version-1 or -2 file is upgraded in place on open. Rows come from the ledger's writer, in the transaction
+// of their request's ledger row, so a text is on disk exactly when its row is.
+const char* kSchemaV3ServedTexts = R"sql(
+CREATE TABLE IF NOT EXISTS served_texts(
+  request_id TEXT NOT NULL,
+  choice INTEGER NOT NULL,
+  account TEXT NOT NULL,
+  unix_ms INTEGER NOT NULL,
+  endpoint TEXT NOT NULL,
+  prompt TEXT NOT NULL,
+  completion TEXT NOT NULL,
+  watermark_scheme TEXT NOT NULL,
+  watermark_key_commitment TEXT NOT NULL,
+  PRIMARY KEY(request_id, choice)
+);
+CREATE INDEX IF NOT EXISTS served_texts_account ON served_texts(account, unix_ms);
+)sql";
+
 // Creates the file 0600 when it does not exist, so keys and ledger are not world-readable (SQLite
 // gives its -wal and -shm files the same mode).
 void create_private_file(const std::string& path) {
@@ -190,16 +209,20 @@ std::unique_ptr<ServeDb> ServeDb::open(const std::string& path) {
                     read_pragma(kCountObjects))) {
       db->exec(kSchemaV1, "create the schema");
       db->exec(kSchemaV2Monitor, "create the schema");
+      db->exec(kSchemaV3ServedTexts, "create the schema");
       db->exec(cat("PRAGMA application_id=", kServeDbApplicationId, "; PRAGMA user_version=", kServeDbSchemaVersion)
                    .c_str(),
                "mark the schema");
     }
     tx.commit();
   } else if (read_pragma("PRAGMA user_version") < kServeDbSchemaVersion) {
-    // Version 1 -> 2: the monitor's tables. Decided again under the write lock.
-    SqlTransaction tx(*db, "upgrade the schema to version 2");
-    if (read_pragma("PRAGMA user_version") < 2) {
-      db->exec(kSchemaV2Monitor, "upgrade the schema to version 2");
+    // Version 1 -> 2: the monitor's tables; 2 -> 3: served_texts. Decided again under the write lock.
+    const std::string what = cat("upgrade the schema to version ", kServeDbSchemaVersion);
+    SqlTransaction tx(*db, what);
+    const int64_t version = read_pragma("PRAGMA user_version");
+    if (version < kServeDbSchemaVersion) {
+      if (version < 2) db->exec(kSchemaV2Monitor, what);
+      if (version < 3) db->exec(kSchemaV3ServedTexts, what);
       db->exec(cat("PRAGMA user_version=", kServeDbSchemaVersion).c_str(), "mark the schema");
     }
     tx.commit();

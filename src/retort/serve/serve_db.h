@@ -36,6 +36,13 @@
 //                  embedding BLOB NULL)      -- float32 little-endian, the prompt's mean hidden state
 //   monitor_actions(id INTEGER PRIMARY KEY, unix_ms, subject, members, actions, score, requests, reasons)
 //   monitor_verdicts(subject TEXT PRIMARY KEY, updated_unix_ms INTEGER, verdict TEXT)  -- JSON
+// Version 3 adds the texts served, written only by a server with record_completions (ledger.h); a version-1
+// or -2 file is upgraded on open:
+//   served_texts(request_id TEXT, choice INTEGER, account TEXT, unix_ms INTEGER, endpoint TEXT,
+//                prompt TEXT       -- JSON: the messages array (chat) or the prompt string (completions)
+//                completion TEXT, watermark_scheme TEXT, watermark_key_commitment TEXT,
+//                PRIMARY KEY(request_id, choice))
+//   index: served_texts(account, unix_ms)
 #pragma once
 
 #include <sqlite3.h>
@@ -48,7 +55,7 @@
 namespace retort {
 
 inline constexpr int32_t kServeDbApplicationId = 0x72747376;  // "rtsv"
-inline constexpr int kServeDbSchemaVersion = 2;
+inline constexpr int kServeDbSchemaVersion = 3;
 
 // $RETORT_HOME/serve.db, else ~/.cache/retort/serve.db (the directory of the model cache's parent).
 std::string default_serve_db_path();

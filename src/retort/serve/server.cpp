@@ -6,7 +6,9 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
@@ -156,6 +158,30 @@ struct Pending {
   bool all_done(size_t n) const { return n_done == int(n); }
 };
 
+// X-Retort-Replay-Max-Tokens: a positive integer, nothing else (400 naming the header otherwise).
+int64_t replay_max_tokens(const std::string& v) {
+  int64_t n = 0;
+  const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+  if (ec != std::errc() || end != v.data() + v.size() || n < 1)
+    throw bad_request("X-Retort-Replay-Max-Tokens",
+                      "expected a positive integer (the most tokens to generate per choice), got \"" + v + "\"");
+  return n;
+}
+
+// What served_texts keeps of a prompt, as JSON: the messages as the template rendered them (roles normalized,
+// content parts joined) for chat, the prompt string for completions (token ids decoded to text). Both are
+// what `retort audit radioactivity --texts` reads.
+std::string served_prompt_json(const ApiRequest& r, const Tokenizer& tok) {
+  OrderedJson j;  // {"role", "content"} in that order, as clients write them
+  if (r.kind == Endpoint::chat) {
+    j = OrderedJson::array();
+    for (const ChatMessage& m : r.messages) j.push_back({{"role", m.role}, {"content", m.content}});
+  } else {
+    j = r.prompt_is_ids ? tok.decode(r.prompt_ids) : r.prompt;
+  }
+  return to_body(j);
+}
+
 // What the crawl monitor sees of a request (the embedding comes from the prefill, later).
 MonitorEvent monitor_event_of(const ApiRequest& r, const json& body, const std::string& account,
                               const std::string& client_ip, int64_t unix_ms) {
@@ -210,8 +236,8 @@ void apply_serve_config(ServeConfig& c, const json& j, const std::string& source
       "keep_alive_timeout_s", "max_connections", "max_top_logprobs", "round_logprobs_digits", "default_rpm",
       "default_tpm", "default_tokens_per_day", "watermark", "watermark_key_file", "kgw_gamma", "kgw_delta",
       "kgw_context", "watermark_h", "monitor", "monitor_calibration", "monitor_actions", "monitor_throttle_rpm",
-      "monitor_cap_top_logprobs", "monitor_replay_clock", "max_completion_tokens", "antidistill", "antidistill_lambda",
-      "antidistill_all"};
+      "monitor_cap_top_logprobs", "monitor_replay_clock", "monitor_clock_origin_ms", "monitor_clock_speedup",
+      "max_completion_tokens", "record_completions", "antidistill", "antidistill_lambda", "antidistill_all"};
   for (const auto& [k, v] : j.items())
     check(std::find(known.begin(), known.end(), k) != known.end(), source, ": unknown field \"", k,
           "\" (known fields are listed in docs/serve.md)");
@@ -249,7 +275,10 @@ void apply_serve_config(ServeConfig& c, const json& j, const std::string& source
   read_field(j, "monitor_throttle_rpm", c.monitor_throttle_rpm, source);
   read_field(j, "monitor_cap_top_logprobs", c.monitor_cap_top_logprobs, source);
   read_field(j, "monitor_replay_clock", c.monitor_replay_clock, source);
+  read_field(j, "monitor_clock_origin_ms", c.monitor_clock_origin_ms, source);
+  read_field(j, "monitor_clock_speedup", c.monitor_clock_speedup, source);
   read_field(j, "max_completion_tokens", c.max_completion_tokens, source);
+  read_field(j, "record_completions", c.record_completions, source);
   read_field(j, "antidistill", c.antidistill, source);
   read_field(j, "antidistill_lambda", c.antidistill_lambda, source);
   read_field(j, "antidistill_all", c.antidistill_all, source);
@@ -269,9 +298,10 @@ json serve_config_json(const ServeConfig& c) {
           {"kgw_context", c.kgw_context}, {"watermark_h", c.watermark_h}, {"monitor", c.monitor},
           {"monitor_calibration", c.monitor_calibration}, {"monitor_actions", c.monitor_actions},
           {"monitor_throttle_rpm", c.monitor_throttle_rpm}, {"monitor_cap_top_logprobs", c.monitor_cap_top_logprobs},
-          {"monitor_replay_clock", c.monitor_replay_clock}, {"max_completion_tokens", c.max_completion_tokens},
-          {"antidistill", c.antidistill}, {"antidistill_lambda", c.antidistill_lambda},
-          {"antidistill_all", c.antidistill_all}};
+          {"monitor_replay_clock", c.monitor_replay_clock}, {"monitor_clock_origin_ms", c.monitor_clock_origin_ms},
+          {"monitor_clock_speedup", c.monitor_clock_speedup}, {"max_completion_tokens", c.max_completion_tokens},
+          {"record_completions", c.record_completions}, {"antidistill", c.antidistill},
+          {"antidistill_lambda", c.antidistill_lambda}, {"antidistill_all", c.antidistill_all}};
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -317,6 +347,13 @@ struct Server::Impl {
   int bound_port = -1;  // -1 not yet, 0 failed
   int listen_fd = -1;   // the listening socket (set by the socket options callback before bind)
   int in_flight = 0;    // handlers running (guarded by life_mu)
+  // When run() started listening: the start of the scaled monitor clock (monitor_clock_origin_ms).
+  std::atomic<int64_t> clock_start_ms{0};
+  // The monitor's time for a request received at wall time `unix_ms` without a replay header.
+  int64_t scaled_clock_ms(int64_t unix_ms) const {
+    return cfg.monitor_clock_origin_ms +
+           std::llround(double(unix_ms - clock_start_ms.load()) * cfg.monitor_clock_speedup);
+  }
   std::mt19937_64 seed_rng{std::random_device{}()};
   std::mutex seed_mu;
 
@@ -473,6 +510,15 @@ Server::Impl::Impl(const ServeConfig& c) : cfg(c) {
         "shutdown_grace_s >= 0");
   check(cfg.watermark == "kgw" || cfg.watermark == "gumbel" || cfg.watermark == "none",
         "serve: watermark must be kgw, gumbel or none, got \"", cfg.watermark, "\"");
+  check(std::isfinite(cfg.monitor_clock_speedup) && cfg.monitor_clock_speedup > 0,
+        "serve: monitor_clock_speedup must be > 0 (monitor time per wall time; 1 = real time), got ",
+        cfg.monitor_clock_speedup);
+  check(cfg.monitor_clock_origin_ms >= 0, "serve: monitor_clock_origin_ms must be >= 0 (Unix milliseconds; 0 = off), "
+        "got ", cfg.monitor_clock_origin_ms);
+  check(cfg.monitor_clock_origin_ms == 0 || cfg.monitor_replay_clock, "serve: monitor_clock_origin_ms needs "
+        "monitor_replay_clock: true (the scaled monitor clock is for replay evaluations only)");
+  check(cfg.monitor_clock_speedup == 1 || cfg.monitor_clock_origin_ms != 0, "serve: monitor_clock_speedup needs "
+        "monitor_clock_origin_ms (the monitor time the scaled clock starts at)");
   if (cfg.threads > 0) set_num_threads(cfg.threads);
 
   // Everything that can fail on the operator's input comes before the model is loaded.
@@ -584,6 +630,10 @@ void Server::Impl::routes() {
               {"running", engine->running()},
               {"queued", engine->queued()},
               {"ledger", ledger->healthy() ? "ok" : ledger->last_error()}};
+    // A replayer schedules its requests on the scaled clock: it needs to know when it started.
+    if (cfg.monitor_clock_origin_ms != 0)
+      j["monitor_clock"] = {{"origin_ms", cfg.monitor_clock_origin_ms}, {"start_unix_ms", clock_start_ms.load()},
+                            {"speedup", cfg.monitor_clock_speedup}};
     res.status = ok ? 200 : 503;
     res.set_content(j.dump(), "application/json");
   });
@@ -879,6 +929,7 @@ void Server::Impl::generate(const httplib::Request& req, httplib::Response& res,
   json policy = json::object();
   std::string wm_scheme, wm_commitment;
   std::shared_ptr<MonitorEvent> event;  // what the monitor observes once the request is served
+  std::string served_prompt;            // record_completions: the prompt as served_texts keeps it
   try {
     if (!accepting.load()) throw unavailable("the server is shutting down", 5);
     admit(req, res, *call);
@@ -899,7 +950,13 @@ void Server::Impl::generate(const httplib::Request& req, httplib::Response& res,
       } catch (const std::exception&) {
         throw bad_request("X-Retort-Replay-Time-Ms", "expected Unix milliseconds");
       }
+    } else if (event && cfg.monitor_replay_clock && cfg.monitor_clock_origin_ms != 0) {
+      event->unix_ms = scaled_clock_ms(call->row.started_unix_ms);  // a live client, on the replay's clock
     }
+    // Replayed traffic may cap its own generation (replay mode only; the monitor saw the request's max_tokens).
+    std::optional<int64_t> replay_cap;
+    if (cfg.monitor_replay_clock && req.has_header("X-Retort-Replay-Max-Tokens"))
+      replay_cap = replay_max_tokens(req.get_header_value("X-Retort-Replay-Max-Tokens"));
 
     // Logprob policy: the key's (refuse, cap, round), then the server's cap.
     const KeyPolicy kp = call->key ? call->key->policy : KeyPolicy{};
@@ -948,6 +1005,8 @@ void Server::Impl::generate(const httplib::Request& req, httplib::Response& res,
     call->row.prompt_sha256 = prompt_hash(prompt);
     int64_t max_tokens = resolve_max_tokens(r, int64_t(prompt.size()), engine->slot_len());
     if (cfg.max_completion_tokens > 0) max_tokens = std::min(max_tokens, cfg.max_completion_tokens);
+    if (replay_cap) max_tokens = std::min(max_tokens, *replay_cap);
+    if (cfg.record_completions) served_prompt = served_prompt_json(r, tok);
 
     std::shared_ptr<LogitsProcessor> processor;
     if (watermarking && (!call->key || call->key->policy.watermark)) {
@@ -1047,7 +1106,7 @@ void Server::Impl::generate(const httplib::Request& req, httplib::Response& res,
     for (uint64_t t : tickets) engine->cancel(t);
   };
   // Ledger, quotas and metrics once the response is over (or the client is gone).
-  auto finish_row = [this, call, p, n, t_arrival, wm_scheme, event](bool client_gone) {
+  auto finish_row = [this, call, p, n, t_arrival, wm_scheme, event, served_prompt](bool client_gone) {
     std::lock_guard<std::mutex> lock(p->mu);
     int64_t completion = 0;
     std::string reasons;
@@ -1071,6 +1130,12 @@ void Server::Impl::generate(const httplib::Request& req, httplib::Response& res,
     } else if (cancelled) {  // the shutdown deadline ended it
       call->row.http_status = 503;
       call->row.error_type = "server_error";
+    }
+    if (cfg.record_completions && call->row.http_status == 0) {  // served whole: keep what the client received
+      ServedTexts t;
+      t.prompt = served_prompt;
+      for (size_t i = 0; i < n; ++i) t.completions.push_back(p->results[i].text);
+      call->row.served = std::move(t);
     }
     if (call->key) quotas.record_tokens(call->key->key_id, call->row.prompt_tokens + completion, now_ms());
     metrics.add("retort_prompt_tokens_total", {}, double(call->row.prompt_tokens));
@@ -1216,6 +1281,14 @@ void Server::run() {
   // httplib listens with a backlog of 5: a burst of new clients (64 connecting at once) overflows it and the
   // kernel drops or cookie-answers their handshakes. Listening again on the bound socket widens the queue.
   if (s.listen_fd >= 0) ::listen(s.listen_fd, SOMAXCONN);
+  s.clock_start_ms = now_ms();
+  if (s.cfg.monitor_clock_origin_ms != 0)
+    std::fprintf(stderr, "serve: monitor clock (replay evaluation): %lld + (now - %lld) x %g ms for requests without "
+                 "X-Retort-Replay-Time-Ms\n", static_cast<long long>(s.cfg.monitor_clock_origin_ms),
+                 static_cast<long long>(s.clock_start_ms.load()), s.cfg.monitor_clock_speedup);
+  if (s.cfg.record_completions)
+    std::fprintf(stderr, "serve: recording served texts (prompts and completions) in %s (record_completions)\n",
+                 s.cfg.db.c_str());
   std::fprintf(stderr, "serve: %s on http://%s:%d (slots %d, context %lld, keys %s)\n", s.model_id.c_str(),
                s.cfg.host.c_str(), port, s.cfg.parallel, static_cast<long long>(s.engine->slot_len()),
                s.cfg.require_keys ? "required" : "optional");

@@ -58,8 +58,21 @@ struct ServeConfig {
   int monitor_cap_top_logprobs = 0;                   // cap_logprobs: top_logprobs left to a flagged account
   // Evaluation only: the monitor takes each request's time from its X-Retort-Replay-Time-Ms header (recorded
   // traffic replayed faster than it happened). Never on a server clients can reach: they would set it.
+  // With it, a request may also carry X-Retort-Replay-Max-Tokens: N, capping its completion at N tokens as
+  // max_completion_tokens caps every request (the monitor still sees the request's own max_tokens): replayed
+  // traffic only needs its prompts and parameters seen, and the cap leaves the CPU to the live clients.
   bool monitor_replay_clock = false;
+  // Evaluation only, with monitor_replay_clock: a request without the header is stamped
+  // origin + (now - the time the server started listening) x speedup, so a replayer sending recorded
+  // request t at wall time start + t / speedup with header origin + t, and a live client (retort capture)
+  // without it, share one clock. 0 = off (such a request gets the wall clock).
+  int64_t monitor_clock_origin_ms = 0;
+  double monitor_clock_speedup = 1;
   int64_t max_completion_tokens = 0;  // server-wide cap on tokens generated per choice; 0 = none
+  // Keep every successful chat/completions answer (each choice) with its prompt and account in the serve
+  // database's served_texts (`retort keys served` exports them): what a provider keeps for abuse review and
+  // an audit needs as "our watermarked texts". It stores users' text, so it is off by default.
+  bool record_completions = false;
   // Antidistillation sampling (protect/antidistill.h): a directory made by `retort antidistill prepare`;
   // applied to flagged accounts (action antidistill), or to every request when antidistill_all.
   std::string antidistill;
