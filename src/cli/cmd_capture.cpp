@@ -3,6 +3,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <sstream>
 #include <nlohmann/json.hpp>
 
 #include "cli/torch_common.h"
@@ -28,6 +29,7 @@ struct CaptureArgs {
   WatermarkCliOptions watermark;
   RemoteTeacher remote;  // --teacher-url and its settings
   std::string api_key_env;
+  std::string api_keys_file;
   CLI::Option* teacher_option = nullptr;
 };
 
@@ -51,6 +53,16 @@ void run_remote(CaptureArgs& a) {
     check(key != nullptr && *key != '\0', "--api-key-env ", a.api_key_env, ": the environment variable is not set "
           "or empty; export it with the API key");
     t.api_key = key;
+  }
+  if (!a.api_keys_file.empty()) {
+    check(a.api_key_env.empty(), "--api-key-env and --api-keys-file: give one");
+    std::istringstream in(read_file(a.api_keys_file));
+    for (std::string line; std::getline(in, line);) {
+      const auto b = line.find_first_not_of(" \t\r"), e = line.find_last_not_of(" \t\r");
+      if (b == std::string::npos || line[b] == '#') continue;
+      t.api_keys.push_back(line.substr(b, e - b + 1));
+    }
+    check(!t.api_keys.empty(), a.api_keys_file, ": no API key in the file (one key per line; # starts a comment)");
   }
   t.stop = &g_stop;
   std::signal(SIGINT, on_sigint);
@@ -187,6 +199,9 @@ void register_capture(CLI::App& app) {
                   "URL, e.g. http://127.0.0.1:8080/v1");
   sub->add_option("--teacher-model", r.model, "with --teacher-url: the \"model\" to ask for");
   sub->add_option("--api-key-env", a->api_key_env, "with --teacher-url: the environment variable holding the API key");
+  sub->add_option("--api-keys-file", a->api_keys_file,
+                  "with --teacher-url: a file of API keys, one per line; sample i is asked with key i mod n (requests "
+                  "spread over several accounts)");
   sub->add_option("--teacher-tokenizer", r.tokenizer,
                   "with --teacher-url: a model (file, directory or cache name) with the teacher's tokenizer; tokens "
                   "then map to ids and the store is a signal store. Without it: a text store of token pieces");

@@ -127,6 +127,7 @@ class FakeApi:
         self.lock = threading.Lock()
         self.n = 0
         self.answered = []  # seeds of successful answers, in order
+        self.auth = []      # (last message, Authorization header) of successful answers
         fake = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -170,6 +171,7 @@ class FakeApi:
                 self.send(200, fake.answer(body))
                 with fake.lock:
                     fake.answered.append(body.get("seed"))
+                    fake.auth.append((body["messages"][-1]["content"], self.headers.get("Authorization")))
 
         class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
             daemon_threads = True
@@ -370,6 +372,32 @@ class FakeServerCapture(unittest.TestCase):
             skipped = [json.loads(l) for l in f]
         self.assertEqual(sorted(s["sample_id"] for s in skipped), [6, 7])
         self.assertIn("refused by policy", skipped[0]["reason"])
+
+    def test_keys_file_spreads_samples_over_keys(self):
+        """--api-keys-file: sample i (prompt p, sample s: i = 2p + s here) is asked with key i mod 3."""
+        keys = os.path.join(self.dir, "keys.txt")
+        with open(keys, "w") as f:
+            f.write("# a crawler's accounts\nsk-a\n\n  sk-b  \nsk-c\n")
+        api = FakeApi()
+        out = os.path.join(self.dir, "store")
+        try:
+            r = self.capture(api.url, out, "--api-keys-file", keys, "--concurrency", "2")
+        finally:
+            api.close()
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(len(read_text_store(out)[0]), 24)
+        used = {}
+        for text, auth in api.auth:
+            p = int(re.search(r"number (\d+)", text).group(1))
+            used.setdefault(p, []).append(auth)
+        for p in range(12):
+            self.assertEqual(sorted(used[p]), sorted("Bearer sk-" + "abc"[(2 * p + s) % 3] for s in range(2)), p)
+        empty = os.path.join(self.dir, "empty.txt")
+        with open(empty, "w") as f:
+            f.write("# none\n")
+        r = self.capture("http://127.0.0.1:9/v1", os.path.join(self.dir, "e"), "--api-keys-file", empty)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("no API key", r.stderr)
 
     def test_bad_endpoints_get_clear_errors(self):
         api = FakeApi(key="sk-right")

@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -659,7 +660,31 @@ RemoteCaptureSummary capture_remote(const RemoteTeacher& teacher, const CaptureO
   std::vector<OpenAIClientStats> stats(size_t(teacher.concurrency));
   auto stopped = [&] { return abort.load() || (teacher.stop != nullptr && teacher.stop->load()); };
   auto worker = [&](int w) {
-    OpenAIClient client(copt);
+    // One client per key (a client is one connection with its own Authorization header).
+    std::vector<std::unique_ptr<OpenAIClient>> clients;
+    if (teacher.api_keys.empty()) {
+      clients.push_back(std::make_unique<OpenAIClient>(copt));
+    } else {
+      for (const std::string& key : teacher.api_keys) {
+        OpenAIClientOptions kopt = copt;
+        kopt.api_key = key;
+        clients.push_back(std::make_unique<OpenAIClient>(kopt));
+      }
+    }
+    auto total_stats = [&] {
+      OpenAIClientStats t;
+      for (const auto& c : clients) {
+        const OpenAIClientStats& s = c->stats();
+        t.requests += s.requests;
+        t.retries += s.retries;
+        t.throttled += s.throttled;
+        t.server_errors += s.server_errors;
+        t.transport_errors += s.transport_errors;
+        t.prompt_tokens += s.prompt_tokens;
+        t.completion_tokens += s.completion_tokens;
+      }
+      return t;
+    };
     for (;;) {
       int64_t id;
       {
@@ -676,6 +701,7 @@ RemoteCaptureSummary capture_remote(const RemoteTeacher& teacher, const CaptureO
       const ApiRequest req = make_request(teacher, o, line, capture_sample_seed(o.sampling.seed, p, s), logprobs);
       const std::string where = cat(endpoint, line.chat ? "/chat/completions" : "/completions", " (", o.prompts_path,
                                     ":", line.line, ", sample ", s, ")");
+      OpenAIClient& client = *clients[size_t(id) % clients.size()];
       try {
         const ParsedCompletion c = line.chat ? client.chat(req) : client.complete(req);
         out.record = make_record(id, p, s, line, c, logprobs, endpoint, where);
@@ -695,13 +721,13 @@ RemoteCaptureSummary capture_remote(const RemoteTeacher& teacher, const CaptureO
         out.kind = Outcome::Fatal;
         out.reason = e.what();
       }
-      stats[size_t(w)] = client.stats();
+      stats[size_t(w)] = total_stats();
       std::lock_guard<std::mutex> lock(mu);
       outcomes.push_back(std::move(out));
       cv.notify_all();
     }
     std::lock_guard<std::mutex> lock(mu);
-    stats[size_t(w)] = client.stats();
+    stats[size_t(w)] = total_stats();
     --active;
     cv.notify_all();
   };

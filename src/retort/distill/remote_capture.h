@@ -66,6 +66,9 @@ struct RemoteTeacher {
   std::string url;                  // base URL, e.g. http://127.0.0.1:8080/v1
   std::string model;                // the "model" field sent (--teacher-model)
   std::string api_key;              // Bearer key ("" = none)
+  // Several keys (--api-keys-file): sample i is asked with key i mod n, so the requests are spread evenly
+  // over the accounts — the way a crawler hides behind many accounts. Empty: api_key for every request.
+  std::vector<std::string> api_keys;
   std::string tokenizer;            // --teacher-tokenizer: a model spec with the teacher's tokenizer; "" = unknown
   std::string signal = "logprobs";  // "logprobs" | "text"
   int concurrency = 4;              // requests in flight
