@@ -211,6 +211,62 @@ TEST(Radioactivity, PerAccountAttributionAfterHolm) {
   EXPECT_GT(r.test.p_value, 1e-3);  // the master key itself was not the one learned
 }
 
+TEST(Radioactivity, ATextServedToOneAccountIsScoredByThatAccountsTestAlone) {
+  // Three accounts; acct-1's texts lean green under acct-1's key (its student learned them), the others'
+  // texts are null. Scored by their own account's test only, acct-1 stands out more strongly than when every
+  // account's test scores every text (the other texts add null pairs to its count), and acct-0 / acct-2 see
+  // only their own texts.
+  const WatermarkKey master = key_with_byte(0x17);
+  const std::vector<std::string> accounts = {"acct-0", "acct-1", "acct-2"};
+  DetectorConfig c;  // selfhash, the serving default: the in-text rule then also consults the account's seeds
+  RadioactivityTest own(master, c, accounts), all(master, c, accounts);
+  EXPECT_EQ(own.account_index("acct-2"), 2);
+  EXPECT_EQ(own.account_index("nobody"), RadioactivityTest::kNoAccount);
+  std::mt19937_64 rng(5);
+  std::uniform_int_distribution<int32_t> u(0, 49151);
+  std::bernoulli_distribution lean(0.45);
+  int64_t texts_of[3] = {0, 0, 0};
+  for (int i = 0; i < 240; ++i) {
+    const int a = i % 3;
+    std::vector<int32_t> text(40);
+    for (auto& t : text) t = u(rng);
+    const WatermarkKey k = derive_account_key(master, accounts[size_t(a)]);
+    own.begin_text(text, a);
+    all.begin_text(text);
+    for (size_t t = 4; t < text.size(); ++t) {
+      const std::span<const int32_t> ctx(text.data() + t - 4, 4);
+      const int32_t p = a == 1 ? draw(rng, k, c.kgw, ctx, 49152, lean(rng)) : u(rng);
+      own.add_reading(t, p);
+      all.add_reading(t, p);
+    }
+    ++texts_of[a];
+  }
+  const RadioactivityResult ro = own.result("open"), ra = all.result("open");
+  // The master test scores every text either way (its in-text filter follows the key each text was marked
+  // with, so the counts differ a little); it was not the key learned.
+  EXPECT_NEAR(double(ro.test.tokens_scored), double(ra.test.tokens_scored), 0.1 * double(ra.test.tokens_scored));
+  EXPECT_GT(ro.test.p_value, 1e-3);
+  // Own: each account's test saw about a third of the pairs; all: about all of them.
+  for (int a = 0; a < 3; ++a) {
+    EXPECT_LT(ro.accounts[size_t(a)].result.tokens_scored, ra.accounts[size_t(a)].result.tokens_scored * 0.45) << a;
+    EXPECT_GT(ro.accounts[size_t(a)].result.tokens_scored, ra.accounts[size_t(a)].result.tokens_scored * 0.25) << a;
+  }
+  EXPECT_LT(ro.accounts[1].result.log10_p, ra.accounts[1].result.log10_p - 3);  // stronger, not just different
+  EXPECT_LT(ro.accounts[1].p_holm, 1e-10);
+  EXPECT_GT(ro.accounts[0].p_holm, 1e-3);
+  EXPECT_GT(ro.accounts[2].p_holm, 1e-3);
+  // A text served to an untested account is scored by the master test only.
+  RadioactivityTest none(master, c, accounts);
+  std::vector<int32_t> text(20);
+  for (auto& t : text) t = u(rng);
+  none.begin_text(text, RadioactivityTest::kNoAccount);
+  for (size_t t = 4; t < text.size(); ++t) none.add_reading(t, u(rng));
+  const RadioactivityResult rn = none.result("open");
+  EXPECT_GT(rn.test.tokens_scored, 0);
+  for (const auto& a : rn.accounts) EXPECT_EQ(a.result.tokens_scored, 0);
+  expect_error([&] { none.begin_text(text, 3); }, {"out of range"});
+}
+
 TEST(Radioactivity, ReadingSkipsUnitsThatShapedTheTextEarlier) {
   // lefthash h = 1: a prediction after window w is not scored when w already started a step earlier in the
   // same text (its green list shaped that step's token, which the suspect can copy).

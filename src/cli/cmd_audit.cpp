@@ -1,6 +1,7 @@
 // `retort audit`: was a suspect model distilled from ours?
 //   audit radioactivity — our watermark's trace in what the suspect predicts (open) or writes (closed).
 //   audit provenance (cmd_audit_provenance.cpp), audit report (cmd_audit_report.cpp): added here.
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -51,6 +52,7 @@ struct Record {
   std::string raw;                    // prompt as text ("" when none)
   std::vector<ChatMessage> messages;  // chat prompt (empty when none)
   std::string text;                   // the watermarked text (texts file only)
+  std::string account;                // the account it was served to ("account", as `keys served` writes)
 };
 
 std::vector<ChatMessage> read_messages(const json& ms, const std::string& where) {
@@ -84,6 +86,10 @@ std::vector<Record> read_records(const std::string& path, bool texts, const std:
       check(j.contains(f), where, ": no field \"", f, "\" holding the watermarked text (choose one with --field)");
       check(j[f].is_string(), where, ": field \"", f, "\" is not a string");
       r.text = j[f].get<std::string>();
+      if (j.contains("account")) {
+        check(j["account"].is_string(), where, ": \"account\" must be a string");
+        r.account = j["account"].get<std::string>();
+      }
     } else {
       check(!r.messages.empty() || j.contains("prompt"), where, ": needs a \"prompt\" string or a \"messages\" array");
     }
@@ -260,6 +266,7 @@ void run_radioactivity(RadioactivityArgs& a) {
   }
 
   OJson suspect_j;
+  std::string accounts_texts;  // open mode with accounts: "own" or "all" (set where the texts are read)
   const auto t0 = std::chrono::steady_clock::now();
   int64_t generated_texts = 0;
   auto note = [&](const std::string& s) {
@@ -272,10 +279,16 @@ void run_radioactivity(RadioactivityArgs& a) {
     suspect_j = {{"model", a.suspect}, {"path", m.path}, {"arch", m.hparams.arch},
                  {"tokenizer_hash", m.tokenizer->hash()}, {"same_tokenizer", same_tokenizer(*m.tokenizer, *ours)}};
     if (mode == "open") {
+      // Texts that say which account they were served to (`retort keys served`) are scored by that
+      // account's test alone; one without an account makes every account test score every text.
+      const bool own_texts = !accounts.empty() &&
+                             std::all_of(texts.begin(), texts.end(), [](const Record& r) { return !r.account.empty(); });
+      accounts_texts = accounts.empty() ? "" : own_texts ? "own" : "all";
       std::vector<ReadingItem> items;
       for (const Record& r : texts) {
         ReadingItem it;
         it.text = r.text;
+        if (own_texts) it.account = test.account_index(r.account);
         if (!r.messages.empty() || !r.raw.empty())
           it.prefix = suspect_prompt(m, r, a.raw);
         else if (m.tokenizer->bos_id() && m.tokenizer->add_bos_token())
@@ -377,6 +390,8 @@ void run_radioactivity(RadioactivityArgs& a) {
   out["inputs"] = inputs;
   const OJson res = result_json(r, cfg);
   for (auto it = res.begin(); it != res.end(); ++it) out[it.key()] = it.value();
+  // Which texts each account's test scored: "own" (those served to it) or "all".
+  if (!accounts.empty()) out["accounts_texts"] = mode == "open" && !accounts_texts.empty() ? accounts_texts : "all";
   // Sample texts with each position's fate, for people (the case file highlights them).
   OJson samples = OJson::array();
   for (const auto& sample : r.samples) {

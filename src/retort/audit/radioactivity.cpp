@@ -90,8 +90,12 @@ bool RadioactivityTest::add(std::span<const int32_t> context, int32_t token) {
   if (context.size() < size_t(window_)) return ++counts_.no_window, false;
   if (prompt_windows_ && prompt_windows_->contains_suffix_of(context)) return ++counts_.in_prompt, false;
   if (seen_windows_ && !seen_windows_->contains_suffix_of(context)) return ++counts_.unseen, false;
-  // Account scorers see the same pairs; each dedups on its own (KGW selfhash dedups per key seed).
-  for (WatermarkScorer& s : account_scorers_) s.add_pair(context, token);
+  // Account scorers see the same pairs (or, reading a text served to one account, that account's scorer
+  // alone); each dedups on its own (KGW selfhash dedups per key seed).
+  if (text_account_ >= 0)
+    account_scorers_[size_t(text_account_)].add_pair(context, token);
+  else if (text_account_ == kAllAccounts)
+    for (WatermarkScorer& s : account_scorers_) s.add_pair(context, token);
   if (!master_.add_pair(context, token)) return ++counts_.repeated, false;
   ++counts_.scored;
   return true;
@@ -113,7 +117,13 @@ void RadioactivityTest::mark(size_t t, int32_t prediction, bool scored, double s
   if (scored) m.kind = score > (config_.scheme == "kgw" ? 0.5 : 1.0) ? SampleMark::kGreen : SampleMark::kRed;
 }
 
+int RadioactivityTest::account_index(const std::string& account) const {
+  const auto it = std::find(account_ids_.begin(), account_ids_.end(), account);
+  return it == account_ids_.end() ? kNoAccount : int(it - account_ids_.begin());
+}
+
 void RadioactivityTest::add_text(std::span<const int32_t> tokens) {
+  text_account_ = kAllAccounts;
   start_sample(tokens);
   for (size_t t = 1; t < tokens.size(); ++t) {
     const double before = master_.score_sum();
@@ -123,7 +133,10 @@ void RadioactivityTest::add_text(std::span<const int32_t> tokens) {
   open_sample_ = nullptr;
 }
 
-void RadioactivityTest::begin_text(std::span<const int32_t> text) {
+void RadioactivityTest::begin_text(std::span<const int32_t> text, int account) {
+  check(account == kAllAccounts || account == kNoAccount || (account >= 0 && size_t(account) < account_ids_.size()),
+        "radioactivity: account index ", account, " out of range");
+  text_account_ = account;
   text_.assign(text.begin(), text.end());
   start_sample(text_);
   text_window_first_.clear();
@@ -140,9 +153,13 @@ bool RadioactivityTest::add_reading(size_t t, int32_t prediction) {
     const std::span<const int32_t> text(text_);
     bool earlier = false;
     if (master_.is_selfhash()) {
-      // Step s scored candidate v under seed(window_s, v); ours is seed(window_t, prediction).
-      const uint64_t seed = master_.selfhash_seed(text.subspan(t - w, w), prediction);
-      for (size_t s = w; s < t && !earlier; ++s) earlier = master_.selfhash_seed(text.subspan(s - w, w), prediction) == seed;
+      // Step s scored candidate v under seed(window_s, v); ours is seed(window_t, prediction). Seeds depend
+      // on the key, and what matters is the key the text was generated with: a text served to one account
+      // was marked with that account's key, so its seeds decide. (Under any other key the text's tokens are
+      // not biased, so copying them adds nothing there: the filter only has to be independent of that key.)
+      WatermarkScorer& k = text_account_ >= 0 ? account_scorers_[size_t(text_account_)] : master_;
+      const uint64_t seed = k.selfhash_seed(text.subspan(t - w, w), prediction);
+      for (size_t s = w; s < t && !earlier; ++s) earlier = k.selfhash_seed(text.subspan(s - w, w), prediction) == seed;
     } else {
       const auto it = text_window_first_.find(pack_window(text.subspan(t - w, w)));
       earlier = it != text_window_first_.end() && it->second < t;
@@ -240,7 +257,7 @@ void read_texts_with_suspect(RuntimeModel& suspect, const Tokenizer& suspect_tok
       const size_t read = inputs[k].size() - P;  // suspect tokens of the text that were read
       // Suspect position j (its token s[j]) was predicted from row P + j − 1.
       auto prediction = [&](size_t j) { return pred[k][P + j - 1]; };
-      test.begin_text(x);
+      test.begin_text(x, it.account);
       if (same) {
         for (size_t t = (P == 0 ? 1 : 0); t < read; ++t) test.add_reading(t, prediction(t));
         continue;

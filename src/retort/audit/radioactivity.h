@@ -119,7 +119,14 @@ class RadioactivityTest {
 
   // Reading mode: open one watermarked text (key-holder tokens; kept until the next begin_text), then
   // add_reading(t, p) for the suspect's prediction p of position t (context = text[0..t)), in any order.
-  void begin_text(std::span<const int32_t> text);
+  // `account`: the index (account_index) of the account the text was served to — only that account's key
+  // can have marked it, so only its test scores the text's positions (other accounts' tests would add null
+  // pairs and dilute the evidence); kAllAccounts: every account's test scores it (who got it is unknown);
+  // kNoAccount: none does (served to an account not tested). The master-key test scores every text.
+  static constexpr int kAllAccounts = -1, kNoAccount = -2;
+  void begin_text(std::span<const int32_t> text, int account = kAllAccounts);
+  // Index of an account id in the tested list; kNoAccount when it is not there.
+  int account_index(const std::string& account) const;
   bool add_reading(size_t t, int32_t prediction);
 
   RadioactivityResult result(const std::string& mode, double target_p = 1e-5) const;
@@ -135,6 +142,7 @@ class RadioactivityTest {
   std::vector<WatermarkScorer> account_scorers_;
   // Reading mode: the open text, and (lefthash, gumbel) the first position each of its windows starts a step.
   std::vector<int32_t> text_;
+  int text_account_ = kAllAccounts;  // begin_text's account; add_text and add() outside reading: all
   std::unordered_map<std::string, size_t> text_window_first_;
   const WindowSet* prompt_windows_ = nullptr;
   const WindowSet* seen_windows_ = nullptr;
@@ -154,6 +162,7 @@ class RadioactivityTest {
 struct ReadingItem {
   std::vector<int32_t> prefix;
   std::string text;
+  int account = RadioactivityTest::kAllAccounts;  // see RadioactivityTest::begin_text
 };
 
 // The suspect's top-1 prediction at every position of prefix + tokens: out[j] = argmax of its logits
