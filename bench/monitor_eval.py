@@ -22,136 +22,24 @@ thresholds (max score per account; the monitor flags at 1).
 """
 import argparse
 import collections
-import concurrent.futures as cf
 import datetime
 import json
 import os
 import random
-import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-
-import openai
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-T0_MS = 1_800_000_000_000  # replay epoch
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+from retort_traffic import Server, create_keys, replay, split_accounts  # noqa: E402
 
 
 def log(*a):
     print("monitor_eval:", *a, file=sys.stderr, flush=True)
-
-
-def split_accounts(benign):
-    """Whole accounts: within each kind in order of size (fewest requests first, then name), every third
-    account to calibration, starting with the first — every kind of user is in the calibration (a kind
-    with one or two accounts gives it its smaller one), and about two thirds of the requests are left
-    to evaluate on."""
-    kinds = collections.defaultdict(collections.Counter)
-    for r in benign:
-        kinds[r["kind"]][r["account"]] += 1
-    cal, ev = set(), set()
-    for kind, accs in sorted(kinds.items()):
-        for i, a in enumerate(sorted(accs, key=lambda a: (accs[a], a))):
-            (cal if i % 3 == 0 else ev).add(a)
-    return cal, ev
-
-
-class Server:
-    def __init__(self, retort, workdir, db, config):
-        self.retort, self.db = retort, db
-        cfg_path = os.path.join(workdir, "serve-%d.json" % int(time.time() * 1000))
-        with open(cfg_path, "w") as f:
-            json.dump(config, f)
-        self.log = open(os.path.join(workdir, "serve.log"), "a")
-        self.proc = subprocess.Popen([retort, "serve", "--config", cfg_path, "--db", db, "--port", "0"],
-                                     stdout=self.log, stderr=subprocess.PIPE, text=True,
-                                     env=dict(os.environ, RETORT_HOME=workdir))
-        self.port = None
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            line = self.proc.stderr.readline()
-            if not line:
-                break
-            self.log.write(line)
-            m = re.search(r"on http://127\.0\.0\.1:(\d+)", line)
-            if m:
-                self.port = int(m.group(1))
-                break
-        if self.port is None:
-            raise SystemExit("monitor_eval: the server did not start; see " + self.log.name)
-        threading.Thread(target=self._drain, daemon=True).start()
-
-    def _drain(self):
-        for line in self.proc.stderr:
-            self.log.write(line)
-            self.log.flush()
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=120)
-
-
-def create_keys(retort, db, accounts, workdir, admin=False):
-    keys = {}
-    for a in accounts:
-        cmd = [retort, "keys", "create", "--account", a, "--db", db] + (["--admin"] if admin else [])
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=dict(os.environ, RETORT_HOME=workdir))
-        keys[a] = re.search(r"rtk_[A-Za-z0-9_-]+", out.stdout + out.stderr).group(0)
-    return keys
-
-
-def replay(port, keys, requests, workers=8):
-    """Sends `requests` (dicts: account, t, messages-or-turn, params) in time order; one account's requests
-    one after another (a follow-up needs the answer before it), accounts in parallel."""
-    clients = {a: openai.OpenAI(base_url="http://127.0.0.1:%d/v1" % port, api_key=k, max_retries=0, timeout=600)
-               for a, k in keys.items()}
-    history = {}  # conversation -> messages so far
-    last = {}     # account -> future of its previous request
-    errors = collections.Counter()
-    sent = [0]
-    lock = threading.Lock()
-
-    def one(r):
-        conv = r.get("conversation")
-        msgs = []
-        if conv is not None:
-            if r.get("turn", 0) == 0:
-                history[conv] = ([{"role": "system", "content": r["system"]}] if r.get("system") else [])
-            msgs = history[conv] + [{"role": "user", "content": r["user"]}]
-        else:
-            msgs = [{"role": "user", "content": r["user"]}]
-        p = dict(r.get("params", {}))
-        try:
-            resp = clients[r["account"]].chat.completions.create(
-                model="", messages=msgs,
-                extra_headers={"X-Retort-Replay-Time-Ms": str(T0_MS + int(r["t"] * 1000))}, **p)
-            answer = resp.choices[0].message.content or ""
-        except openai.APIStatusError as e:
-            with lock:
-                errors[str(e.status_code)] += 1
-            answer = ""
-        if conv is not None:
-            history[conv] = msgs + [{"role": "assistant", "content": answer}]
-        with lock:
-            sent[0] += 1
-            if sent[0] % 250 == 0:
-                log("%d / %d requests" % (sent[0], len(requests)))
-
-    with cf.ThreadPoolExecutor(workers) as pool:
-        for r in sorted(requests, key=lambda r: r["t"]):
-            prev = last.get(r["account"])
-            if prev is not None:
-                prev.result()
-            last[r["account"]] = pool.submit(one, r)
-        for f in last.values():
-            f.result()
-    return dict(errors)
 
 
 def crawler_requests(account, prompts, start_t, every_s, logprobs, rng):
@@ -198,10 +86,10 @@ def main():
     # 1. Calibration traffic, then the thresholds.
     db1 = os.path.join(work, "calibration.db")
     cal_reqs = [r for r in benign if r["account"] in cal_accounts]
-    keys = create_keys(retort, db1, sorted(cal_accounts), work)
+    keys = create_keys(retort, work, db1, sorted(cal_accounts))
     srv = Server(retort, work, db1, base)
     log("calibration: %d requests of %d accounts on port %d" % (len(cal_reqs), len(cal_accounts), srv.port))
-    cal_errors = replay(srv.port, keys, cal_reqs)
+    cal_errors = replay(srv.url, keys, cal_reqs, progress=lambda n, t: log("%d / %d requests" % (n, t)))
     srv.stop()
     acc_file = os.path.join(work, "calibration-accounts.txt")
     with open(acc_file, "w") as f:
@@ -226,12 +114,12 @@ def main():
                       "params": {"max_tokens": 256, "seed": rng.randrange(-2**63, 2**63)}})
     crawler_accounts = sorted({r["account"] for r in crawl})
     db2 = os.path.join(work, "evaluation.db")
-    keys = create_keys(retort, db2, sorted(eval_accounts) + crawler_accounts, work)
+    keys = create_keys(retort, work, db2, sorted(eval_accounts) + crawler_accounts)
     srv = Server(retort, work, db2, dict(base, monitor_calibration=cal_path))
     log("evaluation: %d benign requests of %d accounts and %d crawler requests of %d accounts" %
         (len(ev_reqs), len(eval_accounts), len(crawl), len(crawler_accounts)))
     t_eval = time.time()
-    ev_errors = replay(srv.port, keys, ev_reqs + crawl)
+    ev_errors = replay(srv.url, keys, ev_reqs + crawl, progress=lambda n, t: log("%d / %d requests" % (n, t)))
     eval_seconds = time.time() - t_eval
     srv.stop()
     report = json.loads(subprocess.run([retort, "monitor", "report", "--db", db2, "--json", "--html",

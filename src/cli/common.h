@@ -62,6 +62,8 @@ void register_distill(CLI::App& app);
 void register_export(CLI::App& app);
 void register_antidistill(CLI::App& app);  // `antidistill prepare` (cmd_antidistill.cpp, retort-torch)
 void register_audit(CLI::App& app);
+// `demo` (cmd_demo.cpp): runs scripts/demo.py, the whole story on loopback.
+void register_demo(CLI::App& app);
 // `audit provenance` (cmd_audit_provenance.cpp), added under `audit` by register_audit.
 void register_audit_provenance(CLI::App* audit);
 // `audit report`, the case file (cmd_audit_report.cpp).

@@ -101,6 +101,7 @@ int main(int argc, char** argv) {
   register_monitor(app);
   register_serve(app);
   register_audit(app);
+  register_demo(app);
 #ifdef RETORT_CLI_TORCH
   register_distill(app);
   register_capture(app);
