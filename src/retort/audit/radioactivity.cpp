@@ -92,10 +92,11 @@ bool RadioactivityTest::add(std::span<const int32_t> context, int32_t token) {
   if (seen_windows_ && !seen_windows_->contains_suffix_of(context)) return ++counts_.unseen, false;
   // Account scorers see the same pairs (or, reading a text served to one account, that account's scorer
   // alone); each dedups on its own (KGW selfhash dedups per key seed).
-  if (text_account_ >= 0)
-    account_scorers_[size_t(text_account_)].add_pair(context, token);
-  else if (text_account_ == kAllAccounts)
-    for (WatermarkScorer& s : account_scorers_) s.add_pair(context, token);
+  if (text_account_ != kAllAccounts) {
+    if (text_account_ >= 0) account_scorers_[size_t(text_account_)].add_pair(context, token);
+    return ++counts_.other_key, false;
+  }
+  for (WatermarkScorer& s : account_scorers_) s.add_pair(context, token);
   if (!master_.add_pair(context, token)) return ++counts_.repeated, false;
   ++counts_.scored;
   return true;
@@ -154,9 +155,7 @@ bool RadioactivityTest::add_reading(size_t t, int32_t prediction) {
     bool earlier = false;
     if (master_.is_selfhash()) {
       // Step s scored candidate v under seed(window_s, v); ours is seed(window_t, prediction). Seeds depend
-      // on the key, and what matters is the key the text was generated with: a text served to one account
-      // was marked with that account's key, so its seeds decide. (Under any other key the text's tokens are
-      // not biased, so copying them adds nothing there: the filter only has to be independent of that key.)
+      // on the key: the text's own key decides (the account's, for a text served to one account).
       WatermarkScorer& k = text_account_ >= 0 ? account_scorers_[size_t(text_account_)] : master_;
       const uint64_t seed = k.selfhash_seed(text.subspan(t - w, w), prediction);
       for (size_t s = w; s < t && !earlier; ++s) earlier = k.selfhash_seed(text.subspan(s - w, w), prediction) == seed;

@@ -68,6 +68,9 @@ class WindowSet {
 struct RadioactivityCounts {
   int64_t positions = 0;  // observations offered
   int64_t no_window = 0, in_prompt = 0, unseen = 0, unscorable = 0, in_text = 0, repeated = 0;
+  // Reading texts served to a named account: pairs the master key does not score (that account's key
+  // marked the text, and that account's test scores them; begin_text).
+  int64_t other_key = 0;
   int64_t scored = 0;     // distinct pairs scored (the test's T)
 };
 
@@ -120,9 +123,9 @@ class RadioactivityTest {
   // Reading mode: open one watermarked text (key-holder tokens; kept until the next begin_text), then
   // add_reading(t, p) for the suspect's prediction p of position t (context = text[0..t)), in any order.
   // `account`: the index (account_index) of the account the text was served to — only that account's key
-  // can have marked it, so only its test scores the text's positions (other accounts' tests would add null
-  // pairs and dilute the evidence); kAllAccounts: every account's test scores it (who got it is unknown);
-  // kNoAccount: none does (served to an account not tested). The master-key test scores every text.
+  // can have marked it, so only its test scores the text's positions (other accounts' tests, and the master
+  // key's, would add null pairs and dilute the evidence: counted as other_key); kAllAccounts: every test
+  // scores it (who got it is unknown); kNoAccount: served to an account not tested — no test scores it.
   static constexpr int kAllAccounts = -1, kNoAccount = -2;
   void begin_text(std::span<const int32_t> text, int account = kAllAccounts);
   // Index of an account id in the tested list; kNoAccount when it is not there.
