@@ -276,6 +276,8 @@ TEST_P(MatmulWt, DequantizedWeightsBitExact) {
 // batch size and whatever the other rows hold: row r computed in a batch of M equals row r computed alone
 // (M = 1: the few-rows path; M >= 4: tiles of up to 4 x 4 with remainders). F32 weights (K = 70: masked
 // tails), BF16 weights without panels, and every block format with bf16_math off; accumulating into y.
+// The long rows (F32 K = 1536, BF16 K = 3072) make x pass in chunks of 16 rows (x_rows_per_pass), so
+// batches of 17 and 33 rows cross a chunk boundary.
 TEST_P(MatmulWt, BatchInvariant) {
   ScalarMode mode(GetParam());
   std::mt19937 rng(11);
@@ -287,7 +289,9 @@ TEST_P(MatmulWt, BatchInvariant) {
   std::vector<Case> cases = {{cpu::WeightFormat::kF32, 70, nullptr},
                              {cpu::WeightFormat::kF32, 576, nullptr},
                              {cpu::WeightFormat::kBF16, 70, nullptr},
-                             {cpu::WeightFormat::kBF16, 576, nullptr}};
+                             {cpu::WeightFormat::kF32, 1536, nullptr},
+                             {cpu::WeightFormat::kBF16, 576, nullptr},
+                             {cpu::WeightFormat::kBF16, 3072, nullptr}};
   for (const QuantFormat& qf : quant_formats()) {
     cases.push_back({qf.format, qf.Ks.front(), &qf});
     cases.push_back({qf.format, qf.Ks.back(), &qf});

@@ -248,35 +248,48 @@ void tile_dispatch_m(int mt, F&& f) {
   }
 }
 
-// Rows [r0, r1) of one weight against all M rows of x (vector paths).
+// Rows [r0, r1) of one weight against all M rows of x (vector paths). x is taken a chunk of rows at a time
+// (x_rows_per_pass): the chunk stays in L2 while the block's weight rows pass over it. Reading all M rows
+// for every 4 weight rows instead streams M·K values from L3 or memory each time, which made many-row
+// calls (prefill, the audit's reading of texts: M ~ 1,000) memory-bound. Each output is still one tile's
+// sum over K in the same order, so results do not depend on the chunking.
+constexpr int64_t kXChunkBytes = 96 * 1024;
+inline int64_t x_rows_per_pass(int64_t K, int64_t elem_bytes) {
+  return std::max<int64_t>(4, kXChunkBytes / (K * elem_bytes) / 4 * 4);
+}
+
+// y[m0:m1, r0:r1] via tile<MT, NT>(m, r, nt): weight rows in 4s (then 1s), x rows in 4s, x chunk by chunk.
+template <class Tile>
+void chunked_tiles(int64_t M, int64_t K, int64_t elem_bytes, int64_t r0, int64_t r1, Tile&& tile) {
+  const int64_t mb = x_rows_per_pass(K, elem_bytes);
+  for (int64_t m0 = 0; m0 < M; m0 += mb) {
+    const int64_t m1 = std::min(M, m0 + mb);
+    int64_t r = r0;
+    for (; r + 4 <= r1; r += 4)
+      for (int64_t m = m0; m < m1; m += 4)
+        tile_dispatch_m<4>(int(std::min<int64_t>(4, m1 - m)), [&](auto mt) {
+          tile(mt, std::integral_constant<int, 4>{}, m, r);
+        });
+    for (; r < r1; ++r)
+      for (int64_t m = m0; m < m1; m += 4)
+        tile_dispatch_m<1>(int(std::min<int64_t>(4, m1 - m)), [&](auto mt) {
+          tile(mt, std::integral_constant<int, 1>{}, m, r);
+        });
+  }
+}
+
 void block_bf16(const uint16_t* xb, int64_t M, int64_t K, const uint16_t* w, int64_t r0, int64_t r1, float* y,
                 int64_t ldy, bool acc) {
-  int64_t r = r0;
-  for (; r + 4 <= r1; r += 4)
-    for (int64_t m = 0; m < M; m += 4)
-      tile_dispatch_m<4>(int(std::min<int64_t>(4, M - m)), [&](auto mt) {
-        tile_bf16<decltype(mt)::value, 4>(xb + m * K, K, w + r * K, K, y + m * ldy + r, ldy, acc);
-      });
-  for (; r < r1; ++r)
-    for (int64_t m = 0; m < M; m += 4)
-      tile_dispatch_m<1>(int(std::min<int64_t>(4, M - m)), [&](auto mt) {
-        tile_bf16<decltype(mt)::value, 1>(xb + m * K, K, w + r * K, K, y + m * ldy + r, ldy, acc);
-      });
+  chunked_tiles(M, K, 2, r0, r1, [&](auto mt, auto nt, int64_t m, int64_t r) {
+    tile_bf16<decltype(mt)::value, decltype(nt)::value>(xb + m * K, K, w + r * K, K, y + m * ldy + r, ldy, acc);
+  });
 }
 
 void block_f32(const float* x, int64_t M, int64_t K, const float* w, int64_t r0, int64_t r1, float* y, int64_t ldy,
                bool acc) {
-  int64_t r = r0;
-  for (; r + 4 <= r1; r += 4)
-    for (int64_t m = 0; m < M; m += 4)
-      tile_dispatch_m<4>(int(std::min<int64_t>(4, M - m)), [&](auto mt) {
-        tile_f32<decltype(mt)::value, 4>(x + m * K, K, w + r * K, K, y + m * ldy + r, ldy, acc);
-      });
-  for (; r < r1; ++r)
-    for (int64_t m = 0; m < M; m += 4)
-      tile_dispatch_m<1>(int(std::min<int64_t>(4, M - m)), [&](auto mt) {
-        tile_f32<decltype(mt)::value, 1>(x + m * K, K, w + r * K, K, y + m * ldy + r, ldy, acc);
-      });
+  chunked_tiles(M, K, 4, r0, r1, [&](auto mt, auto nt, int64_t m, int64_t r) {
+    tile_f32<decltype(mt)::value, decltype(nt)::value>(x + m * K, K, w + r * K, K, y + m * ldy + r, ldy, acc);
+  });
 }
 
 // Packed bf16 panels (pack_bf16_panels): y[MR rows, up to 48 columns] (+)= x[MR, K] · panel. Per k-pair
@@ -567,7 +580,7 @@ RETORT_AVX512BF16 void dequant_rows_bf16(const uint8_t* w, int64_t row_bytes, in
 }
 
 // Rows [r0, r1) of one quantized weight against all M rows of x (vector paths). xb: x in bf16 (used
-// when bf16 math is on). scratch: thread-local space for 4 dequantized rows.
+// when bf16 math is on). scratch: thread-local space for the block's dequantized rows.
 template <WeightFormat F>
 void block_quant(const float* x, const uint16_t* xb, int64_t M, int64_t K, const WeightRef& wr, bool bf16_math,
                  int64_t r0, int64_t r1, float* y, int64_t ldy, bool acc, std::vector<float>& scratch) {
@@ -585,30 +598,21 @@ void block_quant(const float* x, const uint16_t* xb, int64_t M, int64_t K, const
       });
     return;
   }
-  scratch.resize(size_t(4 * K));
-  for (int64_t r = r0; r < r1; r += 4) {
-    const int64_t n = std::min<int64_t>(4, r1 - r);
-    if (bf16_math) {
-      auto* wb = reinterpret_cast<uint16_t*>(scratch.data());
-      dequant_rows_bf16<F>(w + r * row_bytes, row_bytes, n, K, wb);
-      for (int64_t m = 0; m < M; m += 4)
-        tile_dispatch_m<4>(int(std::min<int64_t>(4, M - m)), [&](auto mt) {
-          if (n == 4) tile_bf16<decltype(mt)::value, 4>(xb + m * K, K, wb, K, y + m * ldy + r, ldy, acc);
-          else
-            for (int64_t j = 0; j < n; ++j)
-              tile_bf16<decltype(mt)::value, 1>(xb + m * K, K, wb + j * K, K, y + m * ldy + r + j, ldy, acc);
-        });
-    } else {
-      float* wf = scratch.data();
-      dequant_rows_f32<F>(w + r * row_bytes, row_bytes, n, K, wf);
-      for (int64_t m = 0; m < M; m += 4)
-        tile_dispatch_m<4>(int(std::min<int64_t>(4, M - m)), [&](auto mt) {
-          if (n == 4) tile_f32<decltype(mt)::value, 4>(x + m * K, K, wf, K, y + m * ldy + r, ldy, acc);
-          else
-            for (int64_t j = 0; j < n; ++j)
-              tile_f32<decltype(mt)::value, 1>(x + m * K, K, wf + j * K, K, y + m * ldy + r + j, ldy, acc);
-        });
-    }
+  // The block's rows dequantized once (at most kPanelCols rows), then x chunk by chunk as block_f32 does.
+  const int64_t n = r1 - r0;
+  scratch.resize(size_t(n * K));
+  if (bf16_math) {
+    auto* wb = reinterpret_cast<uint16_t*>(scratch.data());
+    dequant_rows_bf16<F>(w + r0 * row_bytes, row_bytes, n, K, wb);
+    chunked_tiles(M, K, 2, 0, n, [&](auto mt, auto nt, int64_t m, int64_t r) {
+      tile_bf16<decltype(mt)::value, decltype(nt)::value>(xb + m * K, K, wb + r * K, K, y + m * ldy + r0 + r, ldy, acc);
+    });
+  } else {
+    float* wf = scratch.data();
+    dequant_rows_f32<F>(w + r0 * row_bytes, row_bytes, n, K, wf);
+    chunked_tiles(M, K, 4, 0, n, [&](auto mt, auto nt, int64_t m, int64_t r) {
+      tile_f32<decltype(mt)::value, decltype(nt)::value>(x + m * K, K, wf + r * K, K, y + m * ldy + r0 + r, ldy, acc);
+    });
   }
 }
 
