@@ -225,6 +225,57 @@ TEST(CrawlMonitor, LinksAHydraCrawlIntoOneCluster) {
   for (int u = 0; u < 6; ++u) EXPECT_FALSE(m.flagged("user-" + std::to_string(u)).has_value());
 }
 
+// The demo's hydra (scripts/demo.py): `retort capture --api-keys-file` over 8 accounts, sample i with key
+// i mod 8, 204 prompts, the capture's fixed parameters, among benign users; monitor defaults (window 64,
+// min_requests 16). The pairwise runs test needs 6 requests of each account inside their common span — 7
+// sent, 56 for the hydra — to reach z 3.03; accounts join the linking from 6 requests and link at once
+// while joining, so the cluster is flagged by then (at 25-event updates with accounts joining at 8: 75).
+TEST(CrawlMonitor, FlagsARoundRobinHydraAsSoonAsItsTimingShows) {
+  Traffic tr;
+  // People's timing: sessions of 1-8 requests 5-60 s apart, 5-40 min between sessions (Traffic::benign's
+  // steady pace makes benign pairs alternate, which raises the timing bar to z ≈ 6; see below).
+  auto sessions = [&](std::vector<MonitorEvent> ev) {
+    int64_t t = int64_t(tr.rng() % 600'000);
+    int left = 0;
+    for (auto& e : ev) {
+      if (left-- <= 0) left = 1 + int(tr.rng() % 8), t += 300'000 + int64_t(tr.rng() % 2'100'000);
+      e.unix_ms = t += 5'000 + int64_t(tr.rng() % 55'000);
+    }
+    return ev;
+  };
+  std::map<std::string, std::vector<MonitorEvent>> benign_cal;
+  for (int u = 0; u < 24; ++u)
+    benign_cal["cal-" + std::to_string(u)] = sessions(tr.benign("cal-" + std::to_string(u), 70, 0));
+  CalibrateOptions o;
+  o.pool_size = 256;
+  o.model = "synthetic";
+  const MonitorCalibration cal = calibrate_monitor(benign_cal, o);
+  ASSERT_EQ(cal.min_requests, 16);
+  CrawlMonitor m(cal);
+  std::vector<MonitorEvent> stream;
+  for (int u = 0; u < 8; ++u) {
+    auto ev = sessions(tr.benign("user-" + std::to_string(u), 40, 0));
+    stream.insert(stream.end(), ev.begin(), ev.end());
+  }
+  std::exponential_distribution<double> gap(1.0 / 380);  // ~2.6 requests a second, as in the demo
+  double t = 60'000;
+  for (int i = 0; i < 204; ++i) {
+    MonitorEvent e = tr.crawl("hydra-" + std::to_string(i % 8), int64_t(t += gap(tr.rng)));
+    e.max_tokens = 48, e.temperature = 1, e.seed_given = true;  // and top_logprobs 20
+    stream.push_back(e);
+  }
+  std::stable_sort(stream.begin(), stream.end(), [](const auto& a, const auto& b) { return a.unix_ms < b.unix_ms; });
+  int hydra_sent = 0, flagged_at = -1;
+  for (const auto& e : stream) {
+    hydra_sent += e.account.rfind("hydra-", 0) == 0;
+    for (const auto& v : m.observe(e))
+      if (flagged_at < 0 && v.cluster && v.members[0].rfind("hydra-", 0) == 0) flagged_at = hydra_sent;
+  }
+  ASSERT_GT(flagged_at, 0) << "never flagged as a cluster; link_lockstep_z " << cal.link_lockstep_z;
+  EXPECT_LE(flagged_at, 7 * 8) << "link_lockstep_z " << cal.link_lockstep_z;
+  for (int u = 0; u < 8; ++u) EXPECT_FALSE(m.flagged("user-" + std::to_string(u)).has_value()) << u;
+}
+
 // The runs test against its definition in float64, and its null distribution: independent Poisson
 // streams give z of mean 0 and deviation 1; accounts served in turn alternate (z large).
 TEST(MonitorStats, LockstepRunsTest) {

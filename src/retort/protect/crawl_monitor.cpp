@@ -2,6 +2,7 @@
 #include "retort/protect/crawl_monitor.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cctype>
 #include <cmath>
 #include <deque>
@@ -26,8 +27,11 @@ constexpr int kHistory = 256;          // embeddings kept per account for neares
 constexpr int64_t kBurstMs = 10'000;   // the span bursts are counted in
 constexpr double kStrongRatio = 2.0;   // one test this far past its threshold flags alone
 
-// Accounts join the linking from this many requests on.
-int min_link_requests(int min_requests) { return std::max(4, min_requests / 2); }
+// Accounts join the linking from this many requests on: 6 for min_requests 16 — perfect alternation of
+// 6 requests each is a runs-test z of 3.03, just past kMinLockstepZ, the fewest a timing link can rest on.
+// (At min_requests / 2 = 8, the demo's 8-account hydra had sent 72 of its 204 requests when it was linked;
+// at 6, with linking while accounts join (observe()), 50 on the same traffic: `retort monitor rescore`.)
+int min_link_requests(int min_requests) { return std::max(4, min_requests * 3 / 8); }
 
 const char* kTestNames[] = {"mmd",    "prada",     "rate",        "burst",    "regularity",
                             "spread", "templated", "single_turn", "logprobs", "fingerprint", "lockstep"};
@@ -125,14 +129,29 @@ std::optional<MonitorTest> monitor_test_from_name(const std::string& name) {
 
 // ---- calibration file ----------------------------------------------------------------------------
 
+// Float vectors as JSON numbers of the float's shortest decimal form (about 9 digits, not the 17 of its
+// double widening): half the file, and reading it back gives the same floats.
+static json floats_json(const std::vector<float>& v) {
+  json a = json::array();
+  char buf[32];
+  for (float f : v) {
+    const auto r = std::to_chars(buf, buf + sizeof(buf), f);
+    *r.ptr = '\0';
+    a.push_back(std::strtod(buf, nullptr));
+  }
+  return a;
+}
+
 json MonitorCalibration::to_json() const {
+  json pool_json = json::array();
+  for (const auto& p : pool) pool_json.push_back(floats_json(p));
   return {{"format", "retort-monitor-calibration/1"}, {"model", model}, {"n_embd", n_embd}, {"window", window},
           {"min_requests", min_requests}, {"margin", margin}, {"sigma2", sigma2}, {"k_yy", k_yy},
           {"threshold", threshold}, {"benign_extreme", benign_extreme}, {"benign_accounts", benign_accounts},
           {"benign_requests", benign_requests}, {"benign_windows", benign_windows}, {"link_mmd", link_mmd},
           {"link_lockstep_z", link_lockstep_z},
-          {"benign_lockstep_z", benign_lockstep_z}, {"common_fingerprints", common_fingerprints}, {"center", center},
-          {"pool", pool}};
+          {"benign_lockstep_z", benign_lockstep_z}, {"common_fingerprints", common_fingerprints}, {"center", floats_json(center)},
+          {"pool", std::move(pool_json)}};
 }
 
 MonitorCalibration MonitorCalibration::from_json(const json& j, const std::string& source) {
@@ -465,7 +484,7 @@ std::vector<MonitorVerdict> CrawlMonitor::observe(const MonitorEvent& e) {
           " values against a calibration of ", cal->n_embd, " (calibrated on another model: ", cal->model, ")");
   MonitorItem item = make_monitor_item(e, cal);  // the expensive part, outside the lock
   std::vector<MonitorVerdict> changed;
-  bool clusters_due = false;
+  bool clusters_due = false, joining = false;
   {
     std::lock_guard<std::mutex> lock(s.mu);
     Impl::Account& a = s.accounts[e.account];
@@ -498,13 +517,21 @@ std::vector<MonitorVerdict> CrawlMonitor::observe(const MonitorEvent& e) {
     a.verdict.statistics = monitor_statistics(s.window_of(a), a.nearest, cal);
     if (s.score(a.verdict, e.unix_ms)) changed.push_back(a.verdict);
     clusters_due = ++s.events % kClusterEvery == 0;
+    // The moments a link of this account's can first hold (a timing link needs min_link requests of each
+    // account inside their common span, so a round-robin hydra's links form over its accounts' next few
+    // requests): link now rather than up to kClusterEvery events later. Only clusters whose members change
+    // are scored then, so a settled (benign) cluster is not scored more often than every kClusterEvery.
+    const int64_t min_link = min_link_requests(s.min_requests());
+    joining = !clusters_due && a.verdict.requests >= min_link && a.verdict.requests < min_link + kLinkSoon;
   }
-  if (clusters_due)
-    for (auto& v : update_clusters()) changed.push_back(std::move(v));
+  if (clusters_due || joining)
+    for (auto& v : link_accounts(/*rescore_unchanged=*/clusters_due)) changed.push_back(std::move(v));
   return changed;
 }
 
-std::vector<MonitorVerdict> CrawlMonitor::update_clusters() {
+std::vector<MonitorVerdict> CrawlMonitor::update_clusters() { return link_accounts(true); }
+
+std::vector<MonitorVerdict> CrawlMonitor::link_accounts(bool rescore_unchanged) {
   Impl& s = *impl_;
   std::lock_guard<std::mutex> lock(s.mu);
   const MonitorCalibration* cal = s.cal ? &*s.cal : nullptr;
@@ -619,7 +646,14 @@ std::vector<MonitorVerdict> CrawlMonitor::update_clusters() {
     std::sort(names.begin(), names.end());
     const std::string subject = "cluster:" + names.front();
     MonitorVerdict v;
-    if (auto old = s.clusters.find(subject); old != s.clusters.end()) v = old->second;  // keeps flagged_at
+    if (auto old = s.clusters.find(subject); old != s.clusters.end()) {
+      if (!rescore_unchanged && old->second.members == names) {  // as it was: scored at the regular update
+        for (const auto& n : names) s.cluster_of[n] = subject;
+        next[subject] = old->second;
+        continue;
+      }
+      v = old->second;  // keeps flagged_at
+    }
     v.subject = subject;
     v.cluster = true;
     v.members = names;
@@ -806,7 +840,8 @@ MonitorCalibration calibrate_monitor(const std::map<std::string, std::vector<Mon
   for (const auto& [fp, n] : fingerprint_accounts)
     if (n >= 2) cal.common_fingerprints.push_back(fp);
   // Timing: every pair of benign accounts' windows as the monitor sees them — the accounts' requests
-  // merged in time, every kClusterEvery requests — and the largest runs-test z between any two.
+  // merged in time, every kClusterEvery requests and whenever an account is joining the linking — and the
+  // largest runs-test z between any two.
   {
     std::vector<std::pair<int64_t, size_t>> stream;  // (time, account)
     size_t a = 0;
@@ -823,8 +858,9 @@ MonitorCalibration calibrate_monitor(const std::map<std::string, std::vector<Mon
       auto& w = win[stream[k].second];
       w.push_back(stream[k].first);
       if (int(w.size()) > opts.window) w.erase(w.begin());
-      ++seen[stream[k].second];
-      if ((k + 1) % CrawlMonitor::kClusterEvery != 0 && k + 1 != stream.size()) continue;
+      const int64_t n = ++seen[stream[k].second];
+      const bool joining = n >= min_link && n < min_link + CrawlMonitor::kLinkSoon;  // observe() links then too
+      if ((k + 1) % CrawlMonitor::kClusterEvery != 0 && !joining && k + 1 != stream.size()) continue;
       // Only pairs with an account that sent since the previous update have new windows (the rest
       // would repeat their z): O(changed × accounts) per update, not O(accounts²).
       for (size_t i = 0; i < a; ++i)

@@ -186,7 +186,8 @@ class CrawlMonitor {
 
   // Adds one request. Returns the verdicts that changed to flagged by it (the account's, a cluster's).
   std::vector<MonitorVerdict> observe(const MonitorEvent& e);
-  // Links accounts into clusters and scores them (done by observe() every kClusterEvery events).
+  // Links accounts into clusters and scores them (done by observe() every kClusterEvery events; and, for
+  // clusters whose members changed only, when an account has just become linkable: see observe()).
   std::vector<MonitorVerdict> update_clusters();
 
   // Is this account flagged, alone or as a member of a flagged cluster? The verdict that flagged it.
@@ -197,8 +198,12 @@ class CrawlMonitor {
   const MonitorCalibration* calibration() const;
 
   static constexpr int kClusterEvery = 25;
+  // An account's first kLinkSoon requests from min_link_requests on each link at once.
+  static constexpr int kLinkSoon = 4;
 
  private:
+  // rescore_unchanged: false scores only clusters whose members changed (a link made between updates).
+  std::vector<MonitorVerdict> link_accounts(bool rescore_unchanged);
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
