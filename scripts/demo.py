@@ -15,9 +15,12 @@ teacher's unwatermarked answers) and writes the case file.
 Everything lives in DIR (default $RETORT_HOME/runs/demo, or runs/demo-fast with --fast); the models come from
 the model cache (scripts/setup.sh puts them there). A step whose output exists is not run again, so an
 interrupted demo resumes; --fresh starts over. The monitor's calibration (benign traffic of other accounts
-replayed through a server, then `retort monitor calibrate`) is cached in $RETORT_HOME/monitor/.
+replayed through a server, then `retort monitor calibrate`) ships in data/monitor/ for the default teacher
+(`python3 scripts/demo.py --make-calibration` remakes it); for another teacher it is made on the first run and
+cached in $RETORT_HOME/monitor/.
 """
 import argparse
+import gzip
 import hashlib
 import json
 import math
@@ -41,22 +44,37 @@ CONTROL_MODEL = "gemma3-270m"
 # What each mode does. Harvest: the distiller (one account) asks the even lines of data/prompts/train.jsonl,
 # the hydra the odd ones over `hydra_accounts` accounts (sample i with key i mod n). The benign replay is the
 # evaluation half of the shipped traffic (the calibration half set the thresholds), `benign_share` of its
-# accounts, sent at `speedup` × its recorded pace. The monitor sees each replayed request at its recorded time
+# accounts (each account's first `benign_cap` requests: the batch user's 760 would be half the replay's CPU
+# and show nothing its first 240 do not), sent at `speedup` × its recorded pace. The monitor sees each
+# replayed request at its recorded time
 # (X-Retort-Replay-Time-Ms) and the distillers' requests at their real pace on the same clock
 # (monitor_clock_origin_ms: replay time 0 is when the server starts). Accounts are judged on their own
 # requests, so every account is judged at the pace it really has; the benign users' compressed sending only
 # shares the CPU.
 MODES = {
-    "full": dict(distiller_prompts=204, hydra_prompts=204, hydra_accounts=8, max_tokens=64, benign_share=0.5,
-                 epochs=2, speedup=30, hydra_student=True, closed_samples=1, provenance_budget=400),
+    "full": dict(distiller_prompts=204, hydra_prompts=204, hydra_accounts=8, max_tokens=48, benign_share=0.5,
+                 benign_cap=240, epochs=2, speedup=30, hydra_student=True, closed_samples=1, provenance_budget=400),
     "fast": dict(distiller_prompts=96, hydra_prompts=96, hydra_accounts=4, max_tokens=48, benign_share=0.34,
-                 epochs=2, speedup=60, hydra_student=False, closed_samples=1, provenance_budget=200),
+                 benign_cap=240, epochs=2, speedup=60, hydra_student=False, closed_samples=1, provenance_budget=200),
     # The chain in miniature for tests (tests/test_demo.py): tiny models, every link, seconds.
     "mini": dict(distiller_prompts=24, hydra_prompts=16, hydra_accounts=4, max_tokens=16, benign_share=0.1,
-                 epochs=1, speedup=2000, hydra_student=False, closed_samples=1, provenance_budget=50),
+                 benign_cap=240, epochs=1, speedup=2000, hydra_student=False, closed_samples=1,
+                 provenance_budget=50),
 }
 
 T_START = time.time()
+# The monitor calibration's recipe (calibrate_monitor and the replay above it). Bump it when either changes, and
+# remake data/monitor/ with `python3 scripts/demo.py --make-calibration`: a shipped calibration of another
+# version is not used. 2: accounts join the linking from 6 requests, and link while joining.
+CALIBRATION_VERSION = 2
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def say(msg, *, step=None):
@@ -82,6 +100,7 @@ class Demo:
         self.db = os.path.join(self.provider, "serve.db")
         self.summary = {"mode": self.mode_name, "out": self.out, "settings": self.mode,
                         "teacher": a.teacher, "control_model": a.control_model}
+        self.step_seconds = {}  # log name -> seconds its retort commands took (this run; resumed steps absent)
 
     # ---- helpers -------------------------------------------------------------------------------------------
     def path(self, *p):
@@ -108,8 +127,11 @@ class Demo:
         with open(log_path, "a") as f:
             f.write("$ retort %s\n" % " ".join(args))
             f.flush()
+            t = time.time()
             r = subprocess.run([self.retort] + args, stdout=subprocess.PIPE, stderr=f, text=True,
                                env=dict(os.environ, **(env or {})))
+            name = log or args[0]
+            self.step_seconds[name] = round(self.step_seconds.get(name, 0) + time.time() - t, 1)
         if r.returncode != 0:
             with open(log_path) as f:
                 tail = f.read()[-1500:]
@@ -122,16 +144,36 @@ class Demo:
 
     # ---- 0. the monitor's calibration ----------------------------------------------------------------------
     def calibration(self, benign, cal_accounts):
-        """Thresholds from the calibration half of the shipped benign traffic, cached by model and traffic."""
+        """Thresholds from the calibration half of the shipped benign traffic: the one shipped in data/monitor/
+        when it was made from this model, traffic and CALIBRATION_VERSION; else made here (about 4 min on 2
+        cores), cached by model and traffic in $RETORT_HOME/monitor/."""
         with open(os.path.join(ROOT, "data", "traffic", "benign.jsonl"), "rb") as f:
-            traffic_sha = hashlib.sha256(f.read()).hexdigest()[:12]
-        with open(self.model(self.teacher_spec), "rb") as f:
-            model_sha = hashlib.sha256(f.read(1 << 20)).hexdigest()[:12]
+            traffic_sha256 = hashlib.sha256(f.read()).hexdigest()
+        model_sha256 = sha256_file(self.model(self.teacher_spec))
         name = os.path.basename(self.teacher_spec).replace(".gguf", "")
-        cache = os.path.join(self.home, "monitor", "calibration-%s-%s-%s.json" % (name, model_sha, traffic_sha))
-        if os.path.exists(cache):
+        cache = os.path.join(self.home, "monitor", "calibration-v%d-%s-%s-%s.json" % (
+            CALIBRATION_VERSION, name, model_sha256[:12], traffic_sha256[:12]))
+        shipped = os.path.join(ROOT, "data", "monitor", "calibration-%s.json.gz" % name)
+        made_from = {"model_sha256": model_sha256, "traffic_sha256": traffic_sha256, "version": CALIBRATION_VERSION}
+        if os.path.exists(cache) and not self.a.make_calibration:
             say("monitor calibration: cached (%s)" % cache)
             return cache
+        if os.path.exists(shipped) and not self.a.make_calibration:
+            try:
+                with open(shipped[:-len(".json.gz")] + ".made_from.json") as f:
+                    shipped_from = {k: v for k, v in json.load(f).items() if k in made_from}
+            except (OSError, ValueError):
+                shipped_from = None
+            if shipped_from == made_from:
+                os.makedirs(os.path.dirname(cache), exist_ok=True)
+                with gzip.open(shipped, "rb") as f, open(cache + ".tmp", "wb") as out:
+                    shutil.copyfileobj(f, out)
+                os.replace(cache + ".tmp", cache)
+                say("monitor calibration: shipped (%s, made from this model and traffic by `python3 "
+                    "scripts/demo.py --make-calibration`)" % os.path.relpath(shipped, ROOT))
+                return cache
+            say("monitor calibration: %s was made from another model, traffic or version; making one here"
+                % os.path.relpath(shipped, ROOT))
         say("monitor calibration: replaying the calibration half of the benign traffic (%d accounts); "
             "once per machine, then cached" % len(cal_accounts))
         work = self.path("calibration")
@@ -142,11 +184,13 @@ class Demo:
         srv = Server(self.retort, work, db, {"model": self.model(self.teacher_spec), "parallel": 8, "ctx_size": 4096,
                                              "watermark": "none", "monitor": True, "monitor_replay_clock": True,
                                              "max_completion_tokens": 1}, threads=self.threads)
+        t = time.time()
         try:
             reqs = [r for r in benign if r["account"] in cal_accounts]
             replay(srv.url, keys, reqs, progress=lambda n, t: say("  %d / %d requests" % (n, t)))
         finally:
             srv.stop()
+        self.step_seconds["calibration-replay"] = round(time.time() - t, 1)
         acc = os.path.join(work, "accounts.txt")
         with open(acc, "w") as f:
             f.write("\n".join(sorted(cal_accounts)) + "\n")
@@ -155,6 +199,19 @@ class Demo:
                   "--model-name", name], "monitor calibration", log="calibrate")
         os.replace(cache + ".tmp", cache)
         shutil.rmtree(work, ignore_errors=True)
+        if self.a.make_calibration:
+            os.makedirs(os.path.dirname(shipped), exist_ok=True)
+            with open(cache, "rb") as f, gzip.GzipFile(shipped + ".tmp", "wb", compresslevel=9, mtime=0) as out:
+                shutil.copyfileobj(f, out)
+            os.replace(shipped + ".tmp", shipped)
+            meta = shipped[:-len(".json.gz")] + ".made_from.json"
+            with open(meta + ".tmp", "w") as f:
+                json.dump(dict(made_from, model=name, traffic="data/traffic/benign.jsonl",
+                               command="python3 scripts/demo.py --make-calibration",
+                               replayed_requests=len([r for r in benign if r["account"] in cal_accounts])), f, indent=1)
+                f.write("\n")
+            os.replace(meta + ".tmp", meta)
+            say("wrote %s and %s" % (shipped, meta))
         return cache
 
     # ---- 1-3. serve, traffic, harvest, monitor -------------------------------------------------------------
@@ -166,7 +223,12 @@ class Demo:
         eval_sorted = sorted(eval_accounts)
         n_benign = max(1, round(len(eval_sorted) * m["benign_share"]))
         benign_accounts = eval_sorted[::max(1, len(eval_sorted) // n_benign)][:n_benign]
-        benign_reqs = [r for r in benign if r["account"] in set(benign_accounts)]
+        per_account = {}
+        benign_reqs = []
+        for r in sorted((r for r in benign if r["account"] in set(benign_accounts)), key=lambda r: r["t"]):
+            per_account[r["account"]] = per_account.get(r["account"], 0) + 1
+            if per_account[r["account"]] <= m["benign_cap"]:
+                benign_reqs.append(r)
         train = read_jsonl(os.path.join(ROOT, "data", "prompts", "train.jsonl"))
         distiller_prompts = train[0::2][:m["distiller_prompts"]]
         hydra_prompts = train[1::2][:m["hydra_prompts"]]
@@ -250,19 +312,24 @@ class Demo:
         monitor = {"distiller": {"wanted": len(distiller_prompts), "sent": d.get("requests"),
                                  "flagged": d.get("flagged", False), "flagged_at_request": d.get("flagged_at_request"),
                                  "reasons": [r["text"] for r in (d.get("flag_reasons") or [])][:4]}}
+        # Clusters holding hydra accounts, largest first. As accounts join, the monitor's clusters grow (a
+        # cluster's verdict is named after its first member, so a grown one is a new verdict, flagged anew): the
+        # hydra was caught when the first of them was flagged; the largest shows whom it linked in the end.
         clusters = sorted([v for v in verdicts if v["cluster"] and any(x in hydra for x in v["members"])],
                           key=lambda v: -sum(x in hydra for x in v["members"]))
         if clusters:
+            flagged = [v for v in clusters if v["flagged"]]
+            c = min(flagged, key=lambda v: v["flagged_unix_ms"]) if flagged else clusters[0]
             # The cluster may hold the distiller too (one operator, one tool): count the hydra's own requests
             # up to the moment the cluster was flagged (monitor time, from the serve db's monitor_events).
-            c = clusters[0]
             with sqlite3.connect("file:%s?mode=ro" % self.db, uri=True) as db:
                 times = [t for (t,) in db.execute("SELECT unix_ms FROM monitor_events WHERE account IN (%s)" %
                                                   ",".join("?" * len(hydra)), hydra)]
             at = sum(t <= c["flagged_unix_ms"] for t in times) if c["flagged"] else None
             monitor["hydra"] = {"wanted": len(hydra_prompts), "sent": len(times), "flagged": c["flagged"],
                                 "flagged_at_request": at, "cluster_requests": c["requests"],
-                                "members": c["members"], "subject": c["subject"],
+                                "flagged_members": c["members"], "subject": c["subject"],
+                                "members": clusters[0]["members"],
                                 "reasons": [r["text"] for r in (c.get("flag_reasons") or [])][:4]}
         else:
             monitor["hydra"] = {"wanted": len(hydra_prompts), "flagged": False,
@@ -279,8 +346,10 @@ class Demo:
         for who in ["distiller", "hydra"]:
             x = monitor[who]
             if x.get("flagged"):
-                say("%s: FLAGGED at its request %d of the %d it wanted (%s)" %
-                    (who, x["flagged_at_request"], x["wanted"], "; ".join(x["reasons"][:2])))
+                say("%s: FLAGGED at its request %d of the %d it wanted%s (%s)" %
+                    (who, x["flagged_at_request"], x["wanted"],
+                     ", as a cluster of %d accounts" % len(x["flagged_members"]) if "flagged_members" in x else "",
+                     "; ".join(x["reasons"][:2])))
             else:
                 say("%s: not flagged" % who)
         if clusters:
@@ -365,11 +434,11 @@ class Demo:
             suspects["hydra-student"] = self.path("students", "hydra-student", "final")
         results = {}
         for name, model in suspects.items():
-            # The unrelated model is the null calibration: 150 texts give it thousands of units, at its cost.
-            reading = ["--texts", served] + (["--max-texts", "150"] if name == "unrelated" else [])
+            # The unrelated model is the null calibration: 120 texts give it over a thousand units, at its cost.
+            reading = ["--texts", served] + (["--max-texts", "120"] if name == "unrelated" else [])
             for test, extra in [("open", reading), ("closed", closed)]:
-                if name == "unrelated" and test == "closed":
-                    continue
+                if name in ("unrelated", "hydra-student") and test == "closed":
+                    continue  # the hydra's student is there for attribution, which the open test gives
                 out = self.path("audit", "%s-%s.json" % (name, test))
                 if not os.path.exists(out):
                     say("radioactivity, %s test: %s" % (test, name))
@@ -415,6 +484,11 @@ class Demo:
         return out
 
     def main(self):
+        if self.a.make_calibration:
+            benign = read_jsonl(os.path.join(ROOT, "data", "traffic", "benign.jsonl"))
+            os.makedirs(self.out, exist_ok=True)
+            self.calibration(benign, split_accounts(benign)[0])
+            return
         if self.a.fresh:
             shutil.rmtree(self.out, ignore_errors=True)
         os.makedirs(self.out, exist_ok=True)
@@ -423,6 +497,7 @@ class Demo:
         self.students()
         self.audit()
         self.summary["seconds"] = round(time.time() - T_START, 1)
+        self.summary["step_seconds"] = self.step_seconds
         with open(self.path("demo.json.tmp"), "w") as f:
             json.dump(self.summary, f, indent=1)
         os.replace(self.path("demo.json.tmp"), self.path("demo.json"))
@@ -443,6 +518,8 @@ def main():
     ap.add_argument("--control-model", default=CONTROL_MODEL, help="an unrelated model: the audit's control")
     ap.add_argument("--student-layers", type=int, default=20, help="layers kept in the students cut from the teacher")
     ap.add_argument("--mini", action="store_true", help=argparse.SUPPRESS)  # tests: the chain in miniature
+    ap.add_argument("--make-calibration", action="store_true",
+                    help="make the monitor calibration here and write it to data/monitor/ (to ship), then stop")
     Demo(ap.parse_args()).main()
 
 

@@ -13,6 +13,7 @@ needs — the numbers of a random tiny model say nothing about the targets (benc
 Needs the default model in the model cache for its tokenizer; skips with a message when it is absent.
 """
 import argparse
+import gzip
 import json
 import os
 import subprocess
@@ -22,6 +23,7 @@ import unittest
 
 RETORT = None
 MODEL = "smollm2-135m-instruct"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def model_cache():
@@ -133,6 +135,41 @@ class DemoInMiniature(unittest.TestCase):
         self.assertIn("monitor calibration: cached", p.stdout)
         self.assertEqual(json.loads(read(os.path.join(self.out, "case", "case.json")))["verdict"],
                          json.loads(before)["verdict"])
+
+
+class ShippedCalibration(unittest.TestCase):
+    """data/monitor/ holds the default teacher's monitor calibration, so a first `retort demo` does not spend
+    four minutes making it. It must be what `python3 scripts/demo.py --make-calibration` makes now: from this
+    traffic file and this recipe version (the demo ignores it otherwise, and the first run is slow again), and a
+    calibration retort reads."""
+
+    def test_made_from_this_traffic_and_recipe(self):
+        sys.path.insert(0, os.path.join(ROOT, "scripts"))
+        import demo  # noqa: E402
+        base = os.path.join(ROOT, "data", "monitor", "calibration-%s" % MODEL)
+        made_from = json.loads(read(base + ".made_from.json"))
+        self.assertEqual(made_from["version"], demo.CALIBRATION_VERSION,
+                         "remake it: python3 scripts/demo.py --make-calibration")
+        self.assertEqual(made_from["traffic_sha256"],
+                         demo.sha256_file(os.path.join(ROOT, "data", "traffic", "benign.jsonl")),
+                         "data/traffic/benign.jsonl changed; remake it: python3 scripts/demo.py --make-calibration")
+        with gzip.open(base + ".json.gz", "rt", encoding="utf-8") as f:
+            cal = json.load(f)
+        self.assertEqual(cal["format"], "retort-monitor-calibration/1")
+        self.assertEqual(cal["model"], MODEL)
+        self.assertEqual(cal["benign_requests"], made_from["replayed_requests"])
+        teacher = os.path.join(model_cache(), MODEL + ".gguf")
+        if os.path.exists(teacher):
+            self.assertEqual(made_from["model_sha256"], demo.sha256_file(teacher))
+            # retort reads it: rescoring an empty serve db against it
+            with tempfile.TemporaryDirectory() as d:
+                with open(os.path.join(d, "cal.json"), "w") as f:
+                    json.dump(cal, f)
+                run(["keys", "create", "--account", "someone", "--db", os.path.join(d, "serve.db")],
+                    env={"RETORT_HOME": d})
+                p = run(["monitor", "rescore", "--db", os.path.join(d, "serve.db"), "--calibration",
+                         os.path.join(d, "cal.json"), "--json"], env={"RETORT_HOME": d})
+                self.assertEqual(json.loads(p.stdout)["verdicts"], [])
 
 
 if __name__ == "__main__":
