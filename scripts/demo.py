@@ -65,8 +65,9 @@ MODES = {
 T_START = time.time()
 # The monitor calibration's recipe (calibrate_monitor and the replay above it). Bump it when either changes, and
 # remake data/monitor/ with `python3 scripts/demo.py --make-calibration`: a shipped calibration of another
-# version is not used. 2: accounts join the linking from 6 requests, and link while joining.
-CALIBRATION_VERSION = 2
+# version is not used. 2: accounts join the linking from 6 requests, and link while joining. 3: the
+# turn-taking test (a group's timing) and its benign p.
+CALIBRATION_VERSION = 3
 
 
 def sha256_file(path):
@@ -492,12 +493,24 @@ class Demo:
         if self.a.fresh:
             shutil.rmtree(self.out, ignore_errors=True)
         os.makedirs(self.out, exist_ok=True)
+        # A resumed run keeps the timings of the steps an earlier run did (this run skips them).
+        earlier = {}
+        try:
+            with open(self.path("demo.json")) as f:
+                earlier = json.load(f)
+        except (OSError, ValueError):
+            pass
         say("retort demo (%s) in %s" % (self.summary["mode"], self.out))
         self.serve_and_harvest()
         self.students()
         self.audit()
         self.summary["seconds"] = round(time.time() - T_START, 1)
-        self.summary["step_seconds"] = self.step_seconds
+        steps = dict(earlier.get("step_seconds") or {}) if isinstance(earlier, dict) else {}
+        steps.update(self.step_seconds)
+        self.summary["step_seconds"] = steps
+        if steps != self.step_seconds:  # resumed: what this run took, and what all runs took together
+            self.summary["resumed"] = True
+            self.summary["seconds_all_runs"] = round(self.summary["seconds"] + float(earlier.get("seconds_all_runs") or earlier.get("seconds") or 0), 1)
         with open(self.path("demo.json.tmp"), "w") as f:
             json.dump(self.summary, f, indent=1)
         os.replace(self.path("demo.json.tmp"), self.path("demo.json"))

@@ -228,8 +228,9 @@ TEST(CrawlMonitor, LinksAHydraCrawlIntoOneCluster) {
 // The demo's hydra (scripts/demo.py): `retort capture --api-keys-file` over 8 accounts, sample i with key
 // i mod 8, 204 prompts, the capture's fixed parameters, among benign users; monitor defaults (window 64,
 // min_requests 16). The pairwise runs test needs 6 requests of each account inside their common span — 7
-// sent, 56 for the hydra — to reach z 3.03; accounts join the linking from 6 requests and link at once
-// while joining, so the cluster is flagged by then (at 25-event updates with accounts joining at 8: 75).
+// sent, 56 for the hydra — to reach z 3.03; the turn-taking test links the 8 once each has sent 4 (32),
+// and accounts link at once while joining, so the cluster is flagged by then (at 25-event updates with
+// accounts joining at 8 and no group test: 75).
 TEST(CrawlMonitor, FlagsARoundRobinHydraAsSoonAsItsTimingShows) {
   Traffic tr;
   // People's timing: sessions of 1-8 requests 5-60 s apart, 5-40 min between sessions (Traffic::benign's
@@ -251,7 +252,6 @@ TEST(CrawlMonitor, FlagsARoundRobinHydraAsSoonAsItsTimingShows) {
   o.model = "synthetic";
   const MonitorCalibration cal = calibrate_monitor(benign_cal, o);
   ASSERT_EQ(cal.min_requests, 16);
-  CrawlMonitor m(cal);
   std::vector<MonitorEvent> stream;
   for (int u = 0; u < 8; ++u) {
     auto ev = sessions(tr.benign("user-" + std::to_string(u), 40, 0));
@@ -265,15 +265,30 @@ TEST(CrawlMonitor, FlagsARoundRobinHydraAsSoonAsItsTimingShows) {
     stream.push_back(e);
   }
   std::stable_sort(stream.begin(), stream.end(), [](const auto& a, const auto& b) { return a.unix_ms < b.unix_ms; });
-  int hydra_sent = 0, flagged_at = -1;
-  for (const auto& e : stream) {
-    hydra_sent += e.account.rfind("hydra-", 0) == 0;
-    for (const auto& v : m.observe(e))
-      if (flagged_at < 0 && v.cluster && v.members[0].rfind("hydra-", 0) == 0) flagged_at = hydra_sent;
+  EXPECT_EQ(cal.link_turn_taking_p, MonitorCalibration::kMaxTurnTakingP) << "benign sessions never take turns";
+  // A server observes requests as it reads their prompts: of several in flight a later one may be observed
+  // first, with its arrival time. Jumbled: hydra-1's 2nd and 3rd requests observed the other way round.
+  for (bool jumbled : {false, true}) {
+    SCOPED_TRACE(jumbled ? "observed out of order" : "observed in order");
+    std::vector<MonitorEvent> order = stream;
+    if (jumbled) {
+      std::vector<size_t> at;
+      for (size_t i = 0; i < order.size(); ++i)
+        if (order[i].account == "hydra-1") at.push_back(i);
+      ASSERT_GE(at.size(), 3u);
+      std::swap(order[at[1]], order[at[2]]);
+    }
+    CrawlMonitor m(cal);
+    int hydra_sent = 0, flagged_at = -1;
+    for (const auto& e : order) {
+      hydra_sent += e.account.rfind("hydra-", 0) == 0;
+      for (const auto& v : m.observe(e))
+        if (flagged_at < 0 && v.cluster && v.members[0].rfind("hydra-", 0) == 0) flagged_at = hydra_sent;
+    }
+    ASSERT_GT(flagged_at, 0) << "never flagged as a cluster; link_lockstep_z " << cal.link_lockstep_z;
+    EXPECT_LE(flagged_at, 4 * 8 + 4) << "link_turn_taking_p " << cal.link_turn_taking_p;
+    for (int u = 0; u < 8; ++u) EXPECT_FALSE(m.flagged("user-" + std::to_string(u)).has_value()) << u;
   }
-  ASSERT_GT(flagged_at, 0) << "never flagged as a cluster; link_lockstep_z " << cal.link_lockstep_z;
-  EXPECT_LE(flagged_at, 7 * 8) << "link_lockstep_z " << cal.link_lockstep_z;
-  for (int u = 0; u < 8; ++u) EXPECT_FALSE(m.flagged("user-" + std::to_string(u)).has_value()) << u;
 }
 
 // The runs test against its definition in float64, and its null distribution: independent Poisson
@@ -319,6 +334,77 @@ TEST(MonitorStats, LockstepRunsTest) {
     for (int j = i + 1; j < 5; ++j) EXPECT_GT(lockstep_z(acc[size_t(i)], acc[size_t(j)]), 5.0);
 }
 
+// The turn-taking test against its bound recomputed in float64 by counting, its null (independent Poisson
+// streams: p is a p-value), and a hydra found among accounts of the same client that send on their own.
+TEST(MonitorStats, TurnTaking) {
+  // Three accounts in turn, 4 rounds (each round's requests in one millisecond, so the common span holds
+  // all 12; ties go in account order): 12 of 12 periodic. Of the 12!/(4!)³ equally likely interleavings,
+  // 3! are one order repeated: p = 3!·(4!)³/12!, times k·C(k, m) = 3 for the choice.
+  std::vector<std::vector<int64_t>> three(3);
+  for (int i = 0; i < 12; ++i) three[size_t(i % 3)].push_back(1000 * (i / 3));
+  TurnTaking t = turn_taking(three);
+  ASSERT_EQ(t.members.size(), 3u);
+  EXPECT_EQ(t.periodic, 12);
+  EXPECT_EQ(t.requests, 12);
+  double interleavings = 1;  // 12! / (4!)^3 by the multinomial product C(12,4)·C(8,4)
+  for (int i = 1; i <= 4; ++i) interleavings *= double(12 - 4 + i) / i * double(8 - 4 + i) / i;
+  EXPECT_NEAR(t.p_members / (6.0 / interleavings), 1.0, 1e-9);
+  EXPECT_NEAR(t.p / (3 * 6.0 / interleavings), 1.0, 1e-9);
+  // The third round in another order (1, 0, 2) breaks the stretch: shorter, p larger.
+  three[1][2] -= 1;
+  const TurnTaking j = turn_taking(three);
+  EXPECT_LT(j.periodic, 12);
+  EXPECT_GT(j.p, t.p);
+  // Exhaustively: every interleaving of 3 accounts × 4 requests (times = positions), each equally likely
+  // under independent streams. The share with p <= a is at most a, for every a the test gives.
+  std::vector<int> labels = {0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2};
+  std::vector<double> ps;
+  do {
+    std::vector<std::vector<int64_t>> acc(3);
+    for (size_t i = 0; i < labels.size(); ++i) acc[size_t(labels[i])].push_back(int64_t(i));
+    ps.push_back(turn_taking(acc, 4).p);
+  } while (std::next_permutation(labels.begin(), labels.end()));
+  ASSERT_EQ(ps.size(), 34650u);
+  std::sort(ps.begin(), ps.end());
+  ASSERT_LT(ps[100], 1.0) << "the test must find turns somewhere among them";
+  for (size_t i = 0; i < ps.size() && ps[i] < 1; ++i) {
+    const size_t at_most = size_t(std::upper_bound(ps.begin(), ps.end(), ps[i]) - ps.begin());
+    EXPECT_LE(double(at_most) / double(ps.size()), ps[i]) << "p " << ps[i];
+  }
+  // Fewer than 3 accounts with min_each requests: nothing.
+  EXPECT_TRUE(turn_taking({{1, 2, 3, 4}, {5, 6, 7, 8}}).members.empty());
+  // Null: 5 independent Poisson streams of 8 requests, 3,000 times. P(p <= a) <= a for every a.
+  std::mt19937_64 rng(11);
+  std::exponential_distribution<double> gap(1.0 / 20'000);
+  auto poisson = [&](int n, double from) {
+    std::vector<int64_t> ms;
+    for (int i = 0; i < n; ++i) ms.push_back(int64_t(from += gap(rng)));
+    return ms;
+  };
+  int below_05 = 0, below_01 = 0, below_bar = 0;
+  const int trials = 3000;
+  for (int k = 0; k < trials; ++k) {
+    std::vector<std::vector<int64_t>> acc;
+    for (int a = 0; a < 5; ++a) acc.push_back(poisson(8, 0));
+    const double p = turn_taking(acc).p;
+    below_05 += p <= 0.05, below_01 += p <= 0.01, below_bar += p <= MonitorCalibration::kMaxTurnTakingP;
+  }
+  EXPECT_LE(below_05, 0.05 * trials);
+  EXPECT_LE(below_01, 0.01 * trials);
+  EXPECT_EQ(below_bar, 0);
+  // A hydra of 6 handed one Poisson stream in turn, one account of the same client sending on its own at
+  // the same time, and one that finished before: the 6 are found.
+  const auto stream = poisson(36, 500'000);
+  std::vector<std::vector<int64_t>> acc(6);
+  for (size_t i = 0; i < stream.size(); ++i) acc[i % 6].push_back(stream[i]);
+  acc.push_back(poisson(20, 500'000));  // on its own, at the same time
+  acc.push_back(poisson(10, 0));        // finished before
+  const TurnTaking h = turn_taking(acc);
+  EXPECT_EQ(h.members, (std::vector<size_t>{0, 1, 2, 3, 4, 5}));
+  EXPECT_EQ(h.periodic, h.requests);
+  EXPECT_LT(h.p, 1e-9);
+}
+
 // A crawl split by topic over 20 accounts (each account its own corner of the embedding space, so no
 // two look like one distribution), dispatched in turn: linked on timing and parameters, flagged as one.
 // Benign users sending the very same parameters at their own times stay out of it.
@@ -360,7 +446,7 @@ TEST(CrawlMonitor, LinksATopicSplitHydraByTiming) {
   ASSERT_FALSE(cluster->flag_reasons.empty());
   EXPECT_EQ(cluster->flag_reasons[0].test, "lockstep");
   bool timing = false;
-  for (const auto& l : cluster->links) timing = timing || l.find("lockstep timing") != std::string::npos;
+  for (const auto& l : cluster->links) timing = timing || l.find(" timing (") != std::string::npos;  // either test
   EXPECT_TRUE(timing);
   for (int u = 0; u < 6; ++u) {
     const auto v = m.flagged("user-" + std::to_string(u));
@@ -412,6 +498,9 @@ TEST(CrawlMonitor, CalibrationFileRoundTripAndBadInput) {
   EXPECT_EQ(back.pool.size(), cal.pool.size());
   EXPECT_EQ(back.sigma2, cal.sigma2);
   EXPECT_EQ(back.link_lockstep_z, cal.link_lockstep_z);
+  EXPECT_EQ(back.link_turn_taking_p, cal.link_turn_taking_p);
+  EXPECT_EQ(back.benign_turn_taking_p, cal.benign_turn_taking_p);
+  EXPECT_GT(cal.link_turn_taking_p, 0);
   EXPECT_GE(cal.link_lockstep_z, MonitorCalibration::kMinLockstepZ);
   expect_error([&] { MonitorCalibration::load((dir.path / "missing.json").string()); }, {"missing.json", "monitor calibrate"});
   retort::write_file_atomic((dir.path / "bad.json").string(), "{\"format\": \"retort-monitor-calibration/1\"}");

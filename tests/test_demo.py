@@ -129,12 +129,20 @@ class DemoInMiniature(unittest.TestCase):
     def test_a_second_run_resumes(self):
         """Every step's output exists: the demo reruns in seconds and changes nothing."""
         before = read(os.path.join(self.out, "case", "case.json"))
+        steps_before = json.loads(read(os.path.join(self.out, "demo.json")))["step_seconds"]
         p = run(["demo", "--mini", "--out", self.out, "--teacher", self.tiny["teacher"], "--control-model",
                  self.tiny["unrelated"], "--student-layers", "1"], env={"RETORT_HOME": self.home})
         self.assertIn("done before", p.stdout)
         self.assertIn("monitor calibration: cached", p.stdout)
         self.assertEqual(json.loads(read(os.path.join(self.out, "case", "case.json")))["verdict"],
                          json.loads(before)["verdict"])
+        # The steps it skipped keep the first run's timings.
+        again = json.loads(read(os.path.join(self.out, "demo.json")))
+        self.assertTrue(again["resumed"])
+        for step in ["capture-distiller", "distill-student"]:
+            self.assertIn(step, steps_before)
+            self.assertEqual(again["step_seconds"][step], steps_before[step], step)
+        self.assertGreaterEqual(again["seconds_all_runs"], again["seconds"])
 
 
 class ShippedCalibration(unittest.TestCase):

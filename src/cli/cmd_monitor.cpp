@@ -72,6 +72,8 @@ void run_calibrate(const CalibrateArgs& a) {
   }
   std::printf("timing links: runs test z >= %.2f (largest between two benign accounts: %.2f)\n", cal.link_lockstep_z,
               cal.benign_lockstep_z);
+  std::printf("group timing links: turn-taking p <= %.1e (smallest for any group of benign accounts: %.1e)\n",
+              cal.link_turn_taking_p, cal.benign_turn_taking_p);
   std::printf("wrote %s\n", a.out.c_str());
 }
 

@@ -32,6 +32,9 @@ constexpr double kStrongRatio = 2.0;   // one test this far past its threshold f
 // (At min_requests / 2 = 8, the demo's 8-account hydra had sent 72 of its 204 requests when it was linked;
 // at 6, with linking while accounts join (observe()), 50 on the same traffic: `retort monitor rescore`.)
 int min_link_requests(int min_requests) { return std::max(4, min_requests * 3 / 8); }
+// Accounts enter the turn-taking test (a group's timing) from this many requests: 4 for min_requests 16.
+// Eight accounts taking turns for two rounds past a jittery first one give p ≈ 1e-9 (turn_taking).
+int min_turn_requests(int min_requests) { return std::max(3, min_requests / 4); }
 
 const char* kTestNames[] = {"mmd",    "prada",     "rate",        "burst",    "regularity",
                             "spread", "templated", "single_turn", "logprobs", "fingerprint", "lockstep"};
@@ -53,7 +56,7 @@ std::string describe(const std::string& test, double v, double thr) {
   if (test == "single_turn") return f("single-turn requests only: share %.2f > %.2f");
   if (test == "logprobs") return f("heavy logprob use: %.2f > %.2f (share × (top_logprobs+1)/21)");
   if (test == "fingerprint") return f("one fixed parameter set: share %.2f > %.2f");
-  if (test == "lockstep") return f("%.0f member accounts send in lockstep (their requests alternate) > %.1f");
+  if (test == "lockstep") return f("%.0f member accounts send in lockstep (their requests alternate or go round in turn) > %.1f");
   return f("%.4f > %.4f");
 }
 
@@ -150,7 +153,8 @@ json MonitorCalibration::to_json() const {
           {"threshold", threshold}, {"benign_extreme", benign_extreme}, {"benign_accounts", benign_accounts},
           {"benign_requests", benign_requests}, {"benign_windows", benign_windows}, {"link_mmd", link_mmd},
           {"link_lockstep_z", link_lockstep_z},
-          {"benign_lockstep_z", benign_lockstep_z}, {"common_fingerprints", common_fingerprints}, {"center", floats_json(center)},
+          {"benign_lockstep_z", benign_lockstep_z}, {"link_turn_taking_p", link_turn_taking_p},
+          {"benign_turn_taking_p", benign_turn_taking_p}, {"common_fingerprints", common_fingerprints}, {"center", floats_json(center)},
           {"pool", std::move(pool_json)}};
 }
 
@@ -174,6 +178,8 @@ MonitorCalibration MonitorCalibration::from_json(const json& j, const std::strin
     c.link_mmd = j.at("link_mmd").get<double>();
     c.link_lockstep_z = j.value("link_lockstep_z", 0.0);  // absent in files made before timing links
     c.benign_lockstep_z = j.value("benign_lockstep_z", 0.0);
+    c.link_turn_taking_p = j.value("link_turn_taking_p", 0.0);  // absent in files made before the test
+    c.benign_turn_taking_p = j.value("benign_turn_taking_p", 1.0);
     c.common_fingerprints = j.at("common_fingerprints").get<std::vector<std::string>>();
     c.center = j.at("center").get<std::vector<float>>();
     c.pool = j.at("pool").get<std::vector<std::vector<float>>>();
@@ -261,6 +267,118 @@ double lockstep_z(const std::vector<int64_t>& a_ms, const std::vector<int64_t>& 
   const double mean = 1 + 2 * n1 * n2 / n;
   const double var = 2 * n1 * n2 * (2 * n1 * n2 - n) / (n * n * (n - 1));
   return var > 0 ? (double(runs) - mean) / std::sqrt(var) : NAN;
+}
+
+namespace {
+double log_falling(double n, double k) { return std::lgamma(n + 1) - std::lgamma(n - k + 1); }
+
+// The longest periodic stretch of the members' merged requests within their common span, and its log p
+// for these members (see turn_taking in the header).
+TurnTaking periodic_stretch(const std::vector<std::vector<int64_t>>& t, const std::vector<size_t>& members) {
+  TurnTaking r;
+  r.members = members;
+  const size_t m = members.size();
+  if (m < 3) return r;
+  int64_t from = INT64_MIN, to = INT64_MAX;
+  for (size_t i : members) from = std::max(from, t[i].front()), to = std::min(to, t[i].back());
+  std::vector<std::pair<int64_t, size_t>> merged;  // (time, member), ties in member order
+  std::vector<double> n(m, 0);
+  for (size_t a = 0; a < m; ++a)
+    for (auto it = std::lower_bound(t[members[a]].begin(), t[members[a]].end(), from);
+         it != t[members[a]].end() && *it <= to; ++it)
+      merged.push_back({*it, a}), ++n[a];
+  std::sort(merged.begin(), merged.end());
+  const size_t N = merged.size();
+  r.requests = int64_t(N);
+  if (N < 2 * m) return r;
+  // Runs of x[i] == x[i + m]: a run [a, c) makes [a, c + m) periodic when x[a, a + m) holds every member.
+  size_t best = 0;
+  for (size_t a = 0; a + m < N;) {
+    size_t c = a;
+    while (c + m < N && merged[c].second == merged[c + m].second) ++c;
+    if (c > a) {
+      std::vector<char> seen(m, 0);
+      size_t distinct = 0;
+      for (size_t i = a; i < a + m; ++i) distinct += !seen[merged[i].second]++;
+      if (distinct == m) best = std::max(best, c - a + m);
+    }
+    a = c + 1;
+  }
+  r.periodic = int64_t(best);
+  if (best < 2 * m) return r;
+  // The stretch holds q + 1 requests of rem members and q of the rest; the bound gives the q + 1 to the
+  // members with most requests (the largest product).
+  const size_t q = best / m, rem = best % m;
+  std::vector<double> sorted = n;
+  std::sort(sorted.rbegin(), sorted.rend());
+  double log_p = std::log(double(N - best + 1)) + std::lgamma(double(m) + 1) - log_falling(double(N), double(best));
+  for (size_t i = 0; i < m; ++i) log_p += log_falling(sorted[i], double(q + (i < rem)));
+  r.p_members = std::min(1.0, std::exp(log_p));
+  return r;
+}
+}  // namespace
+
+TurnTaking turn_taking(const std::vector<std::vector<int64_t>>& times_ms, int min_each) {
+  std::vector<size_t> eligible;
+  for (size_t i = 0; i < times_ms.size(); ++i)
+    if (int64_t(times_ms[i].size()) >= min_each) eligible.push_back(i);
+  if (eligible.size() < 3) return {};
+  for (size_t i : eligible)
+    if (!std::is_sorted(times_ms[i].begin(), times_ms[i].end())) {  // sorted copies, then the same test
+      std::vector<std::vector<int64_t>> sorted = times_ms;
+      for (auto& t : sorted) std::sort(t.begin(), t.end());
+      return turn_taking(sorted, min_each);
+    }
+  const size_t k = eligible.size();
+  if (k < 3) return {};
+  // Start from the accounts of the most recent 2k requests (a group taking turns now shows there).
+  std::vector<std::pair<int64_t, size_t>> all;
+  for (size_t i : eligible)
+    for (int64_t ms : times_ms[i]) all.push_back({ms, i});
+  std::sort(all.begin(), all.end());
+  std::set<size_t> recent;
+  for (size_t x = all.size() > 2 * k ? all.size() - 2 * k : 0; x < all.size(); ++x) recent.insert(all[x].second);
+  auto corrected = [&](TurnTaking r) {
+    const double m = double(r.members.size());
+    const double log_choices = std::log(double(k)) + std::lgamma(double(k) + 1) - std::lgamma(m + 1) - std::lgamma(double(k) - m + 1);
+    r.p = r.p_members >= 1 ? 1.0 : std::min(1.0, std::exp(std::log(r.p_members) + log_choices));
+    return r;
+  };
+  TurnTaking best = corrected(periodic_stretch(times_ms, std::vector<size_t>(recent.begin(), recent.end())));
+  // Other groups: those whose turns show in the stream of all k accounts — a stretch of at least two
+  // rounds with period m (3 ≤ m ≤ k) whose first m requests are m different accounts.
+  std::set<std::vector<size_t>> groups;
+  for (size_t m = 3; m <= k; ++m)
+    for (size_t a = 0; a + m < all.size();) {
+      size_t c = a;
+      while (c + m < all.size() && all[c].second == all[c + m].second) ++c;
+      if (c >= a + m) {
+        std::vector<size_t> g;
+        for (size_t i = a; i < a + m; ++i) g.push_back(all[i].second);
+        std::sort(g.begin(), g.end());
+        if (std::adjacent_find(g.begin(), g.end()) == g.end()) groups.insert(g);
+      }
+      a = c + 1;
+    }
+  for (const auto& g : groups) {
+    TurnTaking r = corrected(periodic_stretch(times_ms, g));
+    if (r.p < best.p) best = std::move(r);
+  }
+  // Drop the member whose absence lowers p most (an account of the same client sending on its own, or one
+  // that happened to send in the last rounds), while that helps.
+  while (best.members.size() > 3) {
+    TurnTaking next = best;
+    for (size_t x = 0; x < best.members.size(); ++x) {
+      std::vector<size_t> fewer = best.members;
+      fewer.erase(fewer.begin() + std::ptrdiff_t(x));
+      TurnTaking r = corrected(periodic_stretch(times_ms, fewer));
+      if (r.p < next.p) next = std::move(r);
+    }
+    if (!(next.p < best.p)) break;
+    best = std::move(next);
+  }
+  if (best.p >= 1) return {};
+  return best;
 }
 
 std::vector<uint32_t> minhash_signature(const std::string& text) {
@@ -354,12 +472,16 @@ std::map<std::string, double> monitor_statistics(const std::vector<const Monitor
     if (cal && !cal->pool.empty()) st["mmd"] = kxx / pairs + cal->k_yy - 2 * kxy / double(n_emb);
   }
   if (nearest.size() >= 3) st["prada"] = 1 - shapiro_wilk_w(std::vector<double>(nearest.end() - std::min<size_t>(nearest.size(), kHistory), nearest.end()));
-  // Timing.
-  const int64_t t0 = win.front()->event.unix_ms, t1 = win.back()->event.unix_ms;
+  // Timing, in time order: a server observes requests as their prompts are read, and of several in
+  // flight a later one can come first (its time is still its arrival).
+  std::vector<int64_t> ts;
+  for (const MonitorItem* it : win) ts.push_back(it->event.unix_ms);
+  std::sort(ts.begin(), ts.end());
+  const int64_t t0 = ts.front(), t1 = ts.back();
   if (m >= 2) {
     st["rate"] = double(m - 1) * 60000.0 / double(std::max<int64_t>(t1 - t0, 1000));
     std::vector<double> gaps;
-    for (size_t i = 1; i < m; ++i) gaps.push_back(double(win[i]->event.unix_ms - win[i - 1]->event.unix_ms));
+    for (size_t i = 1; i < m; ++i) gaps.push_back(double(ts[i] - ts[i - 1]));
     const double mean = std::accumulate(gaps.begin(), gaps.end(), 0.0) / double(gaps.size());
     double var = 0;
     for (double g : gaps) var += (g - mean) * (g - mean);
@@ -369,7 +491,7 @@ std::map<std::string, double> monitor_statistics(const std::vector<const Monitor
   }
   size_t burst = 0;
   for (size_t i = 0, j = 0; i < m; ++i) {
-    while (win[i]->event.unix_ms - win[j]->event.unix_ms > kBurstMs) ++j;
+    while (ts[i] - ts[j] > kBurstMs) ++j;
     burst = std::max(burst, i - j + 1);
   }
   st["burst"] = double(burst);
@@ -494,7 +616,7 @@ std::vector<MonitorVerdict> CrawlMonitor::observe(const MonitorEvent& e) {
       a.verdict.subject = e.account;
       a.verdict.members = {e.account};
     }
-    a.last_ms = e.unix_ms;
+    a.last_ms = std::max(a.last_ms, e.unix_ms);
     if (!item.unit.empty()) {
       if (!a.history.empty()) {  // PRADA: the distance to the nearest earlier query
         double best = INFINITY;
@@ -521,8 +643,8 @@ std::vector<MonitorVerdict> CrawlMonitor::observe(const MonitorEvent& e) {
     // account inside their common span, so a round-robin hydra's links form over its accounts' next few
     // requests): link now rather than up to kClusterEvery events later. Only clusters whose members change
     // are scored then, so a settled (benign) cluster is not scored more often than every kClusterEvery.
-    const int64_t min_link = min_link_requests(s.min_requests());
-    joining = !clusters_due && a.verdict.requests >= min_link && a.verdict.requests < min_link + kLinkSoon;
+    const int64_t min_link = min_link_requests(s.min_requests()), min_turn = min_turn_requests(s.min_requests());
+    joining = !clusters_due && a.verdict.requests >= min_turn && a.verdict.requests < min_link + kLinkSoon;
   }
   if (clusters_due || joining)
     for (auto& v : link_accounts(/*rescore_unchanged=*/clusters_due)) changed.push_back(std::move(v));
@@ -536,9 +658,11 @@ std::vector<MonitorVerdict> CrawlMonitor::link_accounts(bool rescore_unchanged) 
   std::lock_guard<std::mutex> lock(s.mu);
   const MonitorCalibration* cal = s.cal ? &*s.cal : nullptr;
   const int min_link = min_link_requests(s.min_requests());
+  // Accounts from min_turn requests on; those below min_link link only through the turn-taking test.
+  const int min_turn = min_turn_requests(s.min_requests());
   std::vector<Impl::Account*> acc;
   for (auto& [name, a] : s.accounts)
-    if (a.verdict.requests >= min_link) acc.push_back(&a);
+    if (a.verdict.requests >= std::min(min_turn, min_link)) acc.push_back(&a);
   const size_t A = acc.size();
   // Evidence per pair (i < j): shared templates (near-duplicate prompts across the two accounts, found
   // through MinHash bands), one and the same explicit parameter set, complementary coverage.
@@ -590,13 +714,49 @@ std::vector<MonitorVerdict> CrawlMonitor::link_accounts(bool rescore_unchanged) 
   // one client handing its requests to its accounts in turn makes their requests alternate.
   const std::string kLockstepEvidence = "lockstep timing";
   std::set<std::pair<size_t, size_t>> lockstep;
+  auto times = [&](size_t i) {
+    std::vector<int64_t> t;
+    for (const auto& it : acc[i]->window) t.push_back(it.event.unix_ms);
+    std::sort(t.begin(), t.end());  // observed in the order prompts were read, not always of arrival
+    return t;
+  };
+  // A group's timing first: within each group of accounts joined by templates or parameters, the
+  // accounts taking turns (turn_taking) — found from their 4th request on, where a pair's runs test needs
+  // 6 each. Its pairs with other evidence get it as evidence; they may link below min_link.
+  std::set<std::pair<size_t, size_t>> turn_pairs;
+  if (cal && cal->link_turn_taking_p > 0) {
+    std::vector<size_t> up(A);
+    std::iota(up.begin(), up.end(), 0);
+    std::function<size_t(size_t)> top = [&](size_t x) { return up[x] == x ? x : up[x] = top(up[x]); };
+    for (const auto& [pair, ev] : evidence) up[top(pair.first)] = top(pair.second);
+    std::map<size_t, std::vector<size_t>> groups;
+    for (size_t i = 0; i < A; ++i) groups[top(i)].push_back(i);
+    for (const auto& [g, members] : groups) {
+      if (members.size() < 3) continue;
+      std::vector<std::vector<int64_t>> t;
+      for (size_t i : members) t.push_back(times(i));
+      const TurnTaking tt = turn_taking(t, min_turn);
+      if (tt.members.empty() || !(tt.p <= cal->link_turn_taking_p)) continue;
+      char p_text[32], buf[192];
+      if (tt.p > 0) std::snprintf(p_text, sizeof(p_text), "p %.1e", tt.p);
+      else std::snprintf(p_text, sizeof(p_text), "p < 1e-300");  // below double's range
+      std::snprintf(buf, sizeof(buf), " (%zu accounts' requests go round in one order: %lld of %lld in turn, %s <= %.0e)",
+                    tt.members.size(), (long long)tt.periodic, (long long)tt.requests, p_text, cal->link_turn_taking_p);
+      for (size_t x = 0; x < tt.members.size(); ++x)
+        for (size_t y = x + 1; y < tt.members.size(); ++y) {
+          const size_t i = std::min(members[tt.members[x]], members[tt.members[y]]);
+          const size_t j = std::max(members[tt.members[x]], members[tt.members[y]]);
+          auto e = evidence.find({i, j});
+          if (e == evidence.end()) continue;
+          e->second.insert(std::string("turn-taking timing") + buf);
+          turn_pairs.insert({i, j});
+          lockstep.insert({i, j});
+        }
+    }
+  }
   if (cal && cal->link_lockstep_z > 0)
     for (auto& [pair, ev] : evidence) {
-      auto times = [&](size_t i) {
-        std::vector<int64_t> t;
-        for (const auto& it : acc[i]->window) t.push_back(it.event.unix_ms);
-        return t;
-      };
+      if (turn_pairs.count(pair)) continue;  // timing evidence already
       const double z = lockstep_z(times(pair.first), times(pair.second));
       if (!(z >= cal->link_lockstep_z)) continue;
       char buf[128];
@@ -630,7 +790,8 @@ std::vector<MonitorVerdict> CrawlMonitor::link_accounts(bool rescore_unchanged) 
   std::function<size_t(size_t)> root = [&](size_t x) { return parent[x] == x ? x : parent[x] = root(parent[x]); };
   std::map<std::pair<size_t, size_t>, std::set<std::string>> links;
   for (const auto& [pair, ev] : evidence)
-    if (ev.size() >= 2) {
+    if (ev.size() >= 2 && (turn_pairs.count(pair) ||
+                           std::min(acc[pair.first]->verdict.requests, acc[pair.second]->verdict.requests) >= min_link)) {
       parent[root(pair.first)] = root(pair.second);
       links[pair] = ev;
     }
@@ -852,15 +1013,19 @@ MonitorCalibration calibrate_monitor(const std::map<std::string, std::vector<Mon
     std::stable_sort(stream.begin(), stream.end(), [](const auto& x, const auto& y) { return x.first < y.first; });
     std::vector<std::vector<int64_t>> win(a);
     std::vector<int64_t> seen(a, 0), seen_before(a, 0);  // requests so far; at the previous update
-    double zmax = -INFINITY;
-    const int min_link = min_link_requests(opts.min_requests);
+    double zmax = -INFINITY, pmin = 1;
+    const int min_link = min_link_requests(opts.min_requests), min_turn = min_turn_requests(opts.min_requests);
     for (size_t k = 0; k < stream.size(); ++k) {
       auto& w = win[stream[k].second];
       w.push_back(stream[k].first);
       if (int(w.size()) > opts.window) w.erase(w.begin());
       const int64_t n = ++seen[stream[k].second];
-      const bool joining = n >= min_link && n < min_link + CrawlMonitor::kLinkSoon;  // observe() links then too
+      const bool joining = n >= min_turn && n < min_link + CrawlMonitor::kLinkSoon;  // observe() links then too
       if ((k + 1) % CrawlMonitor::kClusterEvery != 0 && !joining && k + 1 != stream.size()) continue;
+      // Turn-taking among benign accounts, all of them taken as one group (as if all shared templates):
+      // the smallest p for the group found, uncorrected for its choice.
+      const TurnTaking tt = turn_taking(win, min_turn);
+      if (!tt.members.empty()) pmin = std::min(pmin, tt.p_members);
       // Only pairs with an account that sent since the previous update have new windows (the rest
       // would repeat their z): O(changed × accounts) per update, not O(accounts²).
       for (size_t i = 0; i < a; ++i)
@@ -873,6 +1038,8 @@ MonitorCalibration calibrate_monitor(const std::map<std::string, std::vector<Mon
     }
     cal.benign_lockstep_z = std::isfinite(zmax) ? zmax : 0;
     cal.link_lockstep_z = std::max(MonitorCalibration::kMinLockstepZ, std::isfinite(zmax) ? zmax * opts.margin : 0);
+    cal.benign_turn_taking_p = pmin;
+    cal.link_turn_taking_p = std::min(MonitorCalibration::kMaxTurnTakingP, pmin / 100);
   }
   // Accounts in lockstep within a cluster: by the threshold above no two benign accounts are, but one
   // customer spreading its own job over two keys would be; the benign extreme taken is 2.

@@ -101,6 +101,12 @@ struct MonitorCalibration {
   // margin, at least kMinLockstepZ (0 = never: a calibration made before timing links existed).
   static constexpr double kMinLockstepZ = 3.0;
   double link_lockstep_z = 0, benign_lockstep_z = 0;
+  // Linking on a group's timing (turn_taking): accounts whose requests go round in one order link when the
+  // test's p-value is at most link_turn_taking_p — kMaxTurnTakingP, or 1/100 of the smallest p the test
+  // gave any group of benign accounts (benign_turn_taking_p, no correction for the group's choice) if
+  // that is lower. 0 = never (a calibration made before the test existed).
+  static constexpr double kMaxTurnTakingP = 1e-4;
+  double link_turn_taking_p = 0, benign_turn_taking_p = 1;
   int benign_accounts = 0, benign_requests = 0, benign_windows = 0;
   std::string model;                    // the served model the embeddings came from (path stem)
   int64_t n_embd = 0;
@@ -174,6 +180,25 @@ std::string monitor_fingerprint(const MonitorEvent& e);
 // them alternate (R near N): z = (R − E[R]) / √Var[R] is large; people's sessions clump (z < 0).
 // NaN when either account has fewer than min_each requests in the common span.
 double lockstep_z(const std::vector<int64_t>& a_ms, const std::vector<int64_t>& b_ms, int min_each = 6);
+// Timing of a group: one client handing its requests to m ≥ 3 accounts in turn makes their merged stream
+// periodic — every round holds each account once, in one order — long before any two of them have
+// alternated often enough for lockstep_z. Over the members' common span (N requests, n_i each), take the
+// longest stretch of ℓ ≥ 2m requests that repeats one order of all m members. Under independent streams
+// (every interleaving equally likely) a given stretch of ℓ is periodic with probability at most
+// m! · Π_i n_i^(k_i) / N^(ℓ) (falling powers; k_i = member i's requests in it, the larger ones given to
+// the members with most requests), and there are N − ℓ + 1 stretches. The members are chosen from the
+// k accounts given (those with ≥ min_each requests): the most recent 2k requests' accounts, then
+// dropping members while that lowers p; p is multiplied by k · C(k, m) (Bonferroni over every group of
+// that size), so it stays a p-value whatever group was chosen. members empty when no group of 3 has a
+// periodic stretch of two rounds.
+struct TurnTaking {
+  std::vector<size_t> members;  // indices into times_ms
+  int64_t requests = 0;         // N
+  int64_t periodic = 0;         // ℓ
+  double p_members = 1;         // for these members alone (no correction for choosing them)
+  double p = 1;                 // corrected for the choice among the k accounts
+};
+TurnTaking turn_taking(const std::vector<std::vector<int64_t>>& times_ms, int min_each = 4);
 // Share of equal positions: an unbiased estimate of the Jaccard similarity of the two bigram sets.
 double minhash_similarity(const std::vector<uint32_t>& a, const std::vector<uint32_t>& b);
 inline constexpr double kNearDuplicate = 0.5;  // MinHash similarity from which two prompts share a template
@@ -198,7 +223,8 @@ class CrawlMonitor {
   const MonitorCalibration* calibration() const;
 
   static constexpr int kClusterEvery = 25;
-  // An account's first kLinkSoon requests from min_link_requests on each link at once.
+  // An account's requests from its min_turn_requests-th to its (min_link_requests + kLinkSoon − 1)-th each
+  // link at once.
   static constexpr int kLinkSoon = 4;
 
  private:
