@@ -331,7 +331,6 @@ TurnTaking turn_taking(const std::vector<std::vector<int64_t>>& times_ms, int mi
       return turn_taking(sorted, min_each);
     }
   const size_t k = eligible.size();
-  if (k < 3) return {};
   // Start from the accounts of the most recent 2k requests (a group taking turns now shows there).
   std::vector<std::pair<int64_t, size_t>> all;
   for (size_t i : eligible)
@@ -715,27 +714,35 @@ std::vector<MonitorVerdict> CrawlMonitor::link_accounts(bool rescore_unchanged) 
   // one client handing its requests to its accounts in turn makes their requests alternate.
   const std::string kLockstepEvidence = "lockstep timing";
   std::set<std::pair<size_t, size_t>> lockstep;
-  auto times = [&](size_t i) {
-    std::vector<int64_t> t;
-    for (const auto& it : acc[i]->window) t.push_back(it.event.unix_ms);
-    std::sort(t.begin(), t.end());  // observed in the order prompts were read, not always of arrival
-    return t;
+  std::vector<std::vector<int64_t>> times(A);  // each account's window, in time order (observed in the
+  for (size_t i = 0; i < A; ++i) {             // order prompts were read, not always of arrival)
+    for (const auto& it : acc[i]->window) times[i].push_back(it.event.unix_ms);
+    std::sort(times[i].begin(), times[i].end());
+  }
+  // Connected components over pairs (union-find), for the turn-taking groups and for the clusters.
+  auto components = [A](const auto& pairs) {
+    std::vector<size_t> up(A);
+    std::iota(up.begin(), up.end(), 0);
+    std::function<size_t(size_t)> top = [&](size_t x) { return up[x] == x ? x : up[x] = top(up[x]); };
+    for (const auto& pair : pairs) up[top(pair.first)] = top(pair.second);
+    std::vector<size_t> root(A);
+    for (size_t i = 0; i < A; ++i) root[i] = top(i);
+    return root;
   };
   // A group's timing first: within each group of accounts joined by templates or parameters, the
   // accounts taking turns (turn_taking) — found from their 4th request on, where a pair's runs test needs
   // 6 each. Its pairs with other evidence get it as evidence; they may link below min_link.
   std::set<std::pair<size_t, size_t>> turn_pairs;
   if (cal && cal->link_turn_taking_p > 0) {
-    std::vector<size_t> up(A);
-    std::iota(up.begin(), up.end(), 0);
-    std::function<size_t(size_t)> top = [&](size_t x) { return up[x] == x ? x : up[x] = top(up[x]); };
-    for (const auto& [pair, ev] : evidence) up[top(pair.first)] = top(pair.second);
+    std::vector<std::pair<size_t, size_t>> joined;
+    for (const auto& [pair, ev] : evidence) joined.push_back(pair);
+    const std::vector<size_t> group_of = components(joined);
     std::map<size_t, std::vector<size_t>> groups;
-    for (size_t i = 0; i < A; ++i) groups[top(i)].push_back(i);
+    for (size_t i = 0; i < A; ++i) groups[group_of[i]].push_back(i);
     for (const auto& [g, members] : groups) {
       if (members.size() < 3) continue;
       std::vector<std::vector<int64_t>> t;
-      for (size_t i : members) t.push_back(times(i));
+      for (size_t i : members) t.push_back(times[i]);
       const TurnTaking tt = turn_taking(t, min_turn);
       if (tt.members.empty() || !(tt.p <= cal->link_turn_taking_p)) continue;
       char p_text[32], buf[192];
@@ -758,7 +765,7 @@ std::vector<MonitorVerdict> CrawlMonitor::link_accounts(bool rescore_unchanged) 
   if (cal && cal->link_lockstep_z > 0)
     for (auto& [pair, ev] : evidence) {
       if (turn_pairs.count(pair)) continue;  // timing evidence already
-      const double z = lockstep_z(times(pair.first), times(pair.second));
+      const double z = lockstep_z(times[pair.first], times[pair.second]);
       if (!(z >= cal->link_lockstep_z)) continue;
       char buf[128];
       std::snprintf(buf, sizeof(buf), " (their requests alternate: runs test z %.1f >= %.1f)", z, cal->link_lockstep_z);
@@ -786,18 +793,17 @@ std::vector<MonitorVerdict> CrawlMonitor::link_accounts(bool rescore_unchanged) 
     if (mmd2 < cal->link_mmd) ev.insert("complementary coverage (disjoint prompts, one distribution)");
   }
   // Link on two kinds of evidence; clusters are the connected components.
-  std::vector<size_t> parent(A);
-  std::iota(parent.begin(), parent.end(), 0);
-  std::function<size_t(size_t)> root = [&](size_t x) { return parent[x] == x ? x : parent[x] = root(parent[x]); };
   std::map<std::pair<size_t, size_t>, std::set<std::string>> links;
+  std::vector<std::pair<size_t, size_t>> linked;
   for (const auto& [pair, ev] : evidence)
     if (ev.size() >= 2 && (turn_pairs.count(pair) ||
                            std::min(acc[pair.first]->verdict.requests, acc[pair.second]->verdict.requests) >= min_link)) {
-      parent[root(pair.first)] = root(pair.second);
+      linked.push_back(pair);
       links[pair] = ev;
     }
+  const std::vector<size_t> root = components(linked);
   std::map<size_t, std::vector<size_t>> comps;
-  for (size_t i = 0; i < A; ++i) comps[root(i)].push_back(i);
+  for (size_t i = 0; i < A; ++i) comps[root[i]].push_back(i);
   std::vector<MonitorVerdict> changed;
   s.cluster_of.clear();
   std::map<std::string, MonitorVerdict> next;
@@ -846,11 +852,11 @@ std::vector<MonitorVerdict> CrawlMonitor::link_accounts(bool rescore_unchanged) 
     // Members in lockstep with another member: one client's accounts.
     std::set<size_t> in_step;
     for (const auto& [i, j] : lockstep)
-      if (root(i) == r && root(j) == r) in_step.insert(i), in_step.insert(j);
+      if (root[i] == r && root[j] == r) in_step.insert(i), in_step.insert(j);
     v.statistics["lockstep"] = double(in_step.size());
     v.links.clear();
     for (const auto& [pair, ev] : links)
-      if (root(pair.first) == r) {
+      if (root[pair.first] == r) {
         std::string l = acc[pair.first]->name + " ~ " + acc[pair.second]->name + ":";
         for (const auto& e : ev) l += " " + e + ";";
         v.links.push_back(l);
